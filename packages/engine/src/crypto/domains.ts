@@ -1,0 +1,20 @@
+/**
+ * Domain-separation labels. Each signature and each derived key is bound to exactly one label,
+ * so a signature made for one purpose can never be replayed as another.
+ */
+export const Domain = {
+  envelopeSignature: 'keel/envelope-sig/v1',
+  envelopeAead: 'keel/envelope-aead/v1',
+  deviceCertificate: 'keel/device-cert/v1',
+  authChallenge: 'keel/auth/v1',
+  userId: 'keel/user-id/v1',
+  docId: 'keel/doc-id/v1',
+  docKey: 'keel/doc-key/v1',
+} as const;
+
+/** libsodium crypto_kdf contexts: exactly 8 characters each. */
+export const KdfContext = {
+  userSigning: 'keelusr1',
+  docIds: 'keeldoc1',
+  epochZero: 'keelepo1',
+} as const;

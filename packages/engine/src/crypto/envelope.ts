@@ -1,0 +1,92 @@
+import { encodeFields, fromB64, toB64 } from '../protocol/bytes.js';
+import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
+import type { Envelope, EnvelopeKind } from '../protocol/frames.js';
+import type { DeviceId, DocId, Lane } from '../protocol/ids.js';
+import { Domain } from './domains.js';
+import { getSodium } from './sodium.js';
+
+/** What an envelope says in clear. The relay may read it; the signature stops it changing it. */
+export interface EnvelopeHeader {
+  readonly doc: DocId;
+  readonly kind: EnvelopeKind;
+  readonly epoch: number;
+  readonly device: DeviceId;
+  readonly counter: number;
+  readonly lane: Lane;
+}
+
+/** First plaintext byte: how the rest is encoded. */
+const PayloadFlag = { padded: 0x01 } as const;
+const KNOWN_FLAGS = PayloadFlag.padded;
+const MIN_PAD_BUCKET = 256;
+
+const associatedData = (h: EnvelopeHeader): Uint8Array =>
+  encodeFields([Domain.envelopeAead, h.doc, h.kind, h.epoch, h.device, h.counter, h.lane]);
+
+const signedBytes = (h: EnvelopeHeader, nonce: Uint8Array, ct: Uint8Array): Uint8Array =>
+  encodeFields([Domain.envelopeSignature, h.doc, h.kind, h.epoch, h.device, h.counter, h.lane, nonce, ct]);
+
+/** Smallest power of two ≥ 256 that holds `n` bytes; hides sizes within a factor of two. */
+const padBucket = (n: number): number => {
+  let bucket = MIN_PAD_BUCKET;
+  while (bucket < n) bucket *= 2;
+  return bucket;
+};
+
+export interface SealOptions {
+  /** Document key for the header's epoch. */
+  readonly key: Uint8Array;
+  /** The author device's Ed25519 secret key. */
+  readonly signingKey: Uint8Array;
+  /** Pad the payload to a power-of-two bucket so the relay learns less from sizes. */
+  readonly pad?: boolean;
+}
+
+/** Encrypts and signs one Yjs update or snapshot. A fresh random 24-byte nonce every call. */
+export const sealEnvelope = (header: EnvelopeHeader, payload: Uint8Array, options: SealOptions): Envelope => {
+  const s = getSodium();
+  let body: Uint8Array = new Uint8Array(payload.length + 1);
+  body[0] = options.pad ? PayloadFlag.padded : 0;
+  body.set(payload, 1);
+  if (options.pad) body = s.pad(body, padBucket(body.length + 1));
+  const nonce = s.randombytes_buf(s.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
+  const ct = s.crypto_aead_xchacha20poly1305_ietf_encrypt(body, associatedData(header), null, nonce, options.key);
+  const sig = s.crypto_sign_detached(signedBytes(header, nonce, ct), options.signingKey);
+  return { ...header, nonce: toB64(nonce), ct: toB64(ct), sig: toB64(sig) };
+};
+
+/** True when `publicKey` signed this envelope exactly as it is. What the relay checks. */
+export const verifyEnvelopeSignature = (env: Envelope, publicKey: Uint8Array): boolean => {
+  try {
+    return getSodium().crypto_sign_verify_detached(fromB64(env.sig), signedBytes(env, fromB64(env.nonce), fromB64(env.ct)), publicKey);
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * Verifies the author's signature, then decrypts with the document key; returns the payload.
+ * Any change to header, nonce or ciphertext fails one of the two checks.
+ */
+export const openEnvelope = (env: Envelope, options: { key: Uint8Array; authorPublicKey: Uint8Array }): Result<Uint8Array> => {
+  if (!verifyEnvelopeSignature(env, options.authorPublicKey)) {
+    return err(ErrorCode.BAD_SIGNATURE, `envelope ${env.device}#${env.counter} is not signed by its author`);
+  }
+  const s = getSodium();
+  let body: Uint8Array;
+  try {
+    body = s.crypto_aead_xchacha20poly1305_ietf_decrypt(null, fromB64(env.ct), associatedData(env), fromB64(env.nonce), options.key);
+  } catch {
+    return err(ErrorCode.DECRYPT_FAILED, `envelope ${env.device}#${env.counter} does not decrypt under this document's key`);
+  }
+  const flags = body[0];
+  if (flags === undefined || (flags & ~KNOWN_FLAGS) !== 0) return err(ErrorCode.BAD_PAYLOAD, 'unknown payload encoding');
+  if (flags & PayloadFlag.padded) {
+    try {
+      body = s.unpad(body, body.length);
+    } catch {
+      return err(ErrorCode.BAD_PAYLOAD, 'payload padding is malformed');
+    }
+  }
+  return ok(body.subarray(1));
+};

@@ -1,0 +1,77 @@
+// @keel/engine — the pure core shared by relay and client.
+export { toB64, fromB64, encodeFields, bytesEqual } from './protocol/bytes.js';
+export { ErrorCode, CloseCode, FINAL_CLOSE_CODES, ok, err } from './protocol/codes.js';
+export type { KeelError, Result } from './protocol/codes.js';
+export {
+  UserIdSchema,
+  DeviceIdSchema,
+  DocIdSchema,
+  SeqSchema,
+  CounterSchema,
+  EpochSchema,
+  LaneSchema,
+  asUserId,
+  asDeviceId,
+  asDocId,
+  asSeq,
+} from './protocol/ids.js';
+export type { UserId, DeviceId, DocId, Seq, Lane } from './protocol/ids.js';
+export {
+  PROTOCOL_VERSION,
+  WireLimits,
+  EnvelopeSchema,
+  EnvelopeKindSchema,
+  DeviceCertificateSchema,
+  ClientFrameSchema,
+  RelayFrameSchema,
+  parseClientFrame,
+  parseRelayFrame,
+  encodeFrame,
+  describeIssues,
+} from './protocol/frames.js';
+export type {
+  Envelope,
+  EnvelopeKind,
+  DeviceCertificate,
+  ClientFrame,
+  RelayFrame,
+  HelloFrame,
+  PushFrame,
+  AckFrame,
+  UpdatesFrame,
+  ErrorFrame,
+} from './protocol/frames.js';
+export { cryptoReady, getSodium } from './crypto/sodium.js';
+export type { Sodium } from './crypto/sodium.js';
+export {
+  ROOT_KEY_BYTES,
+  generateRootKey,
+  deriveUserKeys,
+  generateDeviceKeys,
+  userIdFromKey,
+  deviceIdFromKey,
+  deriveDocId,
+  deriveEpochZeroSecret,
+  deriveDocKey,
+} from './crypto/keys.js';
+export type { UserKeys, DeviceKeys } from './crypto/keys.js';
+export {
+  certifyFirstDevice,
+  certifyDevice,
+  checkCertificateIds,
+  verifyCertificateSignature,
+  verifyCertificateChain,
+} from './crypto/certificates.js';
+export { CHALLENGE_BYTES, createChallengeNonce, signChallenge, verifyChallenge } from './crypto/auth.js';
+export { sealEnvelope, openEnvelope, verifyEnvelopeSignature } from './crypto/envelope.js';
+export type { EnvelopeHeader, SealOptions } from './crypto/envelope.js';
+export {
+  Priority,
+  SLA_MS,
+  DOC_CLASS_PRIORITY,
+  DocClassSchema,
+  basePriority,
+  isCrisisLane,
+  isCrisisClass,
+} from './policy/classes.js';
+export type { DocClass } from './policy/classes.js';

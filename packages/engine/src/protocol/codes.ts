@@ -1,0 +1,78 @@
+/**
+ * Every error Keel puts on the wire, with a stable string code. Codes never change meaning;
+ * new ones are added at the end of a group.
+ */
+export const ErrorCode = {
+  // Frame level: the bytes could not become a valid frame.
+  BAD_JSON: 'BAD_JSON',
+  BINARY_FRAME: 'BINARY_FRAME',
+  UNKNOWN_TYPE: 'UNKNOWN_TYPE',
+  SCHEMA: 'SCHEMA',
+  FRAME_TOO_LARGE: 'FRAME_TOO_LARGE',
+  UNSUPPORTED_VERSION: 'UNSUPPORTED_VERSION',
+  UNEXPECTED_FRAME: 'UNEXPECTED_FRAME',
+  // Authentication and authorization.
+  NOT_AUTHENTICATED: 'NOT_AUTHENTICATED',
+  AUTH_FAILED: 'AUTH_FAILED',
+  AUTH_TIMEOUT: 'AUTH_TIMEOUT',
+  UNKNOWN_DEVICE: 'UNKNOWN_DEVICE',
+  BAD_CERTIFICATE: 'BAD_CERTIFICATE',
+  NOT_AUTHORIZED: 'NOT_AUTHORIZED',
+  DEVICE_REVOKED: 'DEVICE_REVOKED',
+  // Envelope integrity.
+  BAD_SIGNATURE: 'BAD_SIGNATURE',
+  WRONG_AUTHOR: 'WRONG_AUTHOR',
+  COUNTER_GAP: 'COUNTER_GAP',
+  COUNTER_REUSED: 'COUNTER_REUSED',
+  DECRYPT_FAILED: 'DECRYPT_FAILED',
+  BAD_PAYLOAD: 'BAD_PAYLOAD',
+  UNKNOWN_EPOCH: 'UNKNOWN_EPOCH',
+  // Limits.
+  RATE_LIMITED: 'RATE_LIMITED',
+  QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
+  TOO_MANY_ERRORS: 'TOO_MANY_ERRORS',
+  // The relay's own fault; the client retries.
+  INTERNAL: 'INTERNAL',
+  SHUTTING_DOWN: 'SHUTTING_DOWN',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/**
+ * WebSocket close codes the relay uses. 1000–1011 are RFC 6455; 4000–4999 are Keel's own.
+ * A client reconnects after any of them except those marked final.
+ */
+export const CloseCode = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  /** ws closes with this itself when a frame exceeds maxPayload. */
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  /** The peer sent too many bad frames in a row. */
+  PROTOCOL_ABUSE: 4000,
+  /** Final: challenge-response failed or the device is unknown. */
+  AUTH_FAILED: 4001,
+  /** Authentication did not finish in time. */
+  AUTH_TIMEOUT: 4002,
+  /** Final: the device was revoked. */
+  DEVICE_REVOKED: 4003,
+  /** Final: the client speaks a protocol version the relay does not. */
+  UNSUPPORTED_VERSION: 4004,
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+
+/** Close codes after which reconnecting cannot help. */
+export const FINAL_CLOSE_CODES: ReadonlySet<number> = new Set([
+  CloseCode.AUTH_FAILED,
+  CloseCode.DEVICE_REVOKED,
+  CloseCode.UNSUPPORTED_VERSION,
+]);
+
+export interface KeelError {
+  readonly code: ErrorCode;
+  readonly message: string;
+}
+
+export type Result<T, E = KeelError> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: E };
+
+export const ok = <T>(value: T): Result<T, never> => ({ ok: true, value });
+export const err = (code: ErrorCode, message: string): Result<never> => ({ ok: false, error: { code, message } });

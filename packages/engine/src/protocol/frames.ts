@@ -1,0 +1,194 @@
+import { z } from 'zod';
+import { b64Length } from './bytes.js';
+import { ErrorCode, type KeelError, type Result, err, ok } from './codes.js';
+import { CounterSchema, DeviceIdSchema, DocIdSchema, EpochSchema, LaneSchema, SeqSchema, UserIdSchema } from './ids.js';
+
+/**
+ * Keel wire protocol v1: one JSON object per WebSocket text frame, discriminated by `type`,
+ * bytes as unpadded base64url. Binary frames are not part of v1. Every frame from the network
+ * is parsed here, once, by the schema of its direction; nothing else reads raw frames.
+ */
+export const PROTOCOL_VERSION = 1;
+
+export const WireLimits = {
+  /** Envelopes in one push or updates frame. */
+  maxEnvelopesPerFrame: 512,
+  /** Documents in one subscribe frame. */
+  maxDocsPerSubscribe: 1024,
+  /** Sealed bytes in one envelope (64 MiB); the relay's frame limit is usually lower. */
+  maxCiphertextBytes: 64 * 1024 * 1024,
+  /** Device certificates a relay sends in `ready`. */
+  maxCertificates: 256,
+} as const;
+
+const b64Exact = (bytes: number) => z.string().length(b64Length(bytes)).regex(/^[A-Za-z0-9_-]*$/, 'not base64url');
+const b64Max = (bytes: number) => z.string().max(b64Length(bytes)).regex(/^[A-Za-z0-9_-]*$/, 'not base64url');
+
+export const EnvelopeKindSchema = z.enum(['update', 'snapshot']);
+export type EnvelopeKind = z.infer<typeof EnvelopeKindSchema>;
+
+/**
+ * A sealed, signed update or snapshot. `doc`, `kind`, `epoch`, `device`, `counter` and `lane`
+ * are bound into the AEAD's associated data and, with nonce and ciphertext, into the author's
+ * Ed25519 signature: the relay can read them but change none.
+ */
+export const EnvelopeSchema = z.strictObject({
+  doc: DocIdSchema,
+  kind: EnvelopeKindSchema,
+  epoch: EpochSchema,
+  device: DeviceIdSchema,
+  counter: CounterSchema,
+  lane: LaneSchema,
+  nonce: b64Exact(24),
+  ct: b64Max(WireLimits.maxCiphertextBytes).min(b64Length(17)),
+  sig: b64Exact(64),
+});
+export type Envelope = z.infer<typeof EnvelopeSchema>;
+
+/**
+ * A device's Ed25519 key certified either by the user's key (the first device of a user,
+ * `issuer: null`) or by an already registered device of the same user.
+ */
+export const DeviceCertificateSchema = z.strictObject({
+  user: UserIdSchema,
+  userKey: b64Exact(32),
+  device: DeviceIdSchema,
+  deviceKey: b64Exact(32),
+  issuer: DeviceIdSchema.nullable(),
+  issuedAt: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  sig: b64Exact(64),
+});
+export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;
+
+const SubscriptionSchema = z.strictObject({ doc: DocIdSchema, after: SeqSchema });
+
+// ── device → relay ──────────────────────────────────────────────────────────────────────
+export const HelloFrameSchema = z.strictObject({
+  type: z.literal('hello'),
+  v: z.number().int(),
+  user: UserIdSchema,
+  device: DeviceIdSchema,
+  /** Present when this device is not yet known to the relay. */
+  cert: DeviceCertificateSchema.optional(),
+});
+export const AuthFrameSchema = z.strictObject({ type: z.literal('auth'), sig: b64Exact(64) });
+export const SubscribeFrameSchema = z.strictObject({
+  type: z.literal('sub'),
+  docs: z.array(SubscriptionSchema).min(1).max(WireLimits.maxDocsPerSubscribe),
+});
+export const UnsubscribeFrameSchema = z.strictObject({
+  type: z.literal('unsub'),
+  docs: z.array(DocIdSchema).min(1).max(WireLimits.maxDocsPerSubscribe),
+});
+export const PushFrameSchema = z.strictObject({
+  type: z.literal('push'),
+  envs: z.array(EnvelopeSchema).min(1).max(WireLimits.maxEnvelopesPerFrame),
+});
+
+export const ClientFrameSchema = z.discriminatedUnion('type', [
+  HelloFrameSchema,
+  AuthFrameSchema,
+  SubscribeFrameSchema,
+  UnsubscribeFrameSchema,
+  PushFrameSchema,
+]);
+export type ClientFrame = z.infer<typeof ClientFrameSchema>;
+export type HelloFrame = z.infer<typeof HelloFrameSchema>;
+export type PushFrame = z.infer<typeof PushFrameSchema>;
+
+// ── relay → device ──────────────────────────────────────────────────────────────────────
+export const ChallengeFrameSchema = z.strictObject({
+  type: z.literal('challenge'),
+  v: z.number().int(),
+  relay: z.string().min(1).max(128),
+  nonce: b64Exact(32),
+});
+export const ReadyFrameSchema = z.strictObject({
+  type: z.literal('ready'),
+  user: UserIdSchema,
+  device: DeviceIdSchema,
+  certs: z.array(DeviceCertificateSchema).max(WireLimits.maxCertificates),
+});
+export const AckFrameSchema = z.strictObject({
+  type: z.literal('ack'),
+  acks: z.array(z.strictObject({ doc: DocIdSchema, counter: CounterSchema, seq: SeqSchema })).min(1).max(WireLimits.maxEnvelopesPerFrame),
+});
+export const RejectFrameSchema = z.strictObject({
+  type: z.literal('reject'),
+  doc: DocIdSchema,
+  counter: CounterSchema,
+  code: z.enum(ErrorCode),
+  message: z.string().max(1024),
+});
+export const UpdatesFrameSchema = z.strictObject({
+  type: z.literal('updates'),
+  doc: DocIdSchema,
+  items: z.array(z.strictObject({ seq: SeqSchema, env: EnvelopeSchema })).min(1).max(WireLimits.maxEnvelopesPerFrame),
+});
+export const SyncedFrameSchema = z.strictObject({ type: z.literal('synced'), doc: DocIdSchema, seq: SeqSchema });
+export const DeviceFrameSchema = z.strictObject({ type: z.literal('device'), cert: DeviceCertificateSchema });
+export const ErrorFrameSchema = z.strictObject({
+  type: z.literal('error'),
+  code: z.enum(ErrorCode),
+  message: z.string().max(1024),
+  doc: DocIdSchema.optional(),
+});
+
+export const RelayFrameSchema = z.discriminatedUnion('type', [
+  ChallengeFrameSchema,
+  ReadyFrameSchema,
+  AckFrameSchema,
+  RejectFrameSchema,
+  UpdatesFrameSchema,
+  SyncedFrameSchema,
+  DeviceFrameSchema,
+  ErrorFrameSchema,
+]);
+export type RelayFrame = z.infer<typeof RelayFrameSchema>;
+export type AckFrame = z.infer<typeof AckFrameSchema>;
+export type UpdatesFrame = z.infer<typeof UpdatesFrameSchema>;
+export type ErrorFrame = z.infer<typeof ErrorFrameSchema>;
+
+const CLIENT_TYPES: ReadonlySet<string> = new Set(['hello', 'auth', 'sub', 'unsub', 'push']);
+const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'device', 'error']);
+
+/** Summarises zod issues into one bounded line: path and message of the first few. */
+export const describeIssues = (error: z.ZodError): string => {
+  const parts = error.issues.slice(0, 3).map((issue) => `${issue.path.join('.') || '(frame)'}: ${issue.message}`);
+  const more = error.issues.length > 3 ? ` (+${error.issues.length - 3} more)` : '';
+  return (parts.join('; ') + more).slice(0, 512);
+};
+
+const parseWith = <T>(
+  schema: z.ZodType<T>,
+  known: ReadonlySet<string>,
+  data: string | Uint8Array,
+  maxBytes: number,
+): Result<T, KeelError> => {
+  if (typeof data !== 'string') return err(ErrorCode.BINARY_FRAME, 'binary frames are not part of protocol v1; send JSON text');
+  // A JS string's length bounds its UTF-8 size from below; `maxBytes` guards parse cost.
+  if (data.length > maxBytes) return err(ErrorCode.FRAME_TOO_LARGE, `frame of ${data.length} characters exceeds ${maxBytes}`);
+  let json: unknown;
+  try {
+    json = JSON.parse(data);
+  } catch {
+    return err(ErrorCode.BAD_JSON, 'frame is not valid JSON');
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return err(ErrorCode.SCHEMA, 'frame must be a JSON object');
+  const type = (json as { type?: unknown }).type;
+  if (typeof type !== 'string') return err(ErrorCode.SCHEMA, 'frame has no string "type"');
+  if (!known.has(type)) return err(ErrorCode.UNKNOWN_TYPE, `unknown frame type "${type.slice(0, 32)}"`);
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) return err(ErrorCode.SCHEMA, `invalid "${type}" frame: ${describeIssues(parsed.error)}`);
+  return ok(parsed.data);
+};
+
+/** Parses a frame a device sent to the relay. */
+export const parseClientFrame = (data: string | Uint8Array, maxBytes: number): Result<ClientFrame> =>
+  parseWith(ClientFrameSchema, CLIENT_TYPES, data, maxBytes);
+
+/** Parses a frame the relay sent to a device. */
+export const parseRelayFrame = (data: string | Uint8Array, maxBytes: number): Result<RelayFrame> =>
+  parseWith(RelayFrameSchema, RELAY_TYPES, data, maxBytes);
+
+export const encodeFrame = (frame: ClientFrame | RelayFrame): string => JSON.stringify(frame);
