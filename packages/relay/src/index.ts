@@ -1,0 +1,10 @@
+// @keel/relay — the server: device auth, durable ciphertext log, fan-out.
+export { startRelay } from './server/relay-server.js';
+export type { Relay, RelayDeps } from './server/relay-server.js';
+export { RelayConfigSchema, ENV_VARS } from './config.js';
+export type { RelayConfig, RelayConfigInput } from './config.js';
+export { openSqliteStore } from './storage/sqlite-store.js';
+export type { SqliteStoreOptions, Synchronous } from './storage/sqlite-store.js';
+export type { RelayStore, DeviceRecord, LogEntry, AppendRequest, AppendOutcome } from './storage/relay-store.js';
+export { createJsonLogger, silentLogger } from './log.js';
+export type { Logger, LogLevel, LogFields } from './log.js';

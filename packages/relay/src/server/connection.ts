@@ -1,0 +1,332 @@
+import {
+  type ClientFrame,
+  CloseCode,
+  type DeviceId,
+  type DocId,
+  ErrorCode,
+  type HelloFrame,
+  type KeelError,
+  type PushFrame,
+  type RelayFrame,
+  type Seq,
+  type UserId,
+  PROTOCOL_VERSION,
+  WireLimits,
+  createChallengeNonce,
+  encodeFrame,
+  parseClientFrame,
+  verifyChallenge,
+  verifyEnvelopeSignature,
+} from '@keel/engine';
+import type { WebSocket } from 'ws';
+import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
+import type { RelayConfig } from '../config.js';
+import type { Logger } from '../log.js';
+import type { AppendRequest, DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import type { CommitQueue } from './commit-queue.js';
+import { OutboundQueue } from './outbound-queue.js';
+
+/** What a connection needs from the relay around it. */
+export interface ConnectionContext {
+  readonly config: RelayConfig;
+  readonly store: RelayStore;
+  readonly commits: CommitQueue;
+  readonly log: Logger;
+  now(): number;
+  /** Called once the device has authenticated. */
+  attach(conn: RelayConnection): void;
+  detach(conn: RelayConnection): void;
+  /** Newly committed entries of a user's document, for that user's other connections. */
+  fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]): void;
+  /** A device was registered; tell the user's other connections. */
+  announceDevice(origin: RelayConnection, device: DeviceRecord): void;
+}
+
+type State =
+  | { readonly kind: 'hello' }
+  | { readonly kind: 'challenged'; readonly hello: HelloFrame; readonly nonce: string; readonly publicKey: Uint8Array; readonly pending?: VerifiedCertificate }
+  | { readonly kind: 'ready'; readonly user: UserId; readonly device: DeviceRecord }
+  | { readonly kind: 'closed' };
+
+/** Delivery state of one subscribed document on this connection. */
+interface Subscription {
+  /** While catching up, live fan-out is parked here and sent after the backlog. */
+  parked: LogEntry[] | null;
+  /** Highest seq sent; anything at or below it is not sent again. */
+  sent: number;
+}
+
+const CATCH_UP_PAGE = WireLimits.maxEnvelopesPerFrame;
+
+const maxLane = (entries: readonly { env: { lane: number } }[]): number => entries.reduce((m, e) => Math.max(m, e.env.lane), 1);
+
+/** One device's WebSocket: handshake, then subscriptions, pushes and deliveries. */
+export class RelayConnection {
+  readonly #ws: WebSocket;
+  readonly #ctx: ConnectionContext;
+  readonly #out: OutboundQueue;
+  readonly #subs = new Map<DocId, Subscription>();
+  readonly #authTimer: NodeJS.Timeout;
+  #state: State = { kind: 'hello' };
+  #badFrames = 0;
+  /** Frames are handled one at a time, in arrival order, so pushes commit in counter order. */
+  #chain: Promise<void> = Promise.resolve();
+
+  constructor(ws: WebSocket, ctx: ConnectionContext) {
+    this.#ws = ws;
+    this.#ctx = ctx;
+    this.#out = new OutboundQueue(ws);
+    this.#authTimer = setTimeout(() => {
+      this.#fail({ code: ErrorCode.AUTH_TIMEOUT, message: `not authenticated within ${ctx.config.authTimeoutMs} ms` }, CloseCode.AUTH_TIMEOUT);
+    }, ctx.config.authTimeoutMs);
+    ws.on('message', (data, isBinary) => {
+      const frame = isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString('utf8');
+      this.#chain = this.#chain.then(() => this.#receive(frame)).catch((error: unknown) => this.#internal(error));
+    });
+    ws.on('close', () => this.#teardown());
+    ws.on('error', (error) => {
+      ctx.log.log('warn', 'socket error', { error: error.message });
+    });
+  }
+
+  get user(): UserId | undefined {
+    return this.#state.kind === 'ready' ? this.#state.user : undefined;
+  }
+
+  get device(): DeviceId | undefined {
+    return this.#state.kind === 'ready' ? this.#state.device.deviceId : undefined;
+  }
+
+  /** Queues a frame at a priority lane; crisis lanes overtake everything queued. */
+  send(frame: RelayFrame, lane: number): void {
+    if (this.#state.kind === 'closed') return;
+    this.#out.enqueue(lane, encodeFrame(frame));
+  }
+
+  /** Live entries of a document this connection may be subscribed to. */
+  deliver(docId: DocId, entries: readonly LogEntry[]): void {
+    const sub = this.#subs.get(docId);
+    if (!sub) return;
+    if (sub.parked) {
+      sub.parked.push(...entries);
+      return;
+    }
+    this.#sendEntries(docId, sub, entries);
+  }
+
+  close(code: number, reason: string): void {
+    if (this.#state.kind === 'closed') return;
+    this.#ws.close(code, reason);
+    this.#teardown();
+  }
+
+  #sendEntries(docId: DocId, sub: Subscription, entries: readonly LogEntry[]): void {
+    const fresh = entries.filter((e) => e.seq > sub.sent);
+    for (let i = 0; i < fresh.length; i += CATCH_UP_PAGE) {
+      const page = fresh.slice(i, i + CATCH_UP_PAGE);
+      this.send({ type: 'updates', doc: docId, items: page.map((e) => ({ seq: e.seq, env: e.env })) }, maxLane(page));
+    }
+    if (fresh.length > 0) sub.sent = fresh[fresh.length - 1]!.seq;
+  }
+
+  async #receive(data: string | Uint8Array): Promise<void> {
+    if (this.#state.kind === 'closed') return;
+    const parsed = parseClientFrame(data, this.#ctx.config.maxPayloadBytes);
+    if (!parsed.ok) {
+      this.#badFrame(parsed.error);
+      return;
+    }
+    const frame = parsed.value;
+    switch (this.#state.kind) {
+      case 'hello':
+        if (frame.type !== 'hello') return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before hello` });
+        return this.#onHello(frame);
+      case 'challenged':
+        if (frame.type !== 'auth') return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before auth` });
+        return this.#onAuth(frame.sig, this.#state);
+      case 'ready':
+        return this.#onReady(frame, this.#state);
+    }
+  }
+
+  async #onHello(hello: HelloFrame): Promise<void> {
+    if (hello.v !== PROTOCOL_VERSION) {
+      return this.#fail(
+        { code: ErrorCode.UNSUPPORTED_VERSION, message: `protocol v${hello.v} is not supported; this relay speaks v${PROTOCOL_VERSION}` },
+        CloseCode.UNSUPPORTED_VERSION,
+      );
+    }
+    const known = await this.#ctx.store.getDevice(hello.device);
+    let publicKey: Uint8Array;
+    let pending: VerifiedCertificate | undefined;
+    if (known) {
+      if (known.userId !== hello.user) return this.#authFailed(hello, 'device belongs to another user');
+      if (known.revokedAt !== null) {
+        return this.#fail({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' }, CloseCode.DEVICE_REVOKED);
+      }
+      publicKey = known.publicKey;
+    } else if (hello.cert) {
+      const verified = await verifyPresentedCertificate(this.#ctx.store, hello.cert, hello.user, hello.device);
+      if (!verified.ok) return this.#authFailed(hello, verified.error.message, verified.error.code);
+      publicKey = verified.value.deviceKey;
+      pending = verified.value;
+    } else {
+      return this.#authFailed(hello, 'unknown device and no certificate', ErrorCode.UNKNOWN_DEVICE);
+    }
+    const nonce = createChallengeNonce();
+    this.#state = pending ? { kind: 'challenged', hello, nonce, publicKey, pending } : { kind: 'challenged', hello, nonce, publicKey };
+    this.send({ type: 'challenge', v: PROTOCOL_VERSION, relay: this.#ctx.config.relayId, nonce }, 10);
+  }
+
+  async #onAuth(sig: string, state: Extract<State, { kind: 'challenged' }>): Promise<void> {
+    const { hello, nonce, publicKey, pending } = state;
+    if (!verifyChallenge(this.#ctx.config.relayId, nonce, hello.user, hello.device, sig, publicKey)) {
+      return this.#authFailed(hello, 'challenge signature does not verify');
+    }
+    let device: DeviceRecord;
+    if (pending) {
+      // Registered only now that the device proved it holds the certified key.
+      const registered = await this.#ctx.store.registerDevice(pending.cert, pending.deviceKey, pending.userKey, this.#ctx.now());
+      if (!registered.ok) return this.#authFailed(hello, registered.error.message, registered.error.code);
+      device = registered.value;
+      this.#ctx.log.log('info', 'device registered', { user: device.userId, device: device.deviceId, issuer: device.cert.issuer });
+    } else {
+      const current = await this.#ctx.store.getDevice(hello.device);
+      if (!current || current.revokedAt !== null) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
+      device = current;
+    }
+    if (this.#state.kind === 'closed') return;
+    clearTimeout(this.#authTimer);
+    this.#state = { kind: 'ready', user: hello.user, device };
+    const certs = (await this.#ctx.store.listDevices(hello.user)).filter((d) => d.revokedAt === null).map((d) => d.cert);
+    this.send({ type: 'ready', user: hello.user, device: hello.device, certs: certs.slice(-WireLimits.maxCertificates) }, 10);
+    this.#ctx.attach(this);
+    if (pending) this.#ctx.announceDevice(this, device);
+    this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
+  }
+
+  async #onReady(frame: ClientFrame, state: Extract<State, { kind: 'ready' }>): Promise<void> {
+    switch (frame.type) {
+      case 'hello':
+      case 'auth':
+        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${frame.type}" after authentication` });
+      case 'sub':
+        for (const { doc, after } of frame.docs) await this.#subscribe(doc, after, state.user);
+        return;
+      case 'unsub':
+        for (const doc of frame.docs) this.#subs.delete(doc);
+        return;
+      case 'push':
+        return this.#push(frame, state);
+    }
+  }
+
+  async #subscribe(docId: DocId, after: Seq, user: UserId): Promise<void> {
+    const owner = await this.#ctx.store.docOwner(docId);
+    if (owner !== undefined && owner !== user) {
+      this.#ctx.log.log('warn', 'subscribe refused', { user, device: this.device, code: ErrorCode.NOT_AUTHORIZED });
+      this.send({ type: 'error', code: ErrorCode.NOT_AUTHORIZED, message: 'document belongs to another user', doc: docId }, 10);
+      return;
+    }
+    const sub: Subscription = { parked: [], sent: after };
+    this.#subs.set(docId, sub);
+    // Page through the backlog; live entries committed meanwhile wait in `parked`.
+    for (;;) {
+      const page = await this.#ctx.store.readLog(docId, sub.sent as Seq, CATCH_UP_PAGE);
+      if (this.#subs.get(docId) !== sub) return;
+      this.#sendEntries(docId, sub, page);
+      if (page.length < CATCH_UP_PAGE) break;
+    }
+    const parked = sub.parked ?? [];
+    sub.parked = null;
+    this.#sendEntries(docId, sub, parked);
+    this.send({ type: 'synced', doc: docId, seq: sub.sent as Seq }, 10);
+  }
+
+  async #push(frame: PushFrame, state: Extract<State, { kind: 'ready' }>): Promise<void> {
+    const accepted: AppendRequest[] = [];
+    for (const env of frame.envs) {
+      let error: KeelError | undefined;
+      if (env.device !== state.device.deviceId) {
+        error = { code: ErrorCode.WRONG_AUTHOR, message: 'a device may push only envelopes it authored' };
+      } else if (!verifyEnvelopeSignature(env, state.device.publicKey)) {
+        error = { code: ErrorCode.BAD_SIGNATURE, message: `envelope #${env.counter} is not signed by this device` };
+      }
+      if (error) {
+        this.#reject(env.doc, env.counter, error);
+      } else {
+        accepted.push({ userId: state.user, env });
+      }
+    }
+    if (accepted.length === 0) return;
+    const outcomes = await this.#ctx.commits.submit(accepted);
+    const acks: { doc: DocId; counter: number; seq: Seq }[] = [];
+    const stored = new Map<DocId, LogEntry[]>();
+    let ackLane = 1;
+    const receivedAt = this.#ctx.now();
+    outcomes.forEach((outcome, i) => {
+      const { env } = accepted[i]!;
+      if (outcome.status === 'rejected') {
+        this.#reject(env.doc, env.counter, outcome.error);
+        return;
+      }
+      acks.push({ doc: env.doc, counter: env.counter, seq: outcome.seq });
+      ackLane = Math.max(ackLane, env.lane);
+      if (outcome.status === 'stored') {
+        const list = stored.get(env.doc) ?? [];
+        list.push({ seq: outcome.seq, env, receivedAt });
+        stored.set(env.doc, list);
+      }
+    });
+    if (acks.length > 0) this.send({ type: 'ack', acks }, ackLane);
+    for (const [docId, entries] of stored) {
+      // The author has these already; its own subscription must not send them back.
+      const own = this.#subs.get(docId);
+      if (own && own.parked === null) own.sent = Math.max(own.sent, entries[entries.length - 1]!.seq);
+      this.#ctx.fanOut(this, docId, entries);
+    }
+  }
+
+  #reject(doc: DocId, counter: number, error: KeelError): void {
+    this.#ctx.log.log('warn', 'envelope rejected', { user: this.user, device: this.device, code: error.code });
+    this.send({ type: 'reject', doc, counter, code: error.code, message: error.message }, 10);
+  }
+
+  #badFrame(error: KeelError): void {
+    this.#badFrames++;
+    this.#ctx.log.log('warn', 'bad frame', { user: this.user, device: this.device, code: error.code, count: this.#badFrames });
+    this.send({ type: 'error', code: error.code, message: error.message }, 10);
+    if (this.#badFrames >= this.#ctx.config.maxBadFrames) {
+      this.#fail({ code: ErrorCode.TOO_MANY_ERRORS, message: `${this.#badFrames} bad frames` }, CloseCode.PROTOCOL_ABUSE);
+    }
+  }
+
+  #authFailed(hello: HelloFrame, message: string, code: ErrorCode = ErrorCode.AUTH_FAILED): void {
+    this.#ctx.log.log('warn', 'authentication failed', { user: hello.user, device: hello.device, code });
+    this.#fail({ code, message }, CloseCode.AUTH_FAILED);
+  }
+
+  /** Sends a final error frame, then closes once it is written. */
+  #fail(error: KeelError, closeCode: number): void {
+    if (this.#state.kind === 'closed') return;
+    this.#ws.send(encodeFrame({ type: 'error', code: error.code, message: error.message }), () => {
+      this.#ws.close(closeCode, error.code);
+    });
+    this.#teardown();
+  }
+
+  #internal(error: unknown): void {
+    this.#ctx.log.log('error', 'internal error', { user: this.user, device: this.device, error: error instanceof Error ? error.message : String(error) });
+    this.#fail({ code: ErrorCode.INTERNAL, message: 'internal relay error; retry' }, CloseCode.INTERNAL_ERROR);
+  }
+
+  #teardown(): void {
+    if (this.#state.kind === 'closed') return;
+    const wasReady = this.#state.kind === 'ready';
+    this.#state = { kind: 'closed' };
+    clearTimeout(this.#authTimer);
+    this.#out.close();
+    this.#subs.clear();
+    if (wasReady) this.#ctx.detach(this);
+  }
+}

@@ -1,0 +1,126 @@
+import { once } from 'node:events';
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { CloseCode, type DocId, type UserId, cryptoReady } from '@keel/engine';
+import { WebSocketServer } from 'ws';
+import type { RelayConfig } from '../config.js';
+import type { Logger } from '../log.js';
+import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import { createCommitQueue } from './commit-queue.js';
+import { type ConnectionContext, RelayConnection } from './connection.js';
+
+export interface RelayDeps {
+  readonly config: RelayConfig;
+  readonly store: RelayStore;
+  readonly log: Logger;
+  readonly now?: () => number;
+}
+
+export interface Relay {
+  /** Bound address once listening (port 0 picks a free port). */
+  readonly address: AddressInfo;
+  readonly url: string;
+  /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
+  close(): Promise<void>;
+}
+
+const json = (res: ServerResponse, status: number, body: unknown): void => {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.end(text);
+};
+
+/** Starts a relay: HTTP (health) and WebSocket (sync) on one port. */
+export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
+  await cryptoReady();
+  const { config, store, log } = deps;
+  const now = deps.now ?? Date.now;
+  const startedAt = now();
+  const commits = createCommitQueue(store, now);
+  const byUser = new Map<UserId, Set<RelayConnection>>();
+  const userOf = new Map<RelayConnection, UserId>();
+  const all = new Set<RelayConnection>();
+
+  const context: ConnectionContext = {
+    config,
+    store,
+    commits,
+    log,
+    now,
+    attach(conn) {
+      const user = conn.user!;
+      userOf.set(conn, user);
+      let set = byUser.get(user);
+      if (!set) byUser.set(user, (set = new Set()));
+      set.add(conn);
+    },
+    detach(conn) {
+      const user = userOf.get(conn);
+      userOf.delete(conn);
+      if (!user) return;
+      const set = byUser.get(user);
+      set?.delete(conn);
+      if (set?.size === 0) byUser.delete(user);
+    },
+    fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]) {
+      const user = userOf.get(origin);
+      if (!user) return;
+      for (const conn of byUser.get(user) ?? []) if (conn !== origin) conn.deliver(docId, entries);
+    },
+    announceDevice(origin: RelayConnection, device: DeviceRecord) {
+      for (const conn of byUser.get(device.userId) ?? []) if (conn !== origin) conn.send({ type: 'device', cert: device.cert }, 10);
+    },
+  };
+
+  const http: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method === 'GET' && path === '/healthz') {
+      store.ping().then(
+        () => json(res, 200, { status: 'ok', relay: config.relayId, uptimeSeconds: Math.round((now() - startedAt) / 1000), connections: all.size }),
+        (error: unknown) => {
+          log.log('error', 'health check failed', { error: error instanceof Error ? error.message : String(error) });
+          json(res, 503, { status: 'unavailable', relay: config.relayId, reason: 'store unavailable' });
+        },
+      );
+      return;
+    }
+    json(res, 404, { error: 'NOT_FOUND', message: `no route for ${req.method} ${path}` });
+  });
+  http.on('clientError', (_error, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+    else socket.destroy();
+  });
+
+  const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
+  wss.on('connection', (ws) => {
+    const conn = new RelayConnection(ws, context);
+    all.add(conn);
+    ws.on('close', () => all.delete(conn));
+  });
+  wss.on('error', (error) => log.log('error', 'websocket server error', { error: error.message }));
+
+  http.listen(config.port, config.host);
+  await once(http, 'listening');
+  const address = http.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  log.log('info', 'listening', { host: address.address, port: address.port, relay: config.relayId });
+
+  let closing: Promise<void> | undefined;
+  return {
+    address,
+    url: `ws://${host}:${address.port}`,
+    close() {
+      closing ??= (async () => {
+        for (const conn of all) conn.close(CloseCode.GOING_AWAY, 'relay shutting down');
+        await new Promise<void>((resolve) => wss.close(() => resolve()));
+        for (const client of wss.clients) client.terminate();
+        http.closeAllConnections();
+        await new Promise<void>((resolve) => http.close(() => resolve()));
+        await commits.idle();
+        await store.close();
+        log.log('info', 'stopped', { relay: config.relayId });
+      })();
+      return closing;
+    },
+  };
+};

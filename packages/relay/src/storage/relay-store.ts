@@ -1,0 +1,61 @@
+import type { DeviceCertificate, DeviceId, DocId, Envelope, KeelError, Result, Seq, UserId } from '@keel/engine';
+
+/** A registered device as the relay knows it. */
+export interface DeviceRecord {
+  readonly deviceId: DeviceId;
+  readonly userId: UserId;
+  readonly publicKey: Uint8Array;
+  readonly cert: DeviceCertificate;
+  readonly registeredAt: number;
+  readonly revokedAt: number | null;
+}
+
+/** One stored envelope and its place in the document's log. */
+export interface LogEntry {
+  readonly seq: Seq;
+  readonly env: Envelope;
+  readonly receivedAt: number;
+}
+
+/** An envelope whose signature the relay has already checked against its author's key. */
+export interface AppendRequest {
+  readonly userId: UserId;
+  readonly env: Envelope;
+}
+
+export type AppendOutcome =
+  | { readonly status: 'stored'; readonly seq: Seq }
+  /** The same envelope (same author, counter and signature) was stored before. */
+  | { readonly status: 'duplicate'; readonly seq: Seq }
+  | { readonly status: 'rejected'; readonly error: KeelError };
+
+/**
+ * The relay's durable state: users, devices and per-document ciphertext logs. The relay keeps
+ * nothing in memory that a second node could not rebuild from here. Implementations: SQLite
+ * (embedded default); a PostgreSQL one must pass the same conformance suite.
+ */
+export interface RelayStore {
+  getDevice(deviceId: DeviceId): Promise<DeviceRecord | undefined>;
+  listDevices(userId: UserId): Promise<DeviceRecord[]>;
+  /**
+   * Registers a device whose certificate the caller verified. A certificate issued by the user
+   * key (`issuer: null`) is accepted only for a user with no devices yet; the check and the
+   * insert are one transaction, so two racing "first devices" cannot both win.
+   */
+  registerDevice(cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number): Promise<Result<DeviceRecord>>;
+  /** The owner of a document, or undefined if nobody has written it yet. */
+  docOwner(docId: DocId): Promise<UserId | undefined>;
+  /**
+   * Appends envelopes in order, in one transaction, and returns one outcome per request.
+   * Checks, per envelope: the document belongs to the user, and the counter is the author's
+   * last + 1 for that document. Resolves only after the transaction is durable.
+   */
+  append(batch: readonly AppendRequest[], now: number): Promise<AppendOutcome[]>;
+  /** Log entries of a document with seq > `after`, in seq order, at most `limit`. */
+  readLog(docId: DocId, after: Seq, limit: number): Promise<LogEntry[]>;
+  /** Highest seq of a document's log (0 when empty). */
+  headSeq(docId: DocId): Promise<Seq>;
+  /** Cheap liveness probe for health checks. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
