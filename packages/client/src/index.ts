@@ -1,0 +1,19 @@
+// @keel/client — the SDK apps embed (browser and Node).
+export { KeelClient, createClient } from './client.js';
+export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientOptions } from './client.js';
+export {
+  createIdentity,
+  createDeviceKeys,
+  authorizeDevice,
+  acceptDeviceGrant,
+  linkNewDevice,
+  serializeIdentity,
+  parseIdentity,
+} from './identity.js';
+export type { Identity, DeviceGrant } from './identity.js';
+export { createMemoryStore } from './storage/memory-store.js';
+export { orderKey } from './storage/client-store.js';
+export type { ClientStore, StorageKey, StorageChunk, StorageOp } from './storage/client-store.js';
+export { createBackoff } from './transport/backoff.js';
+export type { BackoffOptions } from './transport/backoff.js';
+export type { WebSocketLike } from './transport/relay-link.js';

@@ -1,0 +1,53 @@
+import { type DocClass, DocClassSchema } from '@keel/engine';
+import { z } from 'zod';
+
+/** What a device remembers about one document besides its content. */
+export const DocMetaSchema = z.strictObject({
+  v: z.literal(1),
+  class: DocClassSchema,
+  name: z.string(),
+  /** This device's last envelope counter for the document. */
+  counter: z.number().int().min(0),
+  /** Every seq ≤ lastSeq has been received (or was ours): catch-up resumes after it. */
+  lastSeq: z.number().int().min(0),
+  /** Seqs above lastSeq already received, out of order. */
+  ahead: z.array(z.number().int().min(1)),
+  /** Last counter applied per author device: the next one must be exactly one more. */
+  authors: z.record(z.string(), z.number().int().min(0)),
+  /** Next index for the local update log and for pending (unsealed) local updates. */
+  logNext: z.number().int().min(0),
+  logBase: z.number().int().min(0),
+  pendingNext: z.number().int().min(0),
+});
+export type DocMeta = z.infer<typeof DocMetaSchema>;
+
+export const newDocMeta = (docClass: DocClass, name: string): DocMeta => ({
+  v: 1,
+  class: docClass,
+  name,
+  counter: 0,
+  lastSeq: 0,
+  ahead: [],
+  authors: {},
+  logNext: 0,
+  logBase: 0,
+  pendingNext: 0,
+});
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+export const encodeJson = (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value));
+export const decodeJson = (bytes: Uint8Array): unknown => JSON.parse(decoder.decode(bytes));
+
+/**
+ * Records that `seq` is known here and advances `lastSeq` over every contiguous known seq.
+ * Delivery can reorder across priority lanes; only a contiguous prefix is safe to resume from.
+ */
+export const markSeq = (meta: DocMeta, seq: number): void => {
+  if (seq <= meta.lastSeq || meta.ahead.includes(seq)) return;
+  meta.ahead.push(seq);
+  meta.ahead.sort((a, b) => a - b);
+  while (meta.ahead.length > 0 && meta.ahead[0] === meta.lastSeq + 1) {
+    meta.lastSeq = meta.ahead.shift()!;
+  }
+};

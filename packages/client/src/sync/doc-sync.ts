@@ -1,0 +1,307 @@
+import {
+  type DeviceId,
+  type DocClass,
+  type DocId,
+  type Envelope,
+  EnvelopeSchema,
+  ErrorCode,
+  type KeelError,
+  type Lane,
+  basePriority,
+  openEnvelope,
+  sealEnvelope,
+} from '@keel/engine';
+import * as Y from 'yjs';
+import type { Identity } from '../identity.js';
+import { type ClientStore, type StorageOp, orderKey } from '../storage/client-store.js';
+import { type DocMeta, DocMetaSchema, decodeJson, encodeJson, markSeq, newDocMeta } from './doc-meta.js';
+
+/** Origin of updates applied from the relay; they are never sent back. */
+export const REMOTE_ORIGIN = Symbol('keel:remote');
+/** Origin of updates replayed from local storage at open. */
+const LOAD_ORIGIN = Symbol('keel:load');
+
+/** Local update log entries folded into one state snapshot. */
+const COMPACT_AFTER = 256;
+
+export interface DocSyncDeps {
+  readonly store: ClientStore;
+  readonly identity: Identity;
+  /** Document key for the current epoch. */
+  readonly key: Uint8Array;
+  readonly epoch: number;
+  /** Verified device keys of the user, by device id. */
+  readonly peerKey: (device: DeviceId) => Uint8Array | undefined;
+  /** Local updates were persisted and wait to be sealed. */
+  readonly onPending: (sync: DocSync) => void;
+  /** Something in the outbox or pending set changed. */
+  readonly onProgress: () => void;
+  readonly onError: (error: KeelError & { doc: DocId }) => void;
+}
+
+const keys = (docId: DocId) => ({
+  meta: ['doc', docId, 'meta'],
+  state: ['doc', docId, 'state'],
+  log: (n: number) => ['doc', docId, 'log', orderKey(n)],
+  pendingPrefix: ['pending', docId],
+  pending: (n: number) => ['pending', docId, orderKey(n)],
+  outboxPrefix: ['outbox', docId],
+  outbox: (counter: number) => ['outbox', docId, orderKey(counter)],
+});
+
+/**
+ * One open document: its live Y.Doc, local persistence, pending local updates, sealed but
+ * unacknowledged envelopes (the outbox), and verification of what arrives from the relay.
+ * All storage writes of a document go through one queue, in order.
+ */
+export class DocSync {
+  readonly doc: Y.Doc;
+  readonly docId: DocId;
+  readonly docClass: DocClass;
+  readonly lane: Lane;
+  readonly #deps: DocSyncDeps;
+  readonly #keys: ReturnType<typeof keys>;
+  readonly #meta: DocMeta;
+  readonly #pending = new Map<number, Uint8Array>();
+  readonly #outbox = new Map<number, Envelope>();
+  #unpersisted: Uint8Array[] = [];
+  #io: Promise<void> = Promise.resolve();
+  #ioScheduled = false;
+  /** Head seq the relay reported after catch-up on the current connection. */
+  #syncTarget: number | undefined;
+  #closed = false;
+
+  private constructor(docId: DocId, meta: DocMeta, deps: DocSyncDeps) {
+    this.doc = new Y.Doc({ gc: true });
+    this.docId = docId;
+    this.docClass = meta.class;
+    this.lane = basePriority(meta.class);
+    this.#deps = deps;
+    this.#keys = keys(docId);
+    this.#meta = meta;
+  }
+
+  /** Opens a document from local storage (or creates it). */
+  static async load(docId: DocId, docClass: DocClass, name: string, deps: DocSyncDeps): Promise<DocSync> {
+    const k = keys(docId);
+    const stored = await deps.store.load(k.meta);
+    const meta = stored ? DocMetaSchema.parse(decodeJson(stored)) : newDocMeta(docClass, name);
+    const sync = new DocSync(docId, meta, deps);
+    const [state, log, pending, outbox] = await Promise.all([
+      deps.store.load(k.state),
+      deps.store.loadRange(['doc', docId, 'log']),
+      deps.store.loadRange(k.pendingPrefix),
+      deps.store.loadRange(k.outboxPrefix),
+    ]);
+    const updates = [...(state ? [state] : []), ...log.map((c) => c.data)];
+    if (updates.length > 0) Y.applyUpdate(sync.doc, Y.mergeUpdates(updates), LOAD_ORIGIN);
+    for (const chunk of pending) sync.#pending.set(Number(chunk.key[2]), chunk.data);
+    for (const chunk of outbox) {
+      const env = EnvelopeSchema.parse(decodeJson(chunk.data));
+      sync.#outbox.set(env.counter, env);
+    }
+    // Counters are reserved by the outbox write, so the outbox bounds the counter from below.
+    for (const counter of sync.#outbox.keys()) sync.#meta.counter = Math.max(sync.#meta.counter, counter);
+    sync.doc.on('update', (update: Uint8Array, origin: unknown) => {
+      if (origin === REMOTE_ORIGIN || origin === LOAD_ORIGIN || sync.#closed) return;
+      sync.#unpersisted.push(update);
+      sync.#scheduleIO();
+    });
+    return sync;
+  }
+
+  get lastSeq(): number {
+    return this.#meta.lastSeq;
+  }
+
+  /** Caught up with the relay on the current connection. */
+  get synced(): boolean {
+    return this.#syncTarget !== undefined && this.#meta.lastSeq >= this.#syncTarget;
+  }
+
+  /** True while any local update is not yet acknowledged by the relay. */
+  get busy(): boolean {
+    return this.#unpersisted.length > 0 || this.#ioScheduled || this.#pending.size > 0 || this.#outbox.size > 0;
+  }
+
+  get hasPending(): boolean {
+    return this.#pending.size > 0;
+  }
+
+  /** Sealed, unacknowledged envelopes in counter order: resent after every reconnect. */
+  outbox(): Envelope[] {
+    return [...this.#outbox.values()].sort((a, b) => a.counter - b.counter);
+  }
+
+  /** Called when a new connection starts; catch-up must finish before the doc is synced again. */
+  resetSynced(): void {
+    this.#syncTarget = undefined;
+  }
+
+  #scheduleIO(): void {
+    if (this.#ioScheduled) return;
+    this.#ioScheduled = true;
+    // Edits made in one turn of the event loop are persisted together, in one batch.
+    queueMicrotask(() => {
+      this.#enqueue(async () => {
+        this.#ioScheduled = false;
+        await this.#persistLocal();
+      });
+    });
+  }
+
+  #enqueue(task: () => Promise<void>): Promise<void> {
+    const run = this.#io.then(task);
+    this.#io = run.catch((error: unknown) => {
+      this.#deps.onError({ code: ErrorCode.INTERNAL, message: `local storage failed: ${error instanceof Error ? error.message : String(error)}`, doc: this.docId });
+    });
+    return run;
+  }
+
+  async #persistLocal(): Promise<void> {
+    if (this.#unpersisted.length === 0) return;
+    const merged = this.#unpersisted.length === 1 ? this.#unpersisted[0]! : Y.mergeUpdates(this.#unpersisted);
+    this.#unpersisted = [];
+    const n = this.#meta.pendingNext++;
+    const ops: StorageOp[] = [
+      { op: 'save', key: this.#keys.log(this.#meta.logNext++), data: merged },
+      { op: 'save', key: this.#keys.pending(n), data: merged },
+    ];
+    this.#compactOps(ops);
+    ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
+    await this.#deps.store.batch(ops);
+    this.#pending.set(n, merged);
+    this.#deps.onPending(this);
+  }
+
+  /** Folds the local log into one state snapshot when it grows long. */
+  #compactOps(ops: StorageOp[]): void {
+    if (this.#meta.logNext - this.#meta.logBase < COMPACT_AFTER) return;
+    ops.push({ op: 'save', key: this.#keys.state, data: Y.encodeStateAsUpdate(this.doc) });
+    for (let i = this.#meta.logBase; i < this.#meta.logNext; i++) ops.push({ op: 'remove', key: this.#keys.log(i) });
+    this.#meta.logBase = this.#meta.logNext;
+  }
+
+  /**
+   * Merges every pending local update into one envelope, reserves the next counter and moves
+   * it to the outbox, durably, before it may be sent. Resolves to undefined if nothing waits.
+   */
+  seal(): Promise<Envelope | undefined> {
+    let sealed: Envelope | undefined;
+    return this.#enqueue(async () => {
+      if (this.#pending.size === 0) return;
+      const entries = [...this.#pending.entries()].sort((a, b) => a[0] - b[0]);
+      const merged = entries.length === 1 ? entries[0]![1] : Y.mergeUpdates(entries.map((e) => e[1]));
+      const counter = this.#meta.counter + 1;
+      const env = sealEnvelope(
+        { doc: this.docId, kind: 'update', epoch: this.#deps.epoch, device: this.#deps.identity.device.deviceId, counter, lane: this.lane },
+        merged,
+        { key: this.#deps.key, signingKey: this.#deps.identity.device.secretKey },
+      );
+      this.#meta.counter = counter;
+      const ops: StorageOp[] = [
+        { op: 'save', key: this.#keys.outbox(counter), data: encodeJson(env) },
+        ...entries.map(([n]): StorageOp => ({ op: 'remove', key: this.#keys.pending(n) })),
+        { op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) },
+      ];
+      await this.#deps.store.batch(ops);
+      for (const [n] of entries) this.#pending.delete(n);
+      this.#outbox.set(counter, env);
+      sealed = env;
+    }).then(() => sealed);
+  }
+
+  /** The relay committed our envelope `counter` at `seq`. */
+  acknowledge(counter: number, seq: number): Promise<void> {
+    return this.#enqueue(async () => {
+      if (!this.#outbox.has(counter)) return;
+      this.#outbox.delete(counter);
+      markSeq(this.#meta, seq);
+      this.#meta.authors[this.#deps.identity.device.deviceId] = Math.max(this.#meta.authors[this.#deps.identity.device.deviceId] ?? 0, counter);
+      await this.#deps.store.batch([
+        { op: 'remove', key: this.#keys.outbox(counter) },
+        { op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) },
+      ]);
+      this.#deps.onProgress();
+    });
+  }
+
+  /**
+   * Verifies and applies envelopes the relay delivered, in seq order. An envelope that fails
+   * any check (wrong document, unknown author, bad signature, counter gap, decryption) is
+   * reported and not applied, and its seq is not marked, so it is fetched again later.
+   */
+  receive(items: readonly { seq: number; env: Envelope }[]): Promise<void> {
+    const applied: Uint8Array[] = [];
+    const self = this.#deps.identity.device.deviceId;
+    for (const { seq, env } of items) {
+      if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
+      const error = this.#check(env, self);
+      if (error === 'duplicate') {
+        markSeq(this.#meta, seq);
+        // Our own envelope came back in catch-up: it was committed even if its ack was lost.
+        if (env.device === self && this.#outbox.get(env.counter)?.sig === env.sig) void this.acknowledge(env.counter, seq);
+        continue;
+      }
+      if (error) {
+        this.#deps.onError({ ...error, doc: this.docId });
+        continue;
+      }
+      const key = this.#deps.peerKey(env.device)!;
+      const opened = openEnvelope(env, { key: this.#deps.key, authorPublicKey: key });
+      if (!opened.ok) {
+        this.#deps.onError({ ...opened.error, doc: this.docId });
+        continue;
+      }
+      try {
+        Y.applyUpdate(this.doc, opened.value, REMOTE_ORIGIN);
+      } catch {
+        this.#deps.onError({ code: ErrorCode.BAD_PAYLOAD, message: `envelope ${env.device}#${env.counter} is not a Yjs update`, doc: this.docId });
+        continue;
+      }
+      this.#meta.authors[env.device] = env.counter;
+      markSeq(this.#meta, seq);
+      applied.push(opened.value);
+    }
+    return this.#enqueue(async () => {
+      const ops: StorageOp[] = [];
+      if (applied.length > 0) {
+        ops.push({ op: 'save', key: this.#keys.log(this.#meta.logNext++), data: applied.length === 1 ? applied[0]! : Y.mergeUpdates(applied) });
+        this.#compactOps(ops);
+      }
+      ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
+      await this.#deps.store.batch(ops);
+    });
+  }
+
+  /** Integrity checks a receiving device can make before decrypting. */
+  #check(env: Envelope, self: DeviceId): KeelError | 'duplicate' | undefined {
+    if (env.doc !== this.docId) return { code: ErrorCode.NOT_AUTHORIZED, message: 'relay delivered an envelope of another document' };
+    if (env.epoch !== this.#deps.epoch) return { code: ErrorCode.UNKNOWN_EPOCH, message: `envelope is for key epoch ${env.epoch}` };
+    if (env.device === self && env.counter <= this.#meta.counter) return 'duplicate';
+    if (!this.#deps.peerKey(env.device)) return { code: ErrorCode.UNKNOWN_DEVICE, message: `author ${env.device} is not a certified device of this user` };
+    const last = this.#meta.authors[env.device] ?? 0;
+    if (env.counter <= last) return 'duplicate';
+    if (env.counter !== last + 1) {
+      return { code: ErrorCode.COUNTER_GAP, message: `author ${env.device} jumped from #${last} to #${env.counter}: an update is missing` };
+    }
+    return undefined;
+  }
+
+  /** The relay finished catch-up up to `seq`; synced once every seq up to it is here. */
+  markSynced(seq: number): void {
+    this.#syncTarget = seq;
+  }
+
+  /** Waits for every queued storage write of this document. */
+  async settle(): Promise<void> {
+    while (this.#ioScheduled) await new Promise<void>((resolve) => queueMicrotask(resolve));
+    await this.#io;
+  }
+
+  async close(): Promise<void> {
+    await this.settle();
+    this.#closed = true;
+    this.doc.destroy();
+  }
+}

@@ -1,0 +1,25 @@
+import { type Identity, type KeelClient, createMemoryStore, type ClientStore, type ClientError } from '@keel/client';
+import { createNodeClient } from '@keel/client/node';
+
+export interface Device {
+  readonly client: KeelClient;
+  readonly store: ClientStore;
+  readonly errors: ClientError[];
+}
+
+/** A client on a fresh (or given) store, recording every error it reports. */
+export const connectDevice = async (url: string, identity: Identity, store: ClientStore = createMemoryStore()): Promise<Device> => {
+  const client = await createNodeClient({ url, identity, storage: store, backoff: { baseMs: 50, maxMs: 500 } });
+  const errors: ClientError[] = [];
+  client.on('error', (e) => errors.push(e));
+  return { client, store, errors };
+};
+
+/** Polls `predicate` until true; fails after `timeoutMs`. Bounded in time and count. */
+export const waitFor = async (predicate: () => boolean, timeoutMs = 5_000, what = 'condition'): Promise<void> => {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+};
