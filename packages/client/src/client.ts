@@ -66,7 +66,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #certs: DeviceCertificate[] = [];
   #status: ClientStatus = 'connecting';
   #sendScheduled = false;
-  #idleWaiters: (() => void)[] = [];
+  #idleWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
   #finalError: ClientError | undefined;
 
@@ -84,7 +84,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onReady: (frame) => this.#onReady(frame),
       onFrame: (frame) => this.#onFrame(frame),
       onError: (error) => {
-        if (error.final) this.#finalError = error;
+        if (error.final) {
+          this.#finalError = error;
+          for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(toError(error));
+        }
         this.emit('error', [error]);
       },
     });
@@ -138,12 +141,16 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     return this.#docs.get(docId)!.doc;
   }
 
-  /** Resolves when every local change so far is acknowledged by the relay (waits while offline). */
+  /**
+   * Resolves when every local change so far is acknowledged by the relay (waits while offline).
+   * Rejects if the relay refuses this device for good; the changes stay in local storage.
+   */
   async flush(): Promise<void> {
     await Promise.all([...this.#docs.values()].map((d) => d.settle()));
     this.#scheduleSend();
     if (![...this.#docs.values()].some((d) => d.busy)) return;
-    await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+    if (this.#finalError) throw toError(this.#finalError);
+    await new Promise<void>((resolve, reject) => this.#idleWaiters.push({ resolve, reject }));
   }
 
   /**
@@ -181,7 +188,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
     this.#docs.clear();
     this.#setStatus('closed');
-    for (const resolve of this.#idleWaiters.splice(0)) resolve();
+    for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
   }
 
   #onLinkState(state: LinkState): void {
@@ -277,7 +284,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #checkProgress(): void {
     this.#updateStatus();
     if (this.#idleWaiters.length > 0 && ![...this.#docs.values()].some((d) => d.busy)) {
-      for (const resolve of this.#idleWaiters.splice(0)) resolve();
+      for (const waiter of this.#idleWaiters.splice(0)) waiter.resolve();
     }
   }
 

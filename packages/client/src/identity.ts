@@ -3,6 +3,7 @@ import {
   DeviceCertificateSchema,
   type DeviceKeys,
   type UserKeys,
+  WireLimits,
   certifyDevice,
   certifyFirstDevice,
   cryptoReady,
@@ -21,6 +22,8 @@ export interface Identity {
   readonly device: DeviceKeys;
   /** This device's certificate; presented to the relay on first contact. */
   readonly cert: DeviceCertificate;
+  /** Certificates of the devices that certified this one, root first (empty for the first device). */
+  readonly chain: readonly DeviceCertificate[];
 }
 
 /**
@@ -31,6 +34,7 @@ export interface Identity {
 export interface DeviceGrant {
   readonly rootKey: Uint8Array;
   readonly cert: DeviceCertificate;
+  readonly chain: readonly DeviceCertificate[];
 }
 
 /** A new user: a fresh root key and this device's key pair, certified by the user key. */
@@ -38,7 +42,7 @@ export const createIdentity = async (now: number = Date.now()): Promise<Identity
   await cryptoReady();
   const user = deriveUserKeys(generateRootKey());
   const device = generateDeviceKeys();
-  return { user, device, cert: certifyFirstDevice(user, device, now) };
+  return { user, device, cert: certifyFirstDevice(user, device, now), chain: [] };
 };
 
 /** On the new device: its own key pair. Only the public key leaves the device. */
@@ -51,6 +55,8 @@ export const createDeviceKeys = async (): Promise<DeviceKeys> => {
 export const authorizeDevice = (existing: Identity, newDevicePublicKey: Uint8Array, now: number = Date.now()): DeviceGrant => ({
   rootKey: existing.user.rootKey,
   cert: certifyDevice(existing.user, existing.device, newDevicePublicKey, now),
+  // Longer chains are cut at the root side: the relay knows old devices already.
+  chain: [...existing.chain, existing.cert].slice(-WireLimits.maxChain),
 });
 
 /** On the new device: combine the grant with its own keys. Throws if the grant is for other keys. */
@@ -61,7 +67,7 @@ export const acceptDeviceGrant = async (grant: DeviceGrant, device: DeviceKeys):
   if (grant.cert.device !== device.deviceId || grant.cert.deviceKey !== toB64(device.publicKey)) {
     throw new Error('device grant: certificate is for another device key');
   }
-  return { user, device, cert: grant.cert };
+  return { user, device, cert: grant.cert, chain: grant.chain };
 };
 
 /** Shortcut for tests and single-process demos: a second device of the same user. */
@@ -76,11 +82,18 @@ const StoredIdentitySchema = z.strictObject({
   rootKey: b64(32),
   deviceSecretKey: b64(64),
   cert: DeviceCertificateSchema,
+  chain: z.array(DeviceCertificateSchema).max(WireLimits.maxChain),
 });
 
 /** Serialises an identity (secret keys included) for the app's secure storage. */
 export const serializeIdentity = (identity: Identity): string =>
-  JSON.stringify({ v: 1, rootKey: toB64(identity.user.rootKey), deviceSecretKey: toB64(identity.device.secretKey), cert: identity.cert });
+  JSON.stringify({
+    v: 1,
+    rootKey: toB64(identity.user.rootKey),
+    deviceSecretKey: toB64(identity.device.secretKey),
+    cert: identity.cert,
+    chain: identity.chain,
+  });
 
 /** Parses what `serializeIdentity` wrote; throws a clear error on anything else. */
 export const parseIdentity = async (text: string): Promise<Identity> => {
@@ -100,5 +113,5 @@ export const parseIdentity = async (text: string): Promise<Identity> => {
   const device: DeviceKeys = { deviceId: deviceIdFromKey(publicKey), publicKey, secretKey };
   const cert = parsed.data.cert;
   if (cert.user !== user.userId || cert.device !== device.deviceId) throw new Error('stored identity: certificate does not match keys');
-  return { user, device, cert };
+  return { user, device, cert, chain: parsed.data.chain };
 };

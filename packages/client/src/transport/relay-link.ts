@@ -113,9 +113,10 @@ export class RelayLink {
     }
     this.#socket = socket;
     this.#authenticated = false;
-    const { user, device, cert } = this.#identity;
+    const { user, device, cert, chain } = this.#identity;
     socket.onopen = () => {
-      socket.send(encodeFrame({ type: 'hello', v: PROTOCOL_VERSION, user: user.userId, device: device.deviceId, cert }));
+      const hello = { type: 'hello', v: PROTOCOL_VERSION, user: user.userId, device: device.deviceId, cert } as const;
+      socket.send(encodeFrame(chain.length > 0 ? { ...hello, chain: [...chain] } : hello));
     };
     socket.onmessage = (event) => {
       if (this.#socket !== socket) return;

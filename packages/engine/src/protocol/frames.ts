@@ -19,6 +19,8 @@ export const WireLimits = {
   maxCiphertextBytes: 64 * 1024 * 1024,
   /** Device certificates a relay sends in `ready`. */
   maxCertificates: 256,
+  /** Issuer certificates a new device may present with its own. */
+  maxChain: 8,
 } as const;
 
 const b64Exact = (bytes: number) => z.string().length(b64Length(bytes)).regex(/^[A-Za-z0-9_-]*$/, 'not base64url');
@@ -68,8 +70,13 @@ export const HelloFrameSchema = z.strictObject({
   v: z.number().int(),
   user: UserIdSchema,
   device: DeviceIdSchema,
-  /** Present when this device is not yet known to the relay. */
+  /** This device's certificate, for a relay that does not know the device yet. */
   cert: DeviceCertificateSchema.optional(),
+  /**
+   * Certificates of the issuers above `cert`, root first, so a linked device can register
+   * even if the device that certified it has not reached this relay yet.
+   */
+  chain: z.array(DeviceCertificateSchema).max(WireLimits.maxChain).optional(),
 });
 export const AuthFrameSchema = z.strictObject({ type: z.literal('auth'), sig: b64Exact(64) });
 export const SubscribeFrameSchema = z.strictObject({

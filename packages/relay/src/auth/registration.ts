@@ -4,6 +4,7 @@ import {
   ErrorCode,
   type Result,
   type UserId,
+  WireLimits,
   checkCertificateIds,
   err,
   ok,
@@ -18,29 +19,47 @@ export interface VerifiedCertificate {
 }
 
 /**
- * Checks a certificate a new device presents in `hello`: ids match keys, it names the user and
- * device that say hello, and it is signed by the user key or by a live device of that user.
- * Whether a user-key certificate is still acceptable (only for a user's first device) is decided
- * atomically by the store at registration.
+ * Checks the certificate a new device presents in `hello`, with the chain of issuer
+ * certificates it brought: ids match keys, it names the user and device that say hello, and
+ * every link is signed by the user key or by a live device of that user — registered here or
+ * earlier in the chain. Returns what must be registered, issuers first. Whether a user-key
+ * certificate is still acceptable (only for a user's first device) is decided atomically by the
+ * store at registration.
  */
 export const verifyPresentedCertificate = async (
   store: RelayStore,
   cert: DeviceCertificate,
+  chain: readonly DeviceCertificate[],
   user: UserId,
   device: DeviceId,
-): Promise<Result<VerifiedCertificate>> => {
+): Promise<Result<VerifiedCertificate[]>> => {
   if (cert.user !== user || cert.device !== device) return err(ErrorCode.BAD_CERTIFICATE, 'certificate is for another user or device');
-  const ids = checkCertificateIds(cert);
-  if (!ids.ok) return ids;
-  let issuerKey: Uint8Array;
-  if (cert.issuer === null) {
-    issuerKey = ids.value.userKey;
-  } else {
-    const issuer = await store.getDevice(cert.issuer);
-    if (!issuer || issuer.userId !== user) return err(ErrorCode.BAD_CERTIFICATE, 'certificate issuer is not a device of this user');
-    if (issuer.revokedAt !== null) return err(ErrorCode.BAD_CERTIFICATE, 'certificate issuer is revoked');
-    issuerKey = issuer.publicKey;
+  const byDevice = new Map<DeviceId, DeviceCertificate>(chain.map((c) => [c.device, c]));
+  const leafFirst: VerifiedCertificate[] = [];
+  let current: DeviceCertificate = cert;
+  for (let depth = 0; depth <= WireLimits.maxChain; depth++) {
+    if (current.user !== user) return err(ErrorCode.BAD_CERTIFICATE, 'certificate chain crosses users');
+    const ids = checkCertificateIds(current);
+    if (!ids.ok) return ids;
+    const verified: VerifiedCertificate = { cert: current, deviceKey: ids.value.deviceKey, userKey: ids.value.userKey };
+    if (current.issuer === null) {
+      if (!verifyCertificateSignature(current, ids.value.userKey)) return err(ErrorCode.BAD_CERTIFICATE, 'certificate signature does not verify');
+      return ok([...leafFirst, verified].reverse());
+    }
+    const issuer = await store.getDevice(current.issuer);
+    if (issuer) {
+      if (issuer.userId !== user) return err(ErrorCode.BAD_CERTIFICATE, 'certificate issuer is not a device of this user');
+      if (issuer.revokedAt !== null) return err(ErrorCode.BAD_CERTIFICATE, 'certificate issuer is revoked');
+      if (!verifyCertificateSignature(current, issuer.publicKey)) return err(ErrorCode.BAD_CERTIFICATE, 'certificate signature does not verify');
+      return ok([...leafFirst, verified].reverse());
+    }
+    const next = byDevice.get(current.issuer);
+    if (!next) return err(ErrorCode.BAD_CERTIFICATE, 'certificate issuer is unknown to this relay and not in the chain');
+    const nextIds = checkCertificateIds(next);
+    if (!nextIds.ok) return nextIds;
+    if (!verifyCertificateSignature(current, nextIds.value.deviceKey)) return err(ErrorCode.BAD_CERTIFICATE, 'certificate signature does not verify');
+    leafFirst.push(verified);
+    current = next;
   }
-  if (!verifyCertificateSignature(cert, issuerKey)) return err(ErrorCode.BAD_CERTIFICATE, 'certificate signature does not verify');
-  return ok({ cert, deviceKey: ids.value.deviceKey, userKey: ids.value.userKey });
+  return err(ErrorCode.BAD_CERTIFICATE, `certificate chain longer than ${WireLimits.maxChain}`);
 };

@@ -44,7 +44,14 @@ export interface ConnectionContext {
 
 type State =
   | { readonly kind: 'hello' }
-  | { readonly kind: 'challenged'; readonly hello: HelloFrame; readonly nonce: string; readonly publicKey: Uint8Array; readonly pending?: VerifiedCertificate }
+  | {
+      readonly kind: 'challenged';
+      readonly hello: HelloFrame;
+      readonly nonce: string;
+      readonly publicKey: Uint8Array;
+      /** Certificates to register once the device proves its key, issuers first. */
+      readonly pending: readonly VerifiedCertificate[];
+    }
   | { readonly kind: 'ready'; readonly user: UserId; readonly device: DeviceRecord }
   | { readonly kind: 'closed' };
 
@@ -158,7 +165,7 @@ export class RelayConnection {
     }
     const known = await this.#ctx.store.getDevice(hello.device);
     let publicKey: Uint8Array;
-    let pending: VerifiedCertificate | undefined;
+    let pending: readonly VerifiedCertificate[] = [];
     if (known) {
       if (known.userId !== hello.user) return this.#authFailed(hello, 'device belongs to another user');
       if (known.revokedAt !== null) {
@@ -166,15 +173,15 @@ export class RelayConnection {
       }
       publicKey = known.publicKey;
     } else if (hello.cert) {
-      const verified = await verifyPresentedCertificate(this.#ctx.store, hello.cert, hello.user, hello.device);
+      const verified = await verifyPresentedCertificate(this.#ctx.store, hello.cert, hello.chain ?? [], hello.user, hello.device);
       if (!verified.ok) return this.#authFailed(hello, verified.error.message, verified.error.code);
-      publicKey = verified.value.deviceKey;
+      publicKey = verified.value[verified.value.length - 1]!.deviceKey;
       pending = verified.value;
     } else {
       return this.#authFailed(hello, 'unknown device and no certificate', ErrorCode.UNKNOWN_DEVICE);
     }
     const nonce = createChallengeNonce();
-    this.#state = pending ? { kind: 'challenged', hello, nonce, publicKey, pending } : { kind: 'challenged', hello, nonce, publicKey };
+    this.#state = { kind: 'challenged', hello, nonce, publicKey, pending };
     this.send({ type: 'challenge', v: PROTOCOL_VERSION, relay: this.#ctx.config.relayId, nonce }, 10);
   }
 
@@ -183,25 +190,23 @@ export class RelayConnection {
     if (!verifyChallenge(this.#ctx.config.relayId, nonce, hello.user, hello.device, sig, publicKey)) {
       return this.#authFailed(hello, 'challenge signature does not verify');
     }
-    let device: DeviceRecord;
-    if (pending) {
-      // Registered only now that the device proved it holds the certified key.
-      const registered = await this.#ctx.store.registerDevice(pending.cert, pending.deviceKey, pending.userKey, this.#ctx.now());
+    // Registered only now that the device proved it holds the certified key.
+    const registeredNow: DeviceRecord[] = [];
+    for (const link of pending) {
+      const registered = await this.#ctx.store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#ctx.now());
       if (!registered.ok) return this.#authFailed(hello, registered.error.message, registered.error.code);
-      device = registered.value;
-      this.#ctx.log.log('info', 'device registered', { user: device.userId, device: device.deviceId, issuer: device.cert.issuer });
-    } else {
-      const current = await this.#ctx.store.getDevice(hello.device);
-      if (!current || current.revokedAt !== null) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
-      device = current;
+      registeredNow.push(registered.value);
+      this.#ctx.log.log('info', 'device registered', { user: registered.value.userId, device: registered.value.deviceId, issuer: link.cert.issuer });
     }
+    const device = await this.#ctx.store.getDevice(hello.device);
+    if (!device || device.revokedAt !== null) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
     if (this.#state.kind === 'closed') return;
     clearTimeout(this.#authTimer);
     this.#state = { kind: 'ready', user: hello.user, device };
     const certs = (await this.#ctx.store.listDevices(hello.user)).filter((d) => d.revokedAt === null).map((d) => d.cert);
     this.send({ type: 'ready', user: hello.user, device: hello.device, certs: certs.slice(-WireLimits.maxCertificates) }, 10);
     this.#ctx.attach(this);
-    if (pending) this.#ctx.announceDevice(this, device);
+    for (const registered of registeredNow) this.#ctx.announceDevice(this, registered);
     this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
   }
 
