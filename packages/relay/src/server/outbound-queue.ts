@@ -15,7 +15,7 @@ export class OutboundQueue {
   readonly #socket: OutboundSocket;
   readonly #highWaterBytes: number;
   readonly #lanes: string[][] = Array.from({ length: LANES + 1 }, () => []);
-  readonly #heads: number[] = new Array<number>(LANES + 1).fill(0);
+  readonly #heads: number[] = Array.from({ length: LANES + 1 }, () => 0);
   #queued = 0;
   #inflightBytes = 0;
   #closed = false;

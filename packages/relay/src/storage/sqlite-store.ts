@@ -3,7 +3,6 @@ import {
   type DeviceCertificate,
   type DeviceId,
   type DocId,
-  type Envelope,
   type EnvelopeKind,
   ErrorCode,
   type Result,

@@ -1,0 +1,107 @@
+#!/usr/bin/env node
+// The two commands of the README, on a machine that has only Node and npm:
+//   npm start  → set up, build, run the relay on an embedded SQLite database
+//   npm test   → set up, typecheck, lint, run every test, print one summary line
+// Setup is idempotent and quick when everything is already there.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const PNPM_VERSION = '12.4.2';
+const LOCAL_TOOLS = join(ROOT, '.tools');
+
+const say = (message) => process.stdout.write(`\u001b[1m[keel]\u001b[0m ${message}\n`);
+
+const run = (command, args, options = {}) => {
+  const result = spawnSync(command, args, { cwd: ROOT, stdio: 'inherit', ...options });
+  if (result.error) throw result.error;
+  return result.status ?? 1;
+};
+const must = (command, args, options) => {
+  const status = run(command, args, options);
+  if (status !== 0) {
+    say(`failed: ${command} ${args.join(' ')} (exit ${status})`);
+    process.exit(status);
+  }
+};
+const versionOf = (command) => {
+  const result = spawnSync(command, ['--version'], { encoding: 'utf8' });
+  return result.status === 0 ? result.stdout.trim() : undefined;
+};
+
+const checkNode = () => {
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  if (major < 20 || (major === 20 && minor < 19)) {
+    say(`Node ${process.versions.node} is too old: Keel needs Node ≥ 20.19`);
+    process.exit(1);
+  }
+};
+
+/** pnpm at exactly the pinned version: the global one, else a project-local install. */
+const ensurePnpm = () => {
+  if (versionOf('pnpm') === PNPM_VERSION) return 'pnpm';
+  const local = join(LOCAL_TOOLS, 'node_modules', '.bin', 'pnpm');
+  if (existsSync(local) && versionOf(local) === PNPM_VERSION) return local;
+  say(`installing pnpm ${PNPM_VERSION}`);
+  if (run('npm', ['install', '-g', '-E', `pnpm@${PNPM_VERSION}`], { stdio: 'ignore' }) === 0 && versionOf('pnpm') === PNPM_VERSION) {
+    return 'pnpm';
+  }
+  mkdirSync(LOCAL_TOOLS, { recursive: true });
+  must('npm', ['install', '--prefix', LOCAL_TOOLS, '--no-save', '-E', `pnpm@${PNPM_VERSION}`]);
+  return local;
+};
+
+const installDependencies = (pnpm) => {
+  say('installing dependencies (frozen lockfile)');
+  must(pnpm, ['install', '--frozen-lockfile', '--reporter=append-only'], { env: { ...process.env, CI: 'true' } });
+};
+
+const build = (pnpm) => {
+  say('building (tsc -b, strict typecheck)');
+  must(pnpm, ['exec', 'tsc', '-b']);
+};
+
+const start = () => {
+  const dataDir = join(ROOT, 'data');
+  mkdirSync(dataDir, { recursive: true });
+  const db = process.env.KEEL_RELAY_DB ?? join(dataDir, 'keel-relay.db');
+  say(`starting the relay on ${process.env.KEEL_RELAY_HOST ?? '127.0.0.1'}:${process.env.KEEL_RELAY_PORT ?? 8787}, database ${db}`);
+  say('health: GET /healthz · stop with Ctrl-C');
+  const args = [join(ROOT, 'packages/relay/dist/cli.js'), 'serve', '--db', db, ...process.argv.slice(3)];
+  process.exit(run(process.execPath, args));
+};
+
+const test = (pnpm) => {
+  say('linting (oxlint: no import cycles, no unused code)');
+  must(pnpm, ['run', '-s', 'lint']);
+  const results = join(ROOT, '.vitest-results.json');
+  rmSync(results, { force: true });
+  say('running every test (vitest)');
+  const status = run(pnpm, ['exec', 'vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile=${results}`]);
+  let summary = 'vitest wrote no results';
+  if (existsSync(results)) {
+    const r = JSON.parse(readFileSync(results, 'utf8'));
+    const skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+    summary = `${r.numPassedTests} passed, ${r.numFailedTests} failed${skipped ? `, ${skipped} skipped` : ''}`;
+    if (r.numTotalTests === 0) {
+      say('no test ran');
+      process.exit(1);
+    }
+  }
+  process.stdout.write(`\n${summary}\n`);
+  process.exit(status);
+};
+
+const command = process.argv[2];
+if (command !== 'start' && command !== 'test' && command !== 'setup') {
+  say('usage: node scripts/run.mjs start|test|setup');
+  process.exit(64);
+}
+checkNode();
+const pnpm = ensurePnpm();
+installDependencies(pnpm);
+build(pnpm);
+if (command === 'start') start();
+else if (command === 'test') test(pnpm);
