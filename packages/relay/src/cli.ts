@@ -15,7 +15,20 @@ const USAGE = `usage: keel-relay [serve] [options]
   --synchronous <mode>  FULL (fsync per commit) or NORMAL         (${ENV_VARS.synchronous}, default FULL)
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
   -h, --help            show this help
+
+environment only: ${ENV_VARS.authTimeoutMs}, ${ENV_VARS.maxBadFrames}, ${ENV_VARS.heartbeatMs}
 `;
+
+/** Command-line flag of each setting that has one; the rest come from the environment only. */
+const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
+  port: 'port',
+  host: 'host',
+  db: 'db',
+  relayId: 'relay-id',
+  maxPayloadBytes: 'max-payload',
+  synchronous: 'synchronous',
+  logLevel: 'log-level',
+};
 
 /** Exit status for a usage error, as BSD's sysexits EX_USAGE. */
 const EX_USAGE = 64;
@@ -53,32 +66,22 @@ const readConfig = (argv: string[]): RelayConfig => {
   const [command = 'serve', ...rest] = parsed.positionals;
   if (command !== 'serve' || rest.length > 0) usageError(`unknown command "${parsed.positionals.join(' ')}"`);
 
-  const env = process.env;
-  const flags = parsed.values;
   const input: Record<string, unknown> = {};
-  const pick = (key: keyof RelayConfig, flag: string | undefined) => {
-    const value = flag ?? env[ENV_VARS[key]];
-    if (value !== undefined) input[key] = value;
-  };
-  pick('port', flags.port);
-  pick('host', flags.host);
-  pick('db', flags.db);
-  pick('relayId', flags['relay-id']);
-  pick('maxPayloadBytes', flags['max-payload']);
-  pick('synchronous', flags.synchronous);
-  pick('logLevel', flags['log-level']);
-  pick('authTimeoutMs', undefined);
-  pick('maxBadFrames', undefined);
+  for (const key of Object.keys(ENV_VARS) as (keyof RelayConfig)[]) {
+    const flag = FLAGS[key];
+    const value = (flag && (parsed.values as Record<string, string | boolean | undefined>)[flag]) ?? process.env[ENV_VARS[key]];
+    if (typeof value === 'string') input[key] = value;
+  }
   const config = RelayConfigSchema.safeParse(input);
   if (!config.success) {
     const problems = config.error.issues.map((issue) => {
-      const key = String(issue.path[0]);
-      const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-      return `  ${flag} (or ${ENV_VARS[key as keyof RelayConfig] ?? 'env'}): ${issue.message}`;
+      const key = String(issue.path[0]) as keyof RelayConfig;
+      const source = FLAGS[key] ? `--${FLAGS[key]} (or ${ENV_VARS[key]})` : (ENV_VARS[key] ?? key);
+      return `  ${source}: ${issue.message}`;
     });
-    usageError(`invalid configuration:\n${problems.join('\n')}`);
+    return usageError(`invalid configuration:\n${problems.join('\n')}`);
   }
-  return config.data!;
+  return config.data;
 };
 
 const main = async (): Promise<void> => {

@@ -1,8 +1,20 @@
 import { z } from 'zod';
 
+/** An integer setting that may arrive as text (flags, environment), with a readable error. */
+const int = (what: string, min: number, max: number) =>
+  z.preprocess(
+    // Number('') is 0: an empty flag or variable must be an error, not port 0.
+    (value) => (typeof value === 'string' ? (value.trim() === '' ? Number.NaN : Number(value)) : value),
+    z
+      .number({ error: `${what} must be a number` })
+      .int(`${what} must be a whole number`)
+      .min(min, `${what} must be between ${min} and ${max}`)
+      .max(max, `${what} must be between ${min} and ${max}`),
+  );
+
 /** Relay configuration: defaults here, overridden by environment, overridden by CLI flags. */
 export const RelayConfigSchema = z.strictObject({
-  port: z.coerce.number().int('port must be an integer').min(0, 'port must be 0–65535').max(65535, 'port must be 0–65535').default(8787),
+  port: int('port', 0, 65535).default(8787),
   host: z
     .string()
     .min(1, 'host must not be empty')
@@ -13,10 +25,12 @@ export const RelayConfigSchema = z.strictObject({
   /** Name bound into every auth challenge, so an answer cannot be replayed to another relay. */
   relayId: z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'relay id must be printable ASCII without spaces').default('keel-relay'),
   /** Largest WebSocket frame accepted; bigger frames close the socket with 1009. */
-  maxPayloadBytes: z.coerce.number().int().min(4096).max(256 * 1024 * 1024).default(32 * 1024 * 1024),
-  authTimeoutMs: z.coerce.number().int().min(100).max(120_000).default(10_000),
+  maxPayloadBytes: int('max payload', 4096, 256 * 1024 * 1024).default(32 * 1024 * 1024),
+  authTimeoutMs: int('auth timeout', 100, 120_000).default(10_000),
   /** Bad frames tolerated on one connection before it is closed (4000). */
-  maxBadFrames: z.coerce.number().int().min(1).max(10_000).default(32),
+  maxBadFrames: int('max bad frames', 1, 10_000).default(32),
+  /** Interval of WebSocket pings; a socket that misses one is dropped (half-open connections). */
+  heartbeatMs: int('heartbeat', 100, 600_000).default(30_000),
   synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 });
@@ -32,6 +46,7 @@ export const ENV_VARS = {
   maxPayloadBytes: 'KEEL_RELAY_MAX_PAYLOAD_BYTES',
   authTimeoutMs: 'KEEL_RELAY_AUTH_TIMEOUT_MS',
   maxBadFrames: 'KEEL_RELAY_MAX_BAD_FRAMES',
+  heartbeatMs: 'KEEL_RELAY_HEARTBEAT_MS',
   synchronous: 'KEEL_RELAY_SYNCHRONOUS',
   logLevel: 'KEEL_RELAY_LOG_LEVEL',
 } as const satisfies Record<keyof RelayConfig, string>;

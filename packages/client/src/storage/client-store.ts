@@ -19,8 +19,9 @@ export interface ClientStore {
   load(key: StorageKey): Promise<Uint8Array | undefined>;
   save(key: StorageKey, data: Uint8Array): Promise<void>;
   remove(key: StorageKey): Promise<void>;
-  /** Every entry whose key starts with `prefix`, in key order. */
+  /** Every entry strictly below `prefix` (not the prefix's own key), in key order. */
   loadRange(prefix: StorageKey): Promise<StorageChunk[]>;
+  /** Removes every entry strictly below `prefix`. */
   removeRange(prefix: StorageKey): Promise<void>;
   /** Applies all operations atomically and durably, in order. */
   batch(ops: readonly StorageOp[]): Promise<void>;
@@ -45,6 +46,11 @@ export const splitKey = (joined: string): StorageKey => joined.split(KEY_SEPARAT
 /** Joined form of a prefix: every key below the prefix starts with it. */
 export const joinPrefix = (prefix: StorageKey): string => (prefix.length === 0 ? '' : joinKey(prefix) + KEY_SEPARATOR);
 
-/** Smallest joined key after every key below `prefix` (exclusive upper bound of its range). */
-export const prefixEnd = (joinedPrefix: string): string =>
-  joinedPrefix === '' ? '\uffff' : joinedPrefix.slice(0, -1) + String.fromCharCode(KEY_SEPARATOR.charCodeAt(0) + 1);
+/**
+ * Smallest joined key after every key below a non-empty joined prefix (exclusive upper bound of
+ * its range). The empty prefix has no such bound; callers take "everything" instead.
+ */
+export const prefixEnd = (joinedPrefix: string): string => {
+  if (joinedPrefix === '') throw new RangeError('the empty prefix has no upper bound');
+  return joinedPrefix.slice(0, -1) + String.fromCharCode(KEY_SEPARATOR.charCodeAt(0) + 1);
+};

@@ -2,7 +2,7 @@ import Database from 'better-sqlite3';
 import { type ClientStore, joinKey, joinPrefix, prefixEnd, splitKey } from './client-store.js';
 
 /**
- * Node store: one SQLite file (WAL, synchronous FULL), keys as NUL-joined text. A batch is one
+ * Node store: one SQLite file (WAL, synchronous FULL), keys as U+001F-joined text. A batch is one
  * transaction, so a crash leaves either all of it or none.
  */
 export const openSqliteClientStore = (path: string): ClientStore => {

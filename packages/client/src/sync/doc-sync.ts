@@ -8,8 +8,9 @@ import {
   type KeelError,
   type Lane,
   basePriority,
-  openEnvelope,
+  decryptEnvelope,
   sealEnvelope,
+  verifyEnvelopeSignature,
 } from '@keel/engine';
 import * as Y from 'yjs';
 import type { Identity } from '../identity.js';
@@ -236,6 +237,7 @@ export class DocSync {
     const self = this.#deps.identity.device.deviceId;
     for (const { seq, env } of items) {
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
+      // Signature first: nothing the relay could have forged may even mark a seq as received.
       const error = this.#check(env, self);
       if (error === 'duplicate') {
         markSeq(this.#meta, seq);
@@ -247,8 +249,7 @@ export class DocSync {
         this.#deps.onError({ ...error, doc: this.docId });
         continue;
       }
-      const key = this.#deps.peerKey(env.device)!;
-      const opened = openEnvelope(env, { key: this.#deps.key, authorPublicKey: key });
+      const opened = decryptEnvelope(env, this.#deps.key);
       if (!opened.ok) {
         this.#deps.onError({ ...opened.error, doc: this.docId });
         continue;
@@ -274,12 +275,16 @@ export class DocSync {
     });
   }
 
-  /** Integrity checks a receiving device can make before decrypting. */
+  /** Integrity checks a receiving device makes before decrypting, the author's signature first. */
   #check(env: Envelope, self: DeviceId): KeelError | 'duplicate' | undefined {
     if (env.doc !== this.docId) return { code: ErrorCode.NOT_AUTHORIZED, message: 'relay delivered an envelope of another document' };
     if (env.epoch !== this.#deps.epoch) return { code: ErrorCode.UNKNOWN_EPOCH, message: `envelope is for key epoch ${env.epoch}` };
+    const authorKey = this.#deps.peerKey(env.device);
+    if (!authorKey) return { code: ErrorCode.UNKNOWN_DEVICE, message: `author ${env.device} is not a certified device of this user` };
+    if (!verifyEnvelopeSignature(env, authorKey)) {
+      return { code: ErrorCode.BAD_SIGNATURE, message: `envelope ${env.device}#${env.counter} is not signed by its author` };
+    }
     if (env.device === self && env.counter <= this.#meta.counter) return 'duplicate';
-    if (!this.#deps.peerKey(env.device)) return { code: ErrorCode.UNKNOWN_DEVICE, message: `author ${env.device} is not a certified device of this user` };
     const last = this.#meta.authors[env.device] ?? 0;
     if (env.counter <= last) return 'duplicate';
     if (env.counter !== last + 1) {

@@ -65,17 +65,14 @@ export const verifyEnvelopeSignature = (env: Envelope, publicKey: Uint8Array): b
 };
 
 /**
- * Verifies the author's signature, then decrypts with the document key; returns the payload.
- * Any change to header, nonce or ciphertext fails one of the two checks.
+ * Decrypts an envelope whose signature the caller has already verified; returns the payload.
+ * Any change to header, nonce or ciphertext fails authentication here.
  */
-export const openEnvelope = (env: Envelope, options: { key: Uint8Array; authorPublicKey: Uint8Array }): Result<Uint8Array> => {
-  if (!verifyEnvelopeSignature(env, options.authorPublicKey)) {
-    return err(ErrorCode.BAD_SIGNATURE, `envelope ${env.device}#${env.counter} is not signed by its author`);
-  }
+export const decryptEnvelope = (env: Envelope, key: Uint8Array): Result<Uint8Array> => {
   const s = getSodium();
   let body: Uint8Array;
   try {
-    body = s.crypto_aead_xchacha20poly1305_ietf_decrypt(null, fromB64(env.ct), associatedData(env), fromB64(env.nonce), options.key);
+    body = s.crypto_aead_xchacha20poly1305_ietf_decrypt(null, fromB64(env.ct), associatedData(env), fromB64(env.nonce), key);
   } catch {
     return err(ErrorCode.DECRYPT_FAILED, `envelope ${env.device}#${env.counter} does not decrypt under this document's key`);
   }
@@ -89,4 +86,12 @@ export const openEnvelope = (env: Envelope, options: { key: Uint8Array; authorPu
     }
   }
   return ok(body.subarray(1));
+};
+
+/** Verifies the author's signature, then decrypts with the document key; returns the payload. */
+export const openEnvelope = (env: Envelope, options: { key: Uint8Array; authorPublicKey: Uint8Array }): Result<Uint8Array> => {
+  if (!verifyEnvelopeSignature(env, options.authorPublicKey)) {
+    return err(ErrorCode.BAD_SIGNATURE, `envelope ${env.device}#${env.counter} is not signed by its author`);
+  }
+  return decryptEnvelope(env, options.key);
 };

@@ -47,7 +47,7 @@ export const CloseCode = {
   /** ws closes with this itself when a frame exceeds maxPayload. */
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
-  /** The peer sent too many bad frames in a row. */
+  /** The peer sent more bad frames (or forged envelopes) on one connection than allowed. */
   PROTOCOL_ABUSE: 4000,
   /** Final: challenge-response failed or the device is unknown. */
   AUTH_FAILED: 4001,

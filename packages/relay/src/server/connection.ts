@@ -259,6 +259,8 @@ export class RelayConnection {
       }
       if (error) {
         this.#reject(env.doc, env.counter, error);
+        // An honest device never sends these: they count against the bad-frame budget.
+        this.#countAbuse();
       } else {
         accepted.push({ userId: state.user, env });
       }
@@ -298,9 +300,14 @@ export class RelayConnection {
   }
 
   #badFrame(error: KeelError): void {
-    this.#badFrames++;
-    this.#ctx.log.log('warn', 'bad frame', { user: this.user, device: this.device, code: error.code, count: this.#badFrames });
+    this.#ctx.log.log('warn', 'bad frame', { user: this.user, device: this.device, code: error.code, count: this.#badFrames + 1 });
     this.send({ type: 'error', code: error.code, message: error.message }, 10);
+    this.#countAbuse();
+  }
+
+  /** Bad frames and forged envelopes over the connection's life; past the limit it is closed. */
+  #countAbuse(): void {
+    this.#badFrames++;
     if (this.#badFrames >= this.#ctx.config.maxBadFrames) {
       this.#fail({ code: ErrorCode.TOO_MANY_ERRORS, message: `${this.#badFrames} bad frames` }, CloseCode.PROTOCOL_ABUSE);
     }

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { CloseCode, type DocId, type UserId, cryptoReady } from '@keel/engine';
-import { WebSocketServer } from 'ws';
+import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig } from '../config.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
@@ -92,11 +92,26 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   });
 
   const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
+  const alive = new WeakSet<WebSocket>();
   wss.on('connection', (ws) => {
     const conn = new RelayConnection(ws, context);
     all.add(conn);
+    alive.add(ws);
+    ws.on('pong', () => alive.add(ws));
     ws.on('close', () => all.delete(conn));
   });
+  // A device that vanished without a FIN (phone into a tunnel) misses a pong and is dropped.
+  const heartbeat = setInterval(() => {
+    for (const ws of wss.clients) {
+      if (!alive.has(ws)) {
+        ws.terminate();
+        continue;
+      }
+      alive.delete(ws);
+      ws.ping();
+    }
+  }, config.heartbeatMs);
+  heartbeat.unref();
   wss.on('error', (error) => log.log('error', 'websocket server error', { error: error.message }));
 
   http.listen(config.port, config.host);
@@ -111,6 +126,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     url: `ws://${host}:${address.port}`,
     close() {
       closing ??= (async () => {
+        clearInterval(heartbeat);
         for (const conn of all) conn.close(CloseCode.GOING_AWAY, 'relay shutting down');
         await new Promise<void>((resolve) => wss.close(() => resolve()));
         for (const client of wss.clients) client.terminate();

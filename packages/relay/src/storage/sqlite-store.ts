@@ -189,6 +189,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
         if (existing.user_id !== cert.user) return err(ErrorCode.BAD_CERTIFICATE, 'device is registered to another user');
         return ok(toDeviceRecord(existing));
       }
+      if (cert.issuer !== null) {
+        // Checked again inside the transaction: the issuer may have been revoked since hello.
+        const issuer = stmt.device.get(cert.issuer);
+        if (!issuer || issuer.user_id !== cert.user || issuer.revoked_at !== null) {
+          return err(ErrorCode.BAD_CERTIFICATE, 'certificate issuer is not a live device of this user');
+        }
+      }
       const user = stmt.user.get(cert.user);
       if (!user) {
         if (cert.issuer !== null) return err(ErrorCode.BAD_CERTIFICATE, 'unknown user: the first device must be certified by the user key');
