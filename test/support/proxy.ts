@@ -6,12 +6,15 @@ export interface NetworkProxy {
   readonly url: string;
   /** Cuts every open connection and refuses new ones until set back online. */
   setOffline(offline: boolean): void;
+  /** Keeps connections open but silently drops what devices send (a dead link the client cannot see). */
+  setBlackhole(blackhole: boolean): void;
   close(): Promise<void>;
 }
 
 export const startProxy = async (targetPort: number): Promise<NetworkProxy> => {
   const sockets = new Set<Socket>();
   let offline = false;
+  let blackhole = false;
   const server: Server = createServer((client) => {
     if (offline) {
       client.destroy();
@@ -26,7 +29,9 @@ export const startProxy = async (targetPort: number): Promise<NetworkProxy> => {
         upstream.destroy();
       });
     }
-    client.pipe(upstream);
+    client.on('data', (chunk: Buffer) => {
+      if (!blackhole) upstream.write(chunk);
+    });
     upstream.pipe(client);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -36,6 +41,9 @@ export const startProxy = async (targetPort: number): Promise<NetworkProxy> => {
     setOffline(value) {
       offline = value;
       if (value) for (const s of sockets) s.destroy();
+    },
+    setBlackhole(value) {
+      blackhole = value;
     },
     close: async () => {
       for (const s of sockets) s.destroy();
