@@ -94,9 +94,16 @@ const test = (pnpm) => {
   process.exit(status);
 };
 
+/** Benchmarks: the driver on CPU 1, the relay (which pins itself) on CPU 0. */
+const bench = (pnpm) => {
+  const pin = versionOf('taskset') !== undefined || existsSync('/usr/bin/taskset') ? ['taskset', '-c', '1'] : [];
+  const [cmd, ...args] = [...pin, pnpm, '--filter', '@keel/test', 'run', '-s', 'bench'];
+  process.exit(run(cmd, args));
+};
+
 const command = process.argv[2];
-if (command !== 'start' && command !== 'test' && command !== 'setup') {
-  say('usage: node scripts/run.mjs start|test|setup');
+if (!['start', 'test', 'setup', 'bench'].includes(command)) {
+  say('usage: node scripts/run.mjs start|test|bench|setup');
   process.exit(64);
 }
 checkNode();
@@ -105,3 +112,4 @@ installDependencies(pnpm);
 build(pnpm);
 if (command === 'start') start();
 else if (command === 'test') test(pnpm);
+else if (command === 'bench') bench(pnpm);

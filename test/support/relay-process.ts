@@ -8,6 +8,7 @@ export const RELAY_CLI = fileURLToPath(new URL('../../packages/relay/dist/cli.js
 
 export interface RelayProcess {
   readonly url: string;
+  readonly pid: number;
   readonly port: number;
   readonly dbPath: string;
   readonly dir: string;
@@ -25,17 +26,19 @@ export interface RelayProcessOptions {
   readonly port?: number;
   readonly args?: readonly string[];
   readonly env?: Readonly<Record<string, string>>;
+  /** Pin the relay to this CPU core (taskset), for benchmarks. */
+  readonly cpu?: number;
 }
 
 /** Starts the built `keel-relay` CLI on 127.0.0.1 and waits for its "listening" line. */
 export const startRelayProcess = async (options: RelayProcessOptions = {}): Promise<RelayProcess> => {
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'keel-relay-'));
   const dbPath = join(dir, 'relay.db');
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [RELAY_CLI, '--host', '127.0.0.1', '--port', String(options.port ?? 0), '--db', dbPath, ...(options.args ?? [])],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } },
-  );
+  const relayArgs = [RELAY_CLI, '--host', '127.0.0.1', '--port', String(options.port ?? 0), '--db', dbPath, ...(options.args ?? [])];
+  // taskset execs node in place, so the child's pid is the relay's.
+  const [command, args] =
+    options.cpu === undefined ? [process.execPath, relayArgs] : ['taskset', ['-c', String(options.cpu), process.execPath, ...relayArgs]];
+  const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
@@ -62,6 +65,7 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   };
   return {
     url: `ws://127.0.0.1:${port}`,
+    pid: child.pid!,
     port,
     dbPath,
     dir,
