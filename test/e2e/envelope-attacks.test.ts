@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { type Identity, createIdentity, linkNewDevice } from '@keel/client';
 import {
+  DEFAULT_TIERS,
   type DeviceCertificate,
   type DocId,
   type Envelope,
@@ -302,7 +303,7 @@ interface HostileRelay {
   close(): Promise<void>;
 }
 
-const HOSTILE_RELArefYID = 'hostile-relay';
+const HOSTILE_RELAY_ID = 'hostile-relay';
 
 /**
  * A relay that authenticates devices correctly (so the client trusts the connection) and
@@ -324,15 +325,16 @@ const startHostileRelay = async (certs: readonly DeviceCertificate[]): Promise<H
       const frame = parsed.value;
       if (frame.type === 'hello') {
         hello = frame;
-        ws.send(encodeFrame({ type: 'challenge', v: PROTOCOL_VERSION, relay: HOSTILE_RELArefYID, nonce }));
+        ws.send(encodeFrame({ type: 'challenge', v: PROTOCOL_VERSION, relay: HOSTILE_RELAY_ID, nonce }));
       } else if (frame.type === 'auth') {
         const key = hello?.cert && fromB64(hello.cert.deviceKey);
-        if (!hello || !key || !verifyChallenge(HOSTILE_RELArefYID, nonce, hello.user, hello.device, frame.sig, key)) {
+        if (!hello || !key || !verifyChallenge(HOSTILE_RELAY_ID, nonce, hello.user, hello.device, frame.sig, key)) {
           ws.close(4001, 'AUTH_FAILED');
           return;
         }
         ready = ws;
-        ws.send(encodeFrame({ type: 'ready', user: hello.user, device: hello.device, certs: [...certs] }));
+        const tier = { name: 'premium' as const, policy: DEFAULT_TIERS.premium, since: 0 };
+        ws.send(encodeFrame({ type: 'ready', user: hello.user, device: hello.device, certs: [...certs], tier }));
       } else if (frame.type === 'sub') {
         for (const { doc } of frame.docs) subs.add(doc);
       }

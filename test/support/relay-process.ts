@@ -1,4 +1,5 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +9,10 @@ export const RELAY_CLI = fileURLToPath(new URL('../../packages/relay/dist/cli.js
 
 export interface RelayProcess {
   readonly url: string;
+  /** HTTP base URL: health, admin, webhooks. */
+  readonly httpUrl: string;
+  /** Bearer token of the relay's operator commands. */
+  readonly adminToken: string;
   readonly pid: number;
   readonly port: number;
   readonly dbPath: string;
@@ -28,17 +33,37 @@ export interface RelayProcessOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Pin the relay to this CPU core (taskset), for benchmarks. */
   readonly cpu?: number;
+  /**
+   * Tier of users nothing has set. Most tests are about sync, not payment, so they run on
+   * premium; tier tests pass the tier they are about.
+   */
+  readonly defaultTier?: 'trial' | 'basic' | 'grace_period' | 'premium';
 }
 
 /** Starts the built `keel-relay` CLI on 127.0.0.1 and waits for its "listening" line. */
 export const startRelayProcess = async (options: RelayProcessOptions = {}): Promise<RelayProcess> => {
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'keel-relay-'));
   const dbPath = join(dir, 'relay.db');
-  const relayArgs = [RELAY_CLI, '--host', '127.0.0.1', '--port', String(options.port ?? 0), '--db', dbPath, ...(options.args ?? [])];
+  const adminToken = options.env?.KEEL_RELAY_ADMIN_TOKEN ?? randomBytes(24).toString('base64url');
+  const relayArgs = [
+    RELAY_CLI,
+    '--host',
+    '127.0.0.1',
+    '--port',
+    String(options.port ?? 0),
+    '--db',
+    dbPath,
+    '--default-tier',
+    options.defaultTier ?? 'premium',
+    ...(options.args ?? []),
+  ];
   // taskset execs node in place, so the child's pid is the relay's.
   const [command, args] =
     options.cpu === undefined ? [process.execPath, relayArgs] : ['taskset', ['-c', String(options.cpu), process.execPath, ...relayArgs]];
-  const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
+  const child: ChildProcess = spawn(command, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, KEEL_RELAY_ADMIN_TOKEN: adminToken, ...options.env },
+  });
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
@@ -65,6 +90,8 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   };
   return {
     url: `ws://127.0.0.1:${port}`,
+    httpUrl: `http://127.0.0.1:${port}`,
+    adminToken,
     pid: child.pid!,
     port,
     dbPath,
@@ -77,3 +104,12 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
 
 /** Removes a relay's temp dir (database, WAL and shared-memory files). */
 export const removeRelayDir = (dir: string): void => rmSync(dir, { recursive: true, force: true });
+
+/** Runs a `keel-relay` CLI command (e.g. `tier set …`) to completion; never throws on exit status. */
+export const runRelayCli = (args: readonly string[], env: Readonly<Record<string, string>> = {}) =>
+  new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(process.execPath, [RELAY_CLI, ...args], { env: { ...process.env, ...env }, timeout: 10_000 }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });

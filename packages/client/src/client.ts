@@ -1,23 +1,35 @@
 import {
+  type Assessment,
+  type CrisisDetection,
+  DEFAULT_TIERS,
   type DeviceCertificate,
   type DeviceId,
   type DocClass,
   DocClassSchema,
   type DocId,
   type KeelError,
+  type Priority,
   type RelayFrame,
   type Seq,
+  type TierState,
+  TierStateSchema,
   WireLimits,
+  createScheduler,
   cryptoReady,
   deriveDocId,
   deriveDocKey,
   deriveEpochZeroSecret,
+  detectCrisis,
+  effectivePriority,
+  parseAssessment,
   verifyCertificateChain,
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
 import type { Identity } from './identity.js';
 import type { ClientStore } from './storage/client-store.js';
+import { decodeJson, encodeJson } from './sync/doc-meta.js';
+import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync } from './sync/doc-sync.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
@@ -31,6 +43,14 @@ export type ClientEvents = {
   status: (status: ClientStatus) => void;
   /** An integrity failure, a refusal by the relay, or a local storage fault. Nothing bad is applied. */
   error: (error: ClientError) => void;
+  /** The relay deferred a document's changes (bandwidth or daily limit); they are resent later. */
+  deferred: (info: { readonly doc: DocId; readonly code: string; readonly retryAfterMs: number }) => void;
+  /** The user's tier changed (payment, operator); the next scheduling decision follows it. */
+  tier: (tier: TierState) => void;
+  /** Changes from another device wait for the app to accept them (manual conflict resolution). */
+  staged: (info: { readonly doc: DocId; readonly count: number }) => void;
+  /** Crisis mode turned on or off, on this device or another of the user's. */
+  crisis: (active: boolean) => void;
 };
 
 export interface DocSpec {
@@ -49,31 +69,43 @@ export interface KeelClientOptions {
   readonly backoff?: BackoffOptions;
 }
 
+const TIER_KEY = ['client', 'tier'];
+/** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
+export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
+
+/** Until the relay says otherwise, a device assumes the free tier. */
+const UNKNOWN_TIER: TierState = { name: 'trial', policy: DEFAULT_TIERS.trial, since: 0 };
+
+const toError = (e: ClientError): Error => Object.assign(new Error(`${e.code}: ${e.message}`), { code: e.code });
+
 /**
  * Keel's client: opens documents by class and name as live Y.Docs, keeps them in local storage,
- * seals every local change and syncs it through the relay, and applies verified changes of the
- * user's other devices.
+ * seals every local change and syncs it through the relay when the tier's scheduler says so
+ * (crisis documents at once), and applies verified changes of the user's other devices.
  */
 export class KeelClient extends ObservableV2<ClientEvents> {
   readonly identity: Identity;
   readonly #store: ClientStore;
   readonly #link: RelayLink;
+  readonly #dispatcher: Dispatcher;
   readonly #epochSecret: Uint8Array;
   readonly #docs = new Map<DocId, DocSync>();
   readonly #opening = new Map<DocId, Promise<DocSync>>();
-  readonly #dirty = new Set<DocSync>();
   #peers = new Map<DeviceId, Uint8Array>();
   #certs: DeviceCertificate[] = [];
+  #tier: TierState;
+  #crisisMode = false;
+  #sessionActive = false;
   #status: ClientStatus = 'connecting';
-  #sendScheduled = false;
   #idleWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
   #finalError: ClientError | undefined;
 
-  constructor(options: KeelClientOptions) {
+  constructor(options: KeelClientOptions, initialTier: TierState = UNKNOWN_TIER) {
     super();
     this.identity = options.identity;
     this.#store = options.storage;
+    this.#tier = initialTier;
     this.#epochSecret = deriveEpochZeroSecret(options.identity.user.rootKey);
     this.#peers.set(options.identity.device.deviceId, options.identity.device.publicKey);
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
@@ -91,11 +123,31 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.emit('error', [error]);
       },
     });
+    this.#dispatcher = new Dispatcher({
+      scheduler: createScheduler({ clock: { now: () => Date.now() }, policy: initialTier.policy }),
+      doc: (docId) => this.#docs.get(docId),
+      docs: () => this.#docs.values(),
+      push: (envs) => this.#link.send({ type: 'push', envs }),
+      linkReady: () => this.#link.state === 'ready',
+      now: () => Date.now(),
+      onError: (error) =>
+        this.emit('error', [{ code: 'INTERNAL', message: `dispatch failed: ${error instanceof Error ? error.message : String(error)}` }]),
+    });
     this.#link.start();
   }
 
   get status(): ClientStatus {
     return this.#status;
+  }
+
+  /** The tier the relay enforces for this user (last known while offline). */
+  get tier(): TierState {
+    return this.#tier;
+  }
+
+  /** Whether the user is in crisis mode (on any of their devices). */
+  get crisisMode(): boolean {
+    return this.#crisisMode;
   }
 
   /** The opaque id a document has on the relay. */
@@ -108,11 +160,15 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * sync. Opening the same document twice returns the same Y.Doc.
    */
   async open(spec: DocSpec): Promise<Y.Doc> {
+    return (await this.#openSync(spec)).doc;
+  }
+
+  async #openSync(spec: DocSpec): Promise<DocSync> {
     if (this.#closed) throw new Error('client is closed');
     const docClass = DocClassSchema.parse(spec.class);
     const docId = this.docId(spec);
     const open = this.#docs.get(docId);
-    if (open) return open.doc;
+    if (open) return open;
     let opening = this.#opening.get(docId);
     if (!opening) {
       opening = DocSync.load(docId, docClass, spec.name, {
@@ -121,10 +177,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         key: deriveDocKey(this.#epochSecret, docId, 0),
         epoch: 0,
         peerKey: (device) => this.#peers.get(device),
-        onPending: (sync) => {
-          this.#dirty.add(sync);
-          this.#scheduleSend();
-        },
+        onPending: (sync, bytes) => this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes),
+        shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
+        onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
         onError: (error) => this.emit('error', [error]),
       });
@@ -134,20 +189,73 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#opening.delete(docId);
     if (!this.#docs.has(docId)) {
       this.#docs.set(docId, sync);
-      if (sync.hasPending) this.#dirty.add(sync);
+      if (sync.hasPending) this.#dispatcher.write(docId, this.#priorityOf(sync), sync.pendingBytes);
       if (this.#link.state === 'ready') this.#startDoc(sync);
       this.#updateStatus();
     }
-    return this.#docs.get(docId)!.doc;
+    return this.#docs.get(docId)!;
   }
 
   /**
-   * Resolves when every local change so far is acknowledged by the relay (waits while offline).
-   * Rejects if the relay refuses this device for good; the changes stay in local storage.
+   * Marks a therapeutic session (breathing, MBCT) active or not. Active sessions are escalated
+   * where the tier allows it, during a grace period, and always in crisis mode.
+   */
+  setTherapeuticSession(active: boolean): void {
+    this.#sessionActive = active;
+  }
+
+  /** Turns crisis mode on or off for every device of the user; syncs at crisis priority. */
+  async setCrisisMode(active: boolean, source = 'user'): Promise<void> {
+    const doc = await this.open(CRISIS_MODE_DOC);
+    doc.transact(() => {
+      const state = doc.getMap('crisis');
+      state.set('active', active);
+      state.set('since', Date.now());
+      state.set('source', source);
+    });
+  }
+
+  /**
+   * Records a PHQ-9 or GAD-7 assessment in its own document. One that crosses a crisis threshold
+   * (PHQ-9 ≥ 20 or item 9 > 0, GAD-7 ≥ 15) syncs as a crisis assessment and turns crisis mode on.
+   */
+  async recordAssessment(name: string, input: unknown): Promise<CrisisDetection & { readonly assessment: Assessment }> {
+    const parsed = parseAssessment(input);
+    if (!parsed.ok) throw Object.assign(new Error(`${parsed.error.code}: ${parsed.error.message}`), { code: parsed.error.code });
+    const result = detectCrisis(parsed.value);
+    const doc = await this.open({ class: 'assessment', name });
+    doc.transact(() => {
+      const map = doc.getMap('assessment');
+      map.set('kind', parsed.value.kind);
+      map.set('answers', [...parsed.value.answers]);
+      map.set('total', result.total);
+      map.set('crisis', result.crisis);
+      map.set('reasons', [...result.reasons]);
+      map.set('at', Date.now());
+    });
+    if (result.crisis) await this.setCrisisMode(true, 'assessment');
+    return { ...result, assessment: parsed.value };
+  }
+
+  /** Remote changes waiting for acceptance in a document (tiers with manual conflict resolution). */
+  stagedCount(spec: DocSpec): number {
+    return this.#docs.get(this.docId(spec))?.staged ?? 0;
+  }
+
+  /** Applies the staged changes from other devices to a document; resolves to how many. */
+  async acceptStaged(spec: DocSpec): Promise<number> {
+    const sync = this.#docs.get(this.docId(spec));
+    return sync ? sync.acceptStaged() : 0;
+  }
+
+  /**
+   * Sends every pending change now, ignoring the tier's batch window (the relay still enforces
+   * bandwidth and data limits), and resolves when all of them are acknowledged. Waits while
+   * offline; rejects if the relay refuses this device for good. The changes stay stored either way.
    */
   async flush(): Promise<void> {
     await Promise.all([...this.#docs.values()].map((d) => d.settle()));
-    this.#scheduleSend();
+    if (this.#link.state === 'ready') await this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
     if (![...this.#docs.values()].some((d) => d.busy)) return;
     if (this.#finalError) throw toError(this.#finalError);
     await new Promise<void>((resolve, reject) => this.#idleWaiters.push({ resolve, reject }));
@@ -185,14 +293,42 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#link.stop();
+    this.#dispatcher.close();
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
     this.#docs.clear();
     this.#setStatus('closed');
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
   }
 
+  /** Internal: begins watching the crisis-mode document. */
+  async watchCrisisMode(): Promise<void> {
+    const doc = await this.open(CRISIS_MODE_DOC);
+    const read = () => {
+      const active = doc.getMap('crisis').get('active') === true;
+      if (active === this.#crisisMode) return;
+      this.#crisisMode = active;
+      this.emit('crisis', [active]);
+    };
+    doc.getMap('crisis').observe(read);
+    read();
+  }
+
+  #priorityOf(sync: DocSync): Priority {
+    return effectivePriority({
+      docClass: sync.docClass,
+      tier: this.#tier.name,
+      policy: this.#tier.policy,
+      crisisMode: this.#crisisMode,
+      sessionActive: this.#sessionActive,
+      crisisAssessment: sync.docClass === 'assessment' && sync.doc.getMap('assessment').get('crisis') === true,
+    });
+  }
+
   #onLinkState(state: LinkState): void {
-    if (state === 'offline') for (const d of this.#docs.values()) d.resetSynced();
+    if (state !== 'ready') {
+      for (const d of this.#docs.values()) d.resetSynced();
+      this.#dispatcher.onLinkDown();
+    }
     this.#updateStatus();
   }
 
@@ -217,30 +353,45 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
     this.#certs = frame.certs;
     this.#verifyPeers();
+    this.#applyTier(frame.tier, true);
     const docs = [...this.#docs.values()];
     for (const d of docs) d.resetSynced();
+    this.#subscribe(docs);
+    this.#dispatcher.onLinkReady();
+    this.#updateStatus();
+  }
+
+  #subscribe(docs: readonly DocSync[]): void {
     for (let i = 0; i < docs.length; i += WireLimits.maxDocsPerSubscribe) {
       const page = docs.slice(i, i + WireLimits.maxDocsPerSubscribe);
       this.#link.send({ type: 'sub', docs: page.map((d) => ({ doc: d.docId, after: d.lastSeq as Seq })) });
     }
-    // Crisis documents first: their unacknowledged envelopes are resent before anything else.
-    for (const d of docs.sort((a, b) => b.lane - a.lane)) this.#resendOutbox(d);
-    for (const d of docs) if (d.hasPending) this.#dirty.add(d);
-    this.#scheduleSend();
-    this.#updateStatus();
   }
 
   #startDoc(sync: DocSync): void {
     sync.resetSynced();
-    this.#link.send({ type: 'sub', docs: [{ doc: sync.docId, after: sync.lastSeq as Seq }] });
-    this.#resendOutbox(sync);
-    this.#scheduleSend();
-  }
-
-  #resendOutbox(sync: DocSync): void {
+    this.#subscribe([sync]);
     const envs = sync.outbox();
     for (let i = 0; i < envs.length; i += WireLimits.maxEnvelopesPerFrame) {
       this.#link.send({ type: 'push', envs: envs.slice(i, i + WireLimits.maxEnvelopesPerFrame) });
+    }
+    this.#dispatcher.pump();
+  }
+
+  /** Adopts the relay's tier; on `ready` the reconnect path resends, so only the policy changes here. */
+  #applyTier(tier: TierState, onReady = false): void {
+    const previous = this.#tier;
+    this.#tier = tier;
+    void this.#store.save(TIER_KEY, encodeJson(tier)).catch((error: unknown) => {
+      this.emit('error', [{ code: 'INTERNAL', message: `cannot store tier: ${error instanceof Error ? error.message : String(error)}` }]);
+    });
+    if (onReady) this.#dispatcher.setPolicy(tier.policy);
+    else this.#dispatcher.onTierChange(tier.policy);
+    if (previous.name !== tier.name || previous.since !== tier.since) this.emit('tier', [tier]);
+    // Entries the relay withheld under the old tier arrive once the new one allows them.
+    if (!previous.policy.crossDevice && tier.policy.crossDevice && this.#link.state === 'ready') this.#subscribe([...this.#docs.values()]);
+    if (tier.policy.conflictResolution === 'automatic') {
+      for (const d of this.#docs.values()) if (d.staged > 0) void d.acceptStaged();
     }
   }
 
@@ -253,20 +404,33 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onFrame(frame: RelayFrame): void {
     switch (frame.type) {
       case 'ack':
-        for (const { doc, counter, seq } of frame.acks) void this.#docs.get(doc)?.acknowledge(counter, seq);
+        for (const { doc, counter, seq } of frame.acks) {
+          void this.#docs.get(doc)?.acknowledge(counter, seq);
+          this.#dispatcher.onAck(doc, counter);
+        }
         return;
       case 'reject':
         // The envelope stays in the outbox: a refused write is reported, never dropped.
-        this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);
+        this.#dispatcher.onReject(frame.doc, frame.counter, frame.retryAfterMs);
+        if (frame.retryAfterMs !== undefined) this.emit('deferred', [{ doc: frame.doc, code: frame.code, retryAfterMs: frame.retryAfterMs }]);
+        else this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);
         return;
       case 'updates': {
         const sync = this.#docs.get(frame.doc);
         if (sync) void sync.receive(frame.items).then(() => this.#checkProgress());
         return;
       }
+      case 'withheld': {
+        const sync = this.#docs.get(frame.doc);
+        if (sync) void sync.withhold(frame.seqs).then(() => this.#checkProgress());
+        return;
+      }
       case 'synced':
         this.#docs.get(frame.doc)?.markSynced(frame.seq);
         this.#checkProgress();
+        return;
+      case 'tier':
+        this.#applyTier(frame.tier);
         return;
       case 'device':
         this.#certs = [...this.#certs.filter((c) => c.device !== frame.cert.device), frame.cert];
@@ -287,34 +451,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       for (const waiter of this.#idleWaiters.splice(0)) waiter.resolve();
     }
   }
-
-  #scheduleSend(): void {
-    if (this.#sendScheduled || this.#closed) return;
-    this.#sendScheduled = true;
-    queueMicrotask(() => {
-      this.#sendScheduled = false;
-      void this.#sendPending();
-    });
-  }
-
-  /** Seals pending local changes, crisis documents first, and pushes them. */
-  async #sendPending(): Promise<void> {
-    if (this.#link.state !== 'ready') return;
-    const dirty = [...this.#dirty].sort((a, b) => b.lane - a.lane);
-    this.#dirty.clear();
-    for (const sync of dirty) {
-      const env = await sync.seal();
-      // Sealed envelopes wait in the outbox if the link dropped meanwhile; resent on ready.
-      if (env && this.#link.state === 'ready') this.#link.send({ type: 'push', envs: [env] });
-    }
-    this.#checkProgress();
-  }
 }
 
-const toError = (e: ClientError): Error => Object.assign(new Error(`${e.code}: ${e.message}`), { code: e.code });
-
-/** Creates a client and starts connecting. */
+/** Creates a client: restores the last known tier, starts connecting and watching crisis mode. */
 export const createClient = async (options: KeelClientOptions): Promise<KeelClient> => {
   await cryptoReady();
-  return new KeelClient(options);
+  const stored = await options.storage.load(TIER_KEY);
+  const tier = stored ? TierStateSchema.safeParse(decodeJson(stored)) : undefined;
+  const client = new KeelClient(options, tier?.success ? tier.data : UNKNOWN_TIER);
+  await client.watchCrisisMode();
+  return client;
 };

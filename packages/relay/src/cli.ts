@@ -1,22 +1,33 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { type TierMatrix, TierNameSchema, UserIdSchema, resolveTierMatrix } from '@keel/engine';
 import { ENV_VARS, type RelayConfig, RelayConfigSchema } from './config.js';
 import { createJsonLogger } from './log.js';
 import { startRelay } from './server/relay-server.js';
 import { openSqliteStore } from './storage/sqlite-store.js';
 
 const USAGE = `usage: keel-relay [serve] [options]
+       keel-relay tier set <user-id> <trial|basic|grace_period|premium> [--url <http-url>]
+       keel-relay tier get <user-id> [--url <http-url>]
 
+serve options:
   --port <n>            port to listen on, 0 for any free port   (${ENV_VARS.port}, default 8787)
   --host <addr>         address to bind                           (${ENV_VARS.host}, default 127.0.0.1)
   --db <path>           SQLite database file                      (${ENV_VARS.db}, default keel-relay.db)
   --relay-id <name>     name bound into auth challenges           (${ENV_VARS.relayId}, default keel-relay)
   --max-payload <bytes> largest accepted WebSocket frame          (${ENV_VARS.maxPayloadBytes})
   --synchronous <mode>  FULL (fsync per commit) or NORMAL         (${ENV_VARS.synchronous}, default FULL)
+  --tiers <file>        JSON tier overrides                       (${ENV_VARS.tiersFile})
+  --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
   -h, --help            show this help
 
-environment only: ${ENV_VARS.authTimeoutMs}, ${ENV_VARS.maxBadFrames}, ${ENV_VARS.heartbeatMs}
+environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
+  ${ENV_VARS.authTimeoutMs}, ${ENV_VARS.maxBadFrames}, ${ENV_VARS.heartbeatMs}
+
+tier options:
+  --url <http-url>      the running relay (default http://127.0.0.1:<port or 8787>)
 `;
 
 /** Command-line flag of each setting that has one; the rest come from the environment only. */
@@ -27,6 +38,8 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   relayId: 'relay-id',
   maxPayloadBytes: 'max-payload',
   synchronous: 'synchronous',
+  tiersFile: 'tiers',
+  defaultTier: 'default-tier',
   logLevel: 'log-level',
 };
 
@@ -38,10 +51,9 @@ const usageError = (message: string): never => {
   process.exit(EX_USAGE);
 };
 
-const readConfig = (argv: string[]): RelayConfig => {
-  let parsed;
+const parse = (argv: string[]) => {
   try {
-    parsed = parseArgs({
+    return parseArgs({
       args: argv,
       allowPositionals: true,
       strict: true,
@@ -52,24 +64,23 @@ const readConfig = (argv: string[]): RelayConfig => {
         'relay-id': { type: 'string' },
         'max-payload': { type: 'string' },
         synchronous: { type: 'string' },
+        tiers: { type: 'string' },
+        'default-tier': { type: 'string' },
         'log-level': { type: 'string' },
+        url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
   } catch (error) {
     return usageError(error instanceof Error ? error.message : String(error));
   }
-  if (parsed.values.help) {
-    process.stdout.write(USAGE);
-    process.exit(0);
-  }
-  const [command = 'serve', ...rest] = parsed.positionals;
-  if (command !== 'serve' || rest.length > 0) usageError(`unknown command "${parsed.positionals.join(' ')}"`);
+};
 
+const readConfig = (values: Record<string, string | boolean | undefined>): RelayConfig => {
   const input: Record<string, unknown> = {};
   for (const key of Object.keys(ENV_VARS) as (keyof RelayConfig)[]) {
     const flag = FLAGS[key];
-    const value = (flag && (parsed.values as Record<string, string | boolean | undefined>)[flag]) ?? process.env[ENV_VARS[key]];
+    const value = (flag && values[flag]) ?? process.env[ENV_VARS[key]];
     if (typeof value === 'string') input[key] = value;
   }
   const config = RelayConfigSchema.safeParse(input);
@@ -84,8 +95,21 @@ const readConfig = (argv: string[]): RelayConfig => {
   return config.data;
 };
 
-const main = async (): Promise<void> => {
-  const config = readConfig(process.argv.slice(2));
+const readTiers = (path: string | undefined): TierMatrix | undefined => {
+  if (path === undefined) return undefined;
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (error) {
+    return usageError(`cannot read tier overrides ${path}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  const matrix = resolveTierMatrix(json);
+  if (!matrix.ok) return usageError(`invalid tier overrides in ${path}: ${matrix.error.message}`);
+  return matrix.value;
+};
+
+const serve = async (config: RelayConfig): Promise<void> => {
+  const tiers = readTiers(config.tiersFile);
   const log = createJsonLogger((line) => process.stdout.write(line), config.logLevel);
   let store;
   try {
@@ -94,7 +118,7 @@ const main = async (): Promise<void> => {
     process.stderr.write(`keel-relay: cannot open database ${config.db}: ${error instanceof Error ? error.message : String(error)}\n`);
     process.exit(1);
   }
-  const relay = await startRelay({ config, store, log });
+  const relay = await startRelay(tiers ? { config, store, log, tiers } : { config, store, log });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -110,6 +134,53 @@ const main = async (): Promise<void> => {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+};
+
+/** `tier set|get`: an operator command against a running relay, authenticated by the admin token. */
+const tierCommand = async (args: string[], values: Record<string, string | boolean | undefined>): Promise<void> => {
+  const [action, user, tier, ...extra] = args;
+  if ((action !== 'set' && action !== 'get') || extra.length > 0) return usageError(`unknown tier command "${args.join(' ')}"`);
+  const userId = UserIdSchema.safeParse(user);
+  if (!userId.success) return usageError(`"${user ?? ''}" is not a Keel user id (u_ + 43 base64url characters)`);
+  const tierName = action === 'set' ? TierNameSchema.safeParse(tier) : undefined;
+  if (tierName && !tierName.success) return usageError(`"${tier ?? ''}" is not a tier: trial, basic, grace_period or premium`);
+  if (action === 'get' && tier !== undefined) return usageError('tier get takes only a user id');
+  const token = process.env[ENV_VARS.adminToken];
+  if (!token) return usageError(`${ENV_VARS.adminToken} must hold the relay's admin token`);
+  const base = typeof values.url === 'string' ? values.url : `http://127.0.0.1:${process.env[ENV_VARS.port] ?? 8787}`;
+  let url: URL;
+  try {
+    url = new URL('/admin/tier', base);
+  } catch {
+    return usageError(`--url "${base}" is not a URL`);
+  }
+  if (action === 'get') url.searchParams.set('user', userId.data);
+  const response = await fetch(url, {
+    method: action === 'set' ? 'POST' : 'GET',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    ...(action === 'set' ? { body: JSON.stringify({ user: userId.data, tier: tierName!.data }) } : {}),
+  }).catch((error: unknown) => {
+    process.stderr.write(`keel-relay: cannot reach the relay at ${base}: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  });
+  const text = await response.text();
+  if (!response.ok) {
+    process.stderr.write(`keel-relay: relay answered ${response.status}: ${text}\n`);
+    process.exit(1);
+  }
+  process.stdout.write(`${text}\n`);
+};
+
+const main = async (): Promise<void> => {
+  const parsed = parse(process.argv.slice(2));
+  if (parsed.values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const [command = 'serve', ...rest] = parsed.positionals;
+  if (command === 'tier') return tierCommand(rest, parsed.values);
+  if (command !== 'serve' || rest.length > 0) return usageError(`unknown command "${parsed.positionals.join(' ')}"`);
+  return serve(readConfig(parsed.values));
 };
 
 main().catch((error: unknown) => {

@@ -1,3 +1,4 @@
+import { TierNameSchema } from '@keel/engine';
 import { z } from 'zod';
 
 /** An integer setting that may arrive as text (flags, environment), with a readable error. */
@@ -32,6 +33,12 @@ export const RelayConfigSchema = z.strictObject({
   /** Interval of WebSocket pings; a socket that misses one is dropped (half-open connections). */
   heartbeatMs: int('heartbeat', 100, 600_000).default(30_000),
   synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
+  /** Bearer token for operator commands (`keel-relay tier set`); admin endpoints are off without it. */
+  adminToken: z.string().min(24, 'admin token must be at least 24 characters').max(512).optional(),
+  /** Tier of users no payment event or operator has set; the free tier unless a deployment says otherwise. */
+  defaultTier: TierNameSchema.default('trial'),
+  /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; DESIGN.md's matrix otherwise. */
+  tiersFile: z.string().min(1).optional(),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 });
 export type RelayConfig = z.infer<typeof RelayConfigSchema>;
@@ -48,5 +55,8 @@ export const ENV_VARS = {
   maxBadFrames: 'KEEL_RELAY_MAX_BAD_FRAMES',
   heartbeatMs: 'KEEL_RELAY_HEARTBEAT_MS',
   synchronous: 'KEEL_RELAY_SYNCHRONOUS',
+  adminToken: 'KEEL_RELAY_ADMIN_TOKEN',
+  tiersFile: 'KEEL_RELAY_TIERS_FILE',
+  defaultTier: 'KEEL_RELAY_DEFAULT_TIER',
   logLevel: 'KEEL_RELAY_LOG_LEVEL',
 } as const satisfies Record<keyof RelayConfig, string>;

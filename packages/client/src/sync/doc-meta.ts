@@ -12,6 +12,11 @@ export const DocMetaSchema = z.strictObject({
   lastSeq: z.number().int().min(0),
   /** Seqs above lastSeq already received, out of order. */
   ahead: z.array(z.number().int().min(1)),
+  /**
+   * Seqs above lastSeq the relay keeps from this device (no cross-device sync on the tier).
+   * They count as seen for "synced" but not for resuming, so they arrive once the tier allows.
+   */
+  withheld: z.array(z.number().int().min(1)).default([]),
   /** Last counter applied per author device: the next one must be exactly one more. */
   authors: z.record(z.string(), z.number().int().min(0)),
   /** Next index for the local update log and for pending (unsealed) local updates. */
@@ -28,6 +33,7 @@ export const newDocMeta = (docClass: DocClass, name: string): DocMeta => ({
   counter: 0,
   lastSeq: 0,
   ahead: [],
+  withheld: [],
   authors: {},
   logNext: 0,
   logBase: 0,
@@ -45,9 +51,26 @@ export const decodeJson = (bytes: Uint8Array): unknown => JSON.parse(decoder.dec
  */
 export const markSeq = (meta: DocMeta, seq: number): void => {
   if (seq <= meta.lastSeq || meta.ahead.includes(seq)) return;
+  meta.withheld = meta.withheld.filter((s) => s !== seq);
   meta.ahead.push(seq);
   meta.ahead.sort((a, b) => a - b);
   while (meta.ahead.length > 0 && meta.ahead[0] === meta.lastSeq + 1) {
     meta.lastSeq = meta.ahead.shift()!;
   }
+};
+
+/** Records seqs the relay withheld; they stop "synced" from waiting on them. */
+export const markWithheld = (meta: DocMeta, seqs: readonly number[]): void => {
+  for (const seq of seqs) {
+    if (seq > meta.lastSeq && !meta.ahead.includes(seq) && !meta.withheld.includes(seq)) meta.withheld.push(seq);
+  }
+  meta.withheld.sort((a, b) => a - b);
+};
+
+/** Highest seq up to which every seq is received or known to be withheld. */
+export const seenThrough = (meta: DocMeta): number => {
+  const known = new Set([...meta.ahead, ...meta.withheld]);
+  let seq = meta.lastSeq;
+  while (known.has(seq + 1)) seq++;
+  return seq;
 };

@@ -8,6 +8,8 @@ import {
   type KeelError,
   type Lane,
   basePriority,
+  isCrisisClass,
+  isCrisisLane,
   decryptEnvelope,
   sealEnvelope,
   verifyEnvelopeSignature,
@@ -15,7 +17,7 @@ import {
 import * as Y from 'yjs';
 import type { Identity } from '../identity.js';
 import { type ClientStore, type StorageOp, orderKey } from '../storage/client-store.js';
-import { type DocMeta, DocMetaSchema, decodeJson, encodeJson, markSeq, newDocMeta } from './doc-meta.js';
+import { type DocMeta, DocMetaSchema, decodeJson, encodeJson, markSeq, markWithheld, newDocMeta, seenThrough } from './doc-meta.js';
 
 /** Origin of updates applied from the relay; they are never sent back. */
 export const REMOTE_ORIGIN = Symbol('keel:remote');
@@ -33,8 +35,15 @@ export interface DocSyncDeps {
   readonly epoch: number;
   /** Verified device keys of the user, by device id. */
   readonly peerKey: (device: DeviceId) => Uint8Array | undefined;
-  /** Local updates were persisted and wait to be sealed. */
-  readonly onPending: (sync: DocSync) => void;
+  /** Local updates of `bytes` were persisted and wait to be sealed. */
+  readonly onPending: (sync: DocSync, bytes: number) => void;
+  /**
+   * Whether remote updates are staged for the app to accept instead of applied (the tier's
+   * manual conflict resolution). Never asked for crisis documents: they always merge at once.
+   */
+  readonly shouldStage: () => boolean;
+  /** Remote updates were staged; `count` are waiting for the app. */
+  readonly onStaged: (sync: DocSync, count: number) => void;
   /** Something in the outbox or pending set changed. */
   readonly onProgress: () => void;
   readonly onError: (error: KeelError & { doc: DocId }) => void;
@@ -46,6 +55,8 @@ const keys = (docId: DocId) => ({
   log: (n: number) => ['doc', docId, 'log', orderKey(n)],
   pendingPrefix: ['pending', docId],
   pending: (n: number) => ['pending', docId, orderKey(n)],
+  stagedPrefix: ['staged', docId],
+  staged: (seq: number) => ['staged', docId, orderKey(seq)],
   outboxPrefix: ['outbox', docId],
   outbox: (counter: number) => ['outbox', docId, orderKey(counter)],
 });
@@ -59,12 +70,15 @@ export class DocSync {
   readonly doc: Y.Doc;
   readonly docId: DocId;
   readonly docClass: DocClass;
-  readonly lane: Lane;
+  /** The class's base priority; the lane of each envelope is decided when it is sealed. */
+  readonly baseLane: Lane;
+  readonly crisis: boolean;
   readonly #deps: DocSyncDeps;
   readonly #keys: ReturnType<typeof keys>;
   readonly #meta: DocMeta;
   readonly #pending = new Map<number, Uint8Array>();
   readonly #outbox = new Map<number, Envelope>();
+  #staged = 0;
   #unpersisted: Uint8Array[] = [];
   #io: Promise<void> = Promise.resolve();
   #ioScheduled = false;
@@ -76,7 +90,8 @@ export class DocSync {
     this.doc = new Y.Doc({ gc: true });
     this.docId = docId;
     this.docClass = meta.class;
-    this.lane = basePriority(meta.class);
+    this.baseLane = basePriority(meta.class);
+    this.crisis = isCrisisClass(meta.class);
     this.#deps = deps;
     this.#keys = keys(docId);
     this.#meta = meta;
@@ -88,12 +103,14 @@ export class DocSync {
     const stored = await deps.store.load(k.meta);
     const meta = stored ? DocMetaSchema.parse(decodeJson(stored)) : newDocMeta(docClass, name);
     const sync = new DocSync(docId, meta, deps);
-    const [state, log, pending, outbox] = await Promise.all([
+    const [state, log, pending, outbox, staged] = await Promise.all([
       deps.store.load(k.state),
       deps.store.loadRange(['doc', docId, 'log']),
       deps.store.loadRange(k.pendingPrefix),
       deps.store.loadRange(k.outboxPrefix),
+      deps.store.loadRange(k.stagedPrefix),
     ]);
+    sync.#staged = staged.length;
     const updates = [...(state ? [state] : []), ...log.map((c) => c.data)];
     if (updates.length > 0) Y.applyUpdate(sync.doc, Y.mergeUpdates(updates), LOAD_ORIGIN);
     for (const chunk of pending) sync.#pending.set(Number(chunk.key[2]), chunk.data);
@@ -115,9 +132,21 @@ export class DocSync {
     return this.#meta.lastSeq;
   }
 
-  /** Caught up with the relay on the current connection. */
+  /** Caught up with the relay on the current connection (withheld entries count as seen). */
   get synced(): boolean {
-    return this.#syncTarget !== undefined && this.#meta.lastSeq >= this.#syncTarget;
+    return this.#syncTarget !== undefined && seenThrough(this.#meta) >= this.#syncTarget;
+  }
+
+  /** Remote updates waiting for the app to accept them (manual conflict resolution). */
+  get staged(): number {
+    return this.#staged;
+  }
+
+  /** Bytes of local updates not yet sealed. */
+  get pendingBytes(): number {
+    let bytes = 0;
+    for (const update of this.#pending.values()) bytes += update.length;
+    return bytes;
   }
 
   /** True while any local update is not yet acknowledged by the relay. */
@@ -172,7 +201,7 @@ export class DocSync {
     ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
     await this.#deps.store.batch(ops);
     this.#pending.set(n, merged);
-    this.#deps.onPending(this);
+    this.#deps.onPending(this, merged.length);
   }
 
   /** Folds the local log into one state snapshot when it grows long. */
@@ -187,7 +216,7 @@ export class DocSync {
    * Merges every pending local update into one envelope, reserves the next counter and moves
    * it to the outbox, durably, before it may be sent. Resolves to undefined if nothing waits.
    */
-  seal(): Promise<Envelope | undefined> {
+  seal(lane: Lane): Promise<Envelope | undefined> {
     let sealed: Envelope | undefined;
     return this.#enqueue(async () => {
       if (this.#pending.size === 0) return;
@@ -195,7 +224,7 @@ export class DocSync {
       const merged = entries.length === 1 ? entries[0]![1] : Y.mergeUpdates(entries.map((e) => e[1]));
       const counter = this.#meta.counter + 1;
       const env = sealEnvelope(
-        { doc: this.docId, kind: 'update', epoch: this.#deps.epoch, device: this.#deps.identity.device.deviceId, counter, lane: this.lane },
+        { doc: this.docId, kind: 'update', epoch: this.#deps.epoch, device: this.#deps.identity.device.deviceId, counter, lane },
         merged,
         { key: this.#deps.key, signingKey: this.#deps.identity.device.secretKey },
       );
@@ -234,6 +263,8 @@ export class DocSync {
    */
   receive(items: readonly { seq: number; env: Envelope }[]): Promise<void> {
     const applied: Uint8Array[] = [];
+    const staged: { seq: number; update: Uint8Array }[] = [];
+    const manual = !this.crisis && this.#deps.shouldStage();
     const self = this.#deps.identity.device.deviceId;
     for (const { seq, env } of items) {
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
@@ -254,15 +285,21 @@ export class DocSync {
         this.#deps.onError({ ...opened.error, doc: this.docId });
         continue;
       }
-      try {
-        Y.applyUpdate(this.doc, opened.value, REMOTE_ORIGIN);
-      } catch {
-        this.#deps.onError({ code: ErrorCode.BAD_PAYLOAD, message: `envelope ${env.device}#${env.counter} is not a Yjs update`, doc: this.docId });
-        continue;
+      // Crisis lanes merge at once even under manual resolution (a crisis assessment, say).
+      if (manual && !isCrisisLane(env.lane)) {
+        // Verified and decrypted, kept aside until the app accepts it.
+        staged.push({ seq, update: opened.value });
+      } else {
+        try {
+          Y.applyUpdate(this.doc, opened.value, REMOTE_ORIGIN);
+        } catch {
+          this.#deps.onError({ code: ErrorCode.BAD_PAYLOAD, message: `envelope ${env.device}#${env.counter} is not a Yjs update`, doc: this.docId });
+          continue;
+        }
+        applied.push(opened.value);
       }
       this.#meta.authors[env.device] = env.counter;
       markSeq(this.#meta, seq);
-      applied.push(opened.value);
     }
     return this.#enqueue(async () => {
       const ops: StorageOp[] = [];
@@ -270,8 +307,42 @@ export class DocSync {
         ops.push({ op: 'save', key: this.#keys.log(this.#meta.logNext++), data: applied.length === 1 ? applied[0]! : Y.mergeUpdates(applied) });
         this.#compactOps(ops);
       }
+      for (const { seq, update } of staged) ops.push({ op: 'save', key: this.#keys.staged(seq), data: update });
       ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
       await this.#deps.store.batch(ops);
+      if (staged.length > 0) {
+        this.#staged += staged.length;
+        this.#deps.onStaged(this, this.#staged);
+      }
+    });
+  }
+
+  /** Applies every staged remote update (the app accepted the changes from another device). */
+  acceptStaged(): Promise<number> {
+    let accepted = 0;
+    return this.#enqueue(async () => {
+      const staged = await this.#deps.store.loadRange(this.#keys.stagedPrefix);
+      if (staged.length === 0) return;
+      const merged = staged.length === 1 ? staged[0]!.data : Y.mergeUpdates(staged.map((c) => c.data));
+      Y.applyUpdate(this.doc, merged, REMOTE_ORIGIN);
+      const ops: StorageOp[] = [
+        { op: 'save', key: this.#keys.log(this.#meta.logNext++), data: merged },
+        ...staged.map((c): StorageOp => ({ op: 'remove', key: c.key })),
+      ];
+      this.#compactOps(ops);
+      ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
+      await this.#deps.store.batch(ops);
+      accepted = staged.length;
+      this.#staged = 0;
+      this.#deps.onStaged(this, 0);
+    }).then(() => accepted);
+  }
+
+  /** The relay keeps these seqs from this device (tier without cross-device sync). */
+  withhold(seqs: readonly number[]): Promise<void> {
+    markWithheld(this.#meta, seqs);
+    return this.#enqueue(async () => {
+      await this.#deps.store.batch([{ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) }]);
     });
   }
 

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { b64Length } from './bytes.js';
 import { ErrorCode, type KeelError, type Result, err, ok } from './codes.js';
+import { TierNameSchema, TierPolicySchema } from '../policy/tiers.js';
 import { CounterSchema, DeviceIdSchema, DocIdSchema, EpochSchema, LaneSchema, SeqSchema, UserIdSchema } from './ids.js';
 
 /**
@@ -64,6 +65,18 @@ export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;
 
 const SubscriptionSchema = z.strictObject({ doc: DocIdSchema, after: SeqSchema });
 
+/**
+ * The user's tier as the relay enforces it: its name and the effective policy (operators may
+ * override the defaults), so the device schedules by the same numbers the relay enforces.
+ */
+export const TierStateSchema = z.strictObject({
+  name: TierNameSchema,
+  policy: TierPolicySchema,
+  /** When this tier took effect (ms since epoch). */
+  since: z.number().int().min(0),
+});
+export type TierState = z.infer<typeof TierStateSchema>;
+
 // ── device → relay ──────────────────────────────────────────────────────────────────────
 export const HelloFrameSchema = z.strictObject({
   type: z.literal('hello'),
@@ -115,6 +128,7 @@ export const ReadyFrameSchema = z.strictObject({
   user: UserIdSchema,
   device: DeviceIdSchema,
   certs: z.array(DeviceCertificateSchema).max(WireLimits.maxCertificates),
+  tier: TierStateSchema,
 });
 export const AckFrameSchema = z.strictObject({
   type: z.literal('ack'),
@@ -126,6 +140,8 @@ export const RejectFrameSchema = z.strictObject({
   counter: CounterSchema,
   code: z.enum(ErrorCode),
   message: z.string().max(1024),
+  /** A deferral, not a refusal: resend this and every later envelope of the document after this long. */
+  retryAfterMs: z.number().int().min(0).max(7 * 24 * 3600 * 1000).optional(),
 });
 export const UpdatesFrameSchema = z.strictObject({
   type: z.literal('updates'),
@@ -133,6 +149,17 @@ export const UpdatesFrameSchema = z.strictObject({
   items: z.array(z.strictObject({ seq: SeqSchema, env: EnvelopeSchema })).min(1).max(WireLimits.maxEnvelopesPerFrame),
 });
 export const SyncedFrameSchema = z.strictObject({ type: z.literal('synced'), doc: DocIdSchema, seq: SeqSchema });
+/**
+ * Log entries the relay keeps from this device because the tier has no cross-device sync
+ * (crisis lanes are never withheld). They arrive once the tier allows it.
+ */
+export const WithheldFrameSchema = z.strictObject({
+  type: z.literal('withheld'),
+  doc: DocIdSchema,
+  seqs: z.array(SeqSchema).min(1).max(WireLimits.maxEnvelopesPerFrame),
+});
+/** The user's tier changed (payment, operator); applies to the device's next scheduling decision. */
+export const TierFrameSchema = z.strictObject({ type: z.literal('tier'), tier: TierStateSchema });
 export const DeviceFrameSchema = z.strictObject({ type: z.literal('device'), cert: DeviceCertificateSchema });
 export const ErrorFrameSchema = z.strictObject({
   type: z.literal('error'),
@@ -148,6 +175,8 @@ export const RelayFrameSchema = z.discriminatedUnion('type', [
   RejectFrameSchema,
   UpdatesFrameSchema,
   SyncedFrameSchema,
+  WithheldFrameSchema,
+  TierFrameSchema,
   DeviceFrameSchema,
   ErrorFrameSchema,
 ]);
@@ -155,9 +184,10 @@ export type RelayFrame = z.infer<typeof RelayFrameSchema>;
 export type AckFrame = z.infer<typeof AckFrameSchema>;
 export type UpdatesFrame = z.infer<typeof UpdatesFrameSchema>;
 export type ErrorFrame = z.infer<typeof ErrorFrameSchema>;
+export type RejectFrame = z.infer<typeof RejectFrameSchema>;
 
 const CLIENT_TYPES: ReadonlySet<string> = new Set(['hello', 'auth', 'sub', 'unsub', 'push']);
-const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'device', 'error']);
+const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'withheld', 'tier', 'device', 'error']);
 
 /** Summarises zod issues into one bounded line: path and message of the first few. */
 export const describeIssues = (error: z.ZodError): string => {

@@ -9,8 +9,11 @@ import {
   type PushFrame,
   type RelayFrame,
   type Seq,
+  type TierState,
   type UserId,
   PROTOCOL_VERSION,
+  b64ByteLength,
+  isCrisisLane,
   WireLimits,
   createChallengeNonce,
   encodeFrame,
@@ -21,6 +24,8 @@ import {
 import type { WebSocket } from 'ws';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
 import type { RelayConfig } from '../config.js';
+import type { Entitlements } from '../entitlements/entitlements.js';
+import type { QuotaGuard, QuotaRefusal } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { AppendRequest, DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { CommitQueue } from './commit-queue.js';
@@ -31,6 +36,8 @@ export interface ConnectionContext {
   readonly config: RelayConfig;
   readonly store: RelayStore;
   readonly commits: CommitQueue;
+  readonly entitlements: Entitlements;
+  readonly quota: QuotaGuard;
   readonly log: Logger;
   now(): number;
   /** Called once the device has authenticated. */
@@ -52,7 +59,7 @@ type State =
       /** Certificates to register once the device proves its key, issuers first. */
       readonly pending: readonly VerifiedCertificate[];
     }
-  | { readonly kind: 'ready'; readonly user: UserId; readonly device: DeviceRecord }
+  | { readonly kind: 'ready'; readonly user: UserId; readonly device: DeviceRecord; tier: TierState }
   | { readonly kind: 'closed' };
 
 /** Delivery state of one subscribed document on this connection. */
@@ -96,12 +103,27 @@ export class RelayConnection {
     });
   }
 
+  get #closed(): boolean {
+    return this.#state.kind === 'closed';
+  }
+
   get user(): UserId | undefined {
     return this.#state.kind === 'ready' ? this.#state.user : undefined;
   }
 
   get device(): DeviceId | undefined {
     return this.#state.kind === 'ready' ? this.#state.device.deviceId : undefined;
+  }
+
+  /** The user's tier changed: enforce it from now on and tell the device at once. */
+  setTier(tier: TierState): void {
+    if (this.#state.kind !== 'ready') return;
+    const wasCrossDevice = this.#state.tier.policy.crossDevice;
+    this.#state.tier = tier;
+    this.send({ type: 'tier', tier }, 10);
+    if (!wasCrossDevice && tier.policy.crossDevice) {
+      this.#ctx.log.log('info', 'cross-device sync enabled', { user: this.#state.user, device: this.device });
+    }
   }
 
   /** Queues a frame at a priority lane; crisis lanes overtake everything queued. */
@@ -121,6 +143,15 @@ export class RelayConnection {
     this.#sendEntries(docId, sub, entries);
   }
 
+  /**
+   * Whether this device may receive an entry: always its own and crisis lanes; other devices'
+   * entries only when the tier has cross-device sync (otherwise the relay only backs them up).
+   */
+  #visible(entry: LogEntry): boolean {
+    if (this.#state.kind !== 'ready') return false;
+    return this.#state.tier.policy.crossDevice || isCrisisLane(entry.env.lane) || entry.env.device === this.#state.device.deviceId;
+  }
+
   close(code: number, reason: string): void {
     if (this.#state.kind === 'closed') return;
     this.#ws.close(code, reason);
@@ -129,11 +160,17 @@ export class RelayConnection {
 
   #sendEntries(docId: DocId, sub: Subscription, entries: readonly LogEntry[]): void {
     const fresh = entries.filter((e) => e.seq > sub.sent);
-    for (let i = 0; i < fresh.length; i += CATCH_UP_PAGE) {
-      const page = fresh.slice(i, i + CATCH_UP_PAGE);
+    if (fresh.length === 0) return;
+    const visible = fresh.filter((e) => this.#visible(e));
+    const withheld = fresh.filter((e) => !this.#visible(e)).map((e) => e.seq);
+    for (let i = 0; i < visible.length; i += CATCH_UP_PAGE) {
+      const page = visible.slice(i, i + CATCH_UP_PAGE);
       this.send({ type: 'updates', doc: docId, items: page.map((e) => ({ seq: e.seq, env: e.env })) }, maxLane(page));
     }
-    if (fresh.length > 0) sub.sent = fresh[fresh.length - 1]!.seq;
+    for (let i = 0; i < withheld.length; i += CATCH_UP_PAGE) {
+      this.send({ type: 'withheld', doc: docId, seqs: withheld.slice(i, i + CATCH_UP_PAGE) }, 1);
+    }
+    sub.sent = fresh[fresh.length - 1]!.seq;
   }
 
   async #receive(data: string | Uint8Array): Promise<void> {
@@ -200,11 +237,13 @@ export class RelayConnection {
     }
     const device = await this.#ctx.store.getDevice(hello.device);
     if (!device || device.revokedAt !== null) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
-    if (this.#state.kind === 'closed') return;
+    const tier = await this.#ctx.entitlements.tierOf(hello.user);
+    // The socket may have closed during the awaits above.
+    if (this.#closed) return;
     clearTimeout(this.#authTimer);
-    this.#state = { kind: 'ready', user: hello.user, device };
+    this.#state = { kind: 'ready', user: hello.user, device, tier };
     const certs = (await this.#ctx.store.listDevices(hello.user)).filter((d) => d.revokedAt === null).map((d) => d.cert);
-    this.send({ type: 'ready', user: hello.user, device: hello.device, certs: certs.slice(-WireLimits.maxCertificates) }, 10);
+    this.send({ type: 'ready', user: hello.user, device: hello.device, certs: certs.slice(-WireLimits.maxCertificates), tier }, 10);
     this.#ctx.attach(this);
     for (const registered of registeredNow) this.#ctx.announceDevice(this, registered);
     this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
@@ -250,20 +289,33 @@ export class RelayConnection {
 
   async #push(frame: PushFrame, state: Extract<State, { kind: 'ready' }>): Promise<void> {
     const accepted: AppendRequest[] = [];
+    const reserved: { day: string; bytes: number }[] = [];
+    // Once one envelope of a document is deferred, later ones of that document in this frame
+    // are deferred with it: they must not overtake it, and a counter gap would be misleading.
+    const deferred = new Map<DocId, QuotaRefusal>();
+    const policy = state.tier.policy;
     for (const env of frame.envs) {
-      let error: KeelError | undefined;
-      if (env.device !== state.device.deviceId) {
+      let error: QuotaRefusal | undefined = deferred.get(env.doc);
+      if (!error && env.device !== state.device.deviceId) {
         error = { code: ErrorCode.WRONG_AUTHOR, message: 'a device may push only envelopes it authored' };
-      } else if (!verifyEnvelopeSignature(env, state.device.publicKey)) {
+        this.#countAbuse();
+      } else if (!error && !verifyEnvelopeSignature(env, state.device.publicKey)) {
         error = { code: ErrorCode.BAD_SIGNATURE, message: `envelope #${env.counter} is not signed by this device` };
-      }
-      if (error) {
-        this.#reject(env.doc, env.counter, error);
         // An honest device never sends these: they count against the bad-frame budget.
         this.#countAbuse();
-      } else {
-        accepted.push({ userId: state.user, env });
       }
+      const bytes = b64ByteLength(env.ct.length);
+      if (!error) {
+        const reservation = await this.#ctx.quota.reserve(state.user, policy, env.lane, bytes);
+        if ('code' in reservation) {
+          error = reservation;
+          deferred.set(env.doc, reservation);
+        } else {
+          accepted.push(isCrisisLane(env.lane) ? { userId: state.user, env } : { userId: state.user, env, meter: { day: reservation.day, bytes } });
+          reserved.push({ day: reservation.day, bytes: isCrisisLane(env.lane) ? 0 : bytes });
+        }
+      }
+      if (error) this.#reject(env.doc, env.counter, error);
     }
     if (accepted.length === 0) return;
     const outcomes = await this.#ctx.commits.submit(accepted);
@@ -273,6 +325,7 @@ export class RelayConnection {
     const receivedAt = this.#ctx.now();
     outcomes.forEach((outcome, i) => {
       const { env } = accepted[i]!;
+      if (outcome.status !== 'stored' && reserved[i]!.bytes > 0) this.#ctx.quota.refund(state.user, policy, reserved[i]!.day, reserved[i]!.bytes);
       if (outcome.status === 'rejected') {
         this.#reject(env.doc, env.counter, outcome.error);
         return;
@@ -294,9 +347,19 @@ export class RelayConnection {
     }
   }
 
-  #reject(doc: DocId, counter: number, error: KeelError): void {
-    this.#ctx.log.log('warn', 'envelope rejected', { user: this.user, device: this.device, code: error.code });
-    this.send({ type: 'reject', doc, counter, code: error.code, message: error.message }, 10);
+  #reject(doc: DocId, counter: number, error: QuotaRefusal): void {
+    const deferral = error.retryAfterMs !== undefined;
+    this.#ctx.log.log(deferral ? 'info' : 'warn', deferral ? 'envelope deferred' : 'envelope rejected', {
+      user: this.user,
+      device: this.device,
+      code: error.code,
+    });
+    this.send(
+      deferral
+        ? { type: 'reject', doc, counter, code: error.code, message: error.message, retryAfterMs: error.retryAfterMs! }
+        : { type: 'reject', doc, counter, code: error.code, message: error.message },
+      10,
+    );
   }
 
   #badFrame(error: KeelError): void {

@@ -1,34 +1,37 @@
 import { once } from 'node:events';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, type DocId, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DocId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig } from '../config.js';
+import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
+import { createQuotaGuard } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import { createAdminHandler } from './admin.js';
 import { createCommitQueue } from './commit-queue.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
+import { sendJson } from './http-util.js';
 
 export interface RelayDeps {
   readonly config: RelayConfig;
   readonly store: RelayStore;
   readonly log: Logger;
   readonly now?: () => number;
+  /** The tier matrix in force (operator overrides applied); DESIGN.md's defaults otherwise. */
+  readonly tiers?: TierMatrix;
 }
 
 export interface Relay {
   /** Bound address once listening (port 0 picks a free port). */
   readonly address: AddressInfo;
   readonly url: string;
+  /** HTTP base URL (health, admin, webhooks). */
+  readonly httpUrl: string;
+  readonly entitlements: Entitlements;
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
 }
-
-const json = (res: ServerResponse, status: number, body: unknown): void => {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
-  res.end(text);
-};
 
 /** Starts a relay: HTTP (health) and WebSocket (sync) on one port. */
 export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
@@ -37,6 +40,9 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const now = deps.now ?? Date.now;
   const startedAt = now();
   const commits = createCommitQueue(store, now);
+  const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
+  const quota = createQuotaGuard(store, now);
+  const admin = createAdminHandler(config.adminToken, entitlements, log);
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   const all = new Set<RelayConnection>();
@@ -45,6 +51,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     config,
     store,
     commits,
+    entitlements,
+    quota,
     log,
     now,
     attach(conn) {
@@ -72,19 +80,32 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     },
   };
 
-  const http: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? '/').split('?')[0];
+  // A tier change reaches every online device of the user at once.
+  entitlements.onChange((userId, state) => {
+    for (const conn of byUser.get(userId) ?? []) conn.setTier(state);
+  });
+
+  const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
     if (req.method === 'GET' && path === '/healthz') {
-      store.ping().then(
-        () => json(res, 200, { status: 'ok', relay: config.relayId, uptimeSeconds: Math.round((now() - startedAt) / 1000), connections: all.size }),
-        (error: unknown) => {
-          log.log('error', 'health check failed', { error: error instanceof Error ? error.message : String(error) });
-          json(res, 503, { status: 'unavailable', relay: config.relayId, reason: 'store unavailable' });
-        },
-      );
+      try {
+        await store.ping();
+        sendJson(res, 200, { status: 'ok', relay: config.relayId, uptimeSeconds: Math.round((now() - startedAt) / 1000), connections: all.size });
+      } catch (error) {
+        log.log('error', 'health check failed', { error: error instanceof Error ? error.message : String(error) });
+        sendJson(res, 503, { status: 'unavailable', relay: config.relayId, reason: 'store unavailable' });
+      }
       return;
     }
-    json(res, 404, { error: 'NOT_FOUND', message: `no route for ${req.method} ${path}` });
+    if (await admin(req, res, path)) return;
+    sendJson(res, 404, { error: 'NOT_FOUND', message: `no route for ${req.method} ${path}` });
+  };
+  const http: Server = createServer((req, res) => {
+    route(req, res).catch((error: unknown) => {
+      log.log('error', 'http handler failed', { error: error instanceof Error ? error.message : String(error) });
+      if (!res.headersSent) sendJson(res, 500, { error: 'INTERNAL', message: 'internal relay error' });
+      else res.destroy();
+    });
   });
   http.on('clientError', (_error, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
@@ -124,6 +145,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   return {
     address,
     url: `ws://${host}:${address.port}`,
+    httpUrl: `http://${host}:${address.port}`,
+    entitlements,
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);

@@ -1,4 +1,4 @@
-import type { DeviceCertificate, DeviceId, DocId, Envelope, KeelError, Result, Seq, UserId } from '@keel/engine';
+import type { DeviceCertificate, DeviceId, DocId, Envelope, KeelError, Result, Seq, TierName, UserId } from '@keel/engine';
 
 /** A registered device as the relay knows it. */
 export interface DeviceRecord {
@@ -21,6 +21,17 @@ export interface LogEntry {
 export interface AppendRequest {
   readonly userId: UserId;
   readonly env: Envelope;
+  /** Counts toward the user's daily data limit (every lane but crisis) on this UTC day. */
+  readonly meter?: { readonly day: string; readonly bytes: number };
+}
+
+/** What a user is entitled to, as the payment system last said. */
+export interface EntitlementRecord {
+  readonly userId: UserId;
+  readonly tier: TierName;
+  readonly updatedAt: number;
+  /** Who set it: 'operator', 'webhook', 'grace-expiry'… (never a person's name). */
+  readonly source: string;
 }
 
 export type AppendOutcome =
@@ -55,6 +66,12 @@ export interface RelayStore {
   readLog(docId: DocId, after: Seq, limit: number): Promise<LogEntry[]>;
   /** Highest seq of a document's log (0 when empty). */
   headSeq(docId: DocId): Promise<Seq>;
+  /** The user's tier; undefined when nothing set one (the relay then applies the free tier). */
+  getEntitlement(userId: UserId): Promise<EntitlementRecord | undefined>;
+  /** Sets the user's tier (the user need not have connected yet). */
+  setEntitlement(userId: UserId, tier: TierName, now: number, source: string): Promise<EntitlementRecord>;
+  /** Metered bytes the user stored on a UTC day (`YYYY-MM-DD`). */
+  usage(userId: UserId, day: string): Promise<number>;
   /** Cheap liveness probe for health checks. */
   ping(): Promise<void>;
   close(): Promise<void>;

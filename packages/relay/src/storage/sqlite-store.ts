@@ -7,6 +7,7 @@ import {
   ErrorCode,
   type Result,
   type Seq,
+  type TierName,
   type UserId,
   bytesEqual,
   err,
@@ -75,6 +76,21 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE UNIQUE INDEX log_by_seq ON log(doc_id, seq);
   CREATE UNIQUE INDEX log_by_author ON log(doc_id, device_id, counter);
+  `,
+  `
+  -- No foreign key to users: a payment may name a user before their first device connects.
+  CREATE TABLE entitlements (
+    user_id    TEXT PRIMARY KEY,
+    tier       TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    source     TEXT NOT NULL
+  );
+  CREATE TABLE usage (
+    user_id TEXT NOT NULL,
+    day     TEXT NOT NULL,
+    bytes   INTEGER NOT NULL,
+    PRIMARY KEY (user_id, day)
+  ) WITHOUT ROWID;
   `,
 ];
 
@@ -180,6 +196,18 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
        FROM log WHERE doc_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
     ),
     ping: db.prepare(`SELECT 1`),
+    entitlement: db.prepare<[string], { tier: string; updated_at: number; source: string }>(
+      `SELECT tier, updated_at, source FROM entitlements WHERE user_id = ?`,
+    ),
+    setEntitlement: db.prepare(
+      `INSERT INTO entitlements (user_id, tier, updated_at, source) VALUES (?, ?, ?, ?)
+       ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier, updated_at = excluded.updated_at, source = excluded.source`,
+    ),
+    usage: db.prepare<[string, string], { bytes: number }>(`SELECT bytes FROM usage WHERE user_id = ? AND day = ?`),
+    addUsage: db.prepare(
+      `INSERT INTO usage (user_id, day, bytes) VALUES (?, ?, ?)
+       ON CONFLICT (user_id, day) DO UPDATE SET bytes = bytes + excluded.bytes`,
+    ),
   };
 
   const registerTx = db.transaction(
@@ -249,6 +277,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     );
     stmt.setHead.run(seq, env.doc);
     stmt.setCounter.run(env.doc, env.device, env.counter);
+    if (req.meter) stmt.addUsage.run(userId, req.meter.day, req.meter.bytes);
     return { status: 'stored', seq: seq as Seq };
   };
 
@@ -266,6 +295,15 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     append: async (batch, now) => (batch.length === 0 ? [] : appendTx.immediate(batch, now)),
     readLog: async (docId, after, limit) => stmt.readLog.all(docId, after, limit).map((row) => toLogEntry(docId, row)),
     headSeq: async (docId) => (stmt.doc.get(docId)?.head_seq ?? 0) as Seq,
+    getEntitlement: async (userId) => {
+      const row = stmt.entitlement.get(userId);
+      return row && { userId, tier: row.tier as TierName, updatedAt: row.updated_at, source: row.source };
+    },
+    setEntitlement: async (userId, tier, now, source) => {
+      stmt.setEntitlement.run(userId, tier, now, source);
+      return { userId, tier, updatedAt: now, source };
+    },
+    usage: async (userId, day) => stmt.usage.get(userId, day)?.bytes ?? 0,
     ping: async () => {
       stmt.ping.get();
     },

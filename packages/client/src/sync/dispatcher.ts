@@ -1,0 +1,186 @@
+import { type DocId, type Envelope, type Priority, type Scheduler, type TierPolicy, WireLimits } from '@keel/engine';
+import type { DocSync } from './doc-sync.js';
+
+export interface DispatcherDeps {
+  readonly scheduler: Scheduler;
+  readonly doc: (docId: DocId) => DocSync | undefined;
+  readonly docs: () => Iterable<DocSync>;
+  /** Sends a push frame if the link is authenticated; false otherwise (the outbox keeps it). */
+  readonly push: (envs: Envelope[]) => boolean;
+  readonly linkReady: () => boolean;
+  readonly now: () => number;
+  readonly onError: (error: unknown) => void;
+}
+
+/**
+ * Carries the scheduler's decisions out: seals each dispatched document into one envelope and
+ * pushes it, tracks what is in flight, holds a document back while the relay defers it, and
+ * resends outboxes after a reconnect — crisis documents first, every time.
+ */
+export class Dispatcher {
+  readonly #deps: DispatcherDeps;
+  /** Counters dispatched through the scheduler and not yet settled, per document. */
+  readonly #inflight = new Map<DocId, number[]>();
+  /** Documents the relay deferred (until a time) or refused (until reconnect or tier change). */
+  readonly #heldUntil = new Map<DocId, number>();
+  readonly #retryTimers = new Map<DocId, ReturnType<typeof setTimeout>>();
+  #wake: ReturnType<typeof setTimeout> | undefined;
+  #wakeAt = Number.POSITIVE_INFINITY;
+  #closed = false;
+
+  constructor(deps: DispatcherDeps) {
+    this.#deps = deps;
+  }
+
+  /** A persisted local write of `bytes` to a document at `priority`. */
+  write(docId: DocId, priority: Priority, bytes: number): void {
+    this.#deps.scheduler.write(docId, priority, bytes);
+    this.pump();
+  }
+
+  /** Takes whatever the scheduler allows now and arms a timer for the next decision. */
+  pump(): void {
+    if (this.#closed || !this.#deps.linkReady()) return;
+    const { scheduler } = this.#deps;
+    for (const dispatch of scheduler.take()) {
+      const held = this.#heldUntil.get(dispatch.docId);
+      if (held !== undefined && held > this.#deps.now()) {
+        scheduler.requeue(dispatch, held);
+        continue;
+      }
+      void this.#send(dispatch.docId, dispatch.priority).catch(this.#deps.onError);
+    }
+    this.#arm(scheduler.nextWakeAt());
+  }
+
+  async #send(docId: DocId, priority: Priority): Promise<void> {
+    const sync = this.#deps.doc(docId);
+    const env = sync ? await sync.seal(priority) : undefined;
+    if (!env) {
+      this.#deps.scheduler.settle(docId);
+      this.pump();
+      return;
+    }
+    const list = this.#inflight.get(docId) ?? [];
+    list.push(env.counter);
+    this.#inflight.set(docId, list);
+    this.#deps.push([env]);
+  }
+
+  #arm(at: number | undefined): void {
+    if (at === undefined || this.#closed) return;
+    if (this.#wake !== undefined && at >= this.#wakeAt) return;
+    clearTimeout(this.#wake);
+    this.#wakeAt = at;
+    this.#wake = setTimeout(() => {
+      this.#wake = undefined;
+      this.#wakeAt = Number.POSITIVE_INFINITY;
+      this.pump();
+    }, Math.max(0, at - this.#deps.now()));
+  }
+
+  #settle(docId: DocId, counter: number): void {
+    const list = this.#inflight.get(docId);
+    const i = list?.indexOf(counter) ?? -1;
+    if (i < 0) return;
+    list!.splice(i, 1);
+    if (list!.length === 0) this.#inflight.delete(docId);
+    this.#deps.scheduler.settle(docId);
+  }
+
+  onAck(docId: DocId, counter: number): void {
+    this.#settle(docId, counter);
+    this.pump();
+  }
+
+  /**
+   * The relay refused an envelope. With `retryAfterMs` it is a deferral: the document's outbox
+   * is resent then. Without, it waits for a reconnect or a tier change. Never dropped.
+   */
+  onReject(docId: DocId, counter: number, retryAfterMs: number | undefined): void {
+    this.#settle(docId, counter);
+    if (retryAfterMs === undefined) {
+      this.#heldUntil.set(docId, Number.POSITIVE_INFINITY);
+    } else {
+      const until = this.#deps.now() + retryAfterMs;
+      this.#heldUntil.set(docId, until);
+      clearTimeout(this.#retryTimers.get(docId));
+      this.#retryTimers.set(
+        docId,
+        setTimeout(() => {
+          this.#retryTimers.delete(docId);
+          this.#heldUntil.delete(docId);
+          const sync = this.#deps.doc(docId);
+          if (sync) this.#resend([sync]);
+          this.pump();
+        }, retryAfterMs),
+      );
+    }
+    this.pump();
+  }
+
+  /** The link dropped: nothing is in flight any more; the outbox is resent on reconnect. */
+  onLinkDown(): void {
+    for (const [docId, list] of this.#inflight) for (let i = 0; i < list.length; i++) this.#deps.scheduler.settle(docId);
+    this.#inflight.clear();
+    clearTimeout(this.#wake);
+    this.#wake = undefined;
+    this.#wakeAt = Number.POSITIVE_INFINITY;
+  }
+
+  /** Authenticated again: resend every unacknowledged envelope, crisis documents first. */
+  onLinkReady(): void {
+    this.#release();
+    this.#resend([...this.#deps.docs()]);
+    this.pump();
+  }
+
+  setPolicy(policy: TierPolicy): void {
+    this.#deps.scheduler.setPolicy(policy);
+  }
+
+  onTierChange(policy: TierPolicy): void {
+    this.#deps.scheduler.setPolicy(policy);
+    // What the old tier refused (too large, over a cap) may pass now.
+    const released = this.#release();
+    this.#resend(released.map((id) => this.#deps.doc(id)).filter((d): d is DocSync => d !== undefined));
+    this.pump();
+  }
+
+  /** Seals and pushes every document's pending changes now, ignoring the batch window. */
+  async flushNow(priorityOf: (sync: DocSync) => Priority): Promise<void> {
+    const docs = [...this.#deps.docs()].filter((d) => d.hasPending && !this.#heldUntil.has(d.docId));
+    docs.sort((a, b) => priorityOf(b) - priorityOf(a));
+    for (const sync of docs) {
+      const env = await sync.seal(priorityOf(sync));
+      if (env) this.#deps.push([env]);
+    }
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#wake);
+    for (const timer of this.#retryTimers.values()) clearTimeout(timer);
+    this.#retryTimers.clear();
+  }
+
+  /** Lifts refusals (not timed deferrals); returns the documents released. */
+  #release(): DocId[] {
+    const released: DocId[] = [];
+    for (const [docId, until] of this.#heldUntil) {
+      if (until === Number.POSITIVE_INFINITY) {
+        this.#heldUntil.delete(docId);
+        released.push(docId);
+      }
+    }
+    return released;
+  }
+
+  #resend(docs: DocSync[]): void {
+    for (const sync of docs.sort((a, b) => b.baseLane - a.baseLane)) {
+      if ((this.#heldUntil.get(sync.docId) ?? 0) > this.#deps.now()) continue;
+      const envs = sync.outbox();
+      for (let i = 0; i < envs.length; i += WireLimits.maxEnvelopesPerFrame) this.#deps.push(envs.slice(i, i + WireLimits.maxEnvelopesPerFrame));
+    }
+  }
+}

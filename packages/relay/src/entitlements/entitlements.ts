@@ -1,0 +1,47 @@
+import type { TierMatrix, TierName, TierState, UserId } from '@keel/engine';
+import type { RelayStore } from '../storage/relay-store.js';
+
+export type TierListener = (userId: UserId, state: TierState) => void;
+
+/**
+ * The relay's authority on each user's tier: reads it from the store (cached per user), sets it
+ * for operators and payment webhooks, and tells listeners at once so online devices follow.
+ */
+export interface Entitlements {
+  readonly matrix: TierMatrix;
+  tierOf(userId: UserId): Promise<TierState>;
+  setTier(userId: UserId, tier: TierName, source: string): Promise<{ previous: TierState; current: TierState }>;
+  onChange(listener: TierListener): void;
+}
+
+/** `defaultTier` is what a user without any entitlement gets (the free tier unless configured). */
+export const createEntitlements = (store: RelayStore, matrix: TierMatrix, defaultTier: TierName, now: () => number): Entitlements => {
+  const cache = new Map<UserId, TierState>();
+  const listeners: TierListener[] = [];
+  const stateOf = (tier: TierName, since: number): TierState => ({ name: tier, policy: matrix[tier], since });
+
+  const tierOf = async (userId: UserId): Promise<TierState> => {
+    const cached = cache.get(userId);
+    if (cached) return cached;
+    const record = await store.getEntitlement(userId);
+    const state = record ? stateOf(record.tier, record.updatedAt) : stateOf(defaultTier, 0);
+    cache.set(userId, state);
+    return state;
+  };
+
+  return {
+    matrix,
+    tierOf,
+    async setTier(userId, tier, source) {
+      const previous = await tierOf(userId);
+      const record = await store.setEntitlement(userId, tier, now(), source);
+      const current = stateOf(record.tier, record.updatedAt);
+      cache.set(userId, current);
+      for (const listener of listeners) listener(userId, current);
+      return { previous, current };
+    },
+    onChange(listener) {
+      listeners.push(listener);
+    },
+  };
+};

@@ -1,0 +1,238 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Identity, createIdentity, linkNewDevice } from '@keel/client';
+import type { DocId, TierState } from '@keel/engine';
+import { afterEach, describe, expect, it } from 'vitest';
+import * as Y from 'yjs';
+import { type Device, connectDevice, waitFor } from '../support/devices.js';
+import { logRowsByDevice } from '../support/raw-device.js';
+import { type RelayProcess, removeRelayDir, runRelayCli, startRelayProcess } from '../support/relay-process.js';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** A relay whose tiers are DESIGN.md's, with `overrides` applied as an operator would. */
+const relayWith = async (defaultTier: 'trial' | 'basic' | 'grace_period' | 'premium', overrides?: unknown): Promise<RelayProcess> => {
+  const args: string[] = [];
+  if (overrides) {
+    const dir = mkdtempSync(join(tmpdir(), 'keel-tiers-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'tiers.json');
+    writeFileSync(file, JSON.stringify(overrides));
+    args.push('--tiers', file);
+  }
+  const relay = await startRelayProcess({ defaultTier, args });
+  cleanups.push(async () => {
+    await relay.stop();
+    removeRelayDir(relay.dir);
+  });
+  return relay;
+};
+
+const device = async (url: string, identity: Identity): Promise<Device> => {
+  const d = await connectDevice(url, identity);
+  cleanups.push(() => d.client.close());
+  return d;
+};
+
+/** Two devices of one new user, both connected and synced. */
+const pairOn = async (relay: RelayProcess) => {
+  const idA = await createIdentity();
+  const a = await device(relay.url, idA);
+  await a.client.whenSynced();
+  const b = await device(relay.url, await linkNewDevice(idA));
+  await b.client.whenSynced();
+  return { idA, a, b };
+};
+
+const rowsOf = (relay: RelayProcess, doc: DocId): number => [...logRowsByDevice(relay.dbPath, doc).values()].reduce((n, c) => n + c, 0);
+
+/** Resolves with the ms from now until `predicate` holds (polled every 2 ms), bounded. */
+const timeUntil = async (predicate: () => boolean, timeoutMs = 5_000): Promise<number> => {
+  const start = performance.now();
+  await waitFor(predicate, timeoutMs);
+  return performance.now() - start;
+};
+
+describe('trial tier', () => {
+  it('syncs a safety-plan edit to the other device at once while a check-in waits for its batch window', async () => {
+    // The window is shortened from 30 s so the test can watch it pass.
+    const relay = await relayWith('trial', { trial: { batchWindowMs: 1_500 } });
+    const { a, b } = await pairOn(relay);
+    const planA = await a.client.open({ class: 'safety_plan', name: 'main' });
+    const planB = await b.client.open({ class: 'safety_plan', name: 'main' });
+    const checkinA = await a.client.open({ class: 'checkin', name: 'today' });
+    const checkinId = a.client.docId({ class: 'checkin', name: 'today' });
+    await Promise.all([a.client.whenSynced(), b.client.whenSynced()]);
+
+    const writtenAt = performance.now();
+    checkinA.getMap('mood').set('score', 4);
+    planA.getText('reasons').insert(0, 'call my sister');
+    const planLatency = await timeUntil(() => planB.getText('reasons').toString() === 'call my sister');
+    expect(planLatency).toBeLessThan(200);
+
+    // Inside the window the check-in has not left the device.
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, 1_000 - (performance.now() - writtenAt))));
+    expect(rowsOf(relay, checkinId)).toBe(0);
+    // After it, the relay has it (backed up, not fanned out: trial has no cross-device sync).
+    await waitFor(() => rowsOf(relay, checkinId) === 1, 5_000, 'check-in at the relay');
+    expect(performance.now() - writtenAt).toBeGreaterThanOrEqual(1_500);
+    const checkinB = await b.client.open({ class: 'checkin', name: 'today' });
+    await b.client.whenSynced();
+    expect(checkinB.getMap('mood').get('score')).toBeUndefined();
+    expect([...a.errors, ...b.errors]).toEqual([]);
+  });
+
+  it('fans out crisis edits to every device but keeps other edits as a backup only', async () => {
+    const relay = await relayWith('trial');
+    const { a, b } = await pairOn(relay);
+    const specs = [
+      { class: 'profile', name: 'me' },
+      { class: 'crisis_contacts', name: 'main' },
+    ] as const;
+    const [profileA, contactsA] = await Promise.all(specs.map((s) => a.client.open(s)));
+    const [profileB, contactsB] = await Promise.all(specs.map((s) => b.client.open(s)));
+    profileA!.getMap('p').set('name', 'Sam');
+    contactsA!.getMap('c').set('sister', '555-0100');
+    await a.client.flush();
+    await waitFor(() => contactsB!.getMap('c').get('sister') === '555-0100', 2_000, 'crisis contacts at B');
+    // The profile was stored by the relay but never delivered to B, live or on reconnect.
+    expect(rowsOf(relay, a.client.docId(specs[0]))).toBe(1);
+    const b2 = await device(relay.url, b.client.identity);
+    await b.client.close();
+    const profileB2 = await b2.client.open(specs[0]);
+    await b2.client.whenSynced();
+    expect(profileB2.getMap('p').get('name')).toBeUndefined();
+    expect(profileB!.getMap('p').get('name')).toBeUndefined();
+    expect([...a.errors, ...b2.errors]).toEqual([]);
+  });
+
+  it('syncs a crisis assessment at crisis priority and turns crisis mode on everywhere', async () => {
+    const relay = await relayWith('trial');
+    const { a, b } = await pairOn(relay);
+    const crisisAtB = new Promise<void>((resolve) => b.client.on('crisis', (active) => active && resolve()));
+    const started = performance.now();
+    const result = await a.client.recordAssessment('phq9-2026-11-25', { kind: 'phq9', answers: [1, 1, 1, 0, 0, 1, 0, 0, 1] });
+    expect(result.crisis).toBe(true);
+    expect(result.reasons).toContain('phq9_item9');
+    await crisisAtB;
+    expect(performance.now() - started).toBeLessThan(500);
+    expect(b.client.crisisMode).toBe(true);
+    // The assessment itself (lane 9) reached B although trial fans out nothing else.
+    const assessmentB = await b.client.open({ class: 'assessment', name: 'phq9-2026-11-25' });
+    await waitFor(() => assessmentB.getMap('assessment').get('crisis') === true, 2_000, 'assessment at B');
+  });
+});
+
+describe('basic tier', () => {
+  it('defers bulk data over the daily cap but never crisis data, and drops nothing', async () => {
+    const relay = await relayWith('basic', { basic: { dailyBytes: 8_192 } });
+    const { a, b } = await pairOn(relay);
+    const deferred: string[] = [];
+    a.client.on('deferred', (d) => deferred.push(d.code));
+    const historyA = await a.client.open({ class: 'history', name: 'journal' });
+    const planA = await a.client.open({ class: 'safety_plan', name: 'main' });
+    const planB = await b.client.open({ class: 'safety_plan', name: 'main' });
+    const historyId = a.client.docId({ class: 'history', name: 'journal' });
+    historyA.getText('t').insert(0, 'x'.repeat(20_000));
+    void a.client.flush().catch(() => {});
+    await waitFor(() => deferred.includes('QUOTA_EXCEEDED'), 5_000, 'daily-cap deferral');
+    expect(rowsOf(relay, historyId)).toBe(0);
+
+    // Over the cap, a crisis edit as large still goes through at once.
+    planA.getText('steps').insert(0, 'y'.repeat(20_000));
+    await waitFor(() => planB.getText('steps').length === 20_000, 2_000, 'crisis edit at B');
+    expect(rowsOf(relay, historyId)).toBe(0);
+    // The deferred history is still in A's outbox, waiting for the next day: not lost.
+    expect(a.errors).toEqual([]);
+    expect((await a.store.loadRange(['outbox', historyId])).length).toBe(1);
+  });
+
+  it('defers past the bandwidth limit and delivers everything in the end', async () => {
+    const relay = await relayWith('basic', { basic: { bandwidthBytesPerSec: 8_192 } });
+    const { a, b } = await pairOn(relay);
+    let deferrals = 0;
+    a.client.on('deferred', () => deferrals++);
+    const names = ['a', 'b', 'c', 'd'];
+    const docsA = await Promise.all(names.map((name) => a.client.open({ class: 'checkin', name })));
+    const docsB = await Promise.all(names.map((name) => b.client.open({ class: 'checkin', name })));
+    docsA.forEach((d, i) => d.getText('t').insert(0, String(i).repeat(12_000)));
+    await a.client.flush();
+    await waitFor(() => docsB.every((d) => d.getText('t').length === 12_000), 15_000, 'all check-ins at B');
+    docsA.forEach((d, i) => expect(Y.encodeStateAsUpdate(d)).toEqual(Y.encodeStateAsUpdate(docsB[i]!)));
+    expect(deferrals).toBeGreaterThan(0);
+    expect(a.errors).toEqual([]);
+  });
+});
+
+describe('operator tier changes', () => {
+  it('reach online devices at once and release what the old tier withheld', async () => {
+    const relay = await relayWith('trial');
+    const { idA, a, b } = await pairOn(relay);
+    const profileA = await a.client.open({ class: 'profile', name: 'me' });
+    const profileB = await b.client.open({ class: 'profile', name: 'me' });
+    profileA.getMap('p').set('name', 'Sam');
+    await a.client.flush();
+    expect(profileB.getMap('p').get('name')).toBeUndefined();
+
+    const tiersAtB: TierState[] = [];
+    b.client.on('tier', (t) => tiersAtB.push(t));
+    const env = { KEEL_RELAY_ADMIN_TOKEN: relay.adminToken };
+    const started = performance.now();
+    const set = await runRelayCli(['tier', 'set', idA.user.userId, 'premium', '--url', relay.httpUrl], env);
+    expect(set.stderr).toBe('');
+    expect(set.code).toBe(0);
+    expect(JSON.parse(set.stdout)).toMatchObject({ tier: 'premium', previous: 'trial' });
+    await waitFor(() => tiersAtB.length > 0 && a.client.tier.name === 'premium', 1_000, 'tier at both devices');
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(tiersAtB[0]!.policy.realtime).toBe(true);
+    // Withheld under trial, delivered now.
+    await waitFor(() => profileB.getMap('p').get('name') === 'Sam', 2_000, 'withheld profile released');
+    // And new edits sync in realtime.
+    profileA.getMap('p').set('pronouns', 'they');
+    await waitFor(() => profileB.getMap('p').get('pronouns') === 'they', 1_000, 'realtime edit');
+  });
+
+  it('refuses unauthenticated or malformed operator commands and changes nothing', async () => {
+    const relay = await relayWith('trial');
+    const id = await createIdentity();
+    const url = ['--url', relay.httpUrl];
+    const wrong = await runRelayCli(['tier', 'set', id.user.userId, 'premium', ...url], { KEEL_RELAY_ADMIN_TOKEN: 'x'.repeat(32) });
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain('401');
+    const badTier = await runRelayCli(['tier', 'set', id.user.userId, 'platinum', ...url], { KEEL_RELAY_ADMIN_TOKEN: relay.adminToken });
+    expect(badTier.code).toBe(64);
+    expect(badTier.stderr).toContain('is not a tier');
+    const badUser = await runRelayCli(['tier', 'set', 'bob', 'premium', ...url], { KEEL_RELAY_ADMIN_TOKEN: relay.adminToken });
+    expect(badUser.code).toBe(64);
+    const get = await runRelayCli(['tier', 'get', id.user.userId, ...url], { KEEL_RELAY_ADMIN_TOKEN: relay.adminToken });
+    expect(get.code).toBe(0);
+    expect(JSON.parse(get.stdout)).toMatchObject({ tier: 'trial' });
+  });
+});
+
+describe('manual conflict resolution', () => {
+  it('stages remote changes until the app accepts them; crisis documents merge at once', async () => {
+    // Trial resolves conflicts manually; cross-device sync is switched on so there is something to stage.
+    const relay = await relayWith('trial', { trial: { crossDevice: true, batchWindowMs: 0 } });
+    const { a, b } = await pairOn(relay);
+    const spec = { class: 'checkin', name: 'today' } as const;
+    const checkinA = await a.client.open(spec);
+    const checkinB = await b.client.open(spec);
+    const planA = await a.client.open({ class: 'safety_plan', name: 'main' });
+    const planB = await b.client.open({ class: 'safety_plan', name: 'main' });
+    checkinB.getMap('m').set('mine', 'b');
+    checkinA.getMap('m').set('theirs', 'a');
+    planA.getMap('p').set('step', 'breathe');
+    await Promise.all([a.client.flush(), b.client.flush()]);
+    await waitFor(() => b.client.stagedCount(spec) > 0, 3_000, 'staged at B');
+    await waitFor(() => planB.getMap('p').get('step') === 'breathe', 2_000, 'crisis plan merged at once');
+    expect(checkinB.getMap('m').get('theirs')).toBeUndefined();
+    expect(await b.client.acceptStaged(spec)).toBeGreaterThan(0);
+    expect(checkinB.getMap('m').toJSON()).toEqual({ mine: 'b', theirs: 'a' });
+    expect(b.client.stagedCount(spec)).toBe(0);
+  });
+});
