@@ -26,29 +26,32 @@ export const createQuotaGuard = (store: RelayStore, now: () => number) => {
   const daily = new Map<string, number>();
 
   let today = '';
-  const usedToday = async (userId: UserId, day: string): Promise<number> => {
+  const usedToday = (userId: UserId, day: string): number => {
     if (day !== today) {
       // A new UTC day: yesterday's counters are no longer needed in memory.
       daily.clear();
       today = day;
     }
-    const key = `${userId} ${day}`;
-    let used = daily.get(key);
-    if (used === undefined) {
-      used = await store.usage(userId, day);
-      // Another await may have filled it meanwhile; keep the larger (reservations count).
-      used = Math.max(used, daily.get(key) ?? 0);
-      daily.set(key, used);
-    }
-    return used;
+    return daily.get(`${userId} ${day}`) ?? 0;
   };
 
   return {
+    /** Loads the user's usage of today from the store; called when a device of theirs connects. */
+    async warm(userId: UserId): Promise<void> {
+      const day = utcDay(now());
+      usedToday(userId, day);
+      const stored = await store.usage(userId, day);
+      const key = `${userId} ${day}`;
+      // Reservations made meanwhile are already in memory; the store has only committed bytes.
+      daily.set(key, Math.max(stored, daily.get(key) ?? 0));
+    },
+
     /**
      * Reserves `bytes` of the user's budget for one envelope, or says why not. A reservation
-     * that does not end up stored must be given back with `refund`.
+     * that does not end up stored must be given back with `refund`. Synchronous, so a frame's
+     * envelopes are checked and queued for commit without yielding.
      */
-    async reserve(userId: UserId, policy: TierPolicy, lane: number, bytes: number): Promise<{ day: string } | QuotaRefusal> {
+    reserve(userId: UserId, policy: TierPolicy, lane: number, bytes: number): { day: string } | QuotaRefusal {
       const t = now();
       const day = utcDay(t);
       if (isCrisisLane(lane)) return { day };
@@ -59,7 +62,7 @@ export const createQuotaGuard = (store: RelayStore, now: () => number) => {
         };
       }
       if (policy.dailyBytes !== null) {
-        const used = await usedToday(userId, day);
+        const used = usedToday(userId, day);
         if (used + bytes > policy.dailyBytes) {
           const nextDay = Math.floor(t / DAY_MS) * DAY_MS + DAY_MS;
           return {

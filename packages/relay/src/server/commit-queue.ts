@@ -7,8 +7,12 @@ interface Pending {
 }
 
 export interface CommitQueue {
-  /** Resolves once every request of `batch` has a durable outcome. */
-  submit(batch: readonly AppendRequest[]): Promise<AppendOutcome[]>;
+  /**
+   * Resolves once every request of `batch` has a durable outcome. An urgent batch (a crisis
+   * lane) is committed at once, together with whatever waits before it, instead of at the end
+   * of the event-loop turn.
+   */
+  submit(batch: readonly AppendRequest[], urgent?: boolean): Promise<AppendOutcome[]>;
   /** Resolves when nothing is waiting or being committed. */
   idle(): Promise<void>;
 }
@@ -19,8 +23,11 @@ export interface CommitQueue {
  * author's counters in order.
  */
 export const createCommitQueue = (store: RelayStore, now: () => number, maxBatch = 1024): CommitQueue => {
-  let waiting: Pending[] = [];
+  const waiting: Pending[] = [];
   let running: Promise<void> | undefined;
+  let urgentWaiting = false;
+  /** Starts a flush that is still waiting for the end of the turn. */
+  let wake: (() => void) | undefined;
 
   const flush = async (): Promise<void> => {
     while (waiting.length > 0) {
@@ -49,8 +56,18 @@ export const createCommitQueue = (store: RelayStore, now: () => number, maxBatch
 
   const schedule = (): void => {
     if (running) return;
-    running = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(flush)
+    const urgent = urgentWaiting;
+    urgentWaiting = false;
+    // Bulk waits for the end of the turn to share a transaction; urgent work goes now.
+    running = new Promise<void>((resolve) => {
+      wake = resolve;
+      if (urgent) resolve();
+      else setImmediate(resolve);
+    })
+      .then(() => {
+        wake = undefined;
+        return flush();
+      })
       .finally(() => {
         running = undefined;
         if (waiting.length > 0) schedule();
@@ -58,9 +75,13 @@ export const createCommitQueue = (store: RelayStore, now: () => number, maxBatch
   };
 
   return {
-    submit(batch) {
+    submit(batch, urgent = false) {
       return new Promise<AppendOutcome[]>((resolve, reject) => {
         waiting.push({ batch, resolve, reject });
+        if (urgent) {
+          urgentWaiting = true;
+          wake?.();
+        }
         schedule();
       });
     },

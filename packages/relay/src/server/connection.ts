@@ -30,6 +30,7 @@ import type { Logger } from '../log.js';
 import type { AppendRequest, DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { CommitQueue } from './commit-queue.js';
 import { OutboundQueue } from './outbound-queue.js';
+import type { WorkOwner, WorkQueue } from './work-queue.js';
 
 /** What a connection needs from the relay around it. */
 export interface ConnectionContext {
@@ -38,6 +39,8 @@ export interface ConnectionContext {
   readonly commits: CommitQueue;
   readonly entitlements: Entitlements;
   readonly quota: QuotaGuard;
+  /** Bulk work, run in slices between I/O. */
+  readonly work: WorkQueue;
   readonly log: Logger;
   now(): number;
   /** Called once the device has authenticated. */
@@ -83,8 +86,10 @@ export class RelayConnection {
   readonly #authTimer: NodeJS.Timeout;
   #state: State = { kind: 'hello' };
   #badFrames = 0;
-  /** Frames are handled one at a time, in arrival order, so pushes commit in counter order. */
+  /** Handshake and subscription frames are handled one at a time, in arrival order. */
   #chain: Promise<void> = Promise.resolve();
+  /** This connection as a source of queued bulk work. */
+  readonly #owner: WorkOwner;
 
   constructor(ws: WebSocket, ctx: ConnectionContext) {
     this.#ws = ws;
@@ -93,9 +98,13 @@ export class RelayConnection {
     this.#authTimer = setTimeout(() => {
       this.#fail({ code: ErrorCode.AUTH_TIMEOUT, message: `not authenticated within ${ctx.config.authTimeoutMs} ms` }, CloseCode.AUTH_TIMEOUT);
     }, ctx.config.authTimeoutMs);
+    this.#owner = { pause: () => ws.pause(), resume: () => ws.resume() };
     ws.on('message', (data, isBinary) => {
-      const frame = isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString('utf8');
-      this.#chain = this.#chain.then(() => this.#receive(frame)).catch((error: unknown) => this.#internal(error));
+      try {
+        this.#onMessage(isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString('utf8'));
+      } catch (error) {
+        this.#internal(error);
+      }
     });
     ws.on('close', () => this.#teardown());
     ws.on('error', (error) => {
@@ -173,7 +182,12 @@ export class RelayConnection {
     sub.sent = fresh[fresh.length - 1]!.seq;
   }
 
-  async #receive(data: string | Uint8Array): Promise<void> {
+  /**
+   * Every frame is parsed as it arrives. Pushes of an authenticated device are routed by lane
+   * (crisis at once, bulk through the relay's work queue); everything else is handled in order
+   * on this connection's chain.
+   */
+  #onMessage(data: string | Uint8Array): void {
     if (this.#state.kind === 'closed') return;
     const parsed = parseClientFrame(data, this.#ctx.config.maxPayloadBytes);
     if (!parsed.ok) {
@@ -181,7 +195,17 @@ export class RelayConnection {
       return;
     }
     const frame = parsed.value;
+    if (frame.type === 'push' && this.#state.kind === 'ready') {
+      this.#routePush(frame);
+      return;
+    }
+    this.#chain = this.#chain.then(() => this.#receive(frame)).catch((error: unknown) => this.#internal(error));
+  }
+
+  async #receive(frame: ClientFrame): Promise<void> {
     switch (this.#state.kind) {
+      case 'closed':
+        return;
       case 'hello':
         if (frame.type !== 'hello') return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before hello` });
         return this.#onHello(frame);
@@ -189,7 +213,21 @@ export class RelayConnection {
         if (frame.type !== 'auth') return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before auth` });
         return this.#onAuth(frame.sig, this.#state);
       case 'ready':
-        return this.#onReady(frame, this.#state);
+        return this.#onReady(frame);
+    }
+  }
+
+  /**
+   * Crisis pushes are verified and committed at once, ahead of all queued bulk work (after this
+   * connection's own queued frames, which must not be overtaken). Bulk pushes wait their turn
+   * in the relay's work queue, which yields to I/O between slices.
+   */
+  #routePush(frame: PushFrame): void {
+    if (frame.envs.some((env) => isCrisisLane(env.lane))) {
+      this.#ctx.work.runQueuedOf(this.#owner);
+      this.#push(frame, true);
+    } else {
+      this.#ctx.work.enqueue(this.#owner, () => this.#push(frame, false));
     }
   }
 
@@ -238,6 +276,7 @@ export class RelayConnection {
     const device = await this.#ctx.store.getDevice(hello.device);
     if (!device || device.revokedAt !== null) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
     const tier = await this.#ctx.entitlements.tierOf(hello.user);
+    await this.#ctx.quota.warm(hello.user);
     // The socket may have closed during the awaits above.
     if (this.#closed) return;
     clearTimeout(this.#authTimer);
@@ -249,23 +288,25 @@ export class RelayConnection {
     this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
   }
 
-  async #onReady(frame: ClientFrame, state: Extract<State, { kind: 'ready' }>): Promise<void> {
+  async #onReady(frame: ClientFrame): Promise<void> {
     switch (frame.type) {
       case 'hello':
       case 'auth':
         return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${frame.type}" after authentication` });
       case 'sub':
-        for (const { doc, after } of frame.docs) await this.#subscribe(doc, after, state.user);
+        for (const { doc, after } of frame.docs) await this.#subscribe(doc, after);
         return;
       case 'unsub':
         for (const doc of frame.docs) this.#subs.delete(doc);
         return;
       case 'push':
-        return this.#push(frame, state);
+        return this.#routePush(frame);
     }
   }
 
-  async #subscribe(docId: DocId, after: Seq, user: UserId): Promise<void> {
+  async #subscribe(docId: DocId, after: Seq): Promise<void> {
+    const user = this.user;
+    if (!user) return;
     const owner = await this.#ctx.store.docOwner(docId);
     if (owner !== undefined && owner !== user) {
       this.#ctx.log.log('warn', 'subscribe refused', { user, device: this.device, code: ErrorCode.NOT_AUTHORIZED });
@@ -287,7 +328,10 @@ export class RelayConnection {
     this.send({ type: 'synced', doc: docId, seq: sub.sent as Seq }, 10);
   }
 
-  async #push(frame: PushFrame, state: Extract<State, { kind: 'ready' }>): Promise<void> {
+  /** Checks a push's envelopes now (synchronously, so frames keep their order) and commits them. */
+  #push(frame: PushFrame, urgent: boolean): void {
+    const state = this.#state;
+    if (state.kind !== 'ready') return;
     const accepted: AppendRequest[] = [];
     const reserved: { day: string; bytes: number }[] = [];
     // Once one envelope of a document is deferred, later ones of that document in this frame
@@ -299,26 +343,44 @@ export class RelayConnection {
       if (!error && env.device !== state.device.deviceId) {
         error = { code: ErrorCode.WRONG_AUTHOR, message: 'a device may push only envelopes it authored' };
         this.#countAbuse();
-      } else if (!error && !verifyEnvelopeSignature(env, state.device.publicKey)) {
-        error = { code: ErrorCode.BAD_SIGNATURE, message: `envelope #${env.counter} is not signed by this device` };
-        // An honest device never sends these: they count against the bad-frame budget.
-        this.#countAbuse();
       }
-      const bytes = b64ByteLength(env.ct.length);
+      const bytes = isCrisisLane(env.lane) ? 0 : b64ByteLength(env.ct.length);
+      let day: string | undefined;
       if (!error) {
-        const reservation = await this.#ctx.quota.reserve(state.user, policy, env.lane, bytes);
+        // Quota before signature: a deferral costs the relay no signature check.
+        const reservation = this.#ctx.quota.reserve(state.user, policy, env.lane, bytes);
         if ('code' in reservation) {
           error = reservation;
           deferred.set(env.doc, reservation);
         } else {
-          accepted.push(isCrisisLane(env.lane) ? { userId: state.user, env } : { userId: state.user, env, meter: { day: reservation.day, bytes } });
-          reserved.push({ day: reservation.day, bytes: isCrisisLane(env.lane) ? 0 : bytes });
+          day = reservation.day;
         }
       }
-      if (error) this.#reject(env.doc, env.counter, error);
+      if (!error && !verifyEnvelopeSignature(env, state.device.publicKey)) {
+        error = { code: ErrorCode.BAD_SIGNATURE, message: `envelope #${env.counter} is not signed by this device` };
+        if (day !== undefined && bytes > 0) this.#ctx.quota.refund(state.user, policy, day, bytes);
+        // An honest device never sends these: they count against the bad-frame budget.
+        this.#countAbuse();
+      }
+      if (error) {
+        this.#reject(env.doc, env.counter, error);
+      } else {
+        accepted.push(bytes > 0 ? { userId: state.user, env, meter: { day: day!, bytes } } : { userId: state.user, env });
+        reserved.push({ day: day!, bytes });
+      }
     }
     if (accepted.length === 0) return;
-    const outcomes = await this.#ctx.commits.submit(accepted);
+    this.#commit(accepted, reserved, state, urgent).catch((error: unknown) => this.#internal(error));
+  }
+
+  async #commit(
+    accepted: readonly AppendRequest[],
+    reserved: readonly { day: string; bytes: number }[],
+    state: Extract<State, { kind: 'ready' }>,
+    urgent: boolean,
+  ): Promise<void> {
+    const policy = state.tier.policy;
+    const outcomes = await this.#ctx.commits.submit(accepted, urgent);
     const acks: { doc: DocId; counter: number; seq: Seq }[] = [];
     const stored = new Map<DocId, LogEntry[]>();
     let ackLane = 1;
@@ -401,6 +463,7 @@ export class RelayConnection {
     this.#state = { kind: 'closed' };
     clearTimeout(this.#authTimer);
     this.#out.close();
+    this.#ctx.work.forget(this.#owner);
     this.#subs.clear();
     if (wasReady) this.#ctx.detach(this);
   }

@@ -12,6 +12,7 @@ import { createAdminHandler } from './admin.js';
 import { createCommitQueue } from './commit-queue.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import { sendJson } from './http-util.js';
+import { createWorkQueue } from './work-queue.js';
 
 export interface RelayDeps {
   readonly config: RelayConfig;
@@ -53,6 +54,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     commits,
     entitlements,
     quota,
+    work: createWorkQueue(),
     log,
     now,
     attach(conn) {
