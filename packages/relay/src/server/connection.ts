@@ -74,6 +74,30 @@ interface Subscription {
 }
 
 const CATCH_UP_PAGE = WireLimits.maxEnvelopesPerFrame;
+/**
+ * Ciphertext characters per `updates` frame. Frames are the unit the outbound queue reorders:
+ * a crisis frame can overtake queued frames but not one already in the socket, so bulk is cut
+ * into frames small enough to pass quickly.
+ */
+const FRAME_CHARS = 192 * 1024;
+
+/** Splits entries into frames of at most CATCH_UP_PAGE entries and about FRAME_CHARS of ciphertext. */
+const toFrames = (entries: readonly LogEntry[]): LogEntry[][] => {
+  const frames: LogEntry[][] = [];
+  let current: LogEntry[] = [];
+  let chars = 0;
+  for (const entry of entries) {
+    if (current.length > 0 && (current.length >= CATCH_UP_PAGE || chars + entry.env.ct.length > FRAME_CHARS)) {
+      frames.push(current);
+      current = [];
+      chars = 0;
+    }
+    current.push(entry);
+    chars += entry.env.ct.length;
+  }
+  if (current.length > 0) frames.push(current);
+  return frames;
+};
 
 const maxLane = (entries: readonly { env: { lane: number } }[]): number => entries.reduce((m, e) => Math.max(m, e.env.lane), 1);
 
@@ -172,8 +196,7 @@ export class RelayConnection {
     if (fresh.length === 0) return;
     const visible = fresh.filter((e) => this.#visible(e));
     const withheld = fresh.filter((e) => !this.#visible(e)).map((e) => e.seq);
-    for (let i = 0; i < visible.length; i += CATCH_UP_PAGE) {
-      const page = visible.slice(i, i + CATCH_UP_PAGE);
+    for (const page of toFrames(visible)) {
       this.send({ type: 'updates', doc: docId, items: page.map((e) => ({ seq: e.seq, env: e.env })) }, maxLane(page));
     }
     for (let i = 0; i < withheld.length; i += CATCH_UP_PAGE) {
