@@ -168,6 +168,32 @@ describe('basic tier', () => {
   });
 });
 
+describe('max single sync size', () => {
+  it('refuses an oversized bulk sync with a typed error, keeps it, and sends it once the tier allows', async () => {
+    const relay = await relayWith('basic', { basic: { maxSyncBytes: 4_096 } });
+    const { idA, a, b } = await pairOn(relay);
+    const errors: string[] = [];
+    a.client.on('error', (e) => errors.push(e.code));
+    const historyA = await a.client.open({ class: 'history', name: 'big' });
+    const historyB = await b.client.open({ class: 'history', name: 'big' });
+    const planA = await a.client.open({ class: 'safety_plan', name: 'main' });
+    const planB = await b.client.open({ class: 'safety_plan', name: 'main' });
+    historyA.getText('t').insert(0, 'h'.repeat(10_000));
+    void a.client.flush().catch(() => {});
+    await waitFor(() => errors.includes('QUOTA_EXCEEDED'), 5_000, 'max-sync refusal');
+    // Crisis data of the same size is never limited.
+    planA.getText('t').insert(0, 'p'.repeat(10_000));
+    await waitFor(() => planB.getText('t').length === 10_000, 2_000, 'crisis edit at B');
+    expect(historyB.getText('t').length).toBe(0);
+
+    const set = await runRelayCli(['tier', 'set', idA.user.userId, 'premium', '--url', relay.httpUrl], {
+      KEEL_RELAY_ADMIN_TOKEN: relay.adminToken,
+    });
+    expect(set.code).toBe(0);
+    await waitFor(() => historyB.getText('t').length === 10_000, 5_000, 'refused sync delivered after the upgrade');
+  });
+});
+
 describe('operator tier changes', () => {
   it('reach online devices at once and release what the old tier withheld', async () => {
     const relay = await relayWith('trial');
