@@ -21,6 +21,8 @@ export const DocMetaSchema = z.strictObject({
   authors: z.record(z.string(), z.number().int().min(0)),
   /** Next index for the local update log and for pending (unsealed) local updates. */
   logNext: z.number().int().min(0),
+  /** With external document state: the state vector of everything Keel has recorded (base64url). */
+  knownSV: z.string().optional(),
   logBase: z.number().int().min(0),
   pendingNext: z.number().int().min(0),
 });

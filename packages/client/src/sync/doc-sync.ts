@@ -11,7 +11,9 @@ import {
   isCrisisClass,
   isCrisisLane,
   decryptEnvelope,
+  fromB64,
   sealEnvelope,
+  toB64,
   verifyEnvelopeSignature,
 } from '@keel/engine';
 import * as Y from 'yjs';
@@ -27,8 +29,20 @@ const LOAD_ORIGIN = Symbol('keel:load');
 /** Local update log entries folded into one state snapshot. */
 const COMPACT_AFTER = 256;
 
+/**
+ * Keeps a document's content somewhere other than the ClientStore (in browsers: y-indexeddb).
+ * It loads stored content into the doc and persists every later update of the doc by itself.
+ * The ClientStore then holds only Keel's own state: meta, pending updates, outbox, staged.
+ */
+export interface ExternalDocState {
+  attach(doc: Y.Doc, docId: DocId): Promise<void>;
+  detach(doc: Y.Doc): Promise<void>;
+}
+
 export interface DocSyncDeps {
   readonly store: ClientStore;
+  /** Where document content lives; the ClientStore (same atomic batch as the outbox) if absent. */
+  readonly docState?: ExternalDocState;
   readonly identity: Identity;
   /** Document key for the current epoch. */
   readonly key: Uint8Array;
@@ -103,17 +117,20 @@ export class DocSync {
     const stored = await deps.store.load(k.meta);
     const meta = stored ? DocMetaSchema.parse(decodeJson(stored)) : newDocMeta(docClass, name);
     const sync = new DocSync(docId, meta, deps);
+    const external = deps.docState;
     const [state, log, pending, outbox, staged] = await Promise.all([
-      deps.store.load(k.state),
-      deps.store.loadRange(['doc', docId, 'log']),
+      external ? undefined : deps.store.load(k.state),
+      external ? [] : deps.store.loadRange(['doc', docId, 'log']),
       deps.store.loadRange(k.pendingPrefix),
       deps.store.loadRange(k.outboxPrefix),
       deps.store.loadRange(k.stagedPrefix),
     ]);
     sync.#staged = staged.length;
+    if (external) await external.attach(sync.doc, docId);
     const updates = [...(state ? [state] : []), ...log.map((c) => c.data)];
     if (updates.length > 0) Y.applyUpdate(sync.doc, Y.mergeUpdates(updates), LOAD_ORIGIN);
     for (const chunk of pending) sync.#pending.set(Number(chunk.key[2]), chunk.data);
+    if (external) await sync.#recoverExternal(pending.map((c) => c.data));
     for (const chunk of outbox) {
       const env = EnvelopeSchema.parse(decodeJson(chunk.data));
       sync.#outbox.set(env.counter, env);
@@ -126,6 +143,29 @@ export class DocSync {
       sync.#scheduleIO();
     });
     return sync;
+  }
+
+  /**
+   * With external document state the two stores are written separately, so a crash can leave
+   * either ahead. Pending updates are re-applied (content the external store missed), and
+   * content the external store has beyond what Keel recorded (`knownSV`) becomes pending, so
+   * nothing written locally stays unsent. (Deletions alone do not move a state vector; a crash
+   * in the milliseconds between the two writes of a pure deletion is the one case not covered.)
+   */
+  async #recoverExternal(pending: readonly Uint8Array[]): Promise<void> {
+    if (pending.length > 0) Y.applyUpdate(this.doc, Y.mergeUpdates([...pending]), LOAD_ORIGIN);
+    if (this.#meta.knownSV === undefined) return;
+    const known = fromB64(this.#meta.knownSV);
+    const missing = Y.encodeStateAsUpdate(this.doc, known);
+    const current = Y.encodeStateVector(this.doc);
+    if (toB64(current) === this.#meta.knownSV || Y.decodeUpdate(missing).structs.length === 0) return;
+    const n = this.#meta.pendingNext++;
+    this.#meta.knownSV = toB64(current);
+    await this.#deps.store.batch([
+      { op: 'save', key: this.#keys.pending(n), data: missing },
+      { op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) },
+    ]);
+    this.#pending.set(n, missing);
   }
 
   get lastSeq(): number {
@@ -193,19 +233,25 @@ export class DocSync {
     const merged = this.#unpersisted.length === 1 ? this.#unpersisted[0]! : Y.mergeUpdates(this.#unpersisted);
     this.#unpersisted = [];
     const n = this.#meta.pendingNext++;
-    const ops: StorageOp[] = [
-      { op: 'save', key: this.#keys.log(this.#meta.logNext++), data: merged },
-      { op: 'save', key: this.#keys.pending(n), data: merged },
-    ];
-    this.#compactOps(ops);
+    const ops: StorageOp[] = [{ op: 'save', key: this.#keys.pending(n), data: merged }];
+    this.#stateOps(ops, merged);
     ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
     await this.#deps.store.batch(ops);
     this.#pending.set(n, merged);
     this.#deps.onPending(this, merged.length);
   }
 
-  /** Folds the local log into one state snapshot when it grows long. */
-  #compactOps(ops: StorageOp[]): void {
+  /**
+   * Adds to `ops` what persists `update` into the document's content: a log entry (folded into
+   * one state snapshot when the log grows long), or — with external document state, which
+   * stores content itself — only the state vector Keel has now recorded.
+   */
+  #stateOps(ops: StorageOp[], update: Uint8Array): void {
+    if (this.#deps.docState) {
+      this.#meta.knownSV = toB64(Y.encodeStateVector(this.doc));
+      return;
+    }
+    ops.push({ op: 'save', key: this.#keys.log(this.#meta.logNext++), data: update });
     if (this.#meta.logNext - this.#meta.logBase < COMPACT_AFTER) return;
     ops.push({ op: 'save', key: this.#keys.state, data: Y.encodeStateAsUpdate(this.doc) });
     for (let i = this.#meta.logBase; i < this.#meta.logNext; i++) ops.push({ op: 'remove', key: this.#keys.log(i) });
@@ -303,10 +349,7 @@ export class DocSync {
     }
     return this.#enqueue(async () => {
       const ops: StorageOp[] = [];
-      if (applied.length > 0) {
-        ops.push({ op: 'save', key: this.#keys.log(this.#meta.logNext++), data: applied.length === 1 ? applied[0]! : Y.mergeUpdates(applied) });
-        this.#compactOps(ops);
-      }
+      if (applied.length > 0) this.#stateOps(ops, applied.length === 1 ? applied[0]! : Y.mergeUpdates(applied));
       for (const { seq, update } of staged) ops.push({ op: 'save', key: this.#keys.staged(seq), data: update });
       ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
       await this.#deps.store.batch(ops);
@@ -325,11 +368,8 @@ export class DocSync {
       if (staged.length === 0) return;
       const merged = staged.length === 1 ? staged[0]!.data : Y.mergeUpdates(staged.map((c) => c.data));
       Y.applyUpdate(this.doc, merged, REMOTE_ORIGIN);
-      const ops: StorageOp[] = [
-        { op: 'save', key: this.#keys.log(this.#meta.logNext++), data: merged },
-        ...staged.map((c): StorageOp => ({ op: 'remove', key: c.key })),
-      ];
-      this.#compactOps(ops);
+      const ops: StorageOp[] = staged.map((c): StorageOp => ({ op: 'remove', key: c.key }));
+      this.#stateOps(ops, merged);
       ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
       await this.#deps.store.batch(ops);
       accepted = staged.length;
@@ -378,6 +418,7 @@ export class DocSync {
   async close(): Promise<void> {
     await this.settle();
     this.#closed = true;
+    if (this.#deps.docState) await this.#deps.docState.detach(this.doc);
     this.doc.destroy();
   }
 }
