@@ -96,6 +96,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #tier: TierState;
   #crisisMode = false;
   #sessionActive = false;
+  #compacting = false;
+  /** A flush() waits: on reconnect, send everything at once instead of by the batch window. */
+  #flushRequested = false;
   #status: ClientStatus = 'connecting';
   #idleWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
@@ -177,7 +180,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         key: deriveDocKey(this.#epochSecret, docId, 0),
         epoch: 0,
         peerKey: (device) => this.#peers.get(device),
-        onPending: (sync, bytes) => this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes),
+        onPending: (sync, bytes) => {
+          this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
+          this.#enforceQueueLimit();
+        },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
@@ -257,6 +263,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     await Promise.all([...this.#docs.values()].map((d) => d.settle()));
     if (this.#link.state === 'ready') await this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
     if (![...this.#docs.values()].some((d) => d.busy)) return;
+    // Offline now: send at once on reconnect, not at the end of the batch window.
+    this.#flushRequested = true;
     if (this.#finalError) throw toError(this.#finalError);
     await new Promise<void>((resolve, reject) => this.#idleWaiters.push({ resolve, reject }));
   }
@@ -313,6 +321,27 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     read();
   }
 
+  /**
+   * The tier's offline queue limit, honoured without losing anything: past it, each document's
+   * pending updates are merged into one entry. Crisis documents are compacted too (merging is
+   * not eviction) and still replay first. What cannot be merged further (one entry per document)
+   * stays: an accepted write is never dropped.
+   */
+  #enforceQueueLimit(): void {
+    if (this.#compacting) return;
+    let queued = 0;
+    for (const d of this.#docs.values()) queued += d.queued;
+    if (queued <= this.#tier.policy.offlineQueueLimit) return;
+    this.#compacting = true;
+    void Promise.all([...this.#docs.values()].map((d) => d.compactPending()))
+      .catch((error: unknown) => {
+        this.emit('error', [{ code: 'INTERNAL', message: `queue compaction failed: ${error instanceof Error ? error.message : String(error)}` }]);
+      })
+      .finally(() => {
+        this.#compacting = false;
+      });
+  }
+
   #priorityOf(sync: DocSync): Priority {
     return effectivePriority({
       docClass: sync.docClass,
@@ -358,6 +387,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     for (const d of docs) d.resetSynced();
     this.#subscribe(docs);
     this.#dispatcher.onLinkReady();
+    if (this.#flushRequested) void this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
     this.#updateStatus();
   }
 
@@ -448,6 +478,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #checkProgress(): void {
     this.#updateStatus();
     if (this.#idleWaiters.length > 0 && ![...this.#docs.values()].some((d) => d.busy)) {
+      this.#flushRequested = false;
       for (const waiter of this.#idleWaiters.splice(0)) waiter.resolve();
     }
   }

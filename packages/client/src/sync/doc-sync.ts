@@ -198,6 +198,31 @@ export class DocSync {
     return this.#pending.size > 0;
   }
 
+  /** Entries this document holds in the device's offline queue: unsealed updates and unacknowledged envelopes. */
+  get queued(): number {
+    return this.#pending.size + this.#outbox.size;
+  }
+
+  /**
+   * Merges every pending local update of this document into one entry, durably: what the tier's
+   * offline queue limit asks for instead of eviction. Nothing is dropped; Yjs merges losslessly.
+   */
+  compactPending(): Promise<void> {
+    return this.#enqueue(async () => {
+      if (this.#pending.size < 2) return;
+      const entries = [...this.#pending.entries()].sort((a, b) => a[0] - b[0]);
+      const merged = Y.mergeUpdates(entries.map((e) => e[1]));
+      const n = this.#meta.pendingNext++;
+      await this.#deps.store.batch([
+        ...entries.map(([i]): StorageOp => ({ op: 'remove', key: this.#keys.pending(i) })),
+        { op: 'save', key: this.#keys.pending(n), data: merged },
+        { op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) },
+      ]);
+      this.#pending.clear();
+      this.#pending.set(n, merged);
+    });
+  }
+
   /** Sealed, unacknowledged envelopes in counter order: resent after every reconnect. */
   outbox(): Envelope[] {
     return [...this.#outbox.values()].sort((a, b) => a.counter - b.counter);
