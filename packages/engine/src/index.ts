@@ -1,5 +1,5 @@
 // @keel/engine — the pure core shared by relay and client.
-export { toB64, fromB64, encodeFields, bytesEqual } from './protocol/bytes.js';
+export { toB64, fromB64, b64Length, b64ByteLength, encodeFields, bytesEqual } from './protocol/bytes.js';
 export { ErrorCode, CloseCode, FINAL_CLOSE_CODES, ok, err } from './protocol/codes.js';
 export type { KeelError, Result } from './protocol/codes.js';
 export {
@@ -22,6 +22,7 @@ export {
   EnvelopeSchema,
   EnvelopeKindSchema,
   DeviceCertificateSchema,
+  TierStateSchema,
   ClientFrameSchema,
   RelayFrameSchema,
   parseClientFrame,
@@ -40,6 +41,8 @@ export type {
   AckFrame,
   UpdatesFrame,
   ErrorFrame,
+  RejectFrame,
+  TierState,
 } from './protocol/frames.js';
 export { cryptoReady, getSodium } from './crypto/sodium.js';
 export type { Sodium } from './crypto/sodium.js';
@@ -75,3 +78,33 @@ export {
   isCrisisClass,
 } from './policy/classes.js';
 export type { DocClass } from './policy/classes.js';
+export {
+  TierNameSchema,
+  TIER_NAMES,
+  TierPolicySchema,
+  DEFAULT_TIERS,
+  TierMatrixSchema,
+  TierOverridesSchema,
+  resolveTierMatrix,
+} from './policy/tiers.js';
+export type { TierName, TierPolicy, TierMatrix, TierOverrides } from './policy/tiers.js';
+export { effectivePriority } from './policy/priority.js';
+export type { PriorityInput } from './policy/priority.js';
+export {
+  Phq9AnswersSchema,
+  Gad7AnswersSchema,
+  AssessmentSchema,
+  CrisisThreshold,
+  scorePhq9,
+  scoreGad7,
+  detectCrisis,
+  parseAssessment,
+} from './policy/crisis.js';
+export type { Assessment, CrisisReason, CrisisDetection } from './policy/crisis.js';
+export {
+  createScheduler,
+  bulkRateBytesPerSec,
+  DEFAULT_CRISIS_RESERVE_FRACTION,
+  DEFAULT_AGING_MS,
+} from './scheduler/scheduler.js';
+export type { Scheduler, SchedulerClock, SchedulerOptions, Dispatch } from './scheduler/scheduler.js';
