@@ -108,3 +108,5 @@ export {
   DEFAULT_AGING_MS,
 } from './scheduler/scheduler.js';
 export type { Scheduler, SchedulerClock, SchedulerOptions, Dispatch } from './scheduler/scheduler.js';
+export { encodeSnapshotPayload, decodeSnapshotPayload } from './sync/snapshot.js';
+export type { SnapshotPayload } from './sync/snapshot.js';

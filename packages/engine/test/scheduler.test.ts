@@ -697,3 +697,20 @@ describe('scheduler cases', () => {
     expect(performance.now() - started).toBeLessThan(5_000);
   });
 });
+
+describe('release', () => {
+  it('lifts a notBefore so a parked group leaves at the next take()', async () => {
+    const { createScheduler, DEFAULT_TIERS, asDocId } = await import('@keel/engine');
+    let now = 1_000;
+    const s = createScheduler({ clock: { now: () => now }, policy: DEFAULT_TIERS.premium });
+    const doc = asDocId(`doc_${'a'.repeat(43)}`);
+    s.write(doc, 7, 100);
+    const [d] = s.take();
+    expect(d?.docId).toBe(doc);
+    s.requeue(d!, Number.POSITIVE_INFINITY);
+    now += 60_000;
+    expect(s.take()).toEqual([]);
+    s.release(doc);
+    expect(s.take().map((x) => x.docId)).toEqual([doc]);
+  });
+});

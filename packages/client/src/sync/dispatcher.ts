@@ -110,6 +110,7 @@ export class Dispatcher {
         setTimeout(() => {
           this.#retryTimers.delete(docId);
           this.#heldUntil.delete(docId);
+          this.#deps.scheduler.release(docId);
           const sync = this.#deps.doc(docId);
           if (sync) this.#resend([sync]);
           this.pump();
@@ -170,6 +171,7 @@ export class Dispatcher {
     for (const [docId, until] of this.#heldUntil) {
       if (until === Number.POSITIVE_INFINITY) {
         this.#heldUntil.delete(docId);
+        this.#deps.scheduler.release(docId);
         released.push(docId);
       }
     }

@@ -1,7 +1,7 @@
 import { encodeFields, fromB64, toB64 } from '../protocol/bytes.js';
 import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 import type { Envelope, EnvelopeKind } from '../protocol/frames.js';
-import type { DeviceId, DocId, Lane } from '../protocol/ids.js';
+import type { DeviceId, DocId, Lane, Seq } from '../protocol/ids.js';
 import { Domain } from './domains.js';
 import { getSodium } from './sodium.js';
 
@@ -13,6 +13,8 @@ export interface EnvelopeHeader {
   readonly device: DeviceId;
   readonly counter: number;
   readonly lane: Lane;
+  /** Snapshots only: the seq they cover. */
+  readonly base?: number | undefined;
 }
 
 /** First plaintext byte: how the rest is encoded. */
@@ -20,11 +22,14 @@ const PayloadFlag = { padded: 0x01 } as const;
 const KNOWN_FLAGS = PayloadFlag.padded;
 const MIN_PAD_BUCKET = 256;
 
-const associatedData = (h: EnvelopeHeader): Uint8Array =>
-  encodeFields([Domain.envelopeAead, h.doc, h.kind, h.epoch, h.device, h.counter, h.lane]);
+/** Header fields in their bound order; a snapshot's base is bound too. */
+const headerFields = (h: EnvelopeHeader) =>
+  h.base === undefined ? [h.doc, h.kind, h.epoch, h.device, h.counter, h.lane] : [h.doc, h.kind, h.epoch, h.device, h.counter, h.lane, h.base];
+
+const associatedData = (h: EnvelopeHeader): Uint8Array => encodeFields([Domain.envelopeAead, ...headerFields(h)]);
 
 const signedBytes = (h: EnvelopeHeader, nonce: Uint8Array, ct: Uint8Array): Uint8Array =>
-  encodeFields([Domain.envelopeSignature, h.doc, h.kind, h.epoch, h.device, h.counter, h.lane, nonce, ct]);
+  encodeFields([Domain.envelopeSignature, ...headerFields(h), nonce, ct]);
 
 /** Smallest power of two ≥ 256 that holds `n` bytes; hides sizes within a factor of two. */
 const padBucket = (n: number): number => {
@@ -52,7 +57,8 @@ export const sealEnvelope = (header: EnvelopeHeader, payload: Uint8Array, option
   const nonce = s.randombytes_buf(s.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
   const ct = s.crypto_aead_xchacha20poly1305_ietf_encrypt(body, associatedData(header), null, nonce, options.key);
   const sig = s.crypto_sign_detached(signedBytes(header, nonce, ct), options.signingKey);
-  return { ...header, nonce: toB64(nonce), ct: toB64(ct), sig: toB64(sig) };
+  const { base, ...rest } = header;
+  return { ...rest, ...(base === undefined ? {} : { base: base as Seq }), nonce: toB64(nonce), ct: toB64(ct), sig: toB64(sig) };
 };
 
 /** True when `publicKey` signed this envelope exactly as it is. What the relay checks. */

@@ -35,17 +35,25 @@ export type EnvelopeKind = z.infer<typeof EnvelopeKindSchema>;
  * are bound into the AEAD's associated data and, with nonce and ciphertext, into the author's
  * Ed25519 signature: the relay can read them but change none.
  */
-export const EnvelopeSchema = z.strictObject({
-  doc: DocIdSchema,
-  kind: EnvelopeKindSchema,
-  epoch: EpochSchema,
-  device: DeviceIdSchema,
-  counter: CounterSchema,
-  lane: LaneSchema,
-  nonce: b64Exact(24),
-  ct: b64Max(WireLimits.maxCiphertextBytes).min(b64Length(17)),
-  sig: b64Exact(64),
-});
+export const EnvelopeSchema = z
+  .strictObject({
+    doc: DocIdSchema,
+    kind: EnvelopeKindSchema,
+    epoch: EpochSchema,
+    device: DeviceIdSchema,
+    /** Updates: the author's counter for the document (last + 1). Snapshots: the author's own snapshot number. */
+    counter: CounterSchema,
+    lane: LaneSchema,
+    /** Snapshots only: the snapshot holds every log entry up to this seq. */
+    base: SeqSchema.optional(),
+    nonce: b64Exact(24),
+    ct: b64Max(WireLimits.maxCiphertextBytes).min(b64Length(17)),
+    sig: b64Exact(64),
+  })
+  .refine((env) => (env.kind === 'snapshot') === (env.base !== undefined), {
+    message: 'a snapshot carries the seq it covers (base); an update does not',
+    path: ['base'],
+  });
 export type Envelope = z.infer<typeof EnvelopeSchema>;
 
 /**
@@ -158,6 +166,8 @@ export const WithheldFrameSchema = z.strictObject({
   doc: DocIdSchema,
   seqs: z.array(SeqSchema).min(1).max(WireLimits.maxEnvelopesPerFrame),
 });
+/** The latest snapshot of a document, sent before the log entries after its base. */
+export const SnapshotFrameSchema = z.strictObject({ type: z.literal('snapshot'), doc: DocIdSchema, env: EnvelopeSchema });
 /** The user's tier changed (payment, operator); applies to the device's next scheduling decision. */
 export const TierFrameSchema = z.strictObject({ type: z.literal('tier'), tier: TierStateSchema });
 export const DeviceFrameSchema = z.strictObject({ type: z.literal('device'), cert: DeviceCertificateSchema });
@@ -175,6 +185,7 @@ export const RelayFrameSchema = z.discriminatedUnion('type', [
   RejectFrameSchema,
   UpdatesFrameSchema,
   SyncedFrameSchema,
+  SnapshotFrameSchema,
   WithheldFrameSchema,
   TierFrameSchema,
   DeviceFrameSchema,
@@ -187,7 +198,7 @@ export type ErrorFrame = z.infer<typeof ErrorFrameSchema>;
 export type RejectFrame = z.infer<typeof RejectFrameSchema>;
 
 const CLIENT_TYPES: ReadonlySet<string> = new Set(['hello', 'auth', 'sub', 'unsub', 'push']);
-const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'withheld', 'tier', 'device', 'error']);
+const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'snapshot', 'withheld', 'tier', 'device', 'error']);
 
 /** Summarises zod issues into one bounded line: path and message of the first few. */
 export const describeIssues = (error: z.ZodError): string => {

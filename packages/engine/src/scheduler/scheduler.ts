@@ -53,6 +53,8 @@ export interface Scheduler {
    * the link is down; a later crisis write lifts it), and frees its in-flight slot.
    */
   requeue(dispatch: Dispatch, notBefore?: number): void;
+  /** Lifts a `notBefore` on the document's pending group (the refusal that caused it is over). */
+  release(docId: DocId): void;
   /** A tier change; the next `take()`/`nextWakeAt()` already uses it. */
   setPolicy(policy: TierPolicy): void;
   /** Non-crisis batches in flight. */
@@ -351,6 +353,13 @@ export const createScheduler = (options: SchedulerOptions): Scheduler => {
       g.writes += dispatch.writes;
       g.firstWriteAt = Math.min(g.firstWriteAt, dispatch.firstWriteAt);
       g.notBefore = Math.max(g.notBefore, defer);
+      rekey(g);
+    },
+
+    release(docId) {
+      const g = groups.get(docId);
+      if (g === undefined || g.notBefore === Number.NEGATIVE_INFINITY) return;
+      g.notBefore = Number.NEGATIVE_INFINITY;
       rekey(g);
     },
 
