@@ -11,6 +11,7 @@ export default defineConfig({
       { find: /^@keel\/engine$/, replacement: src('engine') },
       { find: /^@keel\/relay$/, replacement: src('relay') },
       { find: /^@keel\/client\/node$/, replacement: src('client', 'node') },
+      { find: /^@keel\/client\/browser$/, replacement: src('client', 'browser') },
       { find: /^@keel\/client$/, replacement: src('client') },
     ],
   },

@@ -30,7 +30,7 @@ import type { Identity } from './identity.js';
 import type { ClientStore } from './storage/client-store.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { Dispatcher } from './sync/dispatcher.js';
-import { DocSync } from './sync/doc-sync.js';
+import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 
@@ -67,6 +67,11 @@ export interface KeelClientOptions {
   /** WebSocket implementation; defaults to the global one (browsers). In Node pass `ws`. */
   readonly WebSocket?: (new (url: string) => unknown) | undefined;
   readonly backoff?: BackoffOptions;
+  /**
+   * Where document content lives (in browsers: y-indexeddb); `storage` then keeps only Keel's
+   * own state. Absent: content lives in `storage` too.
+   */
+  readonly documentState?: ExternalDocState;
 }
 
 const TIER_KEY = ['client', 'tier'];
@@ -86,6 +91,7 @@ const toError = (e: ClientError): Error => Object.assign(new Error(`${e.code}: $
 export class KeelClient extends ObservableV2<ClientEvents> {
   readonly identity: Identity;
   readonly #store: ClientStore;
+  readonly #documentState: ExternalDocState | undefined;
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
   readonly #epochSecret: Uint8Array;
@@ -108,6 +114,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     super();
     this.identity = options.identity;
     this.#store = options.storage;
+    this.#documentState = options.documentState;
     this.#tier = initialTier;
     this.#epochSecret = deriveEpochZeroSecret(options.identity.user.rootKey);
     this.#peers.set(options.identity.device.deviceId, options.identity.device.publicKey);
@@ -176,6 +183,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (!opening) {
       opening = DocSync.load(docId, docClass, spec.name, {
         store: this.#store,
+        ...(this.#documentState ? { docState: this.#documentState } : {}),
         identity: this.identity,
         key: deriveDocKey(this.#epochSecret, docId, 0),
         epoch: 0,

@@ -12,6 +12,12 @@ export {
 } from './identity.js';
 export type { Identity, DeviceGrant } from './identity.js';
 export { createMemoryStore } from './storage/memory-store.js';
+// Browser persistence; importing it touches no IndexedDB, only calling it does.
+export { openIndexedDbStore } from './storage/indexeddb-store.js';
+export type { IndexedDbStoreOptions } from './storage/indexeddb-store.js';
+export { createYIndexedDbState } from './storage/y-indexeddb-state.js';
+export type { YIndexedDbStateOptions } from './storage/y-indexeddb-state.js';
+export type { ExternalDocState } from './sync/doc-sync.js';
 export { orderKey } from './storage/client-store.js';
 export type { ClientStore, StorageKey, StorageChunk, StorageOp } from './storage/client-store.js';
 export { createBackoff } from './transport/backoff.js';
