@@ -14,6 +14,7 @@ import {
   generateRootKey,
   sealEnvelope,
 } from '@keel/engine';
+import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { openSqliteStore } from '../src/storage/sqlite-store.js';
 import { runRelayStoreConformance } from './store-conformance.js';
@@ -75,6 +76,36 @@ describe('sqlite relay store on disk', () => {
       const afterClose = await onDisk();
       expect(afterClose.indexOf(Buffer.from(fromB64(envs[0]!.ct)))).toBeGreaterThanOrEqual(0);
       expect(afterClose.indexOf(marker)).toBe(-1);
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses to update or delete audit rows (append-only), and a read-only open writes nothing', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'relay.db');
+    const store = openSqliteStore({ path });
+    try {
+      await store.appendAudit([{ actor: 'operator', op: 'tier.set', userId: null, outcome: 'applied', detail: { to: 'premium' } }], 1);
+      await store.close();
+
+      const raw = new Database(path);
+      try {
+        expect(() => raw.prepare(`UPDATE audit SET outcome = 'forged'`).run()).toThrow(/append-only/);
+        expect(() => raw.prepare(`DELETE FROM audit`).run()).toThrow(/append-only/);
+      } finally {
+        raw.close();
+      }
+
+      const reader = openSqliteStore({ path, readonly: true });
+      try {
+        expect((await reader.readAudit(0, 10)).map((r) => r.outcome)).toEqual(['applied']);
+        await expect(reader.appendAudit([{ actor: 'x', op: 'y', userId: null, outcome: 'z', detail: {} }], 2)).rejects.toThrow(/readonly/);
+      } finally {
+        await reader.close();
+      }
+      expect(() => openSqliteStore({ path: join(dir, 'missing.db'), readonly: true })).toThrow();
     } finally {
       await store.close();
       await rm(dir, { recursive: true, force: true });

@@ -18,7 +18,8 @@ import {
   sealEnvelope,
 } from '@keel/engine';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { AppendOutcome, AppendRequest, RelayStore } from '../src/storage/relay-store.js';
+import { GENESIS_HASH, verifyAuditRows } from '../src/audit/audit-chain.js';
+import type { AppendOutcome, AppendRequest, AuditDraft, GraceRecord, RelayStore, SubscriptionRecord } from '../src/storage/relay-store.js';
 
 /** What a store implementation hands the suite for one test. */
 export interface RelayStoreHarness {
@@ -399,6 +400,166 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         await store().append([request(a.keys, envs[0]!), request(a.keys, seal(a.keys, a.device, doc, 5))], T0);
         expect(await store().headSeq(doc)).toBe(2);
         await expect(store().ping()).resolves.toBeUndefined();
+      });
+    });
+
+    describe('payments, grace periods and audit', () => {
+      const subscription = (userId: SubscriptionRecord['userId'], over: Partial<SubscriptionRecord> = {}): SubscriptionRecord => ({
+        subscriptionId: 'sub_1',
+        customerId: 'cus_1',
+        userId,
+        priceId: 'price_premium',
+        tier: 'premium',
+        status: 'active',
+        eventAt: T0,
+        updatedAt: T0 + 1,
+        ...over,
+      });
+      const draft = (op: string, userId: AuditDraft['userId'] = null, detail: AuditDraft['detail'] = {}): AuditDraft => ({
+        actor: 'webhook',
+        op,
+        userId,
+        outcome: 'applied',
+        detail,
+      });
+
+      it('applies a payment event once: a second write with the same event id fails and writes nothing', async () => {
+        const user = newAccount().keys.userId;
+        const event = { id: 'evt_1', type: 'customer.subscription.created', outcome: 'tier_changed' };
+        expect(await store().paymentEventSeen('evt_1')).toBe(false);
+        await store().commitPayment({ event, subscription: subscription(user), audit: [draft('payment.event', user)] }, T0);
+        expect(await store().paymentEventSeen('evt_1')).toBe(true);
+
+        const again = store().commitPayment(
+          { event, subscription: subscription(user, { status: 'canceled', eventAt: T0 + 5 }), audit: [draft('payment.event', user)] },
+          T0 + 5,
+        );
+        await expect(again).rejects.toThrow();
+        expect((await store().getSubscription('sub_1'))?.status).toBe('active');
+        expect(await store().readAudit(0, 10)).toHaveLength(1);
+        // With a tier change too: nothing of the duplicate lands.
+        await expect(store().setEntitlement(user, 'trial', T0 + 6, 'webhook', { event })).rejects.toThrow();
+        expect(await store().getEntitlement(user)).toBeUndefined();
+      });
+
+      it('keeps subscriptions by id, updated in place and listed per user', async () => {
+        const a = newAccount().keys.userId;
+        const b = newAccount().keys.userId;
+        expect(await store().getSubscription('sub_1')).toBeUndefined();
+        await store().commitPayment({ subscription: subscription(a) }, T0);
+        await store().commitPayment({ subscription: subscription(a, { subscriptionId: 'sub_0', priceId: null, tier: null }) }, T0);
+        await store().commitPayment({ subscription: subscription(b, { subscriptionId: 'sub_2', customerId: null }) }, T0);
+        const updated = subscription(a, { status: 'past_due', eventAt: T0 + 60_000, updatedAt: T0 + 60_001 });
+        await store().commitPayment({ subscription: updated }, T0 + 60_001);
+
+        expect(await store().getSubscription('sub_1')).toEqual(updated);
+        expect((await store().listSubscriptions(a)).map((s) => [s.subscriptionId, s.tier])).toEqual([
+          ['sub_0', null],
+          ['sub_1', 'premium'],
+        ]);
+        expect(await store().listSubscriptions(b)).toEqual([subscription(b, { subscriptionId: 'sub_2', customerId: null })]);
+        expect(await store().listSubscriptions(newAccount().keys.userId)).toEqual([]);
+      });
+
+      it('opens, lists (earliest end first) and closes grace periods', async () => {
+        const a = newAccount().keys.userId;
+        const b = newAccount().keys.userId;
+        const graceA: GraceRecord = { userId: a, paidTier: 'premium', startedAt: T0, endsAt: T0 + 14_000, failures: 1 };
+        const graceB: GraceRecord = { userId: b, paidTier: 'basic', startedAt: T0, endsAt: T0 + 7_000, failures: 2 };
+        await store().commitPayment({ grace: { set: graceA } }, T0);
+        await store().commitPayment({ grace: { set: graceB }, failure: { userId: b, at: T0 } }, T0);
+        expect(await store().getGrace(a)).toEqual(graceA);
+        expect(await store().listGraces()).toEqual([graceB, graceA]);
+
+        await store().commitPayment({ grace: { clear: b } }, T0 + 1);
+        expect(await store().getGrace(b)).toBeUndefined();
+        expect(await store().listGraces()).toEqual([graceA]);
+        // Clearing what is not there is harmless.
+        await store().commitPayment({ grace: { clear: b } }, T0 + 2);
+      });
+
+      it('counts payment failures at or after a time, per user', async () => {
+        const a = newAccount().keys.userId;
+        const b = newAccount().keys.userId;
+        for (const at of [T0, T0 + 10, T0 + 20]) await store().commitPayment({ failure: { userId: a, at } }, at);
+        await store().commitPayment({ failure: { userId: b, at: T0 + 20 } }, T0 + 20);
+        expect(await store().countPaymentFailures(a, T0)).toBe(3);
+        expect(await store().countPaymentFailures(a, T0 + 10)).toBe(2);
+        expect(await store().countPaymentFailures(a, T0 + 21)).toBe(0);
+        expect(await store().countPaymentFailures(b, 0)).toBe(1);
+      });
+
+      it('writes an entitlement and its payment bookkeeping together', async () => {
+        const a = newAccount().keys.userId;
+        const grace: GraceRecord = { userId: a, paidTier: 'premium', startedAt: T0, endsAt: T0 + 1000, failures: 1 };
+        const record = await store().setEntitlement(a, 'grace_period', T0, 'webhook', {
+          event: { id: 'evt_fail', type: 'invoice.payment_failed', outcome: 'grace_started' },
+          grace: { set: grace },
+          failure: { userId: a, at: T0 },
+          audit: [draft('payment.event', a), draft('tier.set', a, { from: 'premium', to: 'grace_period' })],
+        });
+        expect(record).toEqual({ userId: a, tier: 'grace_period', updatedAt: T0, source: 'webhook' });
+        expect(await store().getEntitlement(a)).toEqual(record);
+        expect(await store().getGrace(a)).toEqual(grace);
+        expect(await store().countPaymentFailures(a, 0)).toBe(1);
+        expect(await store().paymentEventSeen('evt_fail')).toBe(true);
+        expect((await store().readAudit(0, 10)).map((r) => r.op)).toEqual(['payment.event', 'tier.set']);
+        // Without bookkeeping it is the plain setter it always was.
+        expect(await store().setEntitlement(a, 'trial', T0 + 1, 'grace-expiry')).toEqual({ userId: a, tier: 'trial', updatedAt: T0 + 1, source: 'grace-expiry' });
+      });
+
+      it('numbers audit rows from 1 and chains each to the one before', async () => {
+        const a = newAccount().keys.userId;
+        expect(await store().readAudit(0, 10)).toEqual([]);
+        expect(await store().appendAudit([], T0)).toEqual([]);
+        const first = await store().appendAudit([draft('payment.event', null, { event: 'evt_1', b: 2, a: 'x' })], T0);
+        const more = await store().appendAudit([draft('tier.set', a, { from: 'trial', to: 'premium' }), draft('grace.start', a, { endsAt: T0 + 5 })], T0 + 1);
+        expect(first.map((r) => r.seq)).toEqual([1]);
+        expect(more.map((r) => r.seq)).toEqual([2, 3]);
+        expect(first[0]!.prevHash).toBe(GENESIS_HASH);
+        expect(more[0]!.prevHash).toBe(first[0]!.hash);
+        expect(more[1]!.prevHash).toBe(more[0]!.hash);
+        // Canonical detail: sorted keys, so equal details hash equally.
+        expect(first[0]!.detail).toBe('{"a":"x","b":2,"event":"evt_1"}');
+        expect(first[0]).toMatchObject({ at: T0, actor: 'webhook', op: 'payment.event', userId: null, outcome: 'applied' });
+
+        const all = await store().readAudit(0, 10);
+        expect(all).toEqual([...first, ...more]);
+        expect(await store().readAudit(1, 1)).toEqual([more[0]]);
+        expect(verifyAuditRows(all)).toEqual({ ok: true, count: 3, headHash: more[1]!.hash });
+      });
+
+      it('keeps payment state and the audit chain across close and reopen', async (ctx) => {
+        const reopen = harness?.reopen;
+        if (!reopen) {
+          ctx.skip();
+          return;
+        }
+        const a = newAccount().keys.userId;
+        const grace: GraceRecord = { userId: a, paidTier: 'basic', startedAt: T0, endsAt: T0 + 1000, failures: 1 };
+        await store().setEntitlement(a, 'grace_period', T0, 'webhook', {
+          event: { id: 'evt_9', type: 'invoice.payment_failed', outcome: 'grace_started' },
+          subscription: subscription(a, { tier: 'basic', priceId: 'price_basic', status: 'past_due' }),
+          grace: { set: grace },
+          failure: { userId: a, at: T0 },
+          audit: [draft('payment.event', a)],
+        });
+        const auditBefore = await store().readAudit(0, 10);
+
+        const first = store();
+        live = undefined;
+        await first.close();
+        live = await reopen();
+
+        expect(await store().paymentEventSeen('evt_9')).toBe(true);
+        expect(await store().getGrace(a)).toEqual(grace);
+        expect(await store().listGraces()).toEqual([grace]);
+        expect((await store().getSubscription('sub_1'))?.status).toBe('past_due');
+        expect(await store().countPaymentFailures(a, 0)).toBe(1);
+        expect(await store().readAudit(0, 10)).toEqual(auditBefore);
+        const next = await store().appendAudit([draft('grace.end', a)], T0 + 2);
+        expect(next[0]).toMatchObject({ seq: 2, prevHash: auditBefore[0]!.hash });
+        expect(verifyAuditRows(await store().readAudit(0, 10)).ok).toBe(true);
       });
     });
 

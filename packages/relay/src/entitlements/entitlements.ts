@@ -1,5 +1,5 @@
 import type { TierMatrix, TierName, TierState, UserId } from '@keel/engine';
-import type { RelayStore } from '../storage/relay-store.js';
+import type { AuditDraft, PaymentWrite, RelayStore, TierSource } from '../storage/relay-store.js';
 
 export type TierListener = (userId: UserId, state: TierState) => void;
 
@@ -10,7 +10,11 @@ export type TierListener = (userId: UserId, state: TierState) => void;
 export interface Entitlements {
   readonly matrix: TierMatrix;
   tierOf(userId: UserId): Promise<TierState>;
-  setTier(userId: UserId, tier: TierName, source: string): Promise<{ previous: TierState; current: TierState }>;
+  /**
+   * Sets the tier, appends a `tier.set` audit row, and tells listeners. `payment` (a webhook's
+   * or a grace expiry's bookkeeping) is written in the same store transaction.
+   */
+  setTier(userId: UserId, tier: TierName, source: TierSource, payment?: PaymentWrite): Promise<{ previous: TierState; current: TierState }>;
   onChange(listener: TierListener): void;
 }
 
@@ -32,9 +36,16 @@ export const createEntitlements = (store: RelayStore, matrix: TierMatrix, defaul
   return {
     matrix,
     tierOf,
-    async setTier(userId, tier, source) {
+    async setTier(userId, tier, source, payment) {
       const previous = await tierOf(userId);
-      const record = await store.setEntitlement(userId, tier, now(), source);
+      const audit: AuditDraft = {
+        actor: source,
+        op: 'tier.set',
+        userId,
+        outcome: 'applied',
+        detail: { from: previous.name, to: tier, event: payment?.event?.id ?? null },
+      };
+      const record = await store.setEntitlement(userId, tier, now(), source, { ...payment, audit: [...(payment?.audit ?? []), audit] });
       const current = stateOf(record.tier, record.updatedAt);
       cache.set(userId, current);
       for (const listener of listeners) listener(userId, current);

@@ -34,6 +34,82 @@ export interface EntitlementRecord {
   readonly source: string;
 }
 
+/** Who changed a tier: an operator command, a payment webhook, or a grace period running out. */
+export type TierSource = 'operator' | 'webhook' | 'grace-expiry';
+
+/** Audit detail: ids, codes, tiers and times only — never a name, email, body or payload. */
+export type AuditDetail = Readonly<Record<string, string | number | boolean | null>>;
+
+/** An audit row before the store numbers and chains it. */
+export interface AuditDraft {
+  /** Who did it: 'operator', 'webhook', 'grace-expiry', 'relay'. */
+  readonly actor: string;
+  /** What: 'payment.event', 'tier.set', 'grace.start', 'grace.end'. */
+  readonly op: string;
+  readonly userId: UserId | null;
+  /** A stable code: 'applied', 'duplicate', 'stale', 'BAD_SIGNATURE'… */
+  readonly outcome: string;
+  readonly detail: AuditDetail;
+}
+
+/** A stored audit row: numbered from 1 and hash-chained to the row before it. */
+export interface AuditRecord {
+  readonly seq: number;
+  readonly at: number;
+  readonly actor: string;
+  readonly op: string;
+  readonly userId: UserId | null;
+  readonly outcome: string;
+  /** Canonical JSON (sorted keys) of the detail, exactly as hashed. */
+  readonly detail: string;
+  /** Hex SHA-256 of the row before (64 zeros for the first). */
+  readonly prevHash: string;
+  readonly hash: string;
+}
+
+/** A payment-provider subscription as the relay keeps it: ids, price, tier, status, times. */
+export interface SubscriptionRecord {
+  /** Opaque provider id, e.g. `sub_…`. */
+  readonly subscriptionId: string;
+  /** Opaque provider customer id, e.g. `cus_…`; never the customer's details. */
+  readonly customerId: string | null;
+  readonly userId: UserId;
+  readonly priceId: string | null;
+  /** The paid tier the price maps to; null when the price is not in the map. */
+  readonly tier: TierName | null;
+  /** Provider status: active, trialing, past_due, unpaid, canceled, incomplete… */
+  readonly status: string;
+  /** `created` (ms) of the newest event applied to this subscription: older events are stale. */
+  readonly eventAt: number;
+  readonly updatedAt: number;
+}
+
+/** An open grace period: the user keeps `grace_period` until `endsAt` unless payment recovers. */
+export interface GraceRecord {
+  readonly userId: UserId;
+  /** The paid tier the user held when the payment failed (restored on recovery). */
+  readonly paidTier: TierName;
+  readonly startedAt: number;
+  /** Absolute end (ms since epoch): a restart neither loses nor extends the period. */
+  readonly endsAt: number;
+  /** Failures in the rolling window, this one included, that set the length. */
+  readonly failures: number;
+}
+
+/**
+ * Everything one payment event (or a grace expiry) changes, written in one transaction with the
+ * tier change if there is one, so a crash never leaves half of it applied.
+ */
+export interface PaymentWrite {
+  /** The provider event, recorded so it is applied once; the write fails if it was recorded before. */
+  readonly event?: { readonly id: string; readonly type: string; readonly outcome: string };
+  readonly subscription?: SubscriptionRecord;
+  readonly grace?: { readonly set: GraceRecord } | { readonly clear: UserId };
+  /** A payment failure that started a grace period, for the failure-history window. */
+  readonly failure?: { readonly userId: UserId; readonly at: number };
+  readonly audit?: readonly AuditDraft[];
+}
+
 export type AppendOutcome =
   | { readonly status: 'stored'; readonly seq: Seq }
   /** The same envelope (same author, counter and signature) was stored before. */
@@ -68,8 +144,28 @@ export interface RelayStore {
   headSeq(docId: DocId): Promise<Seq>;
   /** The user's tier; undefined when nothing set one (the relay then applies the free tier). */
   getEntitlement(userId: UserId): Promise<EntitlementRecord | undefined>;
-  /** Sets the user's tier (the user need not have connected yet). */
-  setEntitlement(userId: UserId, tier: TierName, now: number, source: string): Promise<EntitlementRecord>;
+  /**
+   * Sets the user's tier (the user need not have connected yet). `also` is written in the same
+   * transaction (audit rows, payment bookkeeping); the whole write fails if `also.event` was
+   * recorded before.
+   */
+  setEntitlement(userId: UserId, tier: TierName, now: number, source: string, also?: PaymentWrite): Promise<EntitlementRecord>;
+  /** Writes a payment change without a tier change, in one transaction (same duplicate rule). */
+  commitPayment(write: PaymentWrite, now: number): Promise<void>;
+  /** Whether a payment event id was applied before. */
+  paymentEventSeen(eventId: string): Promise<boolean>;
+  getSubscription(subscriptionId: string): Promise<SubscriptionRecord | undefined>;
+  /** Every subscription linked to the user, in subscription id order. */
+  listSubscriptions(userId: UserId): Promise<SubscriptionRecord[]>;
+  getGrace(userId: UserId): Promise<GraceRecord | undefined>;
+  /** Every open grace period, earliest end first (scheduled again when the relay starts). */
+  listGraces(): Promise<GraceRecord[]>;
+  /** Payment failures recorded for the user at or after `since`. */
+  countPaymentFailures(userId: UserId, since: number): Promise<number>;
+  /** Appends audit rows in order, in one transaction, each chained to the one before. */
+  appendAudit(drafts: readonly AuditDraft[], now: number): Promise<AuditRecord[]>;
+  /** Audit rows with seq > `after`, in seq order, at most `limit`. */
+  readAudit(after: number, limit: number): Promise<AuditRecord[]>;
   /** Metered bytes the user stored on a UTC day (`YYYY-MM-DD`). */
   usage(userId: UserId, day: string): Promise<number>;
   /** Cheap liveness probe for health checks. */

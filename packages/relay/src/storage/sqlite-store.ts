@@ -15,7 +15,19 @@ import {
   ok,
   toB64,
 } from '@keel/engine';
-import type { AppendOutcome, AppendRequest, DeviceRecord, LogEntry, RelayStore } from './relay-store.js';
+import { GENESIS_HASH, canonicalDetail, hashAuditRow } from '../audit/audit-chain.js';
+import type {
+  AppendOutcome,
+  AppendRequest,
+  AuditDraft,
+  AuditRecord,
+  DeviceRecord,
+  GraceRecord,
+  LogEntry,
+  PaymentWrite,
+  RelayStore,
+  SubscriptionRecord,
+} from './relay-store.js';
 
 export type Synchronous = 'FULL' | 'NORMAL';
 
@@ -27,6 +39,8 @@ export interface SqliteStoreOptions {
    * not only a crashed process. NORMAL survives `kill -9` but not power loss.
    */
   readonly synchronous?: Synchronous;
+  /** Open an existing, current database without writing to it (`keel-relay audit verify`). */
+  readonly readonly?: boolean;
 }
 
 const MIGRATIONS: readonly string[] = [
@@ -92,6 +106,55 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (user_id, day)
   ) WITHOUT ROWID;
   `,
+  `
+  -- Payment state: opaque provider ids, price, tier, status and times; never a name, email,
+  -- address, card or raw event body (DESIGN.md, "Payments, entitlements, grace period").
+  CREATE TABLE subscriptions (
+    subscription_id TEXT PRIMARY KEY,
+    customer_id     TEXT,
+    user_id         TEXT NOT NULL,
+    price_id        TEXT,
+    tier            TEXT,
+    status          TEXT NOT NULL,
+    event_at        INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+  );
+  CREATE INDEX subscriptions_by_user ON subscriptions(user_id);
+  -- Each provider event id is applied once.
+  CREATE TABLE payment_events (
+    event_id    TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  -- Failures that started a grace period: the history that shortens the next one.
+  CREATE TABLE payment_failures (
+    user_id TEXT NOT NULL,
+    at      INTEGER NOT NULL
+  );
+  CREATE INDEX payment_failures_by_user ON payment_failures(user_id, at);
+  CREATE TABLE grace_periods (
+    user_id    TEXT PRIMARY KEY,
+    paid_tier  TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ends_at    INTEGER NOT NULL,
+    failures   INTEGER NOT NULL
+  );
+  -- Append-only, hash-chained audit trail (audit/audit-chain.ts); pseudonymous ids and codes only.
+  CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    op        TEXT NOT NULL,
+    user_id   TEXT,
+    outcome   TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+  );
+  CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+  CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+  `,
 ];
 
 interface DeviceRow {
@@ -152,14 +215,80 @@ const toLogEntry = (docId: DocId, row: LogRow): LogEntry => ({
   },
 });
 
+interface SubscriptionRow {
+  subscription_id: string;
+  customer_id: string | null;
+  user_id: string;
+  price_id: string | null;
+  tier: string | null;
+  status: string;
+  event_at: number;
+  updated_at: number;
+}
+
+interface GraceRow {
+  user_id: string;
+  paid_tier: string;
+  started_at: number;
+  ends_at: number;
+  failures: number;
+}
+
+interface AuditRow {
+  seq: number;
+  at: number;
+  actor: string;
+  op: string;
+  user_id: string | null;
+  outcome: string;
+  detail: string;
+  prev_hash: string;
+  hash: string;
+}
+
+const toSubscription = (row: SubscriptionRow): SubscriptionRecord => ({
+  subscriptionId: row.subscription_id,
+  customerId: row.customer_id,
+  userId: row.user_id as UserId,
+  priceId: row.price_id,
+  tier: row.tier as TierName | null,
+  status: row.status,
+  eventAt: row.event_at,
+  updatedAt: row.updated_at,
+});
+
+const toGrace = (row: GraceRow): GraceRecord => ({
+  userId: row.user_id as UserId,
+  paidTier: row.paid_tier as TierName,
+  startedAt: row.started_at,
+  endsAt: row.ends_at,
+  failures: row.failures,
+});
+
+const toAudit = (row: AuditRow): AuditRecord => ({
+  seq: row.seq,
+  at: row.at,
+  actor: row.actor,
+  op: row.op,
+  userId: row.user_id as UserId | null,
+  outcome: row.outcome,
+  detail: row.detail,
+  prevHash: row.prev_hash,
+  hash: row.hash,
+});
+
 /** The embedded relay store: one SQLite file in WAL mode. */
 export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
-  const db = new Database(options.path);
-  db.pragma('journal_mode = WAL');
-  db.pragma(`synchronous = ${options.synchronous ?? 'FULL'}`);
-  db.pragma('foreign_keys = ON');
-  db.pragma('busy_timeout = 5000');
-  migrate(db);
+  const db = options.readonly ? new Database(options.path, { readonly: true, fileMustExist: true }) : new Database(options.path);
+  if (options.readonly) {
+    checkSchema(db);
+  } else {
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${options.synchronous ?? 'FULL'}`);
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    migrate(db);
+  }
 
   const stmt = {
     device: db.prepare<[string], DeviceRow>(
@@ -203,6 +332,33 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       `INSERT INTO entitlements (user_id, tier, updated_at, source) VALUES (?, ?, ?, ?)
        ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier, updated_at = excluded.updated_at, source = excluded.source`,
     ),
+    paymentEvent: db.prepare<[string], { n: number }>(`SELECT 1 AS n FROM payment_events WHERE event_id = ?`),
+    insertPaymentEvent: db.prepare(`INSERT INTO payment_events (event_id, type, outcome, received_at) VALUES (?, ?, ?, ?)`),
+    subscription: db.prepare<[string], SubscriptionRow>(`SELECT * FROM subscriptions WHERE subscription_id = ?`),
+    subscriptionsOfUser: db.prepare<[string], SubscriptionRow>(`SELECT * FROM subscriptions WHERE user_id = ? ORDER BY subscription_id`),
+    setSubscription: db.prepare(
+      `INSERT INTO subscriptions (subscription_id, customer_id, user_id, price_id, tier, status, event_at, updated_at)
+       VALUES (@subscriptionId, @customerId, @userId, @priceId, @tier, @status, @eventAt, @updatedAt)
+       ON CONFLICT (subscription_id) DO UPDATE SET customer_id = excluded.customer_id, user_id = excluded.user_id,
+         price_id = excluded.price_id, tier = excluded.tier, status = excluded.status, event_at = excluded.event_at,
+         updated_at = excluded.updated_at`,
+    ),
+    grace: db.prepare<[string], GraceRow>(`SELECT * FROM grace_periods WHERE user_id = ?`),
+    graces: db.prepare<[], GraceRow>(`SELECT * FROM grace_periods ORDER BY ends_at, user_id`),
+    setGrace: db.prepare(
+      `INSERT INTO grace_periods (user_id, paid_tier, started_at, ends_at, failures) VALUES (@userId, @paidTier, @startedAt, @endsAt, @failures)
+       ON CONFLICT (user_id) DO UPDATE SET paid_tier = excluded.paid_tier, started_at = excluded.started_at,
+         ends_at = excluded.ends_at, failures = excluded.failures`,
+    ),
+    clearGrace: db.prepare(`DELETE FROM grace_periods WHERE user_id = ?`),
+    insertFailure: db.prepare(`INSERT INTO payment_failures (user_id, at) VALUES (?, ?)`),
+    countFailures: db.prepare<[string, number], { n: number }>(`SELECT count(*) AS n FROM payment_failures WHERE user_id = ? AND at >= ?`),
+    lastAudit: db.prepare<[], { seq: number; hash: string }>(`SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`),
+    insertAudit: db.prepare(
+      `INSERT INTO audit (seq, at, actor, op, user_id, outcome, detail, prev_hash, hash)
+       VALUES (@seq, @at, @actor, @op, @userId, @outcome, @detail, @prevHash, @hash)`,
+    ),
+    readAudit: db.prepare<[number, number], AuditRow>(`SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`),
     usage: db.prepare<[string, string], { bytes: number }>(`SELECT bytes FROM usage WHERE user_id = ? AND day = ?`),
     addUsage: db.prepare(
       `INSERT INTO usage (user_id, day, bytes) VALUES (?, ?, ?)
@@ -283,6 +439,42 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
 
   const appendTx = db.transaction((batch: readonly AppendRequest[], now: number) => batch.map((req) => appendOne(req, now)));
 
+  const appendAuditRows = (drafts: readonly AuditDraft[], now: number): AuditRecord[] => {
+    const last = stmt.lastAudit.get();
+    let seq = last?.seq ?? 0;
+    let prevHash = last?.hash ?? GENESIS_HASH;
+    return drafts.map((draft) => {
+      seq++;
+      const fields = { seq, at: now, actor: draft.actor, op: draft.op, userId: draft.userId, outcome: draft.outcome, detail: canonicalDetail(draft.detail) };
+      const record: AuditRecord = { ...fields, prevHash, hash: hashAuditRow(prevHash, fields) };
+      stmt.insertAudit.run(record);
+      prevHash = record.hash;
+      return record;
+    });
+  };
+
+  /** One payment change; the event id's primary key makes a second application fail whole. */
+  const writePayment = (write: PaymentWrite, now: number): void => {
+    if (write.event) {
+      if (stmt.paymentEvent.get(write.event.id)) throw new Error(`payment event ${write.event.id} was already applied`);
+      stmt.insertPaymentEvent.run(write.event.id, write.event.type, write.event.outcome, now);
+    }
+    if (write.subscription) stmt.setSubscription.run(write.subscription);
+    if (write.grace) {
+      if ('set' in write.grace) stmt.setGrace.run(write.grace.set);
+      else stmt.clearGrace.run(write.grace.clear);
+    }
+    if (write.failure) stmt.insertFailure.run(write.failure.userId, write.failure.at);
+    if (write.audit) appendAuditRows(write.audit, now);
+  };
+
+  const entitlementTx = db.transaction((userId: UserId, tier: TierName, now: number, source: string, also: PaymentWrite | undefined) => {
+    stmt.setEntitlement.run(userId, tier, now, source);
+    if (also) writePayment(also, now);
+  });
+  const paymentTx = db.transaction(writePayment);
+  const auditTx = db.transaction(appendAuditRows);
+
   let closed = false;
   return {
     getDevice: async (deviceId) => {
@@ -299,10 +491,27 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       const row = stmt.entitlement.get(userId);
       return row && { userId, tier: row.tier as TierName, updatedAt: row.updated_at, source: row.source };
     },
-    setEntitlement: async (userId, tier, now, source) => {
-      stmt.setEntitlement.run(userId, tier, now, source);
+    setEntitlement: async (userId, tier, now, source, also) => {
+      entitlementTx.immediate(userId, tier, now, source, also);
       return { userId, tier, updatedAt: now, source };
     },
+    commitPayment: async (write, now) => {
+      paymentTx.immediate(write, now);
+    },
+    paymentEventSeen: async (eventId) => stmt.paymentEvent.get(eventId) !== undefined,
+    getSubscription: async (subscriptionId) => {
+      const row = stmt.subscription.get(subscriptionId);
+      return row && toSubscription(row);
+    },
+    listSubscriptions: async (userId) => stmt.subscriptionsOfUser.all(userId).map(toSubscription),
+    getGrace: async (userId) => {
+      const row = stmt.grace.get(userId);
+      return row && toGrace(row);
+    },
+    listGraces: async () => stmt.graces.all().map(toGrace),
+    countPaymentFailures: async (userId, since) => stmt.countFailures.get(userId, since)?.n ?? 0,
+    appendAudit: async (drafts, now) => (drafts.length === 0 ? [] : auditTx.immediate(drafts, now)),
+    readAudit: async (after, limit) => stmt.readAudit.all(after, limit).map(toAudit),
     usage: async (userId, day) => stmt.usage.get(userId, day)?.bytes ?? 0,
     ping: async () => {
       stmt.ping.get();
@@ -315,10 +524,24 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
   };
 };
 
+const schemaVersion = (db: Database.Database): number => {
+  const row = db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'schema_version'`).get();
+  return row ? Number(row.value) : 0;
+};
+
+/** A read-only store cannot migrate: it opens only a database this relay version wrote. */
+const checkSchema = (db: Database.Database): void => {
+  const hasMeta = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'`).get() !== undefined;
+  const current = hasMeta ? schemaVersion(db) : 0;
+  if (current !== MIGRATIONS.length) {
+    db.close();
+    throw new Error(`database schema version ${current} is not this relay's (${MIGRATIONS.length}): not a Keel relay database, or start the relay once to migrate it`);
+  }
+};
+
 const migrate = (db: Database.Database): void => {
   db.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
-  const row = db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'schema_version'`).get();
-  const current = row ? Number(row.value) : 0;
+  const current = schemaVersion(db);
   if (current > MIGRATIONS.length) {
     throw new Error(`database schema version ${current} is newer than this relay (${MIGRATIONS.length}); upgrade the relay`);
   }
