@@ -8,8 +8,13 @@ export interface Device {
 }
 
 /** A client on a fresh (or given) store, recording every error it reports. */
-export const connectDevice = async (url: string, identity: Identity, store: ClientStore = createMemoryStore()): Promise<Device> => {
-  const client = await createNodeClient({ url, identity, storage: store, backoff: { baseMs: 50, maxMs: 500 } });
+export const connectDevice = async (
+  url: string,
+  identity: Identity,
+  store: ClientStore = createMemoryStore(),
+  options: { readonly snapshotEvery?: number } = {},
+): Promise<Device> => {
+  const client = await createNodeClient({ url, identity, storage: store, backoff: { baseMs: 50, maxMs: 500 }, ...options });
   const errors: ClientError[] = [];
   client.on('error', (e) => errors.push(e));
   return { client, store, errors };

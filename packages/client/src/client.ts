@@ -72,6 +72,12 @@ export interface KeelClientOptions {
    * own state. Absent: content lives in `storage` too.
    */
   readonly documentState?: ExternalDocState;
+  /**
+   * Upload an encrypted snapshot of a document once this many log entries arrived since the
+   * last one, so the relay can prune its log and new devices start fast. 0 turns it off.
+   * Default 1000.
+   */
+  readonly snapshotEvery?: number;
 }
 
 const TIER_KEY = ['client', 'tier'];
@@ -103,6 +109,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #crisisMode = false;
   #sessionActive = false;
   #compacting = false;
+  readonly #snapshotEvery: number;
+  readonly #snapshotting = new Set<DocId>();
   /** A flush() waits: on reconnect, send everything at once instead of by the batch window. */
   #flushRequested = false;
   #status: ClientStatus = 'connecting';
@@ -116,6 +124,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#store = options.storage;
     this.#documentState = options.documentState;
     this.#tier = initialTier;
+    this.#snapshotEvery = options.snapshotEvery ?? 1000;
     this.#epochSecret = deriveEpochZeroSecret(options.identity.user.rootKey);
     this.#peers.set(options.identity.device.deviceId, options.identity.device.publicKey);
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
@@ -254,6 +263,34 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   /** Remote changes waiting for acceptance in a document (tiers with manual conflict resolution). */
   stagedCount(spec: DocSpec): number {
     return this.#docs.get(this.docId(spec))?.staged ?? 0;
+  }
+
+  /**
+   * Uploads a snapshot of a document now (normally automatic, see `snapshotEvery`); resolves
+   * to the seq it covers, or undefined when there is nothing new to cover or no connection.
+   */
+  async snapshot(spec: DocSpec): Promise<number | undefined> {
+    const sync = this.#docs.get(this.docId(spec));
+    if (!sync || this.#link.state !== 'ready') return undefined;
+    const env = await sync.snapshot(sync.baseLane);
+    if (!env) return undefined;
+    this.#link.send({ type: 'push', envs: [env] });
+    return env.base;
+  }
+
+  #maybeSnapshot(sync: DocSync | undefined): void {
+    if (!sync || this.#snapshotEvery <= 0 || sync.sinceSnapshot < this.#snapshotEvery) return;
+    if (this.#snapshotting.has(sync.docId) || this.#link.state !== 'ready') return;
+    this.#snapshotting.add(sync.docId);
+    sync
+      .snapshot(sync.baseLane)
+      .then((env) => {
+        if (env) this.#link.send({ type: 'push', envs: [env] });
+      })
+      .catch((error: unknown) => {
+        this.emit('error', [{ code: 'INTERNAL', message: `snapshot failed: ${error instanceof Error ? error.message : String(error)}`, doc: sync.docId }]);
+      })
+      .finally(() => this.#snapshotting.delete(sync.docId));
   }
 
   /** Applies the staged changes from other devices to a document; resolves to how many. */
@@ -442,12 +479,16 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onFrame(frame: RelayFrame): void {
     switch (frame.type) {
       case 'ack':
-        for (const { doc, counter, seq } of frame.acks) {
-          void this.#docs.get(doc)?.acknowledge(counter, seq);
+        for (const { doc, counter, seq, kind } of frame.acks) {
+          if (kind === 'snapshot') continue;
+          const sync = this.#docs.get(doc);
+          void sync?.acknowledge(counter, seq).then(() => this.#maybeSnapshot(sync));
           this.#dispatcher.onAck(doc, counter);
         }
         return;
       case 'reject':
+        // A refused snapshot costs nothing: the next one covers more.
+        if (frame.kind === 'snapshot') return;
         // The envelope stays in the outbox: a refused write is reported, never dropped.
         this.#dispatcher.onReject(frame.doc, frame.counter, frame.retryAfterMs);
         if (frame.retryAfterMs !== undefined) this.emit('deferred', [{ doc: frame.doc, code: frame.code, retryAfterMs: frame.retryAfterMs }]);
@@ -455,12 +496,22 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         return;
       case 'updates': {
         const sync = this.#docs.get(frame.doc);
-        if (sync) void sync.receive(frame.items).then(() => this.#checkProgress());
+        if (sync) {
+          void sync.receive(frame.items).then(() => {
+            this.#checkProgress();
+            this.#maybeSnapshot(sync);
+          });
+        }
+        return;
+      }
+      case 'snapshot': {
+        const sync = this.#docs.get(frame.doc);
+        if (sync) void sync.receiveSnapshot(frame.env).then(() => this.#checkProgress());
         return;
       }
       case 'withheld': {
         const sync = this.#docs.get(frame.doc);
-        if (sync) void sync.withhold(frame.seqs).then(() => this.#checkProgress());
+        if (sync) void sync.withhold(frame.seqs, frame.through).then(() => this.#checkProgress());
         return;
       }
       case 'synced':

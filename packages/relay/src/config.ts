@@ -13,6 +13,28 @@ const int = (what: string, min: number, max: number) =>
       .max(max, `${what} must be between ${min} and ${max}`),
   );
 
+const DAY_MS = 24 * 60 * 60 * 1000;
+const YEAR_MS = 366 * DAY_MS;
+
+/** Price (or legacy plan) id → the paid tier it buys, e.g. {"price_basic": "basic", "price_premium": "premium"}. */
+export const PriceTiersSchema = z.record(
+  z.string().min(1).max(255).regex(/^[A-Za-z0-9_-]+$/, 'price ids are letters, digits, _ or -'),
+  z.enum(['basic', 'premium'], { error: 'a price maps to "basic" or "premium"' }),
+  { error: 'price tiers must be a JSON object of price id → "basic" | "premium"' },
+);
+export type PriceTiers = z.infer<typeof PriceTiersSchema>;
+
+/** JSON text (environment) or an already-parsed object; bad JSON becomes a readable schema error. */
+const jsonText = <T extends z.ZodType>(schema: T) =>
+  z.preprocess((value) => {
+    if (typeof value !== 'string') return value;
+    try {
+      return JSON.parse(value) as unknown;
+    } catch {
+      return Symbol('not JSON');
+    }
+  }, schema);
+
 /** Relay configuration: defaults here, overridden by environment, overridden by CLI flags. */
 export const RelayConfigSchema = z.strictObject({
   port: int('port', 0, 65535).default(8787),
@@ -33,6 +55,11 @@ export const RelayConfigSchema = z.strictObject({
   /** Interval of WebSocket pings; a socket that misses one is dropped (half-open connections). */
   heartbeatMs: int('heartbeat', 100, 600_000).default(30_000),
   synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
+  /**
+   * How long log entries covered by a snapshot are kept before pruning, so a device slightly
+   * behind still catches up entry by entry. Default one day.
+   */
+  snapshotRetentionMs: int('snapshot retention', 0, 365 * 86_400_000).default(86_400_000),
   /** Bearer token for operator commands (`keel-relay tier set`); admin endpoints are off without it. */
   adminToken: z.string().min(24, 'admin token must be at least 24 characters').max(512).optional(),
   /** Tier of users no payment event or operator has set; the free tier unless a deployment says otherwise. */
@@ -40,6 +67,27 @@ export const RelayConfigSchema = z.strictObject({
   /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; DESIGN.md's matrix otherwise. */
   tiersFile: z.string().min(1).optional(),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  /** Payment webhook endpoint secret (Stripe's `whsec_…`); POST /webhooks/payments answers 503 without it. */
+  webhookSecret: z.string().min(16, 'webhook secret must be at least 16 characters').max(512).optional(),
+  /** How far a webhook signature's timestamp may be from the relay's clock (s); Stripe's default 300. */
+  webhookToleranceSeconds: int('webhook tolerance', 1, 86_400).default(300),
+  /** Inline JSON price-to-tier map (environment); see `priceTiersFile` for a file. */
+  priceTiers: jsonText(PriceTiersSchema).default({}),
+  /** JSON file with the price-to-tier map. */
+  priceTiersFile: z.string().min(1).optional(),
+  /** First grace period of a premium user (ms); DESIGN.md: 14 days. */
+  gracePremiumMs: int('premium grace period', 1, YEAR_MS).default(14 * DAY_MS),
+  /** First grace period of a basic user (ms): 7 days. */
+  graceBasicMs: int('basic grace period', 1, YEAR_MS).default(7 * DAY_MS),
+  /** Failures this far back shorten the next grace period (ms): 90 days. */
+  graceWindowMs: int('grace failure window', 0, 10 * YEAR_MS).default(90 * DAY_MS),
+  /** Shortest grace period after repeated failures (ms): 1 day. */
+  graceFloorMs: int('grace floor', 1, YEAR_MS).default(DAY_MS),
+}).superRefine((config, ctx) => {
+  // Otherwise the floor would lengthen a first grace period beyond its configured base.
+  if (config.graceFloorMs > Math.min(config.graceBasicMs, config.gracePremiumMs)) {
+    ctx.addIssue({ code: 'custom', path: ['graceFloorMs'], message: 'grace floor must not be longer than the basic or premium grace period' });
+  }
 });
 export type RelayConfig = z.infer<typeof RelayConfigSchema>;
 export type RelayConfigInput = z.input<typeof RelayConfigSchema>;
@@ -54,9 +102,18 @@ export const ENV_VARS = {
   authTimeoutMs: 'KEEL_RELAY_AUTH_TIMEOUT_MS',
   maxBadFrames: 'KEEL_RELAY_MAX_BAD_FRAMES',
   heartbeatMs: 'KEEL_RELAY_HEARTBEAT_MS',
+  snapshotRetentionMs: 'KEEL_RELAY_SNAPSHOT_RETENTION_MS',
   synchronous: 'KEEL_RELAY_SYNCHRONOUS',
   adminToken: 'KEEL_RELAY_ADMIN_TOKEN',
   tiersFile: 'KEEL_RELAY_TIERS_FILE',
   defaultTier: 'KEEL_RELAY_DEFAULT_TIER',
   logLevel: 'KEEL_RELAY_LOG_LEVEL',
+  webhookSecret: 'KEEL_RELAY_WEBHOOK_SECRET',
+  webhookToleranceSeconds: 'KEEL_RELAY_WEBHOOK_TOLERANCE_S',
+  priceTiers: 'KEEL_RELAY_PRICE_TIERS',
+  priceTiersFile: 'KEEL_RELAY_PRICE_TIERS_FILE',
+  gracePremiumMs: 'KEEL_RELAY_GRACE_PREMIUM_MS',
+  graceBasicMs: 'KEEL_RELAY_GRACE_BASIC_MS',
+  graceWindowMs: 'KEEL_RELAY_GRACE_WINDOW_MS',
+  graceFloorMs: 'KEEL_RELAY_GRACE_FLOOR_MS',
 } as const satisfies Record<keyof RelayConfig, string>;

@@ -17,10 +17,18 @@ export const DocMetaSchema = z.strictObject({
    * They count as seen for "synced" but not for resuming, so they arrive once the tier allows.
    */
   withheld: z.array(z.number().int().min(1)).default([]),
+  /** Every seq up to this one is withheld (pruned into a snapshot this device may not read yet). */
+  withheldThrough: z.number().int().min(0).default(0),
   /** Last counter applied per author device: the next one must be exactly one more. */
   authors: z.record(z.string(), z.number().int().min(0)),
   /** Next index for the local update log and for pending (unsealed) local updates. */
   logNext: z.number().int().min(0),
+  /** Highest lane of any entry this device sent or applied: a snapshot inherits it (crisis content stays crisis). */
+  maxLane: z.number().int().min(1).max(10).default(1),
+  /** Highest seq covered by a snapshot this device uploaded or loaded. */
+  snapshotBase: z.number().int().min(0).default(0),
+  /** This device's last snapshot number for the document (a counter space of its own). */
+  snapshotCounter: z.number().int().min(0).default(0),
   /** With external document state: the state vector of everything Keel has recorded (base64url). */
   knownSV: z.string().optional(),
   logBase: z.number().int().min(0),
@@ -36,7 +44,11 @@ export const newDocMeta = (docClass: DocClass, name: string): DocMeta => ({
   lastSeq: 0,
   ahead: [],
   withheld: [],
+  withheldThrough: 0,
   authors: {},
+  maxLane: 1,
+  snapshotBase: 0,
+  snapshotCounter: 0,
   logNext: 0,
   logBase: 0,
   pendingNext: 0,
@@ -72,7 +84,7 @@ export const markWithheld = (meta: DocMeta, seqs: readonly number[]): void => {
 /** Highest seq up to which every seq is received or known to be withheld. */
 export const seenThrough = (meta: DocMeta): number => {
   const known = new Set([...meta.ahead, ...meta.withheld]);
-  let seq = meta.lastSeq;
+  let seq = Math.max(meta.lastSeq, meta.withheldThrough);
   while (known.has(seq + 1)) seq++;
   return seq;
 };

@@ -10,7 +10,9 @@ import {
   basePriority,
   isCrisisClass,
   isCrisisLane,
+  decodeSnapshotPayload,
   decryptEnvelope,
+  encodeSnapshotPayload,
   fromB64,
   sealEnvelope,
   toB64,
@@ -300,6 +302,7 @@ export class DocSync {
         { key: this.#deps.key, signingKey: this.#deps.identity.device.secretKey },
       );
       this.#meta.counter = counter;
+      this.#meta.maxLane = Math.max(this.#meta.maxLane, lane);
       const ops: StorageOp[] = [
         { op: 'save', key: this.#keys.outbox(counter), data: encodeJson(env) },
         ...entries.map(([n]): StorageOp => ({ op: 'remove', key: this.#keys.pending(n) })),
@@ -370,6 +373,7 @@ export class DocSync {
         applied.push(opened.value);
       }
       this.#meta.authors[env.device] = env.counter;
+      this.#meta.maxLane = Math.max(this.#meta.maxLane, env.lane);
       markSeq(this.#meta, seq);
     }
     return this.#enqueue(async () => {
@@ -380,6 +384,88 @@ export class DocSync {
       await this.#deps.store.batch(ops);
       if (staged.length > 0) {
         this.#staged += staged.length;
+        this.#deps.onStaged(this, this.#staged);
+      }
+    });
+  }
+
+  /** Log entries received since the last snapshot this device knows of. */
+  get sinceSnapshot(): number {
+    return this.#meta.lastSeq - this.#meta.snapshotBase;
+  }
+
+  /**
+   * Seals a snapshot of everything up to `lastSeq` — the applied state plus anything staged —
+   * with each author's last counter it includes, so the relay can prune the log it covers.
+   * Resolves to undefined when there is nothing new to cover.
+   */
+  snapshot(minLane: Lane): Promise<Envelope | undefined> {
+    let sealed: Envelope | undefined;
+    return this.#enqueue(async () => {
+      const base = this.#meta.lastSeq;
+      if (base <= this.#meta.snapshotBase) return;
+      const staged = await this.#deps.store.loadRange(this.#keys.stagedPrefix);
+      const state = Y.mergeUpdates([Y.encodeStateAsUpdate(this.doc), ...staged.map((c) => c.data)]);
+      const self = this.#deps.identity.device.deviceId;
+      const authors = { ...this.#meta.authors, [self]: Math.max(this.#meta.authors[self] ?? 0, this.#meta.counter) };
+      const counter = this.#meta.snapshotCounter + 1;
+      // A snapshot holding crisis content travels (and is visible) as crisis content.
+      const lane = Math.max(minLane, this.#meta.maxLane);
+      sealed = sealEnvelope(
+        { doc: this.docId, kind: 'snapshot', epoch: this.#deps.epoch, device: self, counter, lane, base },
+        encodeSnapshotPayload({ authors, state }),
+        { key: this.#deps.key, signingKey: this.#deps.identity.device.secretKey },
+      );
+      this.#meta.snapshotCounter = counter;
+      this.#meta.snapshotBase = base;
+      await this.#deps.store.batch([{ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) }]);
+    }).then(() => sealed);
+  }
+
+  /**
+   * Loads a snapshot the relay sent ahead of the log after its base: verified like any
+   * envelope, then applied (staged under manual resolution), and every seq up to its base
+   * counts as received.
+   */
+  receiveSnapshot(env: Envelope): Promise<void> {
+    const base = env.base ?? 0;
+    if (env.kind !== 'snapshot' || base <= this.#meta.lastSeq) return Promise.resolve();
+    const error = this.#checkOrigin(env);
+    if (error) {
+      this.#deps.onError({ ...error, doc: this.docId });
+      return Promise.resolve();
+    }
+    const opened = decryptEnvelope(env, this.#deps.key);
+    const payload = opened.ok ? decodeSnapshotPayload(opened.value) : opened;
+    if (!payload.ok) {
+      this.#deps.onError({ ...payload.error, doc: this.docId });
+      return Promise.resolve();
+    }
+    const manual = !this.crisis && !isCrisisLane(env.lane) && this.#deps.shouldStage();
+    if (!manual) {
+      try {
+        Y.applyUpdate(this.doc, payload.value.state, REMOTE_ORIGIN);
+      } catch {
+        this.#deps.onError({ code: ErrorCode.BAD_PAYLOAD, message: 'snapshot state is not a Yjs update', doc: this.docId });
+        return Promise.resolve();
+      }
+    }
+    for (const [device, counter] of Object.entries(payload.value.authors)) {
+      this.#meta.authors[device] = Math.max(this.#meta.authors[device] ?? 0, counter);
+    }
+    this.#meta.lastSeq = base;
+    this.#meta.ahead = this.#meta.ahead.filter((seq) => seq > base);
+    this.#meta.withheld = this.#meta.withheld.filter((seq) => seq > base);
+    while (this.#meta.ahead[0] === this.#meta.lastSeq + 1) this.#meta.lastSeq = this.#meta.ahead.shift()!;
+    this.#meta.snapshotBase = Math.max(this.#meta.snapshotBase, base);
+    return this.#enqueue(async () => {
+      const ops: StorageOp[] = [];
+      if (manual) ops.push({ op: 'save', key: this.#keys.staged(base), data: payload.value.state });
+      else this.#stateOps(ops, payload.value.state);
+      ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
+      await this.#deps.store.batch(ops);
+      if (manual) {
+        this.#staged += 1;
         this.#deps.onStaged(this, this.#staged);
       }
     });
@@ -404,8 +490,9 @@ export class DocSync {
   }
 
   /** The relay keeps these seqs from this device (tier without cross-device sync). */
-  withhold(seqs: readonly number[]): Promise<void> {
+  withhold(seqs: readonly number[], through?: number): Promise<void> {
     markWithheld(this.#meta, seqs);
+    if (through !== undefined) this.#meta.withheldThrough = Math.max(this.#meta.withheldThrough, through);
     return this.#enqueue(async () => {
       await this.#deps.store.batch([{ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) }]);
     });
@@ -413,18 +500,26 @@ export class DocSync {
 
   /** Integrity checks a receiving device makes before decrypting, the author's signature first. */
   #check(env: Envelope, self: DeviceId): KeelError | 'duplicate' | undefined {
+    if (env.kind !== 'update') return { code: ErrorCode.BAD_PAYLOAD, message: 'relay delivered a snapshot as a log entry' };
+    const origin = this.#checkOrigin(env);
+    if (origin) return origin;
+    if (env.device === self && env.counter <= this.#meta.counter) return 'duplicate';
+    const last = this.#meta.authors[env.device] ?? 0;
+    if (env.counter <= last) return 'duplicate';
+    if (env.counter !== last + 1) {
+      return { code: ErrorCode.COUNTER_GAP, message: `author ${env.device} jumped from #${last} to #${env.counter}: an update is missing` };
+    }
+    return undefined;
+  }
+
+  /** Right document, known epoch, a certified author, and that author's signature. */
+  #checkOrigin(env: Envelope): KeelError | undefined {
     if (env.doc !== this.docId) return { code: ErrorCode.NOT_AUTHORIZED, message: 'relay delivered an envelope of another document' };
     if (env.epoch !== this.#deps.epoch) return { code: ErrorCode.UNKNOWN_EPOCH, message: `envelope is for key epoch ${env.epoch}` };
     const authorKey = this.#deps.peerKey(env.device);
     if (!authorKey) return { code: ErrorCode.UNKNOWN_DEVICE, message: `author ${env.device} is not a certified device of this user` };
     if (!verifyEnvelopeSignature(env, authorKey)) {
       return { code: ErrorCode.BAD_SIGNATURE, message: `envelope ${env.device}#${env.counter} is not signed by its author` };
-    }
-    if (env.device === self && env.counter <= this.#meta.counter) return 'duplicate';
-    const last = this.#meta.authors[env.device] ?? 0;
-    if (env.counter <= last) return 'duplicate';
-    if (env.counter !== last + 1) {
-      return { code: ErrorCode.COUNTER_GAP, message: `author ${env.device} jumped from #${last} to #${env.counter}: an update is missing` };
     }
     return undefined;
   }

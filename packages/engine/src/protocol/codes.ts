@@ -27,6 +27,8 @@ export const ErrorCode = {
   DECRYPT_FAILED: 'DECRYPT_FAILED',
   BAD_PAYLOAD: 'BAD_PAYLOAD',
   UNKNOWN_EPOCH: 'UNKNOWN_EPOCH',
+  /** A snapshot that covers no more than the relay's latest, or more than the log holds. */
+  SNAPSHOT_REFUSED: 'SNAPSHOT_REFUSED',
   // Limits.
   RATE_LIMITED: 'RATE_LIMITED',
   QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',

@@ -140,7 +140,18 @@ export const ReadyFrameSchema = z.strictObject({
 });
 export const AckFrameSchema = z.strictObject({
   type: z.literal('ack'),
-  acks: z.array(z.strictObject({ doc: DocIdSchema, counter: CounterSchema, seq: SeqSchema })).min(1).max(WireLimits.maxEnvelopesPerFrame),
+  acks: z
+    .array(
+      z.strictObject({
+        doc: DocIdSchema,
+        counter: CounterSchema,
+        seq: SeqSchema,
+        /** Acknowledges a snapshot (its own counter space; `seq` is its base). */
+        kind: EnvelopeKindSchema.optional(),
+      }),
+    )
+    .min(1)
+    .max(WireLimits.maxEnvelopesPerFrame),
 });
 export const RejectFrameSchema = z.strictObject({
   type: z.literal('reject'),
@@ -150,6 +161,8 @@ export const RejectFrameSchema = z.strictObject({
   message: z.string().max(1024),
   /** A deferral, not a refusal: resend this and every later envelope of the document after this long. */
   retryAfterMs: z.number().int().min(0).max(7 * 24 * 3600 * 1000).optional(),
+  /** Refuses a snapshot (its own counter space). */
+  kind: EnvelopeKindSchema.optional(),
 });
 export const UpdatesFrameSchema = z.strictObject({
   type: z.literal('updates'),
@@ -164,7 +177,9 @@ export const SyncedFrameSchema = z.strictObject({ type: z.literal('synced'), doc
 export const WithheldFrameSchema = z.strictObject({
   type: z.literal('withheld'),
   doc: DocIdSchema,
-  seqs: z.array(SeqSchema).min(1).max(WireLimits.maxEnvelopesPerFrame),
+  seqs: z.array(SeqSchema).max(WireLimits.maxEnvelopesPerFrame),
+  /** Every seq up to this one is withheld or already pruned into a snapshot this device may not read. */
+  through: SeqSchema.optional(),
 });
 /** The latest snapshot of a document, sent before the log entries after its base. */
 export const SnapshotFrameSchema = z.strictObject({ type: z.literal('snapshot'), doc: DocIdSchema, env: EnvelopeSchema });

@@ -3,6 +3,8 @@ import {
   CloseCode,
   type DeviceId,
   type DocId,
+  type Envelope,
+  type EnvelopeKind,
   ErrorCode,
   type HelloFrame,
   type KeelError,
@@ -180,7 +182,7 @@ export class RelayConnection {
    * Whether this device may receive an entry: always its own and crisis lanes; other devices'
    * entries only when the tier has cross-device sync (otherwise the relay only backs them up).
    */
-  #visible(entry: LogEntry): boolean {
+  #visible(entry: Pick<LogEntry, 'env'>): boolean {
     if (this.#state.kind !== 'ready') return false;
     return this.#state.tier.policy.crossDevice || isCrisisLane(entry.env.lane) || entry.env.device === this.#state.device.deviceId;
   }
@@ -338,6 +340,19 @@ export class RelayConnection {
     }
     const sub: Subscription = { parked: [], sent: after };
     this.#subs.set(docId, sub);
+    // A device behind the latest snapshot starts from it: the log it covers may be pruned.
+    const snapshot = await this.#ctx.store.getSnapshot(docId);
+    if (this.#subs.get(docId) !== sub) return;
+    const base = snapshot?.env.base ?? 0;
+    if (snapshot && after < base) {
+      if (this.#visible(snapshot)) {
+        this.send({ type: 'snapshot', doc: docId, env: snapshot.env }, snapshot.env.lane);
+        sub.sent = base;
+      } else {
+        // Not this device's to read on this tier: what the log no longer holds counts as withheld.
+        this.send({ type: 'withheld', doc: docId, seqs: [], through: base as Seq }, 1);
+      }
+    }
     // Page through the backlog; live entries committed meanwhile wait in `parked`.
     for (;;) {
       const page = await this.#ctx.store.readLog(docId, sub.sent as Seq, CATCH_UP_PAGE);
@@ -357,6 +372,7 @@ export class RelayConnection {
     if (state.kind !== 'ready') return;
     const accepted: AppendRequest[] = [];
     const reserved: { day: string; bytes: number }[] = [];
+    const snapshots: { env: Envelope; day: string; bytes: number }[] = [];
     // Once one envelope of a document is deferred, later ones of that document in this frame
     // are deferred with it: they must not overtake it, and a counter gap would be misleading.
     const deferred = new Map<DocId, QuotaRefusal>();
@@ -386,14 +402,34 @@ export class RelayConnection {
         this.#countAbuse();
       }
       if (error) {
-        this.#reject(env.doc, env.counter, error);
+        this.#reject(env.doc, env.counter, error, env.kind);
+      } else if (env.kind === 'snapshot') {
+        snapshots.push({ env, day: day!, bytes });
       } else {
         accepted.push(bytes > 0 ? { userId: state.user, env, meter: { day: day!, bytes } } : { userId: state.user, env });
         reserved.push({ day: day!, bytes });
       }
     }
+    if (snapshots.length > 0) this.#storeSnapshots(snapshots, state).catch((error: unknown) => this.#internal(error));
     if (accepted.length === 0) return;
     this.#commit(accepted, reserved, state, urgent).catch((error: unknown) => this.#internal(error));
+  }
+
+  /**
+   * Keeps a snapshot if it covers more than the relay's latest, and prunes the log it covers
+   * (past the retention window). Snapshots are not fanned out: devices get them on catch-up.
+   */
+  async #storeSnapshots(snapshots: readonly { env: Envelope; day: string; bytes: number }[], state: Extract<State, { kind: 'ready' }>): Promise<void> {
+    for (const { env, day, bytes } of snapshots) {
+      const outcome = await this.#ctx.store.putSnapshot({ userId: state.user, env }, this.#ctx.now(), this.#ctx.config.snapshotRetentionMs);
+      if (outcome.status === 'rejected') {
+        if (bytes > 0) this.#ctx.quota.refund(state.user, state.tier.policy, day, bytes);
+        this.#reject(env.doc, env.counter, outcome.error, 'snapshot');
+        continue;
+      }
+      this.#ctx.log.log('info', 'snapshot stored', { user: state.user, device: state.device.deviceId, base: env.base, pruned: outcome.pruned });
+      this.send({ type: 'ack', acks: [{ doc: env.doc, counter: env.counter, seq: outcome.seq, kind: 'snapshot' }] }, 1);
+    }
   }
 
   async #commit(
@@ -432,7 +468,7 @@ export class RelayConnection {
     }
   }
 
-  #reject(doc: DocId, counter: number, error: QuotaRefusal): void {
+  #reject(doc: DocId, counter: number, error: QuotaRefusal, kind: EnvelopeKind = 'update'): void {
     const deferral = error.retryAfterMs !== undefined;
     this.#ctx.log.log(deferral ? 'info' : 'warn', deferral ? 'envelope deferred' : 'envelope rejected', {
       user: this.user,
@@ -440,9 +476,15 @@ export class RelayConnection {
       code: error.code,
     });
     this.send(
-      deferral
-        ? { type: 'reject', doc, counter, code: error.code, message: error.message, retryAfterMs: error.retryAfterMs! }
-        : { type: 'reject', doc, counter, code: error.code, message: error.message },
+      {
+        type: 'reject',
+        doc,
+        counter,
+        code: error.code,
+        message: error.message,
+        ...(deferral ? { retryAfterMs: error.retryAfterMs! } : {}),
+        ...(kind === 'snapshot' ? { kind } : {}),
+      },
       10,
     );
   }

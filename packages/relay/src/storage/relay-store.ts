@@ -17,6 +17,16 @@ export interface LogEntry {
   readonly receivedAt: number;
 }
 
+export type SnapshotOutcome =
+  | { readonly status: 'stored'; readonly seq: Seq; readonly pruned: number }
+  | { readonly status: 'rejected'; readonly error: KeelError };
+
+/** A stored snapshot; `env.base` is the seq it covers. */
+export interface SnapshotEntry {
+  readonly env: Envelope;
+  readonly receivedAt: number;
+}
+
 /** An envelope whose signature the relay has already checked against its author's key. */
 export interface AppendRequest {
   readonly userId: UserId;
@@ -142,6 +152,14 @@ export interface RelayStore {
   readLog(docId: DocId, after: Seq, limit: number): Promise<LogEntry[]>;
   /** Highest seq of a document's log (0 when empty). */
   headSeq(docId: DocId): Promise<Seq>;
+  /**
+   * Keeps a snapshot (signature already checked) if it covers more than the latest one and no
+   * more than the log holds, then prunes log entries it covers that are older than
+   * `retentionMs`. Resolves to the covered seq and how many entries were pruned.
+   */
+  putSnapshot(req: AppendRequest, now: number, retentionMs: number): Promise<SnapshotOutcome>;
+  /** The latest snapshot of a document, if any. */
+  getSnapshot(docId: DocId): Promise<SnapshotEntry | undefined>;
   /** The user's tier; undefined when nothing set one (the relay then applies the free tier). */
   getEntitlement(userId: UserId): Promise<EntitlementRecord | undefined>;
   /**

@@ -26,6 +26,7 @@ import type {
   LogEntry,
   PaymentWrite,
   RelayStore,
+  SnapshotOutcome,
   SubscriptionRecord,
 } from './relay-store.js';
 
@@ -154,6 +155,21 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
   CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+  `,
+  `
+  -- Latest snapshot per document (ciphertext only). Log entries it covers are pruned.
+  CREATE TABLE snapshots (
+    doc_id      TEXT PRIMARY KEY,
+    base        INTEGER NOT NULL,
+    device_id   TEXT NOT NULL,
+    counter     INTEGER NOT NULL,
+    epoch       INTEGER NOT NULL,
+    lane        INTEGER NOT NULL,
+    nonce       BLOB NOT NULL,
+    ct          BLOB NOT NULL,
+    sig         BLOB NOT NULL,
+    received_at INTEGER NOT NULL
+  );
   `,
 ];
 
@@ -325,6 +341,17 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
        FROM log WHERE doc_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
     ),
     ping: db.prepare(`SELECT 1`),
+    snapshot: db.prepare<[string], LogRow & { base: number }>(
+      `SELECT base, base AS seq, device_id, counter, 'snapshot' AS kind, epoch, lane, nonce, ct, sig, received_at FROM snapshots WHERE doc_id = ?`,
+    ),
+    putSnapshot: db.prepare(
+      `INSERT INTO snapshots (doc_id, base, device_id, counter, epoch, lane, nonce, ct, sig, received_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (doc_id) DO UPDATE SET base = excluded.base, device_id = excluded.device_id, counter = excluded.counter,
+         epoch = excluded.epoch, lane = excluded.lane, nonce = excluded.nonce, ct = excluded.ct, sig = excluded.sig,
+         received_at = excluded.received_at`,
+    ),
+    prune: db.prepare(`DELETE FROM log WHERE doc_id = ? AND seq <= ? AND received_at <= ?`),
     entitlement: db.prepare<[string], { tier: string; updated_at: number; source: string }>(
       `SELECT tier, updated_at, source FROM entitlements WHERE user_id = ?`,
     ),
@@ -437,6 +464,27 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     return { status: 'stored', seq: seq as Seq };
   };
 
+  const putSnapshotTx = db.transaction((req: AppendRequest, now: number, retentionMs: number): SnapshotOutcome => {
+    const { env, userId } = req;
+    const base = env.base ?? 0;
+    const doc = stmt.doc.get(env.doc);
+    if (!doc) return { status: 'rejected', error: { code: ErrorCode.SNAPSHOT_REFUSED, message: 'no log to snapshot' } };
+    if (doc.user_id !== userId) {
+      return { status: 'rejected', error: { code: ErrorCode.NOT_AUTHORIZED, message: 'document belongs to another user' } };
+    }
+    if (base > doc.head_seq) {
+      return { status: 'rejected', error: { code: ErrorCode.SNAPSHOT_REFUSED, message: `snapshot covers seq ${base}, the log ends at ${doc.head_seq}` } };
+    }
+    const current = stmt.snapshot.get(env.doc);
+    if (current && current.base >= base) {
+      return { status: 'rejected', error: { code: ErrorCode.SNAPSHOT_REFUSED, message: `a snapshot up to seq ${current.base} is already kept` } };
+    }
+    stmt.putSnapshot.run(env.doc, base, env.device, env.counter, env.epoch, env.lane, fromB64(env.nonce), fromB64(env.ct), fromB64(env.sig), now);
+    // Entries newer than the retention window stay so a device slightly behind catches up entry by entry.
+    const pruned = stmt.prune.run(env.doc, base, now - retentionMs).changes;
+    return { status: 'stored', seq: base as Seq, pruned };
+  });
+
   const appendTx = db.transaction((batch: readonly AppendRequest[], now: number) => batch.map((req) => appendOne(req, now)));
 
   const appendAuditRows = (drafts: readonly AuditDraft[], now: number): AuditRecord[] => {
@@ -486,6 +534,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     docOwner: async (docId) => stmt.doc.get(docId)?.user_id as UserId | undefined,
     append: async (batch, now) => (batch.length === 0 ? [] : appendTx.immediate(batch, now)),
     readLog: async (docId, after, limit) => stmt.readLog.all(docId, after, limit).map((row) => toLogEntry(docId, row)),
+    putSnapshot: async (req, now, retentionMs) => putSnapshotTx.immediate(req, now, retentionMs),
+    getSnapshot: async (docId) => {
+      const row = stmt.snapshot.get(docId);
+      if (!row) return undefined;
+      const entry = toLogEntry(docId, row);
+      return { env: { ...entry.env, base: row.base as Seq }, receivedAt: row.received_at };
+    },
     headSeq: async (docId) => (stmt.doc.get(docId)?.head_seq ?? 0) as Seq,
     getEntitlement: async (userId) => {
       const row = stmt.entitlement.get(userId);
