@@ -158,6 +158,13 @@ export class DocSync {
     if (pending.length > 0) Y.applyUpdate(this.doc, Y.mergeUpdates([...pending]), LOAD_ORIGIN);
     if (this.#meta.knownSV === undefined) return;
     const known = fromB64(this.#meta.knownSV);
+    const have = Y.decodeStateVector(Y.encodeStateVector(this.doc));
+    const behind = [...Y.decodeStateVector(known)].some(([client, clock]) => (have.get(client) ?? 0) < clock);
+    if (behind) {
+      // The external store lost content Keel had recorded (e.g. an OS crash under relaxed IndexedDB
+      // durability): fetch the whole document again from the relay instead of trusting lastSeq.
+      Object.assign(this.#meta, { lastSeq: 0, ahead: [], withheld: [], withheldThrough: 0, authors: {}, snapshotBase: 0 });
+    }
     const missing = Y.encodeStateAsUpdate(this.doc, known);
     const current = Y.encodeStateVector(this.doc);
     if (toB64(current) === this.#meta.knownSV || Y.decodeUpdate(missing).structs.length === 0) return;
@@ -372,9 +379,10 @@ export class DocSync {
         }
         applied.push(opened.value);
       }
-      this.#meta.authors[env.device] = env.counter;
+      this.#meta.authors[env.device] = Math.max(this.#meta.authors[env.device] ?? 0, env.counter);
       this.#meta.maxLane = Math.max(this.#meta.maxLane, env.lane);
       markSeq(this.#meta, seq);
+      if (env.device === self && this.#outbox.get(env.counter)?.sig === env.sig) void this.acknowledge(env.counter, seq);
     }
     return this.#enqueue(async () => {
       const ops: StorageOp[] = [];
@@ -503,10 +511,11 @@ export class DocSync {
     if (env.kind !== 'update') return { code: ErrorCode.BAD_PAYLOAD, message: 'relay delivered a snapshot as a log entry' };
     const origin = this.#checkOrigin(env);
     if (origin) return origin;
-    if (env.device === self && env.counter <= this.#meta.counter) return 'duplicate';
     const last = this.#meta.authors[env.device] ?? 0;
     if (env.counter <= last) return 'duplicate';
-    if (env.counter !== last + 1) {
+    // Our own envelopes come back in catch-up (an ack was lost, or content is being rebuilt);
+    // the relay enforced their order when it stored them, so no gap check is needed for them.
+    if (env.device !== self && env.counter !== last + 1) {
       return { code: ErrorCode.COUNTER_GAP, message: `author ${env.device} jumped from #${last} to #${env.counter}: an update is missing` };
     }
     return undefined;
