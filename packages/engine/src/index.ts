@@ -110,3 +110,26 @@ export {
 export type { Scheduler, SchedulerClock, SchedulerOptions, Dispatch } from './scheduler/scheduler.js';
 export { encodeSnapshotPayload, decodeSnapshotPayload } from './sync/snapshot.js';
 export type { SnapshotPayload } from './sync/snapshot.js';
+export {
+  PAIRING_ID_BYTES,
+  PAIRING_SECRET_BYTES,
+  createPairingCode,
+  parsePairingCode,
+  pairingProof,
+  verifyPairingProof,
+  sealToDevice,
+  openFromDevice,
+} from './crypto/pairing.js';
+export type { PairingSecret } from './crypto/pairing.js';
+export {
+  EpochRecordSchema,
+  RevocationSchema,
+  MAX_EPOCH_RECIPIENTS,
+  generateEpochSecret,
+  createEpochRecord,
+  verifyEpochRecord,
+  openEpochRecord,
+  signRevocation,
+  verifyRevocation,
+} from './crypto/epochs.js';
+export type { EpochRecord, Revocation } from './crypto/epochs.js';

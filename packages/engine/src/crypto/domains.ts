@@ -10,6 +10,11 @@ export const Domain = {
   userId: 'keel/user-id/v1',
   docId: 'keel/doc-id/v1',
   docKey: 'keel/doc-key/v1',
+  pairingJoin: 'keel/pairing-join/v1',
+  pairingGrant: 'keel/pairing-grant/v1',
+  revocation: 'keel/revocation/v1',
+  epochRecord: 'keel/epoch-record/v1',
+  epochWrap: 'keel/epoch-wrap/v1',
 } as const;
 
 /** libsodium crypto_kdf contexts: exactly 8 characters each. */

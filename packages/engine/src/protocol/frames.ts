@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { b64Length } from './bytes.js';
 import { ErrorCode, type KeelError, type Result, err, ok } from './codes.js';
+import { EpochRecordSchema, RevocationSchema } from '../crypto/epochs.js';
 import { TierNameSchema, TierPolicySchema } from '../policy/tiers.js';
 import { CounterSchema, DeviceIdSchema, DocIdSchema, EpochSchema, LaneSchema, SeqSchema, UserIdSchema } from './ids.js';
 
@@ -108,6 +109,32 @@ export const UnsubscribeFrameSchema = z.strictObject({
   type: z.literal('unsub'),
   docs: z.array(DocIdSchema).min(1).max(WireLimits.maxDocsPerSubscribe),
 });
+/** Pairing sessions are looked up by a random id; the code's secret never reaches the relay. */
+const PairingIdSchema = z.string().regex(/^[A-Za-z0-9_-]{16}$/, 'not a pairing id');
+const PairGrantBody = { id: PairingIdSchema, sealed: b64Max(8 * 1024), mac: b64Exact(32) };
+
+/** An existing device offers a pairing code for `ttlMs`. */
+export const PairOpenFrameSchema = z.strictObject({
+  type: z.literal('pair-open'),
+  id: PairingIdSchema,
+  ttlMs: z.number().int().min(1_000).max(15 * 60_000),
+});
+/** A new, not yet registered device asks to join with a code (first frame instead of hello). */
+export const PairJoinFrameSchema = z.strictObject({
+  type: z.literal('pair-join'),
+  v: z.number().int(),
+  id: PairingIdSchema,
+  deviceKey: b64Exact(32),
+  proof: b64Exact(32),
+});
+/** The existing device's answer: root key and certificate sealed to the new device. */
+export const PairGrantFrameSchema = z.strictObject({ type: z.literal('pair-grant'), ...PairGrantBody });
+export const PairRefuseFrameSchema = z.strictObject({ type: z.literal('pair-refuse'), id: PairingIdSchema, reason: z.string().max(200) });
+/** An authenticated device registers a device it certified. */
+export const RegisterFrameSchema = z.strictObject({ type: z.literal('register'), cert: DeviceCertificateSchema });
+export const RevokeFrameSchema = z.strictObject({ type: z.literal('revoke'), revocation: RevocationSchema });
+export const EpochFrameSchema = z.strictObject({ type: z.literal('epoch'), record: EpochRecordSchema });
+
 export const PushFrameSchema = z.strictObject({
   type: z.literal('push'),
   envs: z.array(EnvelopeSchema).min(1).max(WireLimits.maxEnvelopesPerFrame),
@@ -119,6 +146,13 @@ export const ClientFrameSchema = z.discriminatedUnion('type', [
   SubscribeFrameSchema,
   UnsubscribeFrameSchema,
   PushFrameSchema,
+  PairOpenFrameSchema,
+  PairJoinFrameSchema,
+  PairGrantFrameSchema,
+  PairRefuseFrameSchema,
+  RegisterFrameSchema,
+  RevokeFrameSchema,
+  EpochFrameSchema,
 ]);
 export type ClientFrame = z.infer<typeof ClientFrameSchema>;
 export type HelloFrame = z.infer<typeof HelloFrameSchema>;
@@ -137,6 +171,8 @@ export const ReadyFrameSchema = z.strictObject({
   device: DeviceIdSchema,
   certs: z.array(DeviceCertificateSchema).max(WireLimits.maxCertificates),
   tier: TierStateSchema,
+  /** Every key epoch of the user after the first; each device opens the ones sealed to it. */
+  epochs: z.array(EpochRecordSchema).max(64).optional(),
 });
 export const AckFrameSchema = z.strictObject({
   type: z.literal('ack'),
@@ -193,7 +229,22 @@ export const ErrorFrameSchema = z.strictObject({
   doc: DocIdSchema.optional(),
 });
 
+export const PairOpenedFrameSchema = z.strictObject({ type: z.literal('pair-opened'), id: PairingIdSchema, expiresAt: z.number().int() });
+/** To the device that opened the session: someone holding a code wants to join. */
+export const PairRequestFrameSchema = z.strictObject({
+  type: z.literal('pair-request'),
+  id: PairingIdSchema,
+  deviceKey: b64Exact(32),
+  proof: b64Exact(32),
+});
+export const RevokedFrameSchema = z.strictObject({ type: z.literal('revoked'), device: DeviceIdSchema });
+
 export const RelayFrameSchema = z.discriminatedUnion('type', [
+  PairOpenedFrameSchema,
+  PairRequestFrameSchema,
+  PairGrantFrameSchema,
+  RevokedFrameSchema,
+  EpochFrameSchema,
   ChallengeFrameSchema,
   ReadyFrameSchema,
   AckFrameSchema,
@@ -212,8 +263,21 @@ export type UpdatesFrame = z.infer<typeof UpdatesFrameSchema>;
 export type ErrorFrame = z.infer<typeof ErrorFrameSchema>;
 export type RejectFrame = z.infer<typeof RejectFrameSchema>;
 
-const CLIENT_TYPES: ReadonlySet<string> = new Set(['hello', 'auth', 'sub', 'unsub', 'push']);
-const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'snapshot', 'withheld', 'tier', 'device', 'error']);
+const CLIENT_TYPES: ReadonlySet<string> = new Set([
+  'hello',
+  'auth',
+  'sub',
+  'unsub',
+  'push',
+  'pair-open',
+  'pair-join',
+  'pair-grant',
+  'pair-refuse',
+  'register',
+  'revoke',
+  'epoch',
+]);
+const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'snapshot', 'withheld', 'tier', 'device', 'error', 'pair-opened', 'pair-request', 'pair-grant', 'revoked', 'epoch']);
 
 /** Summarises zod issues into one bounded line: path and message of the first few. */
 export const describeIssues = (error: z.ZodError): string => {
