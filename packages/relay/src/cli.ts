@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { type TierMatrix, TierNameSchema, UserIdSchema, resolveTierMatrix } from '@keel/engine';
-import { ENV_VARS, type RelayConfig, RelayConfigSchema } from './config.js';
+import { createAuditVerifier } from './audit/audit-chain.js';
+import { ENV_VARS, PriceTiersSchema, type RelayConfig, RelayConfigSchema } from './config.js';
 import { createJsonLogger } from './log.js';
 import { startRelay } from './server/relay-server.js';
 import { openSqliteStore } from './storage/sqlite-store.js';
@@ -10,6 +11,7 @@ import { openSqliteStore } from './storage/sqlite-store.js';
 const USAGE = `usage: keel-relay [serve] [options]
        keel-relay tier set <user-id> <trial|basic|grace_period|premium> [--url <http-url>]
        keel-relay tier get <user-id> [--url <http-url>]
+       keel-relay audit verify --db <file>
 
 serve options:
   --port <n>            port to listen on, 0 for any free port   (${ENV_VARS.port}, default 8787)
@@ -20,11 +22,18 @@ serve options:
   --synchronous <mode>  FULL (fsync per commit) or NORMAL         (${ENV_VARS.synchronous}, default FULL)
   --tiers <file>        JSON tier overrides                       (${ENV_VARS.tiersFile})
   --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
+  --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
   -h, --help            show this help
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
   ${ENV_VARS.authTimeoutMs}, ${ENV_VARS.maxBadFrames}, ${ENV_VARS.heartbeatMs}, ${ENV_VARS.snapshotRetentionMs}
+
+payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),
+  ${ENV_VARS.webhookToleranceSeconds} (default 300), grace periods in ms: ${ENV_VARS.gracePremiumMs} (14 days),
+  ${ENV_VARS.graceBasicMs} (7 days), ${ENV_VARS.graceWindowMs} (90 days), ${ENV_VARS.graceFloorMs} (1 day)
+
+audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row.
 
 tier options:
   --url <http-url>      the running relay (default http://127.0.0.1:<port or 8787>)
@@ -40,6 +49,7 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   synchronous: 'synchronous',
   tiersFile: 'tiers',
   defaultTier: 'default-tier',
+  priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
 };
 
@@ -66,6 +76,7 @@ const parse = (argv: string[]) => {
         synchronous: { type: 'string' },
         tiers: { type: 'string' },
         'default-tier': { type: 'string' },
+        'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
         url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -108,7 +119,25 @@ const readTiers = (path: string | undefined): TierMatrix | undefined => {
   return matrix.value;
 };
 
-const serve = async (config: RelayConfig): Promise<void> => {
+/** A price-to-tier map from a file; inline JSON (environment) and a file are not both allowed. */
+const readPriceTiers = (config: RelayConfig): RelayConfig => {
+  if (config.priceTiersFile === undefined) return config;
+  if (Object.keys(config.priceTiers).length > 0) {
+    return usageError(`give the price-to-tier map as a file (--price-tiers, ${ENV_VARS.priceTiersFile}) or inline (${ENV_VARS.priceTiers}), not both`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(config.priceTiersFile, 'utf8'));
+  } catch (error) {
+    return usageError(`cannot read price tiers ${config.priceTiersFile}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  const parsed = PriceTiersSchema.safeParse(json);
+  if (!parsed.success) return usageError(`invalid price tiers in ${config.priceTiersFile}: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+  return { ...config, priceTiers: parsed.data };
+};
+
+const serve = async (input: RelayConfig): Promise<void> => {
+  const config = readPriceTiers(input);
   const tiers = readTiers(config.tiersFile);
   const log = createJsonLogger((line) => process.stdout.write(line), config.logLevel);
   let store;
@@ -171,6 +200,44 @@ const tierCommand = async (args: string[], values: Record<string, string | boole
   process.stdout.write(`${text}\n`);
 };
 
+/** `audit verify --db <file>`: recomputes the hash chain, read-only, a page at a time. */
+const auditCommand = async (args: string[], values: Record<string, string | boolean | undefined>): Promise<void> => {
+  if (args.length !== 1 || args[0] !== 'verify') return usageError(`unknown audit command "${args.join(' ')}"`);
+  const db = typeof values.db === 'string' ? values.db : process.env[ENV_VARS.db];
+  if (!db) return usageError('audit verify needs --db <file>');
+  if (!existsSync(db)) {
+    process.stderr.write(`keel-relay: no database at ${db}\n`);
+    process.exit(1);
+  }
+  let store;
+  try {
+    store = openSqliteStore({ path: db, readonly: true });
+  } catch (error) {
+    process.stderr.write(`keel-relay: cannot open database ${db}: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  }
+  try {
+    const verifier = createAuditVerifier();
+    let after = 0;
+    for (;;) {
+      const page = await store.readAudit(after, 1_000);
+      if (page.length === 0) break;
+      for (const row of page) {
+        const broken = verifier.push(row);
+        if (broken) {
+          process.stdout.write(`audit trail BROKEN at seq ${broken.seq}: ${broken.reason} (${verifier.count} rows before it verified)\n`);
+          process.exitCode = 1;
+          return;
+        }
+      }
+      after = page[page.length - 1]!.seq;
+    }
+    process.stdout.write(`audit trail OK: ${verifier.count} rows, head ${verifier.headHash}\n`);
+  } finally {
+    await store.close();
+  }
+};
+
 const main = async (): Promise<void> => {
   const parsed = parse(process.argv.slice(2));
   if (parsed.values.help) {
@@ -179,6 +246,7 @@ const main = async (): Promise<void> => {
   }
   const [command = 'serve', ...rest] = parsed.positionals;
   if (command === 'tier') return tierCommand(rest, parsed.values);
+  if (command === 'audit') return auditCommand(rest, parsed.values);
   if (command !== 'serve' || rest.length > 0) return usageError(`unknown command "${parsed.positionals.join(' ')}"`);
   return serve(readConfig(parsed.values));
 };

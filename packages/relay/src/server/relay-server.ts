@@ -5,9 +5,12 @@ import { CloseCode, DEFAULT_TIERS, type DocId, type TierMatrix, type UserId, cry
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
+import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
+import { createPaymentProcessor } from '../entitlements/payments.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import { createWebhookHandler } from '../webhooks/webhook-handler.js';
 import { createAdminHandler } from './admin.js';
 import { createCommitQueue } from './commit-queue.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
@@ -21,6 +24,8 @@ export interface RelayDeps {
   readonly now?: () => number;
   /** The tier matrix in force (operator overrides applied); DESIGN.md's defaults otherwise. */
   readonly tiers?: TierMatrix;
+  /** Clock and timers of grace periods; the system's unless a test injects fakes. */
+  readonly timers?: TimerDeps;
 }
 
 export interface Relay {
@@ -44,6 +49,27 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
   const admin = createAdminHandler(config.adminToken, entitlements, log);
+  const payments = createPaymentProcessor({
+    store,
+    entitlements,
+    log,
+    policy: {
+      ...DEFAULT_GRACE_POLICY,
+      baseMs: { basic: config.graceBasicMs, premium: config.gracePremiumMs },
+      windowMs: config.graceWindowMs,
+      floorMs: config.graceFloorMs,
+    },
+    priceTiers: config.priceTiers,
+    timers: deps.timers ?? { now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
+  });
+  const webhooks = createWebhookHandler({
+    secret: config.webhookSecret,
+    toleranceSeconds: config.webhookToleranceSeconds,
+    payments,
+    store,
+    log,
+    now,
+  });
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   const all = new Set<RelayConnection>();
@@ -100,6 +126,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       return;
     }
     if (await admin(req, res, path)) return;
+    if (await webhooks(req, res, path)) return;
     sendJson(res, 404, { error: 'NOT_FOUND', message: `no route for ${req.method} ${path}` });
   };
   const http: Server = createServer((req, res) => {
@@ -137,6 +164,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   heartbeat.unref();
   wss.on('error', (error) => log.log('error', 'websocket server error', { error: error.message }));
 
+  // Open grace periods resume (or end, if their time passed while the relay was down) before traffic.
+  await payments.start();
   http.listen(config.port, config.host);
   await once(http, 'listening');
   const address = http.address() as AddressInfo;
@@ -157,6 +186,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         for (const client of wss.clients) client.terminate();
         http.closeAllConnections();
         await new Promise<void>((resolve) => http.close(() => resolve()));
+        await payments.close();
         await commits.idle();
         await store.close();
         log.log('info', 'stopped', { relay: config.relayId });
