@@ -3,6 +3,7 @@ import {
   type CrisisDetection,
   DEFAULT_TIERS,
   type DeviceCertificate,
+  type EpochRecord,
   type DeviceId,
   type DocClass,
   DocClassSchema,
@@ -17,16 +18,26 @@ import {
   createScheduler,
   cryptoReady,
   deriveDocId,
-  deriveDocKey,
-  deriveEpochZeroSecret,
   detectCrisis,
   effectivePriority,
   parseAssessment,
+  createEpochRecord,
+  createPairingCode,
+  fromB64,
+  generateEpochSecret,
+  openEpochRecord,
+  sealToDevice,
+  signRevocation,
   verifyCertificateChain,
+  verifyEpochRecord,
+  verifyPairingProof,
 } from '@keel/engine';
+import { z } from 'zod';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
-import type { Identity } from './identity.js';
+import { type Identity, authorizeDevice } from './identity.js';
+import { KeyRing } from './keyring.js';
+import { encodeGrant } from './pairing.js';
 import type { ClientStore } from './storage/client-store.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { Dispatcher } from './sync/dispatcher.js';
@@ -51,6 +62,8 @@ export type ClientEvents = {
   staged: (info: { readonly doc: DocId; readonly count: number }) => void;
   /** Crisis mode turned on or off, on this device or another of the user's. */
   crisis: (active: boolean) => void;
+  /** A device of the user was linked or revoked. */
+  devices: (devices: DeviceCertificate[]) => void;
 };
 
 export interface DocSpec {
@@ -81,8 +94,11 @@ export interface KeelClientOptions {
 }
 
 const TIER_KEY = ['client', 'tier'];
+const EPOCHS_KEY = ['client', 'epochs'];
 /** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
 export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
+
+const StoredEpochsSchema = z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/));
 
 /** Until the relay says otherwise, a device assumes the free tier. */
 const UNKNOWN_TIER: TierState = { name: 'trial', policy: DEFAULT_TIERS.trial, since: 0 };
@@ -100,7 +116,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #documentState: ExternalDocState | undefined;
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
-  readonly #epochSecret: Uint8Array;
+  readonly #keyring: KeyRing;
+  readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   readonly #docs = new Map<DocId, DocSync>();
   readonly #opening = new Map<DocId, Promise<DocSync>>();
   #peers = new Map<DeviceId, Uint8Array>();
@@ -118,14 +135,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #closed = false;
   #finalError: ClientError | undefined;
 
-  constructor(options: KeelClientOptions, initialTier: TierState = UNKNOWN_TIER) {
+  constructor(options: KeelClientOptions, initialTier: TierState = UNKNOWN_TIER, storedEpochs: Readonly<Record<string, string>> = {}) {
     super();
     this.identity = options.identity;
     this.#store = options.storage;
     this.#documentState = options.documentState;
     this.#tier = initialTier;
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
-    this.#epochSecret = deriveEpochZeroSecret(options.identity.user.rootKey);
+    this.#keyring = new KeyRing(options.identity.user.rootKey, { ...options.identity.epochs, ...storedEpochs });
     this.#peers.set(options.identity.device.deviceId, options.identity.device.publicKey);
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
     if (!Impl) throw new Error('no WebSocket implementation: pass one as options.WebSocket (in Node: the ws package)');
@@ -194,8 +211,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         store: this.#store,
         ...(this.#documentState ? { docState: this.#documentState } : {}),
         identity: this.identity,
-        key: deriveDocKey(this.#epochSecret, docId, 0),
-        epoch: 0,
+        keys: this.#keyring.forDoc(docId),
         peerKey: (device) => this.#peers.get(device),
         onPending: (sync, bytes) => {
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
@@ -353,6 +369,97 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
   }
 
+  /** The user's devices this device can verify (certified, not revoked), this one included. */
+  devices(): DeviceCertificate[] {
+    return this.#certs.filter((c) => this.#peers.has(c.device));
+  }
+
+  /**
+   * Offers a single-use pairing code for a new device, valid for `ttlMs`. Show `code` to the
+   * person (text or QR); `linked` resolves with the new device's certificate once it joined
+   * (this device certifies it, registers it with the relay and seals the root key to it).
+   */
+  async startPairing(options: { ttlMs?: number } = {}): Promise<{ code: string; linked: Promise<DeviceCertificate>; cancel: () => void }> {
+    if (this.#link.state !== 'ready') throw new Error('pairing needs a connection to the relay');
+    const ttlMs = options.ttlMs ?? 120_000;
+    const pairing = createPairingCode();
+    let cancel = () => {};
+    const linked = new Promise<DeviceCertificate>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pairings.delete(pairing.id);
+        reject(Object.assign(new Error('PAIRING_EXPIRED: no device joined in time'), { code: 'PAIRING_EXPIRED' }));
+      }, ttlMs);
+      this.#pairings.set(pairing.id, { secret: pairing.secret, resolve, reject, timer });
+      cancel = () => {
+        clearTimeout(timer);
+        this.#pairings.delete(pairing.id);
+        reject(Object.assign(new Error('PAIRING_REFUSED: cancelled'), { code: 'PAIRING_REFUSED' }));
+      };
+    });
+    linked.catch(() => {});
+    this.#link.send({ type: 'pair-open', id: pairing.id, ttlMs });
+    return { code: pairing.code, linked, cancel };
+  }
+
+  #answerPairing(frame: Extract<RelayFrame, { type: 'pair-request' }>): void {
+    const pending = this.#pairings.get(frame.id);
+    if (!pending) return;
+    this.#pairings.delete(frame.id);
+    clearTimeout(pending.timer);
+    const deviceKey = fromB64(frame.deviceKey);
+    if (!verifyPairingProof(pending.secret, frame.id, deviceKey, frame.proof)) {
+      this.#link.send({ type: 'pair-refuse', id: frame.id, reason: 'the joining device does not hold the code' });
+      pending.reject(Object.assign(new Error('PAIRING_REFUSED: a device without the code tried to join'), { code: 'PAIRING_REFUSED' }));
+      return;
+    }
+    const grant = authorizeDevice(this.identity, deviceKey);
+    this.#link.send({ type: 'register', cert: grant.cert });
+    const sealed = sealToDevice(encodeGrant({ ...grant, epochs: this.#keyring.export() }), deviceKey, pending.secret, frame.id);
+    this.#link.send({ type: 'pair-grant', id: frame.id, ...sealed });
+    pending.resolve(grant.cert);
+  }
+
+  /**
+   * Revokes another device of this user: the relay disconnects and refuses it at once, and a
+   * new key epoch, sealed only to the devices that remain, protects everything written next.
+   */
+  async revokeDevice(device: DeviceId): Promise<number> {
+    if (this.#link.state !== 'ready') throw new Error('revocation needs a connection to the relay');
+    const { user, device: me } = this.identity;
+    this.#link.send({ type: 'revoke', revocation: signRevocation(user.userId, device, me, Date.now()) });
+    const remaining = new Map([...this.#peers].filter(([id]) => id !== device));
+    const epoch = this.#keyring.current + 1;
+    const secret = generateEpochSecret();
+    this.#link.send({ type: 'epoch', record: createEpochRecord(user.userId, epoch, me, secret, remaining, Date.now()) });
+    this.#keyring.add(epoch, secret);
+    await this.#store.save(EPOCHS_KEY, encodeJson(this.#keyring.export()));
+    this.#certs = this.#certs.filter((c) => c.device !== device);
+    this.#verifyPeers();
+    return epoch;
+  }
+
+  /** Opens the epoch records sealed to this device; returns true if any was new. */
+  #adoptEpochs(records: readonly EpochRecord[]): boolean {
+    let adopted = false;
+    for (const record of records) {
+      if (this.#keyring.has(record.epoch)) continue;
+      const issuerKey = this.#peers.get(record.issuer);
+      if (!issuerKey || record.user !== this.identity.user.userId || !verifyEpochRecord(record, issuerKey)) {
+        this.emit('error', [{ code: 'BAD_SIGNATURE', message: `key epoch ${record.epoch} is not signed by a device of this user` }]);
+        continue;
+      }
+      const opened = openEpochRecord(record, this.identity.device);
+      if (!opened.ok) continue;
+      adopted = this.#keyring.add(record.epoch, opened.value) || adopted;
+    }
+    if (adopted) {
+      void this.#store.save(EPOCHS_KEY, encodeJson(this.#keyring.export())).catch((error: unknown) => {
+        this.emit('error', [{ code: 'INTERNAL', message: `cannot store key epochs: ${error instanceof Error ? error.message : String(error)}` }]);
+      });
+    }
+    return adopted;
+  }
+
   /** Internal: begins watching the crisis-mode document. */
   async watchCrisisMode(): Promise<void> {
     const doc = await this.open(CRISIS_MODE_DOC);
@@ -427,6 +534,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
     this.#certs = frame.certs;
     this.#verifyPeers();
+    this.#adoptEpochs(frame.epochs ?? []);
     this.#applyTier(frame.tier, true);
     const docs = [...this.#docs.values()];
     for (const d of docs) d.resetSynced();
@@ -524,6 +632,21 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       case 'device':
         this.#certs = [...this.#certs.filter((c) => c.device !== frame.cert.device), frame.cert];
         this.#verifyPeers();
+        this.emit('devices', [this.devices()]);
+        return;
+      case 'revoked':
+        this.#certs = this.#certs.filter((c) => c.device !== frame.device);
+        this.#verifyPeers();
+        this.emit('devices', [this.devices()]);
+        return;
+      case 'epoch':
+        if (this.#adoptEpochs([frame.record])) this.#subscribe([...this.#docs.values()]);
+        return;
+      case 'pair-request':
+        this.#answerPairing(frame);
+        return;
+      case 'pair-opened':
+      case 'pair-grant':
         return;
       case 'error':
         if (frame.doc) this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);
@@ -548,7 +671,8 @@ export const createClient = async (options: KeelClientOptions): Promise<KeelClie
   await cryptoReady();
   const stored = await options.storage.load(TIER_KEY);
   const tier = stored ? TierStateSchema.safeParse(decodeJson(stored)) : undefined;
-  const client = new KeelClient(options, tier?.success ? tier.data : UNKNOWN_TIER);
+  const epochs = await options.storage.load(EPOCHS_KEY);
+  const client = new KeelClient(options, tier?.success ? tier.data : UNKNOWN_TIER, epochs ? StoredEpochsSchema.parse(decodeJson(epochs)) : {});
   await client.watchCrisisMode();
   return client;
 };

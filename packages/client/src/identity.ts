@@ -24,6 +24,8 @@ export interface Identity {
   readonly cert: DeviceCertificate;
   /** Certificates of the devices that certified this one, root first (empty for the first device). */
   readonly chain: readonly DeviceCertificate[];
+  /** Key-epoch secrets after the first (base64url by epoch) handed over when this device was linked. */
+  readonly epochs?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -35,6 +37,8 @@ export interface DeviceGrant {
   readonly rootKey: Uint8Array;
   readonly cert: DeviceCertificate;
   readonly chain: readonly DeviceCertificate[];
+  /** Key-epoch secrets after the first, so the new device reads what was written since revocations. */
+  readonly epochs?: Readonly<Record<string, string>>;
 }
 
 /** A new user: a fresh root key and this device's key pair, certified by the user key. */
@@ -67,7 +71,7 @@ export const acceptDeviceGrant = async (grant: DeviceGrant, device: DeviceKeys):
   if (grant.cert.device !== device.deviceId || grant.cert.deviceKey !== toB64(device.publicKey)) {
     throw new Error('device grant: certificate is for another device key');
   }
-  return { user, device, cert: grant.cert, chain: grant.chain };
+  return { user, device, cert: grant.cert, chain: grant.chain, ...(grant.epochs ? { epochs: grant.epochs } : {}) };
 };
 
 /** Shortcut for tests and single-process demos: a second device of the same user. */
@@ -83,6 +87,7 @@ const StoredIdentitySchema = z.strictObject({
   deviceSecretKey: b64(64),
   cert: DeviceCertificateSchema,
   chain: z.array(DeviceCertificateSchema).max(WireLimits.maxChain),
+  epochs: z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/)).optional(),
 });
 
 /** Serialises an identity (secret keys included) for the app's secure storage. */
@@ -93,6 +98,7 @@ export const serializeIdentity = (identity: Identity): string =>
     deviceSecretKey: toB64(identity.device.secretKey),
     cert: identity.cert,
     chain: identity.chain,
+    ...(identity.epochs ? { epochs: identity.epochs } : {}),
   });
 
 /** Parses what `serializeIdentity` wrote; throws a clear error on anything else. */
@@ -113,5 +119,5 @@ export const parseIdentity = async (text: string): Promise<Identity> => {
   const device: DeviceKeys = { deviceId: deviceIdFromKey(publicKey), publicKey, secretKey };
   const cert = parsed.data.cert;
   if (cert.user !== user.userId || cert.device !== device.deviceId) throw new Error('stored identity: certificate does not match keys');
-  return { user, device, cert, chain: parsed.data.chain };
+  return { user, device, cert, chain: parsed.data.chain, ...(parsed.data.epochs ? { epochs: parsed.data.epochs } : {}) };
 };

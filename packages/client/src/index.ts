@@ -23,3 +23,5 @@ export type { ClientStore, StorageKey, StorageChunk, StorageOp } from './storage
 export { createBackoff } from './transport/backoff.js';
 export type { BackoffOptions } from './transport/backoff.js';
 export type { WebSocketLike } from './transport/relay-link.js';
+export { joinWithPairingCode, PairingError } from './pairing.js';
+export type { JoinOptions } from './pairing.js';

@@ -41,14 +41,18 @@ export interface ExternalDocState {
   detach(doc: Y.Doc): Promise<void>;
 }
 
+export interface DocKeys {
+  current(): { readonly epoch: number; readonly key: Uint8Array };
+  get(epoch: number): Uint8Array | undefined;
+}
+
 export interface DocSyncDeps {
   readonly store: ClientStore;
   /** Where document content lives; the ClientStore (same atomic batch as the outbox) if absent. */
   readonly docState?: ExternalDocState;
   readonly identity: Identity;
-  /** Document key for the current epoch. */
-  readonly key: Uint8Array;
-  readonly epoch: number;
+  /** This document's keys: the current epoch's for sealing, any known epoch's for opening. */
+  readonly keys: DocKeys;
   /** Verified device keys of the user, by device id. */
   readonly peerKey: (device: DeviceId) => Uint8Array | undefined;
   /** Local updates of `bytes` were persisted and wait to be sealed. */
@@ -303,10 +307,11 @@ export class DocSync {
       const entries = [...this.#pending.entries()].sort((a, b) => a[0] - b[0]);
       const merged = entries.length === 1 ? entries[0]![1] : Y.mergeUpdates(entries.map((e) => e[1]));
       const counter = this.#meta.counter + 1;
+      const keys = this.#deps.keys.current();
       const env = sealEnvelope(
-        { doc: this.docId, kind: 'update', epoch: this.#deps.epoch, device: this.#deps.identity.device.deviceId, counter, lane },
+        { doc: this.docId, kind: 'update', epoch: keys.epoch, device: this.#deps.identity.device.deviceId, counter, lane },
         merged,
-        { key: this.#deps.key, signingKey: this.#deps.identity.device.secretKey },
+        { key: keys.key, signingKey: this.#deps.identity.device.secretKey },
       );
       this.#meta.counter = counter;
       this.#meta.maxLane = Math.max(this.#meta.maxLane, lane);
@@ -361,7 +366,7 @@ export class DocSync {
         this.#deps.onError({ ...error, doc: this.docId });
         continue;
       }
-      const opened = decryptEnvelope(env, this.#deps.key);
+      const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!);
       if (!opened.ok) {
         this.#deps.onError({ ...opened.error, doc: this.docId });
         continue;
@@ -419,10 +424,11 @@ export class DocSync {
       const counter = this.#meta.snapshotCounter + 1;
       // A snapshot holding crisis content travels (and is visible) as crisis content.
       const lane = Math.max(minLane, this.#meta.maxLane);
+      const keys = this.#deps.keys.current();
       sealed = sealEnvelope(
-        { doc: this.docId, kind: 'snapshot', epoch: this.#deps.epoch, device: self, counter, lane, base },
+        { doc: this.docId, kind: 'snapshot', epoch: keys.epoch, device: self, counter, lane, base },
         encodeSnapshotPayload({ authors, state }),
-        { key: this.#deps.key, signingKey: this.#deps.identity.device.secretKey },
+        { key: keys.key, signingKey: this.#deps.identity.device.secretKey },
       );
       this.#meta.snapshotCounter = counter;
       this.#meta.snapshotBase = base;
@@ -443,7 +449,7 @@ export class DocSync {
       this.#deps.onError({ ...error, doc: this.docId });
       return Promise.resolve();
     }
-    const opened = decryptEnvelope(env, this.#deps.key);
+    const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!);
     const payload = opened.ok ? decodeSnapshotPayload(opened.value) : opened;
     if (!payload.ok) {
       this.#deps.onError({ ...payload.error, doc: this.docId });
@@ -524,7 +530,7 @@ export class DocSync {
   /** Right document, known epoch, a certified author, and that author's signature. */
   #checkOrigin(env: Envelope): KeelError | undefined {
     if (env.doc !== this.docId) return { code: ErrorCode.NOT_AUTHORIZED, message: 'relay delivered an envelope of another document' };
-    if (env.epoch !== this.#deps.epoch) return { code: ErrorCode.UNKNOWN_EPOCH, message: `envelope is for key epoch ${env.epoch}` };
+    if (!this.#deps.keys.get(env.epoch)) return { code: ErrorCode.UNKNOWN_EPOCH, message: `this device has no key for epoch ${env.epoch}` };
     const authorKey = this.#deps.peerKey(env.device);
     if (!authorKey) return { code: ErrorCode.UNKNOWN_DEVICE, message: `author ${env.device} is not a certified device of this user` };
     if (!verifyEnvelopeSignature(env, authorKey)) {

@@ -63,6 +63,10 @@ export const CloseCode = {
   DEVICE_REVOKED: 4003,
   /** Final: the client speaks a protocol version the relay does not. */
   UNSUPPORTED_VERSION: 4004,
+  /** Final: a pairing code was unknown, expired, already used or refused. */
+  PAIRING_FAILED: 4005,
+  /** A pairing finished: the new device got its grant and reconnects with its identity. */
+  PAIRED: 4006,
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
@@ -71,6 +75,7 @@ export const FINAL_CLOSE_CODES: ReadonlySet<number> = new Set([
   CloseCode.AUTH_FAILED,
   CloseCode.DEVICE_REVOKED,
   CloseCode.UNSUPPORTED_VERSION,
+  CloseCode.PAIRING_FAILED,
 ]);
 
 export interface KeelError {

@@ -2,8 +2,11 @@ import {
   type ClientFrame,
   CloseCode,
   type DeviceId,
+  type DeviceCertificate,
   type DocId,
   type Envelope,
+  type EpochRecord,
+  type Revocation,
   type EnvelopeKind,
   ErrorCode,
   type HelloFrame,
@@ -22,6 +25,8 @@ import {
   parseClientFrame,
   verifyChallenge,
   verifyEnvelopeSignature,
+  verifyEpochRecord,
+  verifyRevocation,
 } from '@keel/engine';
 import type { WebSocket } from 'ws';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
@@ -31,6 +36,7 @@ import type { QuotaGuard, QuotaRefusal } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { AppendRequest, DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { CommitQueue } from './commit-queue.js';
+import type { PairingRegistry } from './pairing.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { WorkOwner, WorkQueue } from './work-queue.js';
 
@@ -52,6 +58,11 @@ export interface ConnectionContext {
   fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]): void;
   /** A device was registered; tell the user's other connections. */
   announceDevice(origin: RelayConnection, device: DeviceRecord): void;
+  readonly pairings: PairingRegistry<RelayConnection>;
+  /** Sends a frame to every authenticated connection of a user but `except`. */
+  toUser(user: UserId, frame: RelayFrame, lane: number, except?: RelayConnection): void;
+  /** Closes every connection of a revoked device at once. */
+  disconnectDevice(device: DeviceId): void;
 }
 
 type State =
@@ -65,6 +76,8 @@ type State =
       readonly pending: readonly VerifiedCertificate[];
     }
   | { readonly kind: 'ready'; readonly user: UserId; readonly device: DeviceRecord; tier: TierState }
+  /** A new device that joined with a pairing code and waits for its grant. */
+  | { readonly kind: 'pairing'; readonly id: string }
   | { readonly kind: 'closed' };
 
 /** Delivery state of one subscribed document on this connection. */
@@ -232,8 +245,11 @@ export class RelayConnection {
       case 'closed':
         return;
       case 'hello':
+        if (frame.type === 'pair-join') return this.#onPairJoin(frame);
         if (frame.type !== 'hello') return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before hello` });
         return this.#onHello(frame);
+      case 'pairing':
+        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${frame.type}" while waiting for a pairing grant` });
       case 'challenged':
         if (frame.type !== 'auth') return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before auth` });
         return this.#onAuth(frame.sig, this.#state);
@@ -307,7 +323,18 @@ export class RelayConnection {
     clearTimeout(this.#authTimer);
     this.#state = { kind: 'ready', user: hello.user, device, tier };
     const certs = (await this.#ctx.store.listDevices(hello.user)).filter((d) => d.revokedAt === null).map((d) => d.cert);
-    this.send({ type: 'ready', user: hello.user, device: hello.device, certs: certs.slice(-WireLimits.maxCertificates), tier }, 10);
+    const epochs = await this.#ctx.store.listEpochs(hello.user);
+    this.send(
+      {
+        type: 'ready',
+        user: hello.user,
+        device: hello.device,
+        certs: certs.slice(-WireLimits.maxCertificates),
+        tier,
+        ...(epochs.length > 0 ? { epochs: epochs.slice(-64) } : {}),
+      },
+      10,
+    );
     this.#ctx.attach(this);
     for (const registered of registeredNow) this.#ctx.announceDevice(this, registered);
     this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
@@ -326,7 +353,107 @@ export class RelayConnection {
         return;
       case 'push':
         return this.#routePush(frame);
+      case 'pair-join':
+        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'pair-join is for new devices, before authentication' });
+      case 'pair-open':
+      case 'pair-grant':
+      case 'pair-refuse':
+        return this.#onPairing(frame);
+      case 'register':
+        return this.#onRegister(frame.cert);
+      case 'revoke':
+        return this.#onRevoke(frame.revocation);
+      case 'epoch':
+        return this.#onEpoch(frame.record);
     }
+  }
+
+  /** A new device joins with a pairing code: the issuing device is asked, the relay only forwards. */
+  #onPairJoin(frame: Extract<ClientFrame, { type: 'pair-join' }>): void {
+    if (frame.v !== PROTOCOL_VERSION) {
+      return this.#fail({ code: ErrorCode.UNSUPPORTED_VERSION, message: `protocol v${frame.v} is not supported` }, CloseCode.UNSUPPORTED_VERSION);
+    }
+    const joined = this.#ctx.pairings.join(frame.id, this);
+    if (!joined.ok) {
+      this.#ctx.log.log('warn', 'pairing refused', { code: joined.error.code });
+      return this.#fail(joined.error, CloseCode.PAIRING_FAILED);
+    }
+    this.#state = { kind: 'pairing', id: frame.id };
+    // The auth timer keeps running: a pairing that is not granted in time ends like a silent socket.
+    joined.value.issuer.send({ type: 'pair-request', id: frame.id, deviceKey: frame.deviceKey, proof: frame.proof }, 10);
+  }
+
+  async #onPairing(frame: Extract<ClientFrame, { type: 'pair-open' | 'pair-grant' | 'pair-refuse' }>): Promise<void> {
+    const user = this.user;
+    if (!user) return;
+    if (frame.type === 'pair-open') {
+      const opened = this.#ctx.pairings.open(frame.id, user, this, frame.ttlMs);
+      if (!opened.ok) return this.#badFrame(opened.error);
+      this.send({ type: 'pair-opened', id: frame.id, expiresAt: opened.value.expiresAt }, 10);
+      return;
+    }
+    const session = this.#ctx.pairings.take(frame.id, this);
+    if (!session.ok) return this.#badFrame(session.error);
+    const joiner = session.value.joiner;
+    if (!joiner) return;
+    if (frame.type === 'pair-grant') {
+      this.#ctx.log.log('info', 'pairing granted', { user, device: this.device });
+      joiner.grantAndClose(frame);
+    } else {
+      joiner.close(CloseCode.PAIRING_FAILED, ErrorCode.PAIRING_REFUSED);
+    }
+  }
+
+  /** Sends the sealed grant to a joining device, then ends its pairing connection. */
+  grantAndClose(frame: Extract<RelayFrame, { type: 'pair-grant' }>): void {
+    if (this.#state.kind !== 'pairing') return;
+    this.#ws.send(encodeFrame(frame), () => this.#ws.close(CloseCode.PAIRED, 'PAIRED'));
+    this.#teardown();
+  }
+
+  /** An authenticated device registers a device it (or another live device of the user) certified. */
+  async #onRegister(cert: DeviceCertificate): Promise<void> {
+    const user = this.user;
+    if (!user) return;
+    const verified = await verifyPresentedCertificate(this.#ctx.store, cert, [], user, cert.device);
+    if (!verified.ok || cert.issuer === null) {
+      return this.#badFrame({ code: ErrorCode.BAD_CERTIFICATE, message: verified.ok ? 'a registered user adds devices by device certificates' : verified.error.message });
+    }
+    const link = verified.value[verified.value.length - 1]!;
+    const registered = await this.#ctx.store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#ctx.now());
+    if (!registered.ok) return this.#badFrame(registered.error);
+    this.#ctx.log.log('info', 'device registered', { user, device: registered.value.deviceId, issuer: cert.issuer });
+    this.#ctx.announceDevice(this, registered.value);
+    this.send({ type: 'device', cert: registered.value.cert }, 10);
+  }
+
+  /** A live device revokes another device of the same user: refused from now on, cut off at once. */
+  async #onRevoke(revocation: Revocation): Promise<void> {
+    const state = this.#state;
+    if (state.kind !== 'ready') return;
+    if (revocation.user !== state.user || revocation.issuer !== state.device.deviceId || !verifyRevocation(revocation, state.device.publicKey)) {
+      this.#countAbuse();
+      return this.#badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'a revocation must be signed by this device, for its own user' });
+    }
+    const revoked = await this.#ctx.store.revokeDevice(state.user, revocation.device, this.#ctx.now());
+    if (!revoked.ok) return this.#badFrame(revoked.error);
+    this.#ctx.log.log('info', 'device revoked', { user: state.user, device: revocation.device, by: state.device.deviceId });
+    this.#ctx.disconnectDevice(revocation.device);
+    this.#ctx.toUser(state.user, { type: 'revoked', device: revocation.device }, 10);
+  }
+
+  /** A new key epoch, sealed to the devices that keep access; every online device gets it at once. */
+  async #onEpoch(record: EpochRecord): Promise<void> {
+    const state = this.#state;
+    if (state.kind !== 'ready') return;
+    if (record.user !== state.user || record.issuer !== state.device.deviceId || !verifyEpochRecord(record, state.device.publicKey)) {
+      this.#countAbuse();
+      return this.#badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'an epoch record must be signed by this device, for its own user' });
+    }
+    const stored = await this.#ctx.store.putEpoch(record, this.#ctx.now());
+    if (!stored.ok) return this.#badFrame(stored.error);
+    this.#ctx.log.log('info', 'key epoch stored', { user: state.user, epoch: record.epoch, by: state.device.deviceId });
+    this.#ctx.toUser(state.user, { type: 'epoch', record }, 10);
   }
 
   async #subscribe(docId: DocId, after: Seq): Promise<void> {
@@ -529,6 +656,10 @@ export class RelayConnection {
     clearTimeout(this.#authTimer);
     this.#out.close();
     this.#ctx.work.forget(this.#owner);
+    for (const session of this.#ctx.pairings.dropAll(this)) {
+      // The issuer went away: the joining device's attempt ends.
+      if (session.issuer === this) session.joiner?.close(CloseCode.PAIRING_FAILED, ErrorCode.PAIRING_NOT_FOUND);
+    }
     this.#subs.clear();
     if (wasReady) this.#ctx.detach(this);
   }

@@ -13,6 +13,7 @@ import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.
 import { createWebhookHandler } from '../webhooks/webhook-handler.js';
 import { createAdminHandler } from './admin.js';
 import { createCommitQueue } from './commit-queue.js';
+import { createPairingRegistry } from './pairing.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import { sendJson } from './http-util.js';
 import { createWorkQueue } from './work-queue.js';
@@ -105,6 +106,13 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     },
     announceDevice(origin: RelayConnection, device: DeviceRecord) {
       for (const conn of byUser.get(device.userId) ?? []) if (conn !== origin) conn.send({ type: 'device', cert: device.cert }, 10);
+    },
+    pairings: createPairingRegistry<RelayConnection>(now),
+    toUser(user, frame, lane, except) {
+      for (const conn of byUser.get(user) ?? []) if (conn !== except) conn.send(frame, lane);
+    },
+    disconnectDevice(device) {
+      for (const conn of all) if (conn.device === device) conn.close(CloseCode.DEVICE_REVOKED, 'DEVICE_REVOKED');
     },
   };
 

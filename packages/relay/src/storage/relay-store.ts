@@ -1,4 +1,4 @@
-import type { DeviceCertificate, DeviceId, DocId, Envelope, KeelError, Result, Seq, TierName, UserId } from '@keel/engine';
+import type { DeviceCertificate, DeviceId, DocId, Envelope, EpochRecord, KeelError, Result, Seq, TierName, UserId } from '@keel/engine';
 
 /** A registered device as the relay knows it. */
 export interface DeviceRecord {
@@ -160,6 +160,12 @@ export interface RelayStore {
   putSnapshot(req: AppendRequest, now: number, retentionMs: number): Promise<SnapshotOutcome>;
   /** The latest snapshot of a document, if any. */
   getSnapshot(docId: DocId): Promise<SnapshotEntry | undefined>;
+  /** Marks a device of `userId` revoked (idempotent); it is refused from then on. */
+  revokeDevice(userId: UserId, deviceId: DeviceId, now: number): Promise<Result<DeviceRecord>>;
+  /** Keeps a key-epoch record if its number is the next one for the user. */
+  putEpoch(record: EpochRecord, now: number): Promise<Result<EpochRecord>>;
+  /** Every key-epoch record of the user, oldest first. */
+  listEpochs(userId: UserId): Promise<EpochRecord[]>;
   /** The user's tier; undefined when nothing set one (the relay then applies the free tier). */
   getEntitlement(userId: UserId): Promise<EntitlementRecord | undefined>;
   /**

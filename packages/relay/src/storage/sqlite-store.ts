@@ -4,6 +4,8 @@ import {
   type DeviceId,
   type DocId,
   type EnvelopeKind,
+  type EpochRecord,
+  EpochRecordSchema,
   ErrorCode,
   type Result,
   type Seq,
@@ -170,6 +172,16 @@ const MIGRATIONS: readonly string[] = [
     sig         BLOB NOT NULL,
     received_at INTEGER NOT NULL
   );
+  `,
+  `
+  -- Key epochs after the first: each secret sealed per device (ciphertext only), signed.
+  CREATE TABLE epochs (
+    user_id    TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    record     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, epoch)
+  ) WITHOUT ROWID;
   `,
 ];
 
@@ -341,6 +353,10 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
        FROM log WHERE doc_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
     ),
     ping: db.prepare(`SELECT 1`),
+    revoke: db.prepare(`UPDATE devices SET revoked_at = coalesce(revoked_at, ?) WHERE device_id = ? AND user_id = ?`),
+    lastEpoch: db.prepare<[string], { epoch: number }>(`SELECT max(epoch) AS epoch FROM epochs WHERE user_id = ?`),
+    putEpoch: db.prepare(`INSERT INTO epochs (user_id, epoch, record, created_at) VALUES (?, ?, ?, ?)`),
+    epochs: db.prepare<[string], { record: string }>(`SELECT record FROM epochs WHERE user_id = ? ORDER BY epoch`),
     snapshot: db.prepare<[string], LogRow & { base: number }>(
       `SELECT base, base AS seq, device_id, counter, 'snapshot' AS kind, epoch, lane, nonce, ct, sig, received_at FROM snapshots WHERE doc_id = ?`,
     ),
@@ -485,6 +501,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     return { status: 'stored', seq: base as Seq, pruned };
   });
 
+  const putEpochTx = db.transaction((record: EpochRecord, now: number): Result<EpochRecord> => {
+    const last = stmt.lastEpoch.get(record.user)?.epoch ?? 0;
+    if (record.epoch !== last + 1) return err(ErrorCode.UNKNOWN_EPOCH, `the next key epoch is ${last + 1}, not ${record.epoch}`);
+    stmt.putEpoch.run(record.user, record.epoch, JSON.stringify(record), now);
+    return ok(record);
+  });
+
   const appendTx = db.transaction((batch: readonly AppendRequest[], now: number) => batch.map((req) => appendOne(req, now)));
 
   const appendAuditRows = (drafts: readonly AuditDraft[], now: number): AuditRecord[] => {
@@ -535,6 +558,12 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     append: async (batch, now) => (batch.length === 0 ? [] : appendTx.immediate(batch, now)),
     readLog: async (docId, after, limit) => stmt.readLog.all(docId, after, limit).map((row) => toLogEntry(docId, row)),
     putSnapshot: async (req, now, retentionMs) => putSnapshotTx.immediate(req, now, retentionMs),
+    revokeDevice: async (userId, deviceId, now) => {
+      if (stmt.revoke.run(now, deviceId, userId).changes === 0) return err(ErrorCode.UNKNOWN_DEVICE, 'no such device of this user');
+      return ok(toDeviceRecord(stmt.device.get(deviceId)!));
+    },
+    putEpoch: async (record, now) => putEpochTx.immediate(record, now),
+    listEpochs: async (userId) => stmt.epochs.all(userId).map((row) => EpochRecordSchema.parse(JSON.parse(row.record))),
     getSnapshot: async (docId) => {
       const row = stmt.snapshot.get(docId);
       if (!row) return undefined;
