@@ -223,7 +223,7 @@ describe('payment webhooks drive tiers on every device', () => {
     const downgraded = entitlementOf(relay, user)!;
     expect(downgraded).toMatchObject({ tier: 'trial', source: 'grace-expiry' });
     expect(downgraded.updated_at - grace.ends_at).toBeGreaterThanOrEqual(0);
-    expect(downgraded.updated_at - grace.ends_at).toBeLessThan(250);
+    expect(downgraded.updated_at - grace.ends_at).toBeLessThan(500);
     expect(Date.now() - failedAt).toBeGreaterThanOrEqual(1_000);
 
     // Data is not locked: the user's documents still sync (crisis at once, on trial too).
@@ -338,7 +338,7 @@ describe('grace periods survive relay restarts', () => {
     ['SIGTERM', (r: RelayProcess) => r.stop()],
     ['kill -9', (r: RelayProcess) => r.kill9()],
   ] as const)('a restart (%s) in the middle of a grace period ends it at the same moment', async (_how, stopRelay) => {
-    const env = { KEEL_RELAY_GRACE_PREMIUM_MS: '4000', KEEL_RELAY_GRACE_FLOOR_MS: '1000' };
+    const env = { KEEL_RELAY_GRACE_PREMIUM_MS: '5000', KEEL_RELAY_GRACE_FLOOR_MS: '1000' };
     const relay = await startPaymentsRelay(env);
     const { user, a, b } = await twoDevices(relay);
     await deliver(relay, stripeEvent('customer.subscription.created', subscriptionObject(user, 'active')));
@@ -350,7 +350,7 @@ describe('grace periods survive relay restarts', () => {
     await stopRelay(relay);
     const again = await startPaymentsRelay(env, relay);
     expect(Date.now()).toBeLessThan(endsAt);
-    // The same end, not a new 4 s from the restart.
+    // The same end, not a new 5 s from the restart.
     expect(graceOf(again, user)!.ends_at).toBe(endsAt);
     expect(again.output()).toContain('"msg":"grace periods scheduled","count":1');
     // Devices reconnect on their own and still hold grace_period until the end.
@@ -362,7 +362,7 @@ describe('grace periods survive relay restarts', () => {
     const downgraded = entitlementOf(again, user)!;
     expect(downgraded).toMatchObject({ tier: 'trial', source: 'grace-expiry' });
     expect(downgraded.updated_at - endsAt).toBeGreaterThanOrEqual(0);
-    expect(downgraded.updated_at - endsAt).toBeLessThan(250);
+    expect(downgraded.updated_at - endsAt).toBeLessThan(500);
     expect(seenAt - endsAt).toBeLessThan(1_000);
   });
 });

@@ -36,7 +36,7 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
     return { status, body: { error: code, message } };
   };
 
-  const handle = async (req: IncomingMessage): Promise<{ status: number; body: unknown }> => {
+  const handle = async (req: IncomingMessage): Promise<{ status: number; body: unknown; close?: boolean }> => {
     if (req.method !== 'POST') {
       req.resume();
       return { status: 405, body: { error: WebhookRejection.METHOD_NOT_ALLOWED, message: `use POST ${WEBHOOK_PATH}` } };
@@ -48,8 +48,11 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
         body: { error: WebhookRejection.WEBHOOKS_DISABLED, message: 'payment webhooks are off: set KEEL_RELAY_WEBHOOK_SECRET to the endpoint secret' },
       };
     }
+    const tooLarge = () => refuse(413, WebhookRejection.BODY_TOO_LARGE, `body over ${MAX_WEBHOOK_BODY_BYTES} bytes`);
+    // A declared size over the limit is refused before a byte is read; the connection then closes.
+    if (Number(req.headers['content-length'] ?? 0) > MAX_WEBHOOK_BODY_BYTES) return { ...(await tooLarge()), close: true };
     const raw = await readBody(req, MAX_WEBHOOK_BODY_BYTES);
-    if (!raw) return refuse(413, WebhookRejection.BODY_TOO_LARGE, `body over ${MAX_WEBHOOK_BODY_BYTES} bytes`);
+    if (!raw) return tooLarge();
     const header = req.headers['stripe-signature'];
     const check = verifyStripeSignature(raw, typeof header === 'string' ? header : undefined, secret, Math.floor(now() / 1000), deps.toleranceSeconds);
     if (!check.ok) return refuse(400, check.code, check.message);
@@ -72,6 +75,7 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
   return async (req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> => {
     if (path !== WEBHOOK_PATH) return false;
     const reply = await handle(req);
+    if (reply.close) res.setHeader('connection', 'close');
     sendJson(res, reply.status, reply.body);
     return true;
   };
