@@ -69,7 +69,11 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`relay did not start within 10 s:\n${out}`)), 10_000);
+    const timer = setTimeout(() => {
+      // Never leave a half-started relay behind.
+      child.kill('SIGKILL');
+      reject(new Error(`relay did not start within 10 s:\n${out}`));
+    }, 10_000);
     const check = () => {
       const match = /"msg":"listening"[^\n]*"port":(\d+)/.exec(out);
       if (match) {
