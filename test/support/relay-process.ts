@@ -68,6 +68,7 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const ownsDir = options.dir === undefined;
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => {
       // Never leave a half-started relay behind.
@@ -87,6 +88,9 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
       clearTimeout(timer);
       reject(new Error(`relay exited with ${code} before listening:\n${out}`));
     });
+  }).catch((error: unknown) => {
+    if (ownsDir) rmSync(dir, { recursive: true, force: true });
+    throw error;
   });
   const signal = async (sig: NodeJS.Signals) => {
     if (child.exitCode === null && child.signalCode === null) child.kill(sig);
