@@ -25,3 +25,5 @@ export type { BackoffOptions } from './transport/backoff.js';
 export type { WebSocketLike } from './transport/relay-link.js';
 export { joinWithPairingCode, PairingError } from './pairing.js';
 export type { JoinOptions } from './pairing.js';
+export { createSessionHandoff, SessionHandoff, PRESENCE_DOC } from './handoff.js';
+export type { SessionHandoffOptions, SessionHandoffEvents, SessionDocSpec, PresenceUpdate, RestoredSessionOf } from './handoff.js';

@@ -133,3 +133,42 @@ export {
   verifyRevocation,
 } from './crypto/epochs.js';
 export type { EpochRecord, Revocation } from './crypto/epochs.js';
+export { BreathPhaseKindSchema, BreathPhaseSchema, BreathingPatternSchema, BREATHING_PATTERNS, breathingCycleMs, breathingPhaseAt } from './handoff/breathing.js';
+export type { BreathPhaseKind, BreathPhase, BreathingPattern, BreathingPatternName, BreathingPhase } from './handoff/breathing.js';
+export {
+  SessionIdSchema,
+  SessionRecordSchema,
+  BreathingSessionRecordSchema,
+  AssessmentSessionRecordSchema,
+  AssessmentInstrumentSchema,
+  ASSESSMENT_ITEM_COUNT,
+  MAX_SESSION_ELAPSED_MS,
+  captureSession,
+  restoreSession,
+  parseSessionRecord,
+} from './handoff/session.js';
+export type {
+  SessionRecord,
+  SessionKind,
+  SessionState,
+  SessionRecordOf,
+  BreathingSessionRecord,
+  BreathingSessionState,
+  AssessmentSessionRecord,
+  AssessmentSessionState,
+  AssessmentInstrument,
+  RestoredSession,
+  RestoredBreathingSession,
+  RestoredAssessmentSession,
+} from './handoff/session.js';
+export {
+  PresenceRecordSchema,
+  PresenceSessionKindSchema,
+  PRESENCE_STALE_AFTER_MS,
+  isPresenceLive,
+  hasActiveTherapeuticSession,
+  rankDevices,
+  resolveActiveSession,
+  parsePresenceRecord,
+} from './handoff/device-rank.js';
+export type { PresenceRecord, PresenceSessionKind, RankOptions } from './handoff/device-rank.js';

@@ -39,6 +39,10 @@ export const DOC_CLASS_PRIORITY = {
   crisis_assessment: Priority.CRISIS_ASSESSMENT,
   therapeutic_session: Priority.THERAPEUTIC_ACTIVE,
   breathing_session: Priority.THERAPEUTIC_ACTIVE,
+  // Device presence (who is active, which session each device holds) decides where a session
+  // continues, so it travels with the sessions. Encrypted like every document; on tiers without
+  // cross-device sync it stays on the device, as those tiers intend.
+  presence: Priority.THERAPEUTIC_ACTIVE,
   premium_feature: Priority.PREMIUM_REALTIME,
   analytics: Priority.PREMIUM_REALTIME,
   assessment: Priority.ASSESSMENT_DATA,
