@@ -39,7 +39,10 @@ const BAD_SEGMENT = 'bad\u001fsegment';
  * The behaviour every ClientStore must share (memory, SQLite, IndexedDB). `open` is called once
  * per test and must return an empty store.
  */
-export const runClientStoreConformance = (name: string, open: () => Promise<ClientStoreHarness>): void => {
+/**
+ * `volatile`: the store keeps nothing across close (memory); the persistence test is not run.
+ */
+export const runClientStoreConformance = (name: string, open: () => Promise<ClientStoreHarness>, options: { volatile?: boolean } = {}): void => {
   describe(`ClientStore conformance: ${name}`, () => {
     let harness: ClientStoreHarness | undefined;
     let live: ClientStore | undefined;
@@ -295,30 +298,30 @@ export const runClientStoreConformance = (name: string, open: () => Promise<Clie
       );
     });
 
-    it('keeps everything across close and reopen', async (ctx) => {
-      const reopen = harness?.reopen;
-      if (!reopen) {
-        ctx.skip();
-        return;
-      }
-      await store().save(['docs', 'd1', 'meta'], text('meta'));
-      await store().batch([
-        { op: 'save', key: ['outbox', 'd1', '0000000000000001'], data: bytes(1) },
-        { op: 'save', key: ['outbox', 'd1', '0000000000000002'], data: bytes(2) },
-        { op: 'save', key: ['gone'], data: bytes(3) },
-        { op: 'remove', key: ['gone'] },
-      ]);
-      const before = listing(await store().loadRange([]));
-      expect(before).toHaveLength(3);
+    // A volatile store keeps nothing across close: the test is not registered for it.
+    if (!options.volatile) {
+      it('keeps everything across close and reopen', async () => {
+        const reopen = harness?.reopen;
+        if (!reopen) throw new Error(`${name} is not volatile but its harness cannot reopen the store`);
+        await store().save(['docs', 'd1', 'meta'], text('meta'));
+        await store().batch([
+          { op: 'save', key: ['outbox', 'd1', '0000000000000001'], data: bytes(1) },
+          { op: 'save', key: ['outbox', 'd1', '0000000000000002'], data: bytes(2) },
+          { op: 'save', key: ['gone'], data: bytes(3) },
+          { op: 'remove', key: ['gone'] },
+        ]);
+        const before = listing(await store().loadRange([]));
+        expect(before).toHaveLength(3);
 
-      const first = store();
-      live = undefined;
-      await first.close();
-      live = await reopen();
+        const first = store();
+        live = undefined;
+        await first.close();
+        live = await reopen();
 
-      expect(listing(await store().loadRange([]))).toEqual(before);
-      expect(hex(await store().load(['docs', 'd1', 'meta']))).toBe(hex(text('meta')));
-      expect(await store().load(['gone'])).toBeUndefined();
-    });
+        expect(listing(await store().loadRange([]))).toEqual(before);
+        expect(hex(await store().load(['docs', 'd1', 'meta']))).toBe(hex(text('meta')));
+        expect(await store().load(['gone'])).toBeUndefined();
+      });
+    }
   });
 };

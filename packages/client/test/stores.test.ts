@@ -5,7 +5,7 @@ import { createMemoryStore } from '../src/storage/memory-store.js';
 import { openSqliteClientStore } from '../src/storage/sqlite-store.js';
 import { runClientStoreConformance } from './store-conformance.js';
 
-runClientStoreConformance('memory', async () => ({ store: createMemoryStore(), cleanup: async () => {} }));
+runClientStoreConformance('memory', async () => ({ store: createMemoryStore(), cleanup: async () => {} }), { volatile: true });
 
 runClientStoreConformance('sqlite (file, WAL)', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'keel-client-store-'));
