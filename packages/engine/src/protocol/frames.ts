@@ -263,21 +263,11 @@ export type UpdatesFrame = z.infer<typeof UpdatesFrameSchema>;
 export type ErrorFrame = z.infer<typeof ErrorFrameSchema>;
 export type RejectFrame = z.infer<typeof RejectFrameSchema>;
 
-const CLIENT_TYPES: ReadonlySet<string> = new Set([
-  'hello',
-  'auth',
-  'sub',
-  'unsub',
-  'push',
-  'pair-open',
-  'pair-join',
-  'pair-grant',
-  'pair-refuse',
-  'register',
-  'revoke',
-  'epoch',
-]);
-const RELAY_TYPES: ReadonlySet<string> = new Set(['challenge', 'ready', 'ack', 'reject', 'updates', 'synced', 'snapshot', 'withheld', 'tier', 'device', 'error', 'pair-opened', 'pair-request', 'pair-grant', 'revoked', 'epoch']);
+/** The `type` of every frame of a direction, read off its schema so the two never disagree. */
+const typesOf = (schema: { options: readonly { shape: { type: { value: string } } }[] }): ReadonlySet<string> =>
+  new Set(schema.options.map((option) => option.shape.type.value));
+const CLIENT_TYPES = typesOf(ClientFrameSchema);
+const RELAY_TYPES = typesOf(RelayFrameSchema);
 
 /** Summarises zod issues into one bounded line: path and message of the first few. */
 export const describeIssues = (error: z.ZodError): string => {
