@@ -3,33 +3,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createIdentity, linkNewDevice, parseIdentity, serializeIdentity } from '@keel/client';
 import { openSqliteClientStore } from '@keel/client/node';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
-import { type Device, connectDevice, waitFor } from '../support/devices.js';
+import { connectDevice, waitFor } from '../support/devices.js';
 import { type NetworkProxy, startProxy } from '../support/proxy.js';
-import { type RelayProcess, removeRelayDir, startRelayProcess } from '../support/relay-process.js';
+import { useTestScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-const track = (d: Device) => {
-  cleanups.push(() => d.client.close());
-  return d;
-};
+const scope = useTestScope();
 
 describe('a device process restarting while offline', () => {
   it('keeps sealed-but-unacknowledged and never-sealed edits, and sends them after reconnect', async () => {
-    const relay: RelayProcess = await startRelayProcess();
-    cleanups.push(async () => {
-      await relay.stop();
-      removeRelayDir(relay.dir);
-    });
+    const relay = await scope.relay();
     const proxy: NetworkProxy = await startProxy(relay.port);
-    cleanups.push(() => proxy.close());
+    scope.defer(() => proxy.close());
     const dir = mkdtempSync(join(tmpdir(), 'keel-device-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
     const dbPath = join(dir, 'device.db');
 
     const identity = await createIdentity();
@@ -61,8 +49,8 @@ describe('a device process restarting while offline', () => {
     await store1.close();
 
     const store2 = openSqliteClientStore(dbPath);
-    cleanups.push(() => store2.close());
-    const a2 = track(await connectDevice(proxy.url, await parseIdentity(saved), store2));
+    scope.defer(() => store2.close());
+    const a2 = await scope.device(proxy.url, await parseIdentity(saved), store2);
     const doc2 = await a2.client.open({ class: 'breathing_session', name: 'today' });
     // Loaded from disk before any network: local-first.
     expect(doc2.getArray('log').toArray()).toEqual(expectedLog);
@@ -70,7 +58,7 @@ describe('a device process restarting while offline', () => {
 
     proxy.setOffline(false);
     await a2.client.flush();
-    const b = track(await connectDevice(relay.url, await linkNewDevice(identity)));
+    const b = await scope.device(relay.url, await linkNewDevice(identity));
     const docB = await b.client.open({ class: 'breathing_session', name: 'today' });
     await waitFor(() => docB.getArray('log').length === expectedLog.length, 5_000, 'everything at device B');
     expect(docB.getArray('log').toArray()).toEqual(expectedLog);

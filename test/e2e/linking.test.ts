@@ -9,33 +9,20 @@ import {
   toB64,
 } from '@keel/engine';
 import Database from 'better-sqlite3';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import * as Y from 'yjs';
-import { type Device, connectDevice, waitFor } from '../support/devices.js';
-import { type RelayProcess, removeRelayDir, startRelayProcess } from '../support/relay-process.js';
+import { type Device, waitFor } from '../support/devices.js';
+import type { RelayProcess } from '../support/relay-process.js';
+import { useTestScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const scope = useTestScope();
 beforeAll(async () => {
   await cryptoReady();
 });
 
-const startRelay = async () => {
-  const relay = await startRelayProcess();
-  cleanups.push(async () => {
-    await relay.stop();
-    removeRelayDir(relay.dir);
-  });
-  return relay;
-};
-const device = async (url: string, identity: Identity): Promise<Device> => {
-  const d = await connectDevice(url, identity);
-  cleanups.push(() => d.client.close());
-  return d;
-};
+const startRelay = () => scope.relay();
+const device = (url: string, identity: Identity): Promise<Device> => scope.device(url, identity);
 
 /** The newest envelope of a document as the relay stored it (ciphertext only). */
 const lastStored = (relay: RelayProcess, doc: DocId): Envelope => {
@@ -151,8 +138,7 @@ describe('device revocation', () => {
     expect(decryptEnvelope({ ...env, epoch: 0 }, epoch0Key).ok).toBe(false);
 
     // And the relay refuses the revoked device from now on.
-    const again = await connectDevice(relay.url, idC);
-    cleanups.push(() => again.client.close());
+    const again = await scope.device(relay.url, idC);
     await expect(again.client.whenSynced()).rejects.toThrow(/DEVICE_REVOKED|AUTH_FAILED/);
     expect([...a.errors, ...b.errors]).toEqual([]);
   });

@@ -3,16 +3,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createIdentity, linkNewDevice } from '@keel/client';
 import { openSqliteClientStore } from '@keel/client/node';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
 import { connectDevice, waitFor } from '../support/devices.js';
 import { startProxy } from '../support/proxy.js';
-import { removeRelayDir, startRelayProcess } from '../support/relay-process.js';
+import { useTestScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const scope = useTestScope();
 
 const SPECS = [
   { class: 'safety_plan', name: 'main' },
@@ -25,15 +22,11 @@ const EDITS = 10_000;
 
 describe('a long offline stretch', () => {
   it('keeps 10,000 offline edits through a process restart, converges, and delivers crisis edits first', async () => {
-    const relay = await startRelayProcess();
-    cleanups.push(async () => {
-      await relay.stop();
-      removeRelayDir(relay.dir);
-    });
+    const relay = await scope.relay();
     const proxy = await startProxy(relay.port);
-    cleanups.push(() => proxy.close());
+    scope.defer(() => proxy.close());
     const dir = mkdtempSync(join(tmpdir(), 'keel-10k-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
     const dbPath = join(dir, 'device-a.db');
 
     const idA = await createIdentity();
@@ -42,7 +35,7 @@ describe('a long offline stretch', () => {
     const docs1 = await Promise.all(SPECS.map((s) => a1.client.open(s)));
     await a1.client.whenSynced();
     const b = await connectDevice(relay.url, await linkNewDevice(idA));
-    cleanups.push(() => b.client.close());
+    scope.defer(() => b.client.close());
     const docsB = await Promise.all(SPECS.map((s) => b.client.open(s)));
     await b.client.whenSynced();
 
@@ -57,9 +50,9 @@ describe('a long offline stretch', () => {
     await store1.close();
 
     const store2 = openSqliteClientStore(dbPath);
-    cleanups.push(() => store2.close());
+    scope.defer(() => store2.close());
     const a2 = await connectDevice(proxy.url, idA, store2);
-    cleanups.push(() => a2.client.close());
+    scope.defer(() => a2.client.close());
     const docsA = await Promise.all(SPECS.map((s) => a2.client.open(s)));
     expect(docsA.reduce((n, d) => n + d.getArray('e').length, 0)).toBe(EDITS / 2);
     for (let i = EDITS / 2; i < EDITS; i++) {

@@ -1,29 +1,22 @@
 import { createIdentity, linkNewDevice } from '@keel/client';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
-import { type Device, connectDevice, waitFor } from '../support/devices.js';
+import { waitFor } from '../support/devices.js';
 import { type NetworkProxy, startProxy } from '../support/proxy.js';
-import { type RelayProcess, removeRelayDir, runRelayCli, startRelayProcess } from '../support/relay-process.js';
+import { runRelayCli } from '../support/relay-process.js';
+import { useTestScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const scope = useTestScope();
 
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
 
 describe('offline queue limit', () => {
   it('compacts 500 offline edits under a trial limit of 20 and delivers them all, byte for byte', async () => {
-    const relay: RelayProcess = await startRelayProcess({ defaultTier: 'trial' });
-    cleanups.push(async () => {
-      await relay.stop();
-      removeRelayDir(relay.dir);
-    });
+    const relay = await scope.relay({ defaultTier: 'trial' });
     const proxy: NetworkProxy = await startProxy(relay.port);
-    cleanups.push(() => proxy.close());
+    scope.defer(() => proxy.close());
     const idA = await createIdentity();
-    const a: Device = await connectDevice(proxy.url, idA);
-    cleanups.push(() => a.client.close());
+    const a = await scope.device(proxy.url, idA);
     const specs = [
       { class: 'checkin', name: 'daily' },
       { class: 'mood', name: 'log' },
@@ -57,8 +50,7 @@ describe('offline queue limit', () => {
       KEEL_RELAY_ADMIN_TOKEN: relay.adminToken,
     });
     expect(set.code).toBe(0);
-    const b = await connectDevice(relay.url, await linkNewDevice(idA));
-    cleanups.push(() => b.client.close());
+    const b = await scope.device(relay.url, await linkNewDevice(idA));
     const docsB = await Promise.all(specs.map((s) => b.client.open(s)));
     await b.client.whenSynced();
     await waitFor(() => docsB.reduce((n, d) => n + d.getArray('entries').length, 0) === 500, 5_000, 'all 500 edits at B');

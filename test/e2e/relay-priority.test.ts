@@ -1,26 +1,15 @@
 import { createIdentity, linkNewDevice } from '@keel/client';
-import { afterEach, describe, expect, it } from 'vitest';
-import { connectDevice, waitFor, type Device } from '../support/devices.js';
-import { type RelayProcess, removeRelayDir, startRelayProcess } from '../support/relay-process.js';
+import { describe, expect, it } from 'vitest';
+import { waitFor } from '../support/devices.js';
+import { useTestScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const scope = useTestScope();
 
 describe('relay outbound priority', () => {
   it('delivers a crisis update ahead of a large bulk catch-up already queued for the device', async () => {
-    const relay: RelayProcess = await startRelayProcess();
-    cleanups.push(async () => {
-      await relay.stop();
-      removeRelayDir(relay.dir);
-    });
+    const relay = await scope.relay();
     const idA = await createIdentity();
-    const track = (d: Device) => {
-      cleanups.push(() => d.client.close());
-      return d;
-    };
-    const a = track(await connectDevice(relay.url, idA));
+    const a = await scope.device(relay.url, idA);
     const historyA = await a.client.open({ class: 'history', name: 'journal' });
     const planA = await a.client.open({ class: 'safety_plan', name: 'main' });
     // About 8 MB of history: 400 envelopes of ~20 KB each.
@@ -29,7 +18,7 @@ describe('relay outbound priority', () => {
       await a.client.flush();
     }
 
-    const b = track(await connectDevice(relay.url, await linkNewDevice(idA)));
+    const b = await scope.device(relay.url, await linkNewDevice(idA));
     const planB = await b.client.open({ class: 'safety_plan', name: 'main' });
     await b.client.whenSynced();
     const historyB = await b.client.open({ class: 'history', name: 'journal' });

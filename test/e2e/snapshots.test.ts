@@ -1,28 +1,15 @@
 import { createIdentity, createMemoryStore, linkNewDevice } from '@keel/client';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
-import { type Device, connectDevice, waitFor } from '../support/devices.js';
+import { waitFor } from '../support/devices.js';
 import { logRowsByDevice } from '../support/raw-device.js';
-import { type RelayProcess, removeRelayDir, startRelayProcess } from '../support/relay-process.js';
+import type { RelayProcess } from '../support/relay-process.js';
+import { useTestScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const scope = useTestScope();
 
-const relayWithRetention = async (retentionMs: number): Promise<RelayProcess> => {
-  const relay = await startRelayProcess({ env: { KEEL_RELAY_SNAPSHOT_RETENTION_MS: String(retentionMs) } });
-  cleanups.push(async () => {
-    await relay.stop();
-    removeRelayDir(relay.dir);
-  });
-  return relay;
-};
-
-const track = (d: Device) => {
-  cleanups.push(() => d.client.close());
-  return d;
-};
+const relayWithRetention = (retentionMs: number): Promise<RelayProcess> =>
+  scope.relay({ env: { KEEL_RELAY_SNAPSHOT_RETENTION_MS: String(retentionMs) } });
 
 const rows = (relay: RelayProcess, doc: Parameters<typeof logRowsByDevice>[1]) =>
   [...logRowsByDevice(relay.dbPath, doc).values()].reduce((n, c) => n + c, 0);
@@ -31,7 +18,7 @@ describe('log compaction by snapshots', () => {
   it('prunes the relay log behind a snapshot; a new device starts from it and converges byte for byte', async () => {
     const relay = await relayWithRetention(0);
     const idA = await createIdentity();
-    const a = track(await connectDevice(relay.url, idA, createMemoryStore(), { snapshotEvery: 200 }));
+    const a = await scope.device(relay.url, idA, createMemoryStore(), { snapshotEvery: 200 });
     const spec = { class: 'mood', name: 'journal' } as const;
     const docA = await a.client.open(spec);
     const docId = a.client.docId(spec);
@@ -44,7 +31,7 @@ describe('log compaction by snapshots', () => {
     await waitFor(() => rows(relay, docId) <= 60, 5_000, 'log pruned behind the snapshot');
     expect(relay.output()).toContain('"msg":"snapshot stored"');
 
-    const c = track(await connectDevice(relay.url, await linkNewDevice(idA)));
+    const c = await scope.device(relay.url, await linkNewDevice(idA));
     const docC = await c.client.open(spec);
     await c.client.whenSynced();
     expect(docC.getArray('entries').length).toBe(450);
@@ -62,7 +49,7 @@ describe('log compaction by snapshots', () => {
   it('keeps covered entries during the retention window', async () => {
     const relay = await relayWithRetention(3_600_000);
     const idA = await createIdentity();
-    const a = track(await connectDevice(relay.url, idA));
+    const a = await scope.device(relay.url, idA);
     const spec = { class: 'profile', name: 'me' } as const;
     const docA = await a.client.open(spec);
     for (let i = 0; i < 30; i++) {

@@ -3,40 +3,29 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Identity, createIdentity, linkNewDevice } from '@keel/client';
 import type { DocId, TierState } from '@keel/engine';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
-import { type Device, connectDevice, waitFor } from '../support/devices.js';
+import { type Device, waitFor } from '../support/devices.js';
 import { logRowsByDevice } from '../support/raw-device.js';
-import { type RelayProcess, removeRelayDir, runRelayCli, startRelayProcess } from '../support/relay-process.js';
+import { type RelayProcess, runRelayCli } from '../support/relay-process.js';
+import { useTestScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const scope = useTestScope();
 
 /** A relay whose tiers are DESIGN.md's, with `overrides` applied as an operator would. */
 const relayWith = async (defaultTier: 'trial' | 'basic' | 'grace_period' | 'premium', overrides?: unknown): Promise<RelayProcess> => {
   const args: string[] = [];
   if (overrides) {
     const dir = mkdtempSync(join(tmpdir(), 'keel-tiers-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
     const file = join(dir, 'tiers.json');
     writeFileSync(file, JSON.stringify(overrides));
     args.push('--tiers', file);
   }
-  const relay = await startRelayProcess({ defaultTier, args });
-  cleanups.push(async () => {
-    await relay.stop();
-    removeRelayDir(relay.dir);
-  });
-  return relay;
+  return scope.relay({ defaultTier, args });
 };
 
-const device = async (url: string, identity: Identity): Promise<Device> => {
-  const d = await connectDevice(url, identity);
-  cleanups.push(() => d.client.close());
-  return d;
-};
+const device = (url: string, identity: Identity): Promise<Device> => scope.device(url, identity);
 
 /** Two devices of one new user, both connected and synced. */
 const pairOn = async (relay: RelayProcess) => {
