@@ -92,8 +92,12 @@ export const formatCrisisReport = (params: CrisisParams, keel: CrisisResult, ref
     `  loaded / unloaded p99: keel ${ratio(kL.p99, kU.p99)}, reference ${ratio(rL.p99, rU.p99)}`,
     `  keel / reference p50: unloaded ${ratio(kU.p50, rU.p50)}, loaded ${ratio(kL.p50, rL.p50)}`,
     `  keel / reference p99: unloaded ${ratio(kU.p99, rU.p99)}, loaded ${ratio(kL.p99, rL.p99)}`,
-    'saturation (load window):',
   );
+  const idle = [keel, reference].filter((r) => r.loaded.load && !isSaturated(r.loaded.load)).map((r) => r.relay);
+  if (idle.length) {
+    lines.push(`  NOT like for like: ${idle.join(' and ')} not saturated by this load, so its loaded figures are not a saturation figure; raise KEEL_BENCH_LOAD_RATE`);
+  }
+  lines.push('saturation (load window):');
   for (const result of [keel, reference]) {
     const load = result.loaded.load;
     if (!load) continue;
