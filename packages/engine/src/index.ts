@@ -26,6 +26,8 @@ export {
   ClientFrameSchema,
   RelayFrameSchema,
   parseClientFrame,
+  readClientFrame,
+  validateClientFrame,
   parseRelayFrame,
   encodeFrame,
   describeIssues,
@@ -43,6 +45,7 @@ export type {
   ErrorFrame,
   RejectFrame,
   TierState,
+  RawFrame,
 } from './protocol/frames.js';
 export { cryptoReady, getSodium } from './crypto/sodium.js';
 export type { Sodium } from './crypto/sodium.js';

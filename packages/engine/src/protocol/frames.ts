@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { b64Length } from './bytes.js';
-import { ErrorCode, type KeelError, type Result, err, ok } from './codes.js';
+import { ErrorCode, type Result, err, ok } from './codes.js';
 import { EpochRecordSchema, RevocationSchema } from '../crypto/epochs.js';
 import { TierNameSchema, TierPolicySchema } from '../policy/tiers.js';
 import { CounterSchema, DeviceIdSchema, DocIdSchema, EpochSchema, LaneSchema, SeqSchema, UserIdSchema } from './ids.js';
@@ -276,12 +276,13 @@ export const describeIssues = (error: z.ZodError): string => {
   return (parts.join('; ') + more).slice(0, 512);
 };
 
-const parseWith = <T>(
-  schema: z.ZodType<T>,
-  known: ReadonlySet<string>,
-  data: string | Uint8Array,
-  maxBytes: number,
-): Result<T, KeelError> => {
+/** A frame whose JSON is read and whose `type` is known, not yet checked against its schema. */
+export interface RawFrame {
+  readonly type: string;
+  readonly json: Readonly<Record<string, unknown>>;
+}
+
+const readWith = (known: ReadonlySet<string>, data: string | Uint8Array, maxBytes: number): Result<RawFrame> => {
   if (typeof data !== 'string') return err(ErrorCode.BINARY_FRAME, 'binary frames are not part of protocol v1; send JSON text');
   // A JS string's length bounds its UTF-8 size from below; `maxBytes` guards parse cost.
   if (data.length > maxBytes) return err(ErrorCode.FRAME_TOO_LARGE, `frame of ${data.length} characters exceeds ${maxBytes}`);
@@ -295,17 +296,34 @@ const parseWith = <T>(
   const type = (json as { type?: unknown }).type;
   if (typeof type !== 'string') return err(ErrorCode.SCHEMA, 'frame has no string "type"');
   if (!known.has(type)) return err(ErrorCode.UNKNOWN_TYPE, `unknown frame type "${type.slice(0, 32)}"`);
-  const parsed = schema.safeParse(json);
-  if (!parsed.success) return err(ErrorCode.SCHEMA, `invalid "${type}" frame: ${describeIssues(parsed.error)}`);
+  return ok({ type, json: json as Record<string, unknown> });
+};
+
+const validateWith = <T>(schema: z.ZodType<T>, raw: RawFrame): Result<T> => {
+  const parsed = schema.safeParse(raw.json);
+  if (!parsed.success) return err(ErrorCode.SCHEMA, `invalid "${raw.type}" frame: ${describeIssues(parsed.error)}`);
   return ok(parsed.data);
 };
 
+/**
+ * First half of parsing a device's frame: size, JSON, a known type. The relay uses it to route a
+ * frame before paying for full validation (bulk pushes are validated when their turn comes).
+ */
+export const readClientFrame = (data: string | Uint8Array, maxBytes: number): Result<RawFrame> => readWith(CLIENT_TYPES, data, maxBytes);
+
+/** Second half: the frame's schema. */
+export const validateClientFrame = (raw: RawFrame): Result<ClientFrame> => validateWith(ClientFrameSchema, raw);
+
 /** Parses a frame a device sent to the relay. */
-export const parseClientFrame = (data: string | Uint8Array, maxBytes: number): Result<ClientFrame> =>
-  parseWith(ClientFrameSchema, CLIENT_TYPES, data, maxBytes);
+export const parseClientFrame = (data: string | Uint8Array, maxBytes: number): Result<ClientFrame> => {
+  const raw = readClientFrame(data, maxBytes);
+  return raw.ok ? validateClientFrame(raw.value) : raw;
+};
 
 /** Parses a frame the relay sent to a device. */
-export const parseRelayFrame = (data: string | Uint8Array, maxBytes: number): Result<RelayFrame> =>
-  parseWith(RelayFrameSchema, RELAY_TYPES, data, maxBytes);
+export const parseRelayFrame = (data: string | Uint8Array, maxBytes: number): Result<RelayFrame> => {
+  const raw = readWith(RELAY_TYPES, data, maxBytes);
+  return raw.ok ? validateWith(RelayFrameSchema, raw.value) : raw;
+};
 
 export const encodeFrame = (frame: ClientFrame | RelayFrame): string => JSON.stringify(frame);

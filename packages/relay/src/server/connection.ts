@@ -22,7 +22,9 @@ import {
   WireLimits,
   createChallengeNonce,
   encodeFrame,
-  parseClientFrame,
+  type RawFrame,
+  readClientFrame,
+  validateClientFrame,
   verifyChallenge,
   verifyEnvelopeSignature,
   verifyEpochRecord,
@@ -114,6 +116,12 @@ const toFrames = (entries: readonly LogEntry[]): LogEntry[][] => {
   return frames;
 };
 
+/** Whether an unvalidated push names a crisis lane for any envelope (full validation follows). */
+const claimsCrisisLane = (raw: RawFrame): boolean => {
+  const envs = raw.json.envs;
+  return Array.isArray(envs) && envs.some((env: unknown) => typeof env === 'object' && env !== null && Number((env as { lane?: unknown }).lane) >= 9);
+};
+
 const maxLane = (entries: readonly { env: { lane: number } }[]): number => entries.reduce((m, e) => Math.max(m, e.env.lane), 1);
 
 /** One device's WebSocket: handshake, then subscriptions, pushes and deliveries. */
@@ -202,6 +210,8 @@ export class RelayConnection {
 
   close(code: number, reason: string): void {
     if (this.#state.kind === 'closed') return;
+    // A socket paused for flooding must read again, or the peer's close frame is never seen.
+    this.#ws.resume();
     this.#ws.close(code, reason);
     this.#teardown();
   }
@@ -227,7 +237,23 @@ export class RelayConnection {
    */
   #onMessage(data: string | Uint8Array): void {
     if (this.#state.kind === 'closed') return;
-    const parsed = parseClientFrame(data, this.#ctx.config.maxPayloadBytes);
+    const raw = readClientFrame(data, this.#ctx.config.maxPayloadBytes);
+    if (!raw.ok) {
+      this.#badFrame(raw.error);
+      return;
+    }
+    // A bulk push of an authenticated device is queued as read: its validation, like the rest
+    // of its work, waits for its turn, so a flood costs the event loop little per frame.
+    if (raw.value.type === 'push' && this.#state.kind === 'ready' && !claimsCrisisLane(raw.value)) {
+      const rawPush = raw.value;
+      this.#ctx.work.enqueue(this.#owner, () => {
+        const frame = validateClientFrame(rawPush);
+        if (!frame.ok) this.#badFrame(frame.error);
+        else if (frame.value.type === 'push') this.#push(frame.value, false);
+      });
+      return;
+    }
+    const parsed = validateClientFrame(raw.value);
     if (!parsed.ok) {
       this.#badFrame(parsed.error);
       return;

@@ -18,6 +18,9 @@ import { type ConnectionContext, RelayConnection } from './connection.js';
 import { sendJson } from './http-util.js';
 import { createWorkQueue } from './work-queue.js';
 
+/** How long shutting down waits for devices to answer the close handshake. */
+const CLOSE_GRACE_MS = 1_000;
+
 export interface RelayDeps {
   readonly config: RelayConfig;
   readonly store: RelayStore;
@@ -190,8 +193,14 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       closing ??= (async () => {
         clearInterval(heartbeat);
         for (const conn of all) conn.close(CloseCode.GOING_AWAY, 'relay shutting down');
-        await new Promise<void>((resolve) => wss.close(() => resolve()));
-        for (const client of wss.clients) client.terminate();
+        // ws emits 'close' only once every client is gone: give the close handshakes a moment,
+        // then cut whatever is left instead of waiting out ws's 30 s close timeout.
+        const closed = new Promise<void>((resolve) => wss.close(() => resolve()));
+        const grace = setTimeout(() => {
+          for (const client of wss.clients) client.terminate();
+        }, CLOSE_GRACE_MS);
+        await closed;
+        clearTimeout(grace);
         http.closeAllConnections();
         await new Promise<void>((resolve) => http.close(() => resolve()));
         await payments.close();

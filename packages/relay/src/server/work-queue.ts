@@ -27,9 +27,9 @@ export interface WorkQueueOptions {
  * relay's memory or event loop.
  */
 export const createWorkQueue = (options: WorkQueueOptions = {}) => {
-  const sliceMs = options.sliceMs ?? 4;
-  const pauseAbove = options.pauseAbove ?? 8;
-  const resumeAt = options.resumeAt ?? 2;
+  const sliceMs = options.sliceMs ?? 2;
+  const pauseAbove = options.pauseAbove ?? 4;
+  const resumeAt = options.resumeAt ?? 1;
   const now = options.now ?? (() => performance.now());
   let tasks: Task[] = [];
   let head = 0;
