@@ -572,7 +572,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     else this.#dispatcher.onTierChange(tier.policy);
     if (previous.name !== tier.name || previous.since !== tier.since) this.emit('tier', [tier]);
     // Entries the relay withheld under the old tier arrive once the new one allows them.
-    if (!previous.policy.crossDevice && tier.policy.crossDevice && this.#link.state === 'ready') this.#subscribe([...this.#docs.values()]);
+    if (!onReady && !previous.policy.crossDevice && tier.policy.crossDevice && this.#link.state === 'ready') this.#subscribe([...this.#docs.values()]);
     if (tier.policy.conflictResolution === 'automatic') {
       for (const d of this.#docs.values()) if (d.staged > 0) void d.acceptStaged();
     }
