@@ -489,6 +489,16 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         expect(await store().countPaymentFailures(b, 0)).toBe(1);
       });
 
+      it('forgets failures outside the window when a new one is recorded, for that user only', async () => {
+        const a = newAccount().keys.userId;
+        const b = newAccount().keys.userId;
+        await store().commitPayment({ failure: { userId: a, at: T0 } }, T0);
+        await store().commitPayment({ failure: { userId: b, at: T0 } }, T0);
+        await store().commitPayment({ failure: { userId: a, at: T0 + 100, forgetBefore: T0 + 50 } }, T0 + 100);
+        expect(await store().countPaymentFailures(a, 0)).toBe(1);
+        expect(await store().countPaymentFailures(b, 0)).toBe(1);
+      });
+
       it('writes an entitlement and its payment bookkeeping together', async () => {
         const a = newAccount().keys.userId;
         const grace: GraceRecord = { userId: a, paidTier: 'premium', startedAt: T0, endsAt: T0 + 1000, failures: 1 };

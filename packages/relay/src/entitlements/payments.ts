@@ -91,7 +91,8 @@ export const createPaymentProcessor = (deps: PaymentProcessorDeps): PaymentProce
     const full: PaymentWrite = {
       ...write,
       ...(transition.grace ? { grace: transition.grace } : {}),
-      ...(transition.failure ? { failure: { userId, at: now } } : {}),
+      // The history only matters within the window: older failures are forgotten as new ones come.
+      ...(transition.failure ? { failure: { userId, at: now, forgetBefore: now - policy.windowMs } } : {}),
       audit: [...(write.audit ?? []), ...graceAudit(userId, transition, actor)],
     };
     if (transition.tier !== undefined) await entitlements.setTier(userId, transition.tier, actor, full);

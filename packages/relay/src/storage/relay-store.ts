@@ -115,8 +115,11 @@ export interface PaymentWrite {
   readonly event?: { readonly id: string; readonly type: string; readonly outcome: string };
   readonly subscription?: SubscriptionRecord;
   readonly grace?: { readonly set: GraceRecord } | { readonly clear: UserId };
-  /** A payment failure that started a grace period, for the failure-history window. */
-  readonly failure?: { readonly userId: UserId; readonly at: number };
+  /**
+   * A payment failure that started a grace period, for the failure-history window; failures
+   * of the user before `forgetBefore` (outside every window) are deleted with it.
+   */
+  readonly failure?: { readonly userId: UserId; readonly at: number; readonly forgetBefore?: number };
   readonly audit?: readonly AuditDraft[];
 }
 

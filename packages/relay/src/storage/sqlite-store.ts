@@ -395,6 +395,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     ),
     clearGrace: db.prepare(`DELETE FROM grace_periods WHERE user_id = ?`),
     insertFailure: db.prepare(`INSERT INTO payment_failures (user_id, at) VALUES (?, ?)`),
+    forgetFailures: db.prepare(`DELETE FROM payment_failures WHERE user_id = ? AND at < ?`),
     countFailures: db.prepare<[string, number], { n: number }>(`SELECT count(*) AS n FROM payment_failures WHERE user_id = ? AND at >= ?`),
     lastAudit: db.prepare<[], { seq: number; hash: string }>(`SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`),
     insertAudit: db.prepare(
@@ -535,7 +536,10 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       if ('set' in write.grace) stmt.setGrace.run(write.grace.set);
       else stmt.clearGrace.run(write.grace.clear);
     }
-    if (write.failure) stmt.insertFailure.run(write.failure.userId, write.failure.at);
+    if (write.failure) {
+      stmt.insertFailure.run(write.failure.userId, write.failure.at);
+      if (write.failure.forgetBefore !== undefined) stmt.forgetFailures.run(write.failure.userId, write.failure.forgetBefore);
+    }
     if (write.audit) appendAuditRows(write.audit, now);
   };
 
