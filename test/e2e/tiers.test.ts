@@ -1,8 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Identity, createIdentity, linkNewDevice } from '@keel/client';
 import type { DocId, TierState } from '@keel/engine';
+import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
 import { type Device, waitFor } from '../support/devices.js';
@@ -35,6 +37,19 @@ const pairOn = async (relay: RelayProcess) => {
   const b = await device(relay.url, await linkNewDevice(idA));
   await b.client.whenSynced();
   return { idA, a, b };
+};
+
+/** `length` characters that do not compress: limits are about bytes on the wire, and basic deflates. */
+const noise = (length: number): string => randomBytes(length).toString('base64').slice(0, length);
+
+/** Total ciphertext bytes the relay stored for a document. */
+const ctBytes = (relay: RelayProcess, doc: DocId): number => {
+  const db = new Database(relay.dbPath, { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare<[string], { n: number }>(`SELECT coalesce(sum(length(ct)), 0) AS n FROM log WHERE doc_id = ?`).get(doc)!.n;
+  } finally {
+    db.close();
+  }
 };
 
 const rowsOf = (relay: RelayProcess, doc: DocId): number => [...logRowsByDevice(relay.dbPath, doc).values()].reduce((n, c) => n + c, 0);
@@ -126,13 +141,13 @@ describe('basic tier', () => {
     const planA = await a.client.open({ class: 'safety_plan', name: 'main' });
     const planB = await b.client.open({ class: 'safety_plan', name: 'main' });
     const historyId = a.client.docId({ class: 'history', name: 'journal' });
-    historyA.getText('t').insert(0, 'x'.repeat(20_000));
+    historyA.getText('t').insert(0, noise(20_000));
     void a.client.flush().catch(() => {});
     await waitFor(() => deferred.includes('QUOTA_EXCEEDED'), 5_000, 'daily-cap deferral');
     expect(rowsOf(relay, historyId)).toBe(0);
 
     // Over the cap, a crisis edit as large still goes through at once.
-    planA.getText('steps').insert(0, 'y'.repeat(20_000));
+    planA.getText('steps').insert(0, noise(20_000));
     await waitFor(() => planB.getText('steps').length === 20_000, 2_000, 'crisis edit at B');
     expect(rowsOf(relay, historyId)).toBe(0);
     // The deferred history is still in A's outbox, waiting for the next day: not lost.
@@ -148,12 +163,31 @@ describe('basic tier', () => {
     const names = ['a', 'b', 'c', 'd'];
     const docsA = await Promise.all(names.map((name) => a.client.open({ class: 'checkin', name })));
     const docsB = await Promise.all(names.map((name) => b.client.open({ class: 'checkin', name })));
-    docsA.forEach((d, i) => d.getText('t').insert(0, String(i).repeat(12_000)));
+    docsA.forEach((d) => d.getText('t').insert(0, noise(12_000)));
     await a.client.flush();
     await waitFor(() => docsB.every((d) => d.getText('t').length === 12_000), 15_000, 'all check-ins at B');
     docsA.forEach((d, i) => expect(Y.encodeStateAsUpdate(d)).toEqual(Y.encodeStateAsUpdate(docsB[i]!)));
     expect(deferrals).toBeGreaterThan(0);
     expect(a.errors).toEqual([]);
+  });
+});
+
+describe('compression on bandwidth-limited tiers', () => {
+  it('deflates a large batch before sealing on basic, not on premium, and delivers the same bytes', async () => {
+    for (const tier of ['basic', 'premium'] as const) {
+      const relay = await relayWith(tier);
+      const { a, b } = await pairOn(relay);
+      const spec = { class: 'checkin', name: 'long' } as const;
+      const docA = await a.client.open(spec);
+      const docB = await b.client.open(spec);
+      docA.getText('t').insert(0, 'I breathed in for four and out for six. '.repeat(1_250));
+      await a.client.flush();
+      await waitFor(() => docB.getText('t').length === docA.getText('t').length, 5_000, `delivery on ${tier}`);
+      expect(Y.encodeStateAsUpdate(docB)).toEqual(Y.encodeStateAsUpdate(docA));
+      const stored = ctBytes(relay, a.client.docId(spec));
+      if (tier === 'basic') expect(stored).toBeLessThan(5_000);
+      else expect(stored).toBeGreaterThan(50_000);
+    }
   });
 });
 
@@ -167,11 +201,11 @@ describe('max single sync size', () => {
     const historyB = await b.client.open({ class: 'history', name: 'big' });
     const planA = await a.client.open({ class: 'safety_plan', name: 'main' });
     const planB = await b.client.open({ class: 'safety_plan', name: 'main' });
-    historyA.getText('t').insert(0, 'h'.repeat(10_000));
+    historyA.getText('t').insert(0, noise(10_000));
     void a.client.flush().catch(() => {});
     await waitFor(() => errors.includes('QUOTA_EXCEEDED'), 5_000, 'max-sync refusal');
     // Crisis data of the same size is never limited.
-    planA.getText('t').insert(0, 'p'.repeat(10_000));
+    planA.getText('t').insert(0, noise(10_000));
     await waitFor(() => planB.getText('t').length === 10_000, 2_000, 'crisis edit at B');
     expect(historyB.getText('t').length).toBe(0);
 

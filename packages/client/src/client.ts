@@ -218,6 +218,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
           this.#enforceQueueLimit();
         },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
+        // Large batches on bandwidth-limited tiers are deflated before sealing when that helps.
+        compress: () => this.#tier.policy.bandwidthBytesPerSec !== null,
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
         onError: (error) => this.emit('error', [error]),

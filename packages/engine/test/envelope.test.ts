@@ -51,6 +51,32 @@ describe('envelope', () => {
     );
   });
 
+  it('deflates before sealing when asked and when it helps, and opens to the same bytes (property)', () => {
+    const { device, key, header } = setup();
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 4096 }), fc.nat(3000), fc.boolean(), (random, repeat, pad) => {
+        const payload = new Uint8Array([...random, ...new Uint8Array(repeat).fill(7)]);
+        const env = sealEnvelope(header, payload, { key, signingKey: device.secretKey, compress: true, pad });
+        const opened = openEnvelope(env, { key, authorPublicKey: device.publicKey });
+        expect(opened.ok && toB64(opened.value)).toBe(toB64(payload));
+      }),
+      { seed: 5, numRuns: 150 },
+    );
+    const text = new TextEncoder().encode('I will call my sister. '.repeat(1000));
+    const plain = sealEnvelope(header, text, { key, signingKey: device.secretKey });
+    const small = sealEnvelope(header, text, { key, signingKey: device.secretKey, compress: true });
+    expect(fromB64(small.ct).length * 10).toBeLessThan(fromB64(plain.ct).length);
+  });
+
+  it('refuses a deflated payload that would inflate past the limit', () => {
+    const { device, key, header } = setup();
+    // 65 MiB of zeros deflates to about 64 KiB: an author bug (or a compromised device) must not exhaust memory.
+    const bomb = sealEnvelope(header, new Uint8Array(65 * 1024 * 1024), { key, signingKey: device.secretKey, compress: true });
+    expect(fromB64(bomb.ct).length).toBeLessThan(1024 * 1024);
+    const opened = openEnvelope(bomb, { key, authorPublicKey: device.publicKey });
+    expect(opened.ok || opened.error.code).toBe(ErrorCode.BAD_PAYLOAD);
+  });
+
   it('pads to power-of-two buckets so sizes leak less', () => {
     const { device, key, header } = setup();
     const sizes = [1, 100, 200, 250].map((n) => fromB64(sealEnvelope(header, new Uint8Array(n), { key, signingKey: device.secretKey, pad: true }).ct).length);

@@ -62,6 +62,8 @@ export interface DocSyncDeps {
    * manual conflict resolution). Never asked for crisis documents: they always merge at once.
    */
   readonly shouldStage: () => boolean;
+  /** Whether to deflate payloads before sealing (the tier limits bandwidth). */
+  readonly compress: () => boolean;
   /** Remote updates were staged; `count` are waiting for the app. */
   readonly onStaged: (sync: DocSync, count: number) => void;
   /** Something in the outbox or pending set changed. */
@@ -311,7 +313,7 @@ export class DocSync {
       const env = sealEnvelope(
         { doc: this.docId, kind: 'update', epoch: keys.epoch, device: this.#deps.identity.device.deviceId, counter, lane },
         merged,
-        { key: keys.key, signingKey: this.#deps.identity.device.secretKey },
+        { key: keys.key, signingKey: this.#deps.identity.device.secretKey, compress: this.#deps.compress() },
       );
       this.#meta.counter = counter;
       this.#meta.maxLane = Math.max(this.#meta.maxLane, lane);
@@ -428,7 +430,7 @@ export class DocSync {
       sealed = sealEnvelope(
         { doc: this.docId, kind: 'snapshot', epoch: keys.epoch, device: self, counter, lane, base },
         encodeSnapshotPayload({ authors, state }),
-        { key: keys.key, signingKey: this.#deps.identity.device.secretKey },
+        { key: keys.key, signingKey: this.#deps.identity.device.secretKey, compress: this.#deps.compress() },
       );
       this.#meta.snapshotCounter = counter;
       this.#meta.snapshotBase = base;

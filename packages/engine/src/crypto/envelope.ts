@@ -1,6 +1,7 @@
+import { Inflate, deflateSync } from 'fflate';
 import { encodeFields, fromB64, toB64 } from '../protocol/bytes.js';
 import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
-import type { Envelope, EnvelopeKind } from '../protocol/frames.js';
+import { type Envelope, type EnvelopeKind, WireLimits } from '../protocol/frames.js';
 import type { DeviceId, DocId, Lane, Seq } from '../protocol/ids.js';
 import { Domain } from './domains.js';
 import { getSodium } from './sodium.js';
@@ -18,8 +19,36 @@ export interface EnvelopeHeader {
 }
 
 /** First plaintext byte: how the rest is encoded. */
-const PayloadFlag = { padded: 0x01 } as const;
-const KNOWN_FLAGS = PayloadFlag.padded;
+const PayloadFlag = { padded: 0x01, deflated: 0x02 } as const;
+const KNOWN_FLAGS = PayloadFlag.padded | PayloadFlag.deflated;
+/** Payloads below this are never worth deflating. */
+const DEFLATE_FROM_BYTES = 512;
+/** A deflated payload may not inflate past this (a decompression bomb from a broken author). */
+const MAX_INFLATED_BYTES = WireLimits.maxCiphertextBytes;
+
+/** Inflates, giving up (undefined) once the output passes `max` bytes. */
+const inflateBounded = (data: Uint8Array, max: number): Uint8Array | undefined => {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const tooBig = new Error('inflated payload too large');
+  try {
+    const inflater = new Inflate((chunk) => {
+      size += chunk.length;
+      if (size > max) throw tooBig;
+      chunks.push(chunk);
+    });
+    inflater.push(data, true);
+  } catch {
+    return undefined;
+  }
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+};
 const MIN_PAD_BUCKET = 256;
 
 /** Header fields in their bound order; a snapshot's base is bound too. */
@@ -45,14 +74,25 @@ export interface SealOptions {
   readonly signingKey: Uint8Array;
   /** Pad the payload to a power-of-two bucket so the relay learns less from sizes. */
   readonly pad?: boolean;
+  /** Deflate the payload first when that makes it smaller (for bandwidth-limited tiers). */
+  readonly compress?: boolean;
 }
 
 /** Encrypts and signs one Yjs update or snapshot. A fresh random 24-byte nonce every call. */
 export const sealEnvelope = (header: EnvelopeHeader, payload: Uint8Array, options: SealOptions): Envelope => {
   const s = getSodium();
-  let body: Uint8Array = new Uint8Array(payload.length + 1);
-  body[0] = options.pad ? PayloadFlag.padded : 0;
-  body.set(payload, 1);
+  let flags = options.pad ? PayloadFlag.padded : 0;
+  let content = payload;
+  if (options.compress && payload.length >= DEFLATE_FROM_BYTES) {
+    const deflated = deflateSync(payload, { level: 6 });
+    if (deflated.length < payload.length) {
+      content = deflated;
+      flags |= PayloadFlag.deflated;
+    }
+  }
+  let body: Uint8Array = new Uint8Array(content.length + 1);
+  body[0] = flags;
+  body.set(content, 1);
   if (options.pad) body = s.pad(body, padBucket(body.length + 1));
   const nonce = s.randombytes_buf(s.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
   const ct = s.crypto_aead_xchacha20poly1305_ietf_encrypt(body, associatedData(header), null, nonce, options.key);
@@ -90,6 +130,11 @@ export const decryptEnvelope = (env: Envelope, key: Uint8Array): Result<Uint8Arr
     } catch {
       return err(ErrorCode.BAD_PAYLOAD, 'payload padding is malformed');
     }
+  }
+  if (flags & PayloadFlag.deflated) {
+    const inflated = inflateBounded(body.subarray(1), MAX_INFLATED_BYTES);
+    if (!inflated) return err(ErrorCode.BAD_PAYLOAD, 'deflated payload is malformed or too large');
+    return ok(inflated);
   }
   return ok(body.subarray(1));
 };
