@@ -556,10 +556,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #startDoc(sync: DocSync): void {
     sync.resetSynced();
     this.#subscribe([sync]);
-    const envs = sync.outbox();
-    for (let i = 0; i < envs.length; i += WireLimits.maxEnvelopesPerFrame) {
-      this.#link.send({ type: 'push', envs: envs.slice(i, i + WireLimits.maxEnvelopesPerFrame) });
-    }
+    this.#dispatcher.resend([sync]);
     this.#dispatcher.pump();
   }
 

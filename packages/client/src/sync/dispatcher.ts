@@ -112,7 +112,7 @@ export class Dispatcher {
           this.#heldUntil.delete(docId);
           this.#deps.scheduler.release(docId);
           const sync = this.#deps.doc(docId);
-          if (sync) this.#resend([sync]);
+          if (sync) this.resend([sync]);
           this.pump();
         }, retryAfterMs),
       );
@@ -132,7 +132,7 @@ export class Dispatcher {
   /** Authenticated again: resend every unacknowledged envelope, crisis documents first. */
   onLinkReady(): void {
     this.#release();
-    this.#resend([...this.#deps.docs()]);
+    this.resend([...this.#deps.docs()]);
     this.pump();
   }
 
@@ -144,7 +144,7 @@ export class Dispatcher {
     this.#deps.scheduler.setPolicy(policy);
     // What the old tier refused (too large, over a cap) may pass now.
     const released = this.#release();
-    this.#resend(released.map((id) => this.#deps.doc(id)).filter((d): d is DocSync => d !== undefined));
+    this.resend(released.map((id) => this.#deps.doc(id)).filter((d): d is DocSync => d !== undefined));
     this.pump();
   }
 
@@ -178,7 +178,8 @@ export class Dispatcher {
     return released;
   }
 
-  #resend(docs: DocSync[]): void {
+  /** Resends the unacknowledged envelopes of `docs`, crisis documents first (not those held back). */
+  resend(docs: DocSync[]): void {
     for (const sync of docs.sort((a, b) => b.baseLane - a.baseLane)) {
       if ((this.#heldUntil.get(sync.docId) ?? 0) > this.#deps.now()) continue;
       const envs = sync.outbox();
