@@ -524,7 +524,6 @@ export class RelayConnection {
     const state = this.#state;
     if (state.kind !== 'ready') return;
     const accepted: AppendRequest[] = [];
-    const reserved: { day: string; bytes: number }[] = [];
     const snapshots: { env: Envelope; day: string; bytes: number }[] = [];
     // Once one envelope of a document is deferred, later ones of that document in this frame
     // are deferred with it: they must not overtake it, and a counter gap would be misleading.
@@ -560,12 +559,11 @@ export class RelayConnection {
         snapshots.push({ env, day: day!, bytes });
       } else {
         accepted.push(bytes > 0 ? { userId: state.user, env, meter: { day: day!, bytes } } : { userId: state.user, env });
-        reserved.push({ day: day!, bytes });
       }
     }
     if (snapshots.length > 0) this.#storeSnapshots(snapshots, state).catch((error: unknown) => this.#internal(error));
     if (accepted.length === 0) return;
-    this.#commit(accepted, reserved, state, urgent).catch((error: unknown) => this.#internal(error));
+    this.#commit(accepted, state, urgent).catch((error: unknown) => this.#internal(error));
   }
 
   /**
@@ -587,7 +585,6 @@ export class RelayConnection {
 
   async #commit(
     accepted: readonly AppendRequest[],
-    reserved: readonly { day: string; bytes: number }[],
     state: Extract<State, { kind: 'ready' }>,
     urgent: boolean,
   ): Promise<void> {
@@ -599,7 +596,9 @@ export class RelayConnection {
     const receivedAt = this.#ctx.now();
     outcomes.forEach((outcome, i) => {
       const { env } = accepted[i]!;
-      if (outcome.status !== 'stored' && reserved[i]!.bytes > 0) this.#ctx.quota.refund(state.user, policy, reserved[i]!.day, reserved[i]!.bytes);
+      // The metered reservation of an envelope that was not stored is given back.
+      const meter = accepted[i]!.meter;
+      if (outcome.status !== 'stored' && meter) this.#ctx.quota.refund(state.user, policy, meter.day, meter.bytes);
       if (outcome.status === 'rejected') {
         this.#reject(env.doc, env.counter, outcome.error);
         return;
