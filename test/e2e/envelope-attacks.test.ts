@@ -136,7 +136,7 @@ describe('attacks the relay detects', () => {
     }
   };
 
-  const rowsOf = (identity: Identity, docId: DocId = main.id) => logRowsByDevice(relay.dbPath, docId).get(identity.device.deviceId) ?? 0;
+  const rowsOf = (identity: Identity, docId: DocId = main.id) => logRowsByDevice(relay.dbPath, docId, idR.user.userId).get(identity.device.deviceId) ?? 0;
 
   /** After an attack: both sides keep editing and end with the same content, without the attacker's. */
   const expectHonestConvergence = async () => {
@@ -175,9 +175,12 @@ describe('attacks the relay detects', () => {
   it('an envelope moved into another of the user’s documents → BAD_SIGNATURE (the signature binds doc)', async () => {
     const other = docRef(idR, 'crisis_contacts', 'main');
     const stored = (await pushLegit('r2')).env;
-    // Replay of a stored envelope into a document where its counter would be the next one.
-    await expectReject({ ...stored, doc: other.id }, ErrorCode.BAD_SIGNATURE);
-    const fresh = sealFor(idR, main, counter + 1, mapUpdate('evil', 1));
+    // Where its counter does not fit, the counter refuses it before any signature work.
+    await expectReject({ ...stored, doc: other.id }, ErrorCode.COUNTER_GAP);
+    // Where its counter would be the next one, the signature (which binds doc) refuses it.
+    const first = sealFor(idR, main, 1, mapUpdate('evil', 0));
+    await expectReject({ ...first, doc: other.id }, ErrorCode.BAD_SIGNATURE);
+    const fresh = sealFor(idR, main, 1, mapUpdate('evil', 1));
     await expectReject({ ...fresh, doc: other.id }, ErrorCode.BAD_SIGNATURE);
     expect(rowsOf(idR, other.id)).toBe(0);
     expect(docOwners(relay.dbPath).has(other.id)).toBe(false);
@@ -261,14 +264,16 @@ describe('attacks the relay detects', () => {
     await expectHonestConvergence();
   });
 
-  it('another user’s device can neither subscribe to nor push into the user’s document', async () => {
+  it('another user’s device can neither read nor write the user’s document: its id names only its own, empty one', async () => {
     const idV = await createIdentity();
     const V = await rawDevice(relay.url, idV);
+    // The user's document id, in V's namespace: an empty document, the same answer as any unknown id.
     V.sendFrame({ type: 'sub', docs: [{ doc: main.id, after: 0 }] });
-    expect(await V.nextOf('error')).toMatchObject({ code: ErrorCode.NOT_AUTHORIZED, doc: main.id });
-    // V's own, validly signed envelope, aimed at the user's document id.
+    expect(await V.nextOf('synced')).toEqual({ type: 'synced', doc: main.id, seq: 0 });
+    // V's own, validly signed envelope under that id lands in V's namespace, not the user's.
     const intoMain: DocRef = { ...docRef(idV, 'safety_plan', 'main'), id: main.id };
-    await expectReject(sealFor(idV, intoMain, 1, mapUpdate('evil', 1)), ErrorCode.NOT_AUTHORIZED, V);
+    V.sendFrame({ type: 'push', envs: [sealFor(idV, intoMain, 1, mapUpdate('evil', 1))] });
+    expect((await V.nextOf('ack')).acks[0]).toMatchObject({ doc: main.id, seq: 1 });
     // Replaying one of R's stored envelopes as V.
     await expectReject(sealFor(idR, main, 1, mapUpdate('r1', 1)), ErrorCode.WRONG_AUTHOR, V);
 
@@ -283,11 +288,14 @@ describe('attacks the relay detects', () => {
     V.sendFrame({ type: 'sub', docs: [{ doc: fresh.id, after: 0 }] });
     await V.next((f) => f.type === 'synced' && f.doc === fresh.id);
     V.sendFrame({ type: 'sub', docs: [{ doc: later.id, after: 0 }] });
-    expect(await V.nextOf('error')).toMatchObject({ code: ErrorCode.NOT_AUTHORIZED, doc: later.id });
+    expect(await V.next((f) => f.type === 'synced' && f.doc === later.id)).toMatchObject({ seq: 0 });
     expect(V.received.filter((f) => f.type === 'updates')).toEqual([]);
+    expect(V.received.filter((f) => f.type === 'error')).toEqual([]);
 
-    expect(logRowsByDevice(relay.dbPath).has(idV.device.deviceId)).toBe(false);
-    expect(docOwners(relay.dbPath).get(main.id)).toBe(idR.user.userId);
+    // The user's document holds only its own devices' entries; V's is its own.
+    expect(logRowsByDevice(relay.dbPath, main.id, idR.user.userId).has(idV.device.deviceId)).toBe(false);
+    expect(logRowsByDevice(relay.dbPath, main.id, idV.user.userId)).toEqual(new Map([[idV.device.deviceId, 1]]));
+    expect(docOwners(relay.dbPath).get(main.id)).toEqual([idR.user.userId, idV.user.userId].sort());
     await expectHonestConvergence();
   });
 });

@@ -135,19 +135,31 @@ describe('frames that are not protocol frames', () => {
 
   it('an unknown type, including relay-only and prototype names → UNKNOWN_TYPE with a bounded message', async () => {
     const s = await raw();
-    for (const type of ['nope', 'challenge', 'ready', 'updates', '__proto__', 'constructor', 'toString', 'HELLO', 'x'.repeat(100_000)]) {
+    const types = ['nope', 'challenge', 'ready', 'updates', '__proto__', 'constructor', 'toString', 'HELLO', 'x'.repeat(4_000)];
+    for (const type of types) {
       s.sendFrame({ type });
       const frame = await expectError(s, ErrorCode.UNKNOWN_TYPE);
       expect(frame.message.length).toBeLessThan(100);
     }
+    // After authentication frames may be large; the message stays bounded.
+    const device = await rawDevice(await createIdentity());
+    for (const type of [...types, 'x'.repeat(100_000)]) {
+      device.sendFrame({ type });
+      expect((await expectError(device, ErrorCode.UNKNOWN_TYPE)).message.length).toBeLessThan(100);
+    }
   });
 
   it('deeply nested JSON is refused without hurting the relay', async () => {
-    const s = await raw();
     const depth = 200_000;
-    s.send(`{"type":"sub","docs":${'['.repeat(depth)}${']'.repeat(depth)}}`);
-    // V8 parses it (its JSON parser is iterative); the schema refuses the nested arrays.
-    await expectError(s, ErrorCode.SCHEMA);
+    const nested = `{"type":"sub","docs":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+    // Before authentication it is refused by size at its header (1009), never parsed.
+    const s = await raw();
+    s.send(nested);
+    expect((await s.expectClose()).code).toBe(CloseCode.MESSAGE_TOO_BIG);
+    // After: V8 parses it (its JSON parser is iterative); the schema refuses the nested arrays.
+    const device = await rawDevice(await createIdentity());
+    device.send(nested);
+    await expectError(device, ErrorCode.SCHEMA);
     expect(await healthStatus(relay.port)).toBe(200);
   });
 });
@@ -167,13 +179,21 @@ describe('frames that fail their schema', () => {
       { ...hello, cert: { ...id.cert, extra: 1 } },
       { ...hello, cert: { ...id.cert, sig: 'not base64url!' } },
       { ...hello, chain: Array.from({ length: WireLimits.maxChain + 1 }, () => id.cert) },
-      { type: 'auth', sig: 'AAAA' },
     ];
     for (const frame of bad) {
       s.sendFrame(frame);
       await expectError(s, ErrorCode.SCHEMA);
     }
     expect(s.received.some((f) => f.type === 'challenge')).toBe(false);
+    // Before hello an auth is not even read; after it, a malformed one fails its schema.
+    s.sendFrame({ type: 'auth', sig: 'AAAA' });
+    await expectError(s, ErrorCode.NOT_AUTHENTICATED);
+    const t = await raw();
+    t.sendFrame(hello);
+    await t.nextOf('challenge');
+    t.sendFrame({ type: 'auth', sig: 'AAAA' });
+    await expectError(t, ErrorCode.SCHEMA);
+    await t.close();
     // The device was never registered: without its certificate it is unknown.
     const probe = await raw();
     probe.sendFrame({ type: 'hello', v: 1, user: id.user.userId, device: id.device.deviceId });
@@ -400,6 +420,6 @@ describe('after all of the above', () => {
     expect(rows.get(a.client.identity.device.deviceId)).toBeGreaterThan(0);
     expect(rows.get(b.client.identity.device.deviceId)).toBeGreaterThan(0);
     expect(logRowsByDevice(relay.dbPath, doc.id)).toEqual(rows);
-    expect([...docOwners(relay.dbPath).entries()]).toEqual([[doc.id, idA.user.userId]]);
+    expect([...docOwners(relay.dbPath).entries()]).toEqual([[doc.id, [idA.user.userId]]]);
   });
 });

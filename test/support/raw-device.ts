@@ -272,25 +272,33 @@ export const mapUpdate = (key: string, value: unknown): Uint8Array => {
 
 // ── what the relay stored ──────────────────────────────────────────────────────────────────
 
-/** Rows of the relay's `log` table by author device, read through a read-only connection. */
-export const logRowsByDevice = (dbPath: string, docId?: DocId): Map<string, number> => {
+/**
+ * Rows of the relay's `log` table by author device, read through a read-only connection; of
+ * one document id (in any user's namespace, or only in `userId`'s) or of all.
+ */
+export const logRowsByDevice = (dbPath: string, docId?: DocId, userId?: string): Map<string, number> => {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true });
   try {
-    const rows = docId
-      ? db.prepare<[string], { device_id: string; n: number }>(`SELECT device_id, count(*) AS n FROM log WHERE doc_id = ? GROUP BY device_id`).all(docId)
-      : db.prepare<[], { device_id: string; n: number }>(`SELECT device_id, count(*) AS n FROM log GROUP BY device_id`).all();
+    const where = [docId ? 'doc_id = @docId' : '', userId ? 'user_id = @userId' : ''].filter(Boolean).join(' AND ');
+    const rows = db
+      .prepare<{ docId?: string; userId?: string }, { device_id: string; n: number }>(
+        `SELECT device_id, count(*) AS n FROM log ${where ? `WHERE ${where}` : ''} GROUP BY device_id`,
+      )
+      .all({ ...(docId ? { docId } : {}), ...(userId ? { userId } : {}) });
     return new Map(rows.map((r) => [r.device_id, r.n]));
   } finally {
     db.close();
   }
 };
 
-/** Documents the relay knows, with their owners. */
-export const docOwners = (dbPath: string): Map<string, string> => {
+/** Document ids the relay keeps, each with the users whose namespace holds one (sorted). */
+export const docOwners = (dbPath: string): Map<string, string[]> => {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true });
   try {
-    const rows = db.prepare<[], { doc_id: string; user_id: string }>(`SELECT doc_id, user_id FROM docs`).all();
-    return new Map(rows.map((r) => [r.doc_id, r.user_id]));
+    const rows = db.prepare<[], { doc_id: string; user_id: string }>(`SELECT doc_id, user_id FROM docs ORDER BY doc_id, user_id`).all();
+    const owners = new Map<string, string[]>();
+    for (const r of rows) owners.set(r.doc_id, [...(owners.get(r.doc_id) ?? []), r.user_id]);
+    return owners;
   } finally {
     db.close();
   }

@@ -69,7 +69,7 @@ export {
   verifyCertificateChain,
 } from './crypto/certificates.js';
 export { CHALLENGE_BYTES, createChallengeNonce, signChallenge, verifyChallenge } from './crypto/auth.js';
-export { sealEnvelope, openEnvelope, decryptEnvelope, verifyEnvelopeSignature } from './crypto/envelope.js';
+export { sealEnvelope, openEnvelope, decryptEnvelope, verifyEnvelopeSignature, envelopeSignedBytes } from './crypto/envelope.js';
 export type { EnvelopeHeader, SealOptions } from './crypto/envelope.js';
 export {
   Priority,

@@ -75,6 +75,29 @@ export const RelayConfigSchema = z.strictObject({
   priceTiers: jsonText(PriceTiersSchema).default({}),
   /** JSON file with the price-to-tier map. */
   priceTiersFile: z.string().min(1).optional(),
+  // ── Bounds on what one connection or user can make the relay hold or spend ──
+  /** Largest frame before authentication (hello with its certificate chain fits in 4 KiB). */
+  preAuthMaxBytes: int('pre-auth frame limit', 1024, 64 * 1024).default(8 * 1024),
+  /** Unauthenticated connections at once; more are refused (1013) until some authenticate or time out. */
+  maxPendingConnections: int('max pending connections', 1, 1_000_000).default(1024),
+  /** Authenticated connections of one user at once. */
+  maxConnectionsPerUser: int('max connections per user', 1, 10_000).default(32),
+  /** Documents one connection may be subscribed to at once. */
+  maxSubscriptions: int('max subscriptions', 1, 1_000_000).default(4096),
+  /** Characters queued to one connection past which it counts as not reading and is dropped (4007). */
+  maxOutboundBytes: int('max outbound bytes', 1024 * 1024, 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+  /** Live (not revoked) devices of one user. */
+  maxDevicesPerUser: int('max devices per user', 1, 256).default(32),
+  /** Devices one user may ever register, revoked ones included. */
+  maxRegistrationsPerUser: int('max registrations per user', 1, 100_000).default(256),
+  /** Key epochs one user may publish (one per revocation). */
+  maxEpochsPerUser: int('max key epochs per user', 1, 100_000).default(256),
+  /** Pairing codes one connection may offer at once. */
+  maxPairingsPerDevice: int('max pairing codes per device', 1, 64).default(4),
+  /** Crisis-lane bytes of one device per UTC day past which the volume is logged as an anomaly. */
+  crisisAnomalyBytes: int('crisis anomaly threshold', 1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
+  /** Crisis-lane bytes of one device per UTC day past which crisis envelopes are deferred (a disk-safety bound). */
+  crisisCeilingBytes: int('crisis ceiling', 1024, 64 * 1024 * 1024 * 1024).default(1024 * 1024 * 1024),
   /** First grace period of a premium user (ms); DESIGN.md: 14 days. */
   gracePremiumMs: int('premium grace period', 1, YEAR_MS).default(14 * DAY_MS),
   /** First grace period of a basic user (ms): 7 days. */
@@ -85,6 +108,12 @@ export const RelayConfigSchema = z.strictObject({
   graceFloorMs: int('grace floor', 1, YEAR_MS).default(DAY_MS),
 }).superRefine((config, ctx) => {
   // Otherwise the floor would lengthen a first grace period beyond its configured base.
+  if (config.crisisAnomalyBytes > config.crisisCeilingBytes) {
+    ctx.addIssue({ code: 'custom', path: ['crisisAnomalyBytes'], message: 'the crisis anomaly threshold must not be above the crisis ceiling' });
+  }
+  if (config.preAuthMaxBytes > config.maxPayloadBytes) {
+    ctx.addIssue({ code: 'custom', path: ['preAuthMaxBytes'], message: 'the pre-auth frame limit must not be above the frame limit' });
+  }
   if (config.graceFloorMs > Math.min(config.graceBasicMs, config.gracePremiumMs)) {
     ctx.addIssue({ code: 'custom', path: ['graceFloorMs'], message: 'grace floor must not be longer than the basic or premium grace period' });
   }
@@ -112,6 +141,17 @@ export const ENV_VARS = {
   webhookToleranceSeconds: 'KEEL_RELAY_WEBHOOK_TOLERANCE_S',
   priceTiers: 'KEEL_RELAY_PRICE_TIERS',
   priceTiersFile: 'KEEL_RELAY_PRICE_TIERS_FILE',
+  preAuthMaxBytes: 'KEEL_RELAY_PREAUTH_MAX_BYTES',
+  maxPendingConnections: 'KEEL_RELAY_MAX_PENDING_CONNECTIONS',
+  maxConnectionsPerUser: 'KEEL_RELAY_MAX_CONNECTIONS_PER_USER',
+  maxSubscriptions: 'KEEL_RELAY_MAX_SUBSCRIPTIONS',
+  maxOutboundBytes: 'KEEL_RELAY_MAX_OUTBOUND_BYTES',
+  maxDevicesPerUser: 'KEEL_RELAY_MAX_DEVICES_PER_USER',
+  maxRegistrationsPerUser: 'KEEL_RELAY_MAX_REGISTRATIONS_PER_USER',
+  maxEpochsPerUser: 'KEEL_RELAY_MAX_EPOCHS_PER_USER',
+  maxPairingsPerDevice: 'KEEL_RELAY_MAX_PAIRINGS_PER_DEVICE',
+  crisisAnomalyBytes: 'KEEL_RELAY_CRISIS_ANOMALY_BYTES',
+  crisisCeilingBytes: 'KEEL_RELAY_CRISIS_CEILING_BYTES',
   gracePremiumMs: 'KEEL_RELAY_GRACE_PREMIUM_MS',
   graceBasicMs: 'KEEL_RELAY_GRACE_BASIC_MS',
   graceWindowMs: 'KEEL_RELAY_GRACE_WINDOW_MS',

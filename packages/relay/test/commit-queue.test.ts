@@ -40,7 +40,7 @@ const setup = async () => {
   user = deriveUserKeys(generateRootKey());
   device = generateDeviceKeys();
   const cert = certifyFirstDevice(user, device, 1);
-  const registered = await store.registerDevice(cert, device.publicKey, fromB64(cert.userKey), 1);
+  const registered = await store.registerDevice(cert, device.publicKey, fromB64(cert.userKey), 1, { maxLive: 32, maxTotal: 256 });
   expect(registered.ok).toBe(true);
 };
 

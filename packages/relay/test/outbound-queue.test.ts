@@ -122,6 +122,39 @@ describe('OutboundQueue', () => {
     expect(socket.inflight).toEqual([]);
   });
 
+  it('drops a peer that stops reading instead of queueing without end, and nothing after that', () => {
+    const socket = new FakeSocket();
+    let overflows = 0;
+    const queue = new OutboundQueue(socket, 10, { maxQueuedChars: 100, lowWaterChars: 50, onOverflow: () => overflows++, onRoom: () => {} });
+    // The peer never reads: the first frame stays in flight, the rest queue up to the bound.
+    const accepted: boolean[] = [];
+    for (let i = 0; i < 30; i++) accepted.push(queue.enqueue(3, `3:${String(i).padStart(8, '0')}`)); // 10 chars each
+    expect(socket.sent).toHaveLength(1);
+    expect(queue.queuedChars).toBeLessThanOrEqual(100);
+    expect(accepted.filter(Boolean)).toHaveLength(11);
+    expect(overflows).toBe(1);
+    // Crisis frames are refused too: the connection is about to be dropped and the device catches up.
+    expect(queue.enqueue(10, '10:crisis')).toBe(false);
+    expect(overflows).toBe(1);
+  });
+
+  it('paces a producer: no room above the low-water mark, a call back once below it', () => {
+    const socket = new FakeSocket();
+    let rooms = 0;
+    const queue = new OutboundQueue(socket, 10, { maxQueuedChars: 1_000, lowWaterChars: 35, onOverflow: () => {}, onRoom: () => rooms++ });
+    expect(queue.hasRoom()).toBe(true);
+    for (let i = 0; i < 6; i++) queue.enqueue(2, `2:${String(i).padStart(8, '0')}`);
+    // One in flight, five (50 chars) queued: above the low-water mark.
+    expect(queue.hasRoom()).toBe(false);
+    socket.complete();
+    expect(rooms).toBe(0); // 40 chars queued: still above
+    socket.complete();
+    expect(rooms).toBe(1); // 30 chars: below, and the producer asked
+    socket.complete();
+    expect(rooms).toBe(1); // called once per refusal
+    expect(queue.hasRoom()).toBe(true);
+  });
+
   it('loses and duplicates nothing and always sends from the highest non-empty lane (property)', () => {
     type Command = { readonly kind: 'enqueue'; readonly lane: number; readonly size: number } | { readonly kind: 'complete'; readonly pick: number };
     const command: fc.Arbitrary<Command> = fc.oneof(

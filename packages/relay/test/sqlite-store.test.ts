@@ -13,10 +13,11 @@ import {
   generateDeviceKeys,
   generateRootKey,
   sealEnvelope,
+  toB64,
 } from '@keel/engine';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { openSqliteStore } from '../src/storage/sqlite-store.js';
+import { MIGRATIONS, openSqliteStore } from '../src/storage/sqlite-store.js';
 import { runRelayStoreConformance } from './store-conformance.js';
 
 const tempDir = () => mkdtemp(join(tmpdir(), 'keel-relay-store-'));
@@ -43,7 +44,7 @@ describe('sqlite relay store on disk', () => {
     try {
       const user = deriveUserKeys(generateRootKey());
       const device = generateDeviceKeys();
-      const registered = await store.registerDevice(certifyFirstDevice(user, device, 1), device.publicKey, user.userPublicKey, 1);
+      const registered = await store.registerDevice(certifyFirstDevice(user, device, 1), device.publicKey, user.userPublicKey, 1, { maxLive: 32, maxTotal: 256 });
       expect(registered.ok).toBe(true);
       const doc = deriveDocId(user.docIdKey, 'mood', 'today');
       const key = deriveDocKey(deriveEpochZeroSecret(user.rootKey), doc, 0);
@@ -108,6 +109,56 @@ describe('sqlite relay store on disk', () => {
       expect(() => openSqliteStore({ path: join(dir, 'missing.db'), readonly: true })).toThrow();
     } finally {
       await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('moves a database written before per-user namespaces into them, keeping every entry, counter and snapshot', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'relay.db');
+    try {
+      // The schema as it was before namespaces (migrations 1–5), with one user's data in it.
+      const old = new Database(path);
+      old.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
+      const namespaces = MIGRATIONS.findIndex((m) => m.includes('docs_v2'));
+      expect(namespaces).toBeGreaterThan(0);
+      for (const migration of MIGRATIONS.slice(0, namespaces)) old.exec(migration);
+      old.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?)`).run(String(namespaces));
+      const user = deriveUserKeys(generateRootKey());
+      const device = generateDeviceKeys();
+      const doc = deriveDocId(user.docIdKey, 'mood', 'today');
+      const key = deriveDocKey(deriveEpochZeroSecret(user.rootKey), doc, 0);
+      const envs = [1, 2].map((counter) =>
+        sealEnvelope({ doc, kind: 'update', epoch: 0, device: device.deviceId, counter, lane: 5 }, new Uint8Array([counter]), { key, signingKey: device.secretKey }),
+      );
+      const cert = certifyFirstDevice(user, device, 1);
+      old.prepare(`INSERT INTO users VALUES (?, ?, 1)`).run(user.userId, Buffer.from(user.userPublicKey));
+      old.prepare(`INSERT INTO devices VALUES (?, ?, ?, NULL, 1, ?, 1, NULL)`).run(device.deviceId, user.userId, Buffer.from(device.publicKey), Buffer.from(fromB64(cert.sig)));
+      old.prepare(`INSERT INTO docs VALUES (?, ?, 2, 1)`).run(doc, user.userId);
+      old.prepare(`INSERT INTO doc_authors VALUES (?, ?, 2)`).run(doc, device.deviceId);
+      envs.forEach((env, i) =>
+        old
+          .prepare(`INSERT INTO log VALUES (?, ?, ?, ?, 'update', 0, 5, ?, ?, ?, ?)`)
+          .run(doc, i + 1, device.deviceId, env.counter, Buffer.from(fromB64(env.nonce)), Buffer.from(fromB64(env.ct)), Buffer.from(fromB64(env.sig)), 10 + i),
+      );
+      old.prepare(`INSERT INTO snapshots VALUES (?, 1, ?, 1, 0, 5, ?, ?, ?, 20)`).run(doc, device.deviceId, Buffer.from(fromB64(envs[0]!.nonce)), Buffer.from(fromB64(envs[0]!.ct)), Buffer.from(fromB64(envs[0]!.sig)));
+      old.close();
+
+      const store = openSqliteStore({ path });
+      try {
+        expect(await store.headSeq(user.userId, doc)).toBe(2);
+        expect((await store.readLog(user.userId, doc, 0 as never, 10)).map((e) => e.env)).toEqual(envs);
+        expect(await store.lastCounter(user.userId, doc, device.deviceId)).toBe(2);
+        expect(await store.snapshotBase(user.userId, doc)).toBe(1);
+        expect((await store.getSnapshot(user.userId, doc))?.env.ct).toBe(toB64(fromB64(envs[0]!.ct)));
+        // Counters carried over: a replay is a duplicate, the next counter is seq 3.
+        const next = sealEnvelope({ doc, kind: 'update', epoch: 0, device: device.deviceId, counter: 3, lane: 5 }, new Uint8Array([3]), { key, signingKey: device.secretKey });
+        const outcomes = await store.append([{ userId: user.userId, env: envs[1]! }, { userId: user.userId, env: next }], 30);
+        expect(outcomes).toEqual([{ status: 'duplicate', seq: 2 }, { status: 'stored', seq: 3 }]);
+      } finally {
+        await store.close();
+      }
+    } finally {
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -34,6 +34,7 @@ export interface RelayStoreHarness {
 }
 
 const T0 = 1_700_000_000_000;
+const LIMITS = { maxLive: 32, maxTotal: 256 };
 const encoder = new TextEncoder();
 
 interface Account {
@@ -101,7 +102,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
 
     /** Registers an account's first device and fails the test if the store refuses it. */
     const registered = async (account = newAccount()): Promise<Account> => {
-      const result = await store().registerDevice(account.cert, account.device.publicKey, account.keys.userPublicKey, T0);
+      const result = await store().registerDevice(account.cert, account.device.publicKey, account.keys.userPublicKey, T0, LIMITS);
       expect(result.ok).toBe(true);
       return account;
     };
@@ -114,7 +115,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         expect(await store().getDevice(a.device.deviceId)).toBeUndefined();
         expect(await store().listDevices(a.keys.userId)).toEqual([]);
 
-        const result = await store().registerDevice(a.cert, a.device.publicKey, a.keys.userPublicKey, T0 + 5);
+        const result = await store().registerDevice(a.cert, a.device.publicKey, a.keys.userPublicKey, T0 + 5, LIMITS);
         if (!result.ok) throw new Error(`refused: ${result.error.code} ${result.error.message}`);
         const expected = {
           deviceId: a.device.deviceId,
@@ -135,7 +136,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const intruder = generateDeviceKeys();
         const cert = certifyFirstDevice(a.keys, intruder, T0 + 1);
 
-        const result = await store().registerDevice(cert, intruder.publicKey, a.keys.userPublicKey, T0 + 1);
+        const result = await store().registerDevice(cert, intruder.publicKey, a.keys.userPublicKey, T0 + 1, LIMITS);
         expect(result.ok ? 'registered' : result.error.code).toBe(ErrorCode.BAD_CERTIFICATE);
         expect(await store().getDevice(intruder.deviceId)).toBeUndefined();
         expect((await store().listDevices(a.keys.userId)).map((d) => d.deviceId)).toEqual([a.device.deviceId]);
@@ -146,7 +147,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const second = generateDeviceKeys();
         const cert = certifyDevice(stranger.keys, stranger.device, second.publicKey, T0);
 
-        const result = await store().registerDevice(cert, second.publicKey, stranger.keys.userPublicKey, T0);
+        const result = await store().registerDevice(cert, second.publicKey, stranger.keys.userPublicKey, T0, LIMITS);
         expect(result.ok ? 'registered' : result.error.code).toBe(ErrorCode.BAD_CERTIFICATE);
         expect(await store().getDevice(second.deviceId)).toBeUndefined();
         expect(await store().listDevices(stranger.keys.userId)).toEqual([]);
@@ -157,7 +158,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const phone = generateDeviceKeys();
         const cert = certifyDevice(a.keys, a.device, phone.publicKey, T0 + 10);
 
-        const result = await store().registerDevice(cert, phone.publicKey, a.keys.userPublicKey, T0 + 20);
+        const result = await store().registerDevice(cert, phone.publicKey, a.keys.userPublicKey, T0 + 20, LIMITS);
         if (!result.ok) throw new Error(`refused: ${result.error.code} ${result.error.message}`);
         expect(result.value).toEqual({
           deviceId: phone.deviceId,
@@ -173,15 +174,15 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
 
       it('treats registering the same device again as a no-op that returns the original record', async () => {
         const a = newAccount();
-        const first = await store().registerDevice(a.cert, a.device.publicKey, a.keys.userPublicKey, T0);
-        const again = await store().registerDevice(a.cert, a.device.publicKey, a.keys.userPublicKey, T0 + 1000);
+        const first = await store().registerDevice(a.cert, a.device.publicKey, a.keys.userPublicKey, T0, LIMITS);
+        const again = await store().registerDevice(a.cert, a.device.publicKey, a.keys.userPublicKey, T0 + 1000, LIMITS);
         expect(first.ok).toBe(true);
         expect(again).toEqual(first);
 
         const phone = generateDeviceKeys();
         const cert = certifyDevice(a.keys, a.device, phone.publicKey, T0);
-        const second = await store().registerDevice(cert, phone.publicKey, a.keys.userPublicKey, T0 + 1);
-        const secondAgain = await store().registerDevice(cert, phone.publicKey, a.keys.userPublicKey, T0 + 2000);
+        const second = await store().registerDevice(cert, phone.publicKey, a.keys.userPublicKey, T0 + 1, LIMITS);
+        const secondAgain = await store().registerDevice(cert, phone.publicKey, a.keys.userPublicKey, T0 + 2000, LIMITS);
         expect(second.ok).toBe(true);
         expect(secondAgain).toEqual(second);
         expect(await store().listDevices(a.keys.userId)).toHaveLength(2);
@@ -194,7 +195,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const cert = certifyFirstDevice(other, a.device, T0 + 1);
         expect(cert.device).toBe(a.device.deviceId);
 
-        const result = await store().registerDevice(cert, a.device.publicKey, other.userPublicKey, T0 + 1);
+        const result = await store().registerDevice(cert, a.device.publicKey, other.userPublicKey, T0 + 1, LIMITS);
         expect(result.ok ? 'registered' : result.error.code).toBe(ErrorCode.BAD_CERTIFICATE);
         expect((await store().getDevice(a.device.deviceId))?.userId).toBe(a.keys.userId);
         expect(await store().listDevices(other.userId)).toEqual([]);
@@ -206,7 +207,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const extra = [generateDeviceKeys(), generateDeviceKeys()];
         for (const [i, device] of extra.entries()) {
           const cert = certifyDevice(a.keys, a.device, device.publicKey, T0 + i);
-          expect((await store().registerDevice(cert, device.publicKey, a.keys.userPublicKey, T0 + i)).ok).toBe(true);
+          expect((await store().registerDevice(cert, device.publicKey, a.keys.userPublicKey, T0 + i, LIMITS)).ok).toBe(true);
         }
 
         const listed = byDeviceId(await store().listDevices(a.keys.userId));
@@ -226,7 +227,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const a = await registered();
         const laptop = generateDeviceKeys();
         const cert = certifyDevice(a.keys, a.device, laptop.publicKey, T0);
-        expect((await store().registerDevice(cert, laptop.publicKey, a.keys.userPublicKey, T0)).ok).toBe(true);
+        expect((await store().registerDevice(cert, laptop.publicKey, a.keys.userPublicKey, T0, LIMITS)).ok).toBe(true);
         const journal = docOf(a, 'journal');
         const plan = docOf(a, 'plan');
 
@@ -241,9 +242,8 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
           T0,
         );
         expect(summarize(outcomes)).toEqual(['stored:2', 'stored:3', 'stored:2']);
-        expect(await store().headSeq(journal)).toBe(3);
-        expect(await store().headSeq(plan)).toBe(2);
-        expect(await store().docOwner(journal)).toBe(a.keys.userId);
+        expect(await store().headSeq(a.keys.userId, journal)).toBe(3);
+        expect(await store().headSeq(a.keys.userId, plan)).toBe(2);
         expect(await store().append([], T0)).toEqual([]);
       });
 
@@ -254,12 +254,11 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
 
         // A gap on a fresh document neither stores nor claims the document.
         expect(summarize(await store().append([request(a.keys, c[1]!)], T0))).toEqual([`rejected:${ErrorCode.COUNTER_GAP}`]);
-        expect(await store().headSeq(doc)).toBe(0);
-        expect(await store().docOwner(doc)).toBeUndefined();
+        expect(await store().headSeq(a.keys.userId, doc)).toBe(0);
 
         expect(summarize(await store().append([request(a.keys, c[0]!)], T0))).toEqual(['stored:1']);
         expect(summarize(await store().append([request(a.keys, c[2]!)], T0))).toEqual([`rejected:${ErrorCode.COUNTER_GAP}`]);
-        expect(await store().headSeq(doc)).toBe(1);
+        expect(await store().headSeq(a.keys.userId, doc)).toBe(1);
         // The refused counters are still free once the gap is filled.
         const outcomes = await store().append([c[1]!, c[2]!, c[3]!].map((env) => request(a.keys, env)), T0);
         expect(summarize(outcomes)).toEqual(['stored:2', 'stored:3', 'stored:4']);
@@ -274,7 +273,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const forks = [seal(a.keys, a.device, doc, 1, 'forked 1'), seal(a.keys, a.device, doc, 2, 'forked 2')];
         const outcomes = await store().append(forks.map((env) => request(a.keys, env)), T0);
         expect(summarize(outcomes)).toEqual([`rejected:${ErrorCode.COUNTER_REUSED}`, `rejected:${ErrorCode.COUNTER_REUSED}`]);
-        expect((await store().readLog(doc, asSeq(0), 10)).map((e) => e.env)).toEqual(original);
+        expect((await store().readLog(a.keys.userId, doc, asSeq(0), 10)).map((e) => e.env)).toEqual(original);
       });
 
       it('answers the identical envelope again with "duplicate" and its original seq', async () => {
@@ -291,24 +290,29 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
           'stored:4',
           'duplicate:4',
         ]);
-        expect(await store().headSeq(doc)).toBe(4);
-        expect((await store().readLog(doc, asSeq(0), 10)).map((e) => e.env)).toEqual([...envs, next]);
+        expect(await store().headSeq(a.keys.userId, doc)).toBe(4);
+        expect((await store().readLog(a.keys.userId, doc, asSeq(0), 10)).map((e) => e.env)).toEqual([...envs, next]);
       });
 
-      it("refuses another user's appends to an owned document (NOT_AUTHORIZED)", async () => {
+      it('keeps documents in per-user namespaces: the same id in two users is two documents, neither can squat the other', async () => {
         const a = await registered();
         const b = await registered();
         const doc = docOf(a);
         const mine = seal(a.keys, a.device, doc, 1);
-        await store().append([request(a.keys, mine)], T0);
-
-        // B signs with its own device and key, but names A's document.
-        const outcomes = await store().append([request(b.keys, seal(b.keys, b.device, doc, 1))], T0);
-        expect(summarize(outcomes)).toEqual([`rejected:${ErrorCode.NOT_AUTHORIZED}`]);
-        expect(await store().docOwner(doc)).toBe(a.keys.userId);
-        expect(await store().headSeq(doc)).toBe(1);
-        expect((await store().readLog(doc, asSeq(0), 10)).map((e) => e.env)).toEqual([mine]);
-        expect(await store().docOwner(docOf(b))).toBeUndefined();
+        // B writes first to the id A will use (it may know it: a revoked device of A's becomes B).
+        const squat = seal(b.keys, b.device, doc, 1, 'squatter');
+        expect(summarize(await store().append([request(b.keys, squat)], T0))).toEqual(['stored:1']);
+        // A's own document is untouched by that, and A's first write is its seq 1.
+        expect(await store().headSeq(a.keys.userId, doc)).toBe(0);
+        expect(summarize(await store().append([request(a.keys, mine)], T0))).toEqual(['stored:1']);
+        expect((await store().readLog(a.keys.userId, doc, asSeq(0), 10)).map((e) => e.env)).toEqual([mine]);
+        expect((await store().readLog(b.keys.userId, doc, asSeq(0), 10)).map((e) => e.env)).toEqual([squat]);
+        expect(await store().lastCounter(a.keys.userId, doc, a.device.deviceId)).toBe(1);
+        expect(await store().lastCounter(a.keys.userId, doc, b.device.deviceId)).toBe(0);
+        expect(await store().lastCounter(b.keys.userId, doc, b.device.deviceId)).toBe(1);
+        // An id nobody wrote reads like any empty document.
+        expect(await store().headSeq(a.keys.userId, docOf(b))).toBe(0);
+        expect(await store().readLog(a.keys.userId, docOf(b), asSeq(0), 10)).toEqual([]);
       });
 
       it('keeps the good requests of a batch with mixed outcomes', async () => {
@@ -340,15 +344,16 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
           'stored:1',
           `rejected:${ErrorCode.COUNTER_GAP}`,
           'stored:2',
-          `rejected:${ErrorCode.NOT_AUTHORIZED}`,
+          // B's envelope for the same id lands in B's namespace.
+          'stored:1',
           `rejected:${ErrorCode.COUNTER_REUSED}`,
           'stored:1',
           'duplicate:2',
           'stored:3',
         ]);
-        expect((await store().readLog(doc, asSeq(0), 10)).map((e) => e.env)).toEqual([c1, c2, c3]);
-        expect((await store().readLog(bDoc, asSeq(0), 10)).map((e) => e.env)).toEqual([bOwn]);
-        expect(await store().docOwner(bDoc)).toBe(b.keys.userId);
+        expect((await store().readLog(a.keys.userId, doc, asSeq(0), 10)).map((e) => e.env)).toEqual([c1, c2, c3]);
+        expect((await store().readLog(b.keys.userId, doc, asSeq(0), 10)).map((e) => e.env)).toEqual([foreign]);
+        expect((await store().readLog(b.keys.userId, bDoc, asSeq(0), 10)).map((e) => e.env)).toEqual([bOwn]);
       });
     });
 
@@ -364,12 +369,12 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         await store().append(envs.slice(2, 5).map((env) => request(a.keys, env)), T0 + 3);
         await store().append(envs.slice(5).map((env) => request(a.keys, env)), T0 + 4);
 
-        const all = await store().readLog(doc, asSeq(0), 100);
+        const all = await store().readLog(a.keys.userId, doc, asSeq(0), 100);
         expect(all.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6, 7]);
         expect(all.map((e) => e.env)).toStrictEqual(envs);
         expect(all.map((e) => e.receivedAt)).toEqual([T0 + 1, T0 + 1, T0 + 3, T0 + 3, T0 + 3, T0 + 4, T0 + 4]);
 
-        const middle = await store().readLog(doc, asSeq(3), 2);
+        const middle = await store().readLog(a.keys.userId, doc, asSeq(3), 2);
         expect(middle.map((e) => e.seq)).toEqual([4, 5]);
         expect(middle.map((e) => e.env)).toStrictEqual(envs.slice(3, 5));
 
@@ -377,28 +382,28 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const pages: number[][] = [];
         let after = asSeq(0);
         for (;;) {
-          const page = await store().readLog(doc, after, 3);
+          const page = await store().readLog(a.keys.userId, doc, after, 3);
           if (page.length === 0) break;
           pages.push(page.map((e) => e.seq));
           after = page[page.length - 1]!.seq;
         }
         expect(pages).toEqual([[1, 2, 3], [4, 5, 6], [7]]);
 
-        expect(await store().readLog(doc, asSeq(7), 10)).toEqual([]);
-        expect(await store().readLog(docOf(a, 'never written'), asSeq(0), 10)).toEqual([]);
-        expect((await store().readLog(other, asSeq(0), 10)).map((e) => e.seq)).toEqual([1]);
+        expect(await store().readLog(a.keys.userId, doc, asSeq(7), 10)).toEqual([]);
+        expect(await store().readLog(a.keys.userId, docOf(a, 'never written'), asSeq(0), 10)).toEqual([]);
+        expect((await store().readLog(a.keys.userId, other, asSeq(0), 10)).map((e) => e.seq)).toEqual([1]);
       });
 
       it('reports the head seq, unmoved by rejections and duplicates', async () => {
         const a = await registered();
         const doc = docOf(a);
-        expect(await store().headSeq(doc)).toBe(0);
+        expect(await store().headSeq(a.keys.userId, doc)).toBe(0);
         const envs = [1, 2].map((n) => seal(a.keys, a.device, doc, n));
         await store().append(envs.map((env) => request(a.keys, env)), T0);
-        expect(await store().headSeq(doc)).toBe(2);
+        expect(await store().headSeq(a.keys.userId, doc)).toBe(2);
 
         await store().append([request(a.keys, envs[0]!), request(a.keys, seal(a.keys, a.device, doc, 5))], T0);
-        expect(await store().headSeq(doc)).toBe(2);
+        expect(await store().headSeq(a.keys.userId, doc)).toBe(2);
         await expect(store().ping()).resolves.toBeUndefined();
       });
     });
@@ -582,12 +587,12 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
       const a = await registered();
       const phone = generateDeviceKeys();
       const phoneCert = certifyDevice(a.keys, a.device, phone.publicKey, T0);
-      expect((await store().registerDevice(phoneCert, phone.publicKey, a.keys.userPublicKey, T0 + 1)).ok).toBe(true);
+      expect((await store().registerDevice(phoneCert, phone.publicKey, a.keys.userPublicKey, T0 + 1, LIMITS)).ok).toBe(true);
       const doc = docOf(a);
       const envs = [1, 2].map((n) => seal(a.keys, a.device, doc, n));
       await store().append(envs.map((env) => request(a.keys, env)), T0 + 2);
       const devicesBefore = byDeviceId(await store().listDevices(a.keys.userId));
-      const logBefore = await store().readLog(doc, asSeq(0), 10);
+      const logBefore = await store().readLog(a.keys.userId, doc, asSeq(0), 10);
 
       const first = store();
       live = undefined;
@@ -596,14 +601,13 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
 
       expect(byDeviceId(await store().listDevices(a.keys.userId))).toEqual(devicesBefore);
       expect(await store().getDevice(phone.deviceId)).toEqual(devicesBefore.find((d) => d.deviceId === phone.deviceId));
-      expect(await store().docOwner(doc)).toBe(a.keys.userId);
-      expect(await store().headSeq(doc)).toBe(2);
-      expect(await store().readLog(doc, asSeq(0), 10)).toStrictEqual(logBefore);
+      expect(await store().headSeq(a.keys.userId, doc)).toBe(2);
+      expect(await store().readLog(a.keys.userId, doc, asSeq(0), 10)).toStrictEqual(logBefore);
 
       // The user still exists: a second user-key certificate is still refused.
       const late = generateDeviceKeys();
       const lateCert = certifyFirstDevice(a.keys, late, T0 + 3);
-      const refused = await store().registerDevice(lateCert, late.publicKey, a.keys.userPublicKey, T0 + 3);
+      const refused = await store().registerDevice(lateCert, late.publicKey, a.keys.userPublicKey, T0 + 3, LIMITS);
       expect(refused.ok ? 'registered' : refused.error.code).toBe(ErrorCode.BAD_CERTIFICATE);
 
       // Counters survived: a replay is a duplicate, a skip is a gap, the next one is seq 3.

@@ -1,8 +1,13 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type WorkOwner, createWorkQueue } from '../src/server/work-queue.js';
+import { type WorkClass, type WorkOwner, createWorkQueue } from '../src/server/work-queue.js';
 
-const owner = (): WorkOwner & { paused: boolean; pauses: number } => {
+type TestOwner = WorkOwner & { paused: boolean; pauses: number; readonly name: string };
+
+const owner = (name: string, group: unknown = name): TestOwner => {
   const o = {
+    name,
+    group,
     paused: false,
     pauses: 0,
     pause() {
@@ -17,12 +22,16 @@ const owner = (): WorkOwner & { paused: boolean; pauses: number } => {
 };
 
 const turn = () => new Promise((resolve) => setImmediate(resolve));
+const drainAll = async (queue: { size: number }, maxTurns = 1_000) => {
+  for (let i = 0; i < maxTurns && queue.size > 0; i++) await turn();
+  expect(queue.size).toBe(0);
+};
 
 describe('work queue', () => {
   it('runs queued work in order, in slices that yield to I/O', async () => {
     let clock = 0;
     const queue = createWorkQueue({ sliceMs: 5, now: () => clock, pauseAbove: 1_000 });
-    const a = owner();
+    const a = owner('a');
     const ran: number[] = [];
     for (let i = 0; i < 10; i++) {
       queue.enqueue(a, () => {
@@ -34,46 +43,159 @@ describe('work queue', () => {
     await turn();
     // A 5 ms slice holds three 2 ms tasks, then yields.
     expect(ran).toEqual([0, 1, 2]);
-    for (let i = 0; i < 5 && ran.length < 10; i++) await turn();
+    await drainAll(queue);
     expect(ran).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    expect(queue.size).toBe(0);
+  });
+
+  it('counts the awaited part of an async task against the slice', async () => {
+    let clock = 0;
+    const queue = createWorkQueue({ sliceMs: 5, now: () => clock, pauseAbove: 1_000 });
+    const a = owner('a');
+    const ran: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      queue.enqueue(a, async () => {
+        await Promise.resolve();
+        clock += 2;
+        ran.push(i);
+      });
+    }
+    await turn();
+    expect(ran).toEqual([0, 1, 2]);
+    await drainAll(queue);
+    expect(ran).toEqual([0, 1, 2, 3, 4, 5]);
   });
 
   it('pauses a flooding owner and resumes it once its backlog drains', async () => {
     const queue = createWorkQueue({ pauseAbove: 4, resumeAt: 1 });
-    const flood = owner();
-    const quiet = owner();
+    const flood = owner('flood');
+    const quiet = owner('quiet');
     for (let i = 0; i < 10; i++) queue.enqueue(flood, () => {});
     queue.enqueue(quiet, () => {});
     expect(flood.paused).toBe(true);
     expect(flood.pauses).toBe(1);
     expect(quiet.paused).toBe(false);
-    for (let i = 0; i < 5 && queue.size > 0; i++) await turn();
+    await drainAll(queue);
     expect(flood.paused).toBe(false);
   });
 
-  it("runs an owner's queued work first when that owner sends urgent work", () => {
-    const queue = createWorkQueue();
-    const a = owner();
-    const b = owner();
+  it('takes turns between users: a user with many sockets and a long backlog does not delay another', async () => {
+    let clock = 0;
+    const queue = createWorkQueue({ sliceMs: 1, now: () => clock, pauseAbove: 1_000 });
     const ran: string[] = [];
-    queue.enqueue(b, () => ran.push('b1'));
-    queue.enqueue(a, () => ran.push('a1'));
-    queue.enqueue(a, () => ran.push('a2'));
-    queue.runQueuedOf(a);
-    ran.push('a-urgent');
-    expect(ran).toEqual(['a1', 'a2', 'a-urgent']);
-    expect(queue.size).toBe(1);
+    const sockets = Array.from({ length: 20 }, (_, i) => owner(`m${i}`, 'mallory'));
+    for (const socket of sockets) {
+      for (let i = 0; i < 50; i++) {
+        queue.enqueue(socket, () => {
+          ran.push('m');
+          clock += 1;
+        });
+      }
+    }
+    queue.enqueue(owner('alice'), () => {
+      ran.push('alice');
+      clock += 1;
+    });
+    await drainAll(queue, 2_000);
+    // Alice's one task runs on the second turn, not behind Mallory's 1,000.
+    expect(ran.indexOf('alice')).toBe(1);
   });
 
-  it('forgets the work of a closed owner', async () => {
-    const queue = createWorkQueue();
-    const a = owner();
+  it("runs urgent work before all normal work, and an owner's urgent task lifts its earlier tasks", async () => {
+    const queue = createWorkQueue({ pauseAbove: 1_000 });
+    const bulk = owner('bulk');
+    const mixed = owner('mixed');
     const ran: string[] = [];
-    queue.enqueue(a, () => ran.push('a'));
+    for (let i = 0; i < 5; i++) queue.enqueue(bulk, () => void ran.push(`bulk${i}`));
+    queue.enqueue(mixed, () => void ran.push('mixed-normal'));
+    queue.enqueue(mixed, () => void ran.push('mixed-crisis'), 'urgent');
+    await drainAll(queue);
+    expect(ran.slice(0, 2)).toEqual(['mixed-normal', 'mixed-crisis']);
+    expect(ran.slice(2)).toEqual(['bulk0', 'bulk1', 'bulk2', 'bulk3', 'bulk4']);
+  });
+
+  it("keeps a step that returns 'again' at its owner's head while other owners take their turns", async () => {
+    const queue = createWorkQueue({ pauseAbove: 1_000 });
+    const ran: string[] = [];
+    let steps = 0;
+    const big = owner('big');
+    queue.enqueue(big, () => {
+      ran.push(`big-step${steps}`);
+      return ++steps < 3 ? 'again' : undefined;
+    });
+    queue.enqueue(big, () => void ran.push('big-next'));
+    queue.enqueue(owner('small'), () => void ran.push('small'));
+    await drainAll(queue);
+    expect(ran).toEqual(['big-step0', 'small', 'big-step1', 'big-step2', 'big-next']);
+  });
+
+  it('forgets the work of a closed owner and resumes its socket', async () => {
+    const queue = createWorkQueue({ pauseAbove: 2 });
+    const a = owner('a');
+    const ran: string[] = [];
+    for (let i = 0; i < 5; i++) queue.enqueue(a, () => void ran.push('a'));
+    expect(a.paused).toBe(true);
     queue.forget(a);
+    expect(a.paused).toBe(false);
     await turn();
     expect(ran).toEqual([]);
     expect(queue.size).toBe(0);
+    await queue.idle();
+  });
+
+  it('reports a throwing task and carries on', async () => {
+    const errors: unknown[] = [];
+    const queue = createWorkQueue({ onError: (e) => errors.push(e) });
+    const ran: string[] = [];
+    queue.enqueue(owner('a'), () => {
+      throw new Error('bug');
+    });
+    queue.enqueue(owner('b'), () => void ran.push('b'));
+    await drainAll(queue);
+    expect(ran).toEqual(['b']);
+    expect(errors).toHaveLength(1);
+  });
+
+  it('runs every task once, keeps each owner’s order, and never runs normal work while urgent work waits (property)', async () => {
+    const op = fc.record({ owner: fc.integer({ min: 0, max: 5 }), urgent: fc.boolean(), steps: fc.integer({ min: 1, max: 3 }) });
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 60 }), fc.integer({ min: 1, max: 3 }), async (ops, groups) => {
+        let clock = 0;
+        const queue = createWorkQueue({ sliceMs: 3, now: () => clock, pauseAbove: 5, resumeAt: 1 });
+        const owners = Array.from({ length: 6 }, (_, i) => owner(`o${i}`, `g${i % groups}`));
+        const ran: { owner: number; seq: number; cls: WorkClass }[] = [];
+        const urgentWaiting = new Set<string>();
+        const violations: string[] = [];
+        ops.forEach((o, seq) => {
+          let left = o.steps;
+          const cls: WorkClass = o.urgent ? 'urgent' : 'normal';
+          const id = `${seq}`;
+          if (cls === 'urgent') urgentWaiting.add(id);
+          queue.enqueue(
+            owners[o.owner]!,
+            () => {
+              clock += 1;
+              // A normal task of an owner not lifted by urgent work must not run while urgent work waits.
+              if (cls === 'normal' && urgentWaiting.size > 0 && !ops.some((p, i) => p.owner === o.owner && p.urgent && urgentWaiting.has(`${i}`))) {
+                violations.push(`normal ${seq} ran while urgent ${[...urgentWaiting].join(',')} waited`);
+              }
+              if (--left > 0) return 'again';
+              urgentWaiting.delete(id);
+              ran.push({ owner: o.owner, seq, cls });
+              return undefined;
+            },
+            cls,
+          );
+        });
+        await drainAll(queue, 10_000);
+        expect(violations).toEqual([]);
+        expect(ran.map((r) => r.seq).sort((a, b) => a - b)).toEqual(ops.map((_, i) => i));
+        for (let i = 0; i < owners.length; i++) {
+          const mine = ran.filter((r) => r.owner === i).map((r) => r.seq);
+          expect(mine).toEqual([...mine].sort((a, b) => a - b));
+          expect(owners[i]!.paused).toBe(false);
+        }
+      }),
+      { numRuns: 150, seed: 5 },
+    );
   });
 });

@@ -60,6 +60,13 @@ const associatedData = (h: EnvelopeHeader): Uint8Array => encodeFields([Domain.e
 const signedBytes = (h: EnvelopeHeader, nonce: Uint8Array, ct: Uint8Array): Uint8Array =>
   encodeFields([Domain.envelopeSignature, ...headerFields(h), nonce, ct]);
 
+/**
+ * The exact bytes an envelope's author signed (Ed25519, domain-separated), for a verifier
+ * other than libsodium's — the relay checks with Node's native Ed25519, which hashes large
+ * envelopes several times faster than WebAssembly.
+ */
+export const envelopeSignedBytes = (env: Envelope): Uint8Array => signedBytes(env, fromB64(env.nonce), fromB64(env.ct));
+
 /** Smallest power of two ≥ 256 that holds `n` bytes; hides sizes within a factor of two. */
 const padBucket = (n: number): number => {
   let bucket = MIN_PAD_BUCKET;

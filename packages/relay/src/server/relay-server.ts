@@ -1,12 +1,13 @@
 import { once } from 'node:events';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, DEFAULT_TIERS, type DocId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DocId, ErrorCode, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
 import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
 import { createPaymentProcessor } from '../entitlements/payments.js';
+import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
@@ -15,6 +16,7 @@ import { createAdminHandler } from './admin.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
+import type { PairingPeer } from './device-admin.js';
 import { sendJson } from './http-util.js';
 import { createWorkQueue } from './work-queue.js';
 
@@ -77,6 +79,19 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   const all = new Set<RelayConnection>();
+  /** Connections that have not authenticated (or paired) yet. */
+  const unauthenticated = new Set<RelayConnection>();
+  const crisis = createCrisisLane({
+    anomalyBytes: config.crisisAnomalyBytes,
+    ceilingBytes: config.crisisCeilingBytes,
+    fastBurst: 64,
+    fastPerSecond: 32,
+    now,
+    log,
+  });
+  const work = createWorkQueue({
+    onError: (error) => log.log('error', 'work queue task failed', { error: error instanceof Error ? error.message : String(error) }),
+  });
 
   const context: ConnectionContext = {
     config,
@@ -84,15 +99,18 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     commits,
     entitlements,
     quota,
-    work: createWorkQueue(),
+    crisis,
+    work,
     log,
     now,
     attach(conn) {
       const user = conn.user!;
-      userOf.set(conn, user);
       let set = byUser.get(user);
       if (!set) byUser.set(user, (set = new Set()));
+      if (set.size >= config.maxConnectionsPerUser) return false;
+      userOf.set(conn, user);
       set.add(conn);
+      return true;
     },
     detach(conn) {
       const user = userOf.get(conn);
@@ -100,7 +118,13 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       if (!user) return;
       const set = byUser.get(user);
       set?.delete(conn);
-      if (set?.size === 0) byUser.delete(user);
+      if (set?.size === 0) {
+        byUser.delete(user);
+        crisis.forgetUser(user);
+      }
+    },
+    leftPreAuth(conn) {
+      unauthenticated.delete(conn);
     },
     fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]) {
       const user = userOf.get(origin);
@@ -110,7 +134,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     announceDevice(origin: RelayConnection, device: DeviceRecord) {
       for (const conn of byUser.get(device.userId) ?? []) if (conn !== origin) conn.send({ type: 'device', cert: device.cert }, 10);
     },
-    pairings: createPairingRegistry<RelayConnection>(now),
+    pairings: createPairingRegistry<PairingPeer>(now),
     toUser(user, frame, lane, except) {
       for (const conn of byUser.get(user) ?? []) if (conn !== except) conn.send(frame, lane);
     },
@@ -155,7 +179,17 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
   const alive = new WeakSet<WebSocket>();
   wss.on('connection', (ws) => {
+    // Unauthenticated sockets cost little each (a few KiB, one handshake step at a time) but
+    // are free to open, so their number is bounded too.
+    if (unauthenticated.size >= config.maxPendingConnections) {
+      ws.send(JSON.stringify({ type: 'error', code: ErrorCode.OVERLOADED, message: 'too many unauthenticated connections; retry later' }), () =>
+        ws.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.OVERLOADED),
+      );
+      setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
+      return;
+    }
     const conn = new RelayConnection(ws, context);
+    unauthenticated.add(conn);
     all.add(conn);
     alive.add(ws);
     ws.on('pong', () => alive.add(ws));
@@ -204,6 +238,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         http.closeAllConnections();
         await new Promise<void>((resolve) => http.close(() => resolve()));
         await payments.close();
+        await work.idle();
         await commits.idle();
         await store.close();
         log.log('info', 'stopped', { relay: config.relayId });

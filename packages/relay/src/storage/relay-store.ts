@@ -129,10 +129,22 @@ export type AppendOutcome =
   | { readonly status: 'duplicate'; readonly seq: Seq }
   | { readonly status: 'rejected'; readonly error: KeelError };
 
+/** Bounds on a user's devices, checked in the same transaction as a registration. */
+export interface DeviceLimits {
+  /** Devices not revoked. */
+  readonly maxLive: number;
+  /** Every device ever registered, revoked ones included (the devices table must not grow without end). */
+  readonly maxTotal: number;
+}
+
 /**
  * The relay's durable state: users, devices and per-document ciphertext logs. The relay keeps
  * nothing in memory that a second node could not rebuild from here. Implementations: SQLite
  * (embedded default); a PostgreSQL one must pass the same conformance suite.
+ *
+ * Documents live in per-user namespaces: a document is named by (user, doc id), so no user can
+ * own, squat or probe another user's document id — the same id in two users' spaces is two
+ * unrelated documents.
  */
 export interface RelayStore {
   getDevice(deviceId: DeviceId): Promise<DeviceRecord | undefined>;
@@ -140,35 +152,41 @@ export interface RelayStore {
   /**
    * Registers a device whose certificate the caller verified. A certificate issued by the user
    * key (`issuer: null`) is accepted only for a user with no devices yet; the check and the
-   * insert are one transaction, so two racing "first devices" cannot both win.
+   * insert are one transaction, so two racing "first devices" cannot both win. Past `limits`
+   * the registration is refused with LIMIT_EXCEEDED.
    */
-  registerDevice(cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number): Promise<Result<DeviceRecord>>;
-  /** The owner of a document, or undefined if nobody has written it yet. */
-  docOwner(docId: DocId): Promise<UserId | undefined>;
+  registerDevice(cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number, limits: DeviceLimits): Promise<Result<DeviceRecord>>;
   /**
-   * Appends envelopes in order, in one transaction, and returns one outcome per request.
-   * Checks, per envelope: the document belongs to the user, and the counter is the author's
-   * last + 1 for that document. Resolves only after the transaction is durable.
+   * Appends envelopes in order, in one transaction, and returns one outcome per request. Each
+   * goes to its user's namespace; the counter must be the author's last + 1 for that document.
+   * Resolves only after the transaction is durable.
    */
   append(batch: readonly AppendRequest[], now: number): Promise<AppendOutcome[]>;
-  /** Log entries of a document with seq > `after`, in seq order, at most `limit`. */
-  readLog(docId: DocId, after: Seq, limit: number): Promise<LogEntry[]>;
-  /** Highest seq of a document's log (0 when empty). */
-  headSeq(docId: DocId): Promise<Seq>;
+  /**
+   * Log entries of a user's document with seq > `after`, in seq order: at most `limit`, and no
+   * more once `maxBytes` of ciphertext are reached (the first entry is always returned).
+   */
+  readLog(userId: UserId, docId: DocId, after: Seq, limit: number, maxBytes?: number): Promise<LogEntry[]>;
+  /** Highest seq of a user's document (0 when empty or unknown). */
+  headSeq(userId: UserId, docId: DocId): Promise<Seq>;
+  /** The author's last stored counter for a user's document (0 when none). */
+  lastCounter(userId: UserId, docId: DocId, deviceId: DeviceId): Promise<number>;
   /**
    * Keeps a snapshot (signature already checked) if it covers more than the latest one and no
    * more than the log holds, then prunes log entries it covers that are older than
    * `retentionMs`. Resolves to the covered seq and how many entries were pruned.
    */
   putSnapshot(req: AppendRequest, now: number, retentionMs: number): Promise<SnapshotOutcome>;
-  /** The latest snapshot of a document, if any. */
-  getSnapshot(docId: DocId): Promise<SnapshotEntry | undefined>;
+  /** The latest snapshot of a user's document, if any. */
+  getSnapshot(userId: UserId, docId: DocId): Promise<SnapshotEntry | undefined>;
+  /** The seq the latest snapshot covers (0 when none); cheap, reads no ciphertext. */
+  snapshotBase(userId: UserId, docId: DocId): Promise<Seq>;
   /** Marks a device of `userId` revoked (idempotent); it is refused from then on. */
   revokeDevice(userId: UserId, deviceId: DeviceId, now: number): Promise<Result<DeviceRecord>>;
-  /** Keeps a key-epoch record if its number is the next one for the user. */
-  putEpoch(record: EpochRecord, now: number): Promise<Result<EpochRecord>>;
-  /** Every key-epoch record of the user, oldest first. */
-  listEpochs(userId: UserId): Promise<EpochRecord[]>;
+  /** Keeps a key-epoch record if its number is the next one for the user and the user has fewer than `maxEpochs`. */
+  putEpoch(record: EpochRecord, now: number, maxEpochs: number): Promise<Result<EpochRecord>>;
+  /** The user's `limit` most recent key-epoch records, oldest first. */
+  listEpochs(userId: UserId, limit: number): Promise<EpochRecord[]>;
   /** The user's tier; undefined when nothing set one (the relay then applies the free tier). */
   getEntitlement(userId: UserId): Promise<EntitlementRecord | undefined>;
   /**

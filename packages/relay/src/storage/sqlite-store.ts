@@ -23,6 +23,7 @@ import type {
   AppendRequest,
   AuditDraft,
   AuditRecord,
+  DeviceLimits,
   DeviceRecord,
   GraceRecord,
   LogEntry,
@@ -46,7 +47,8 @@ export interface SqliteStoreOptions {
   readonly readonly?: boolean;
 }
 
-const MIGRATIONS: readonly string[] = [
+/** Schema migrations, applied in order; exported for the migration tests. */
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE users (
     user_id     TEXT PRIMARY KEY,
@@ -182,6 +184,68 @@ const MIGRATIONS: readonly string[] = [
     created_at INTEGER NOT NULL,
     PRIMARY KEY (user_id, epoch)
   ) WITHOUT ROWID;
+  `,
+  `
+  -- Per-user namespaces: a document is (user_id, doc_id). Before, doc ids were one global
+  -- namespace and the first pusher owned a document, so anyone who knew an id could squat it.
+  CREATE TABLE docs_v2 (
+    user_id    TEXT NOT NULL REFERENCES users(user_id),
+    doc_id     TEXT NOT NULL,
+    head_seq   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, doc_id)
+  ) WITHOUT ROWID;
+  INSERT INTO docs_v2 SELECT user_id, doc_id, head_seq, created_at FROM docs;
+  CREATE TABLE doc_authors_v2 (
+    user_id      TEXT NOT NULL,
+    doc_id       TEXT NOT NULL,
+    device_id    TEXT NOT NULL,
+    last_counter INTEGER NOT NULL,
+    PRIMARY KEY (user_id, doc_id, device_id)
+  ) WITHOUT ROWID;
+  INSERT INTO doc_authors_v2 SELECT d.user_id, a.doc_id, a.device_id, a.last_counter FROM doc_authors a JOIN docs d USING (doc_id);
+  CREATE TABLE log_v2 (
+    user_id     TEXT NOT NULL,
+    doc_id      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    device_id   TEXT NOT NULL,
+    counter     INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    epoch       INTEGER NOT NULL,
+    lane        INTEGER NOT NULL,
+    nonce       BLOB NOT NULL,
+    ct          BLOB NOT NULL,
+    sig         BLOB NOT NULL,
+    received_at INTEGER NOT NULL
+  );
+  INSERT INTO log_v2 SELECT d.user_id, l.doc_id, l.seq, l.device_id, l.counter, l.kind, l.epoch, l.lane, l.nonce, l.ct, l.sig, l.received_at
+    FROM log l JOIN docs d USING (doc_id);
+  CREATE TABLE snapshots_v2 (
+    user_id     TEXT NOT NULL,
+    doc_id      TEXT NOT NULL,
+    base        INTEGER NOT NULL,
+    device_id   TEXT NOT NULL,
+    counter     INTEGER NOT NULL,
+    epoch       INTEGER NOT NULL,
+    lane        INTEGER NOT NULL,
+    nonce       BLOB NOT NULL,
+    ct          BLOB NOT NULL,
+    sig         BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, doc_id)
+  );
+  INSERT INTO snapshots_v2 SELECT d.user_id, s.doc_id, s.base, s.device_id, s.counter, s.epoch, s.lane, s.nonce, s.ct, s.sig, s.received_at
+    FROM snapshots s JOIN docs d USING (doc_id);
+  DROP TABLE log;
+  DROP TABLE doc_authors;
+  DROP TABLE snapshots;
+  DROP TABLE docs;
+  ALTER TABLE docs_v2 RENAME TO docs;
+  ALTER TABLE doc_authors_v2 RENAME TO doc_authors;
+  ALTER TABLE log_v2 RENAME TO log;
+  ALTER TABLE snapshots_v2 RENAME TO snapshots;
+  CREATE UNIQUE INDEX log_by_seq ON log(user_id, doc_id, seq);
+  CREATE UNIQUE INDEX log_by_author ON log(user_id, doc_id, device_id, counter);
   `,
 ];
 
@@ -327,47 +391,56 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     ),
     user: db.prepare<[string], { user_key: Buffer }>(`SELECT user_key FROM users WHERE user_id = ?`),
     insertUser: db.prepare(`INSERT INTO users (user_id, user_key, created_at) VALUES (?, ?, ?)`),
-    countDevices: db.prepare<[string], { n: number }>(`SELECT count(*) AS n FROM devices WHERE user_id = ?`),
+    countDevices: db.prepare<[string], { n: number; live: number }>(
+      `SELECT count(*) AS n, count(*) FILTER (WHERE revoked_at IS NULL) AS live FROM devices WHERE user_id = ?`,
+    ),
     insertDevice: db.prepare(
       `INSERT INTO devices (device_id, user_id, device_key, issuer, issued_at, cert_sig, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
     ),
-    doc: db.prepare<[string], { user_id: string; head_seq: number }>(`SELECT user_id, head_seq FROM docs WHERE doc_id = ?`),
-    insertDoc: db.prepare(`INSERT INTO docs (doc_id, user_id, head_seq, created_at) VALUES (?, ?, 0, ?)`),
-    setHead: db.prepare(`UPDATE docs SET head_seq = ? WHERE doc_id = ?`),
-    lastCounter: db.prepare<[string, string], { last_counter: number }>(
-      `SELECT last_counter FROM doc_authors WHERE doc_id = ? AND device_id = ?`,
+    doc: db.prepare<[string, string], { head_seq: number }>(`SELECT head_seq FROM docs WHERE user_id = ? AND doc_id = ?`),
+    insertDoc: db.prepare(`INSERT INTO docs (user_id, doc_id, head_seq, created_at) VALUES (?, ?, 0, ?)`),
+    setHead: db.prepare(`UPDATE docs SET head_seq = ? WHERE user_id = ? AND doc_id = ?`),
+    lastCounter: db.prepare<[string, string, string], { last_counter: number }>(
+      `SELECT last_counter FROM doc_authors WHERE user_id = ? AND doc_id = ? AND device_id = ?`,
     ),
     setCounter: db.prepare(
-      `INSERT INTO doc_authors (doc_id, device_id, last_counter) VALUES (?, ?, ?)
-       ON CONFLICT (doc_id, device_id) DO UPDATE SET last_counter = excluded.last_counter`,
+      `INSERT INTO doc_authors (user_id, doc_id, device_id, last_counter) VALUES (?, ?, ?, ?)
+       ON CONFLICT (user_id, doc_id, device_id) DO UPDATE SET last_counter = excluded.last_counter`,
     ),
-    byAuthor: db.prepare<[string, string, number], { seq: number; sig: Buffer }>(
-      `SELECT seq, sig FROM log WHERE doc_id = ? AND device_id = ? AND counter = ?`,
+    byAuthor: db.prepare<[string, string, string, number], { seq: number; sig: Buffer }>(
+      `SELECT seq, sig FROM log WHERE user_id = ? AND doc_id = ? AND device_id = ? AND counter = ?`,
     ),
     insertLog: db.prepare(
-      `INSERT INTO log (doc_id, seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO log (user_id, doc_id, seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
-    readLog: db.prepare<[string, number, number], LogRow>(
-      `SELECT seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at
-       FROM log WHERE doc_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
+    // Pages are bounded by count and by ciphertext bytes (length() reads a blob's size from the
+    // record header, not its content), so one page never holds more than `maxBytes` plus one entry.
+    readLog: db.prepare<[string, string, number, number, number], LogRow>(
+      `SELECT seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at FROM (
+         SELECT *, sum(length(ct)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - length(ct) AS before
+         FROM log WHERE user_id = ? AND doc_id = ? AND seq > ? ORDER BY seq LIMIT ?
+       ) WHERE before < ? ORDER BY seq`,
     ),
     ping: db.prepare(`SELECT 1`),
     revoke: db.prepare(`UPDATE devices SET revoked_at = coalesce(revoked_at, ?) WHERE device_id = ? AND user_id = ?`),
-    lastEpoch: db.prepare<[string], { epoch: number }>(`SELECT max(epoch) AS epoch FROM epochs WHERE user_id = ?`),
+    lastEpoch: db.prepare<[string], { epoch: number | null; n: number }>(`SELECT max(epoch) AS epoch, count(*) AS n FROM epochs WHERE user_id = ?`),
     putEpoch: db.prepare(`INSERT INTO epochs (user_id, epoch, record, created_at) VALUES (?, ?, ?, ?)`),
-    epochs: db.prepare<[string], { record: string }>(`SELECT record FROM epochs WHERE user_id = ? ORDER BY epoch`),
-    snapshot: db.prepare<[string], LogRow & { base: number }>(
-      `SELECT base, base AS seq, device_id, counter, 'snapshot' AS kind, epoch, lane, nonce, ct, sig, received_at FROM snapshots WHERE doc_id = ?`,
+    epochs: db.prepare<[string, number], { record: string }>(
+      `SELECT record FROM (SELECT epoch, record FROM epochs WHERE user_id = ? ORDER BY epoch DESC LIMIT ?) ORDER BY epoch`,
     ),
+    snapshot: db.prepare<[string, string], LogRow & { base: number }>(
+      `SELECT base, base AS seq, device_id, counter, 'snapshot' AS kind, epoch, lane, nonce, ct, sig, received_at FROM snapshots WHERE user_id = ? AND doc_id = ?`,
+    ),
+    snapshotBase: db.prepare<[string, string], { base: number }>(`SELECT base FROM snapshots WHERE user_id = ? AND doc_id = ?`),
     putSnapshot: db.prepare(
-      `INSERT INTO snapshots (doc_id, base, device_id, counter, epoch, lane, nonce, ct, sig, received_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-       ON CONFLICT (doc_id) DO UPDATE SET base = excluded.base, device_id = excluded.device_id, counter = excluded.counter,
+      `INSERT INTO snapshots (user_id, doc_id, base, device_id, counter, epoch, lane, nonce, ct, sig, received_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (user_id, doc_id) DO UPDATE SET base = excluded.base, device_id = excluded.device_id, counter = excluded.counter,
          epoch = excluded.epoch, lane = excluded.lane, nonce = excluded.nonce, ct = excluded.ct, sig = excluded.sig,
          received_at = excluded.received_at`,
     ),
-    prune: db.prepare(`DELETE FROM log WHERE doc_id = ? AND seq <= ? AND received_at <= ?`),
+    prune: db.prepare(`DELETE FROM log WHERE user_id = ? AND doc_id = ? AND seq <= ? AND received_at <= ?`),
     entitlement: db.prepare<[string], { tier: string; updated_at: number; source: string }>(
       `SELECT tier, updated_at, source FROM entitlements WHERE user_id = ?`,
     ),
@@ -411,7 +484,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
   };
 
   const registerTx = db.transaction(
-    (cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number): Result<DeviceRecord> => {
+    (cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number, limits: DeviceLimits): Result<DeviceRecord> => {
       const existing = stmt.device.get(cert.device);
       if (existing) {
         if (existing.user_id !== cert.user) return err(ErrorCode.BAD_CERTIFICATE, 'device is registered to another user');
@@ -428,8 +501,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       if (!user) {
         if (cert.issuer !== null) return err(ErrorCode.BAD_CERTIFICATE, 'unknown user: the first device must be certified by the user key');
         stmt.insertUser.run(cert.user, userKey, now);
-      } else if (cert.issuer === null && stmt.countDevices.get(cert.user)!.n > 0) {
-        return err(ErrorCode.BAD_CERTIFICATE, 'this user has devices: a new device must be certified by one of them');
+      } else {
+        const count = stmt.countDevices.get(cert.user)!;
+        if (cert.issuer === null && count.n > 0) {
+          return err(ErrorCode.BAD_CERTIFICATE, 'this user has devices: a new device must be certified by one of them');
+        }
+        if (count.live >= limits.maxLive) return err(ErrorCode.LIMIT_EXCEEDED, `this user has ${count.live} devices, the most this relay keeps`);
+        if (count.n >= limits.maxTotal) return err(ErrorCode.LIMIT_EXCEEDED, `this user registered ${count.n} devices, the most this relay keeps`);
       }
       stmt.insertDevice.run(cert.device, cert.user, publicKey, cert.issuer, cert.issuedAt, fromB64(cert.sig), now);
       return ok(toDeviceRecord(stmt.device.get(cert.device)!));
@@ -438,13 +516,10 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
 
   const appendOne = (req: AppendRequest, now: number): AppendOutcome => {
     const { env, userId } = req;
-    let doc = stmt.doc.get(env.doc);
-    if (doc && doc.user_id !== userId) {
-      return { status: 'rejected', error: { code: ErrorCode.NOT_AUTHORIZED, message: 'document belongs to another user' } };
-    }
-    const last = stmt.lastCounter.get(env.doc, env.device)?.last_counter ?? 0;
+    let doc = stmt.doc.get(userId, env.doc);
+    const last = stmt.lastCounter.get(userId, env.doc, env.device)?.last_counter ?? 0;
     if (env.counter <= last) {
-      const prior = stmt.byAuthor.get(env.doc, env.device, env.counter);
+      const prior = stmt.byAuthor.get(userId, env.doc, env.device, env.counter);
       if (prior && bytesEqual(prior.sig, fromB64(env.sig))) return { status: 'duplicate', seq: prior.seq as Seq };
       return {
         status: 'rejected',
@@ -458,11 +533,12 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       };
     }
     if (!doc) {
-      stmt.insertDoc.run(env.doc, userId, now);
-      doc = { user_id: userId, head_seq: 0 };
+      stmt.insertDoc.run(userId, env.doc, now);
+      doc = { head_seq: 0 };
     }
     const seq = doc.head_seq + 1;
     stmt.insertLog.run(
+      userId,
       env.doc,
       seq,
       env.device,
@@ -475,8 +551,8 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       fromB64(env.sig),
       now,
     );
-    stmt.setHead.run(seq, env.doc);
-    stmt.setCounter.run(env.doc, env.device, env.counter);
+    stmt.setHead.run(seq, userId, env.doc);
+    stmt.setCounter.run(userId, env.doc, env.device, env.counter);
     if (req.meter) stmt.addUsage.run(userId, req.meter.day, req.meter.bytes);
     return { status: 'stored', seq: seq as Seq };
   };
@@ -484,27 +560,26 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
   const putSnapshotTx = db.transaction((req: AppendRequest, now: number, retentionMs: number): SnapshotOutcome => {
     const { env, userId } = req;
     const base = env.base ?? 0;
-    const doc = stmt.doc.get(env.doc);
+    const doc = stmt.doc.get(userId, env.doc);
     if (!doc) return { status: 'rejected', error: { code: ErrorCode.SNAPSHOT_REFUSED, message: 'no log to snapshot' } };
-    if (doc.user_id !== userId) {
-      return { status: 'rejected', error: { code: ErrorCode.NOT_AUTHORIZED, message: 'document belongs to another user' } };
-    }
     if (base > doc.head_seq) {
       return { status: 'rejected', error: { code: ErrorCode.SNAPSHOT_REFUSED, message: `snapshot covers seq ${base}, the log ends at ${doc.head_seq}` } };
     }
-    const current = stmt.snapshot.get(env.doc);
+    const current = stmt.snapshotBase.get(userId, env.doc);
     if (current && current.base >= base) {
       return { status: 'rejected', error: { code: ErrorCode.SNAPSHOT_REFUSED, message: `a snapshot up to seq ${current.base} is already kept` } };
     }
-    stmt.putSnapshot.run(env.doc, base, env.device, env.counter, env.epoch, env.lane, fromB64(env.nonce), fromB64(env.ct), fromB64(env.sig), now);
+    stmt.putSnapshot.run(userId, env.doc, base, env.device, env.counter, env.epoch, env.lane, fromB64(env.nonce), fromB64(env.ct), fromB64(env.sig), now);
     // Entries newer than the retention window stay so a device slightly behind catches up entry by entry.
-    const pruned = stmt.prune.run(env.doc, base, now - retentionMs).changes;
+    const pruned = stmt.prune.run(userId, env.doc, base, now - retentionMs).changes;
     return { status: 'stored', seq: base as Seq, pruned };
   });
 
-  const putEpochTx = db.transaction((record: EpochRecord, now: number): Result<EpochRecord> => {
-    const last = stmt.lastEpoch.get(record.user)?.epoch ?? 0;
+  const putEpochTx = db.transaction((record: EpochRecord, now: number, maxEpochs: number): Result<EpochRecord> => {
+    const stored = stmt.lastEpoch.get(record.user);
+    const last = stored?.epoch ?? 0;
     if (record.epoch !== last + 1) return err(ErrorCode.UNKNOWN_EPOCH, `the next key epoch is ${last + 1}, not ${record.epoch}`);
+    if ((stored?.n ?? 0) >= maxEpochs) return err(ErrorCode.LIMIT_EXCEEDED, `this user has ${stored?.n} key epochs, the most this relay keeps`);
     stmt.putEpoch.run(record.user, record.epoch, JSON.stringify(record), now);
     return ok(record);
   });
@@ -557,24 +632,26 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       return row && toDeviceRecord(row);
     },
     listDevices: async (userId) => stmt.devicesOfUser.all(userId).map(toDeviceRecord),
-    registerDevice: async (cert, publicKey, userKey, now) => registerTx.immediate(cert, publicKey, userKey, now),
-    docOwner: async (docId) => stmt.doc.get(docId)?.user_id as UserId | undefined,
+    registerDevice: async (cert, publicKey, userKey, now, limits) => registerTx.immediate(cert, publicKey, userKey, now, limits),
     append: async (batch, now) => (batch.length === 0 ? [] : appendTx.immediate(batch, now)),
-    readLog: async (docId, after, limit) => stmt.readLog.all(docId, after, limit).map((row) => toLogEntry(docId, row)),
+    readLog: async (userId, docId, after, limit, maxBytes = Number.MAX_SAFE_INTEGER) =>
+      stmt.readLog.all(userId, docId, after, limit, maxBytes).map((row) => toLogEntry(docId, row)),
+    lastCounter: async (userId, docId, deviceId) => stmt.lastCounter.get(userId, docId, deviceId)?.last_counter ?? 0,
     putSnapshot: async (req, now, retentionMs) => putSnapshotTx.immediate(req, now, retentionMs),
     revokeDevice: async (userId, deviceId, now) => {
       if (stmt.revoke.run(now, deviceId, userId).changes === 0) return err(ErrorCode.UNKNOWN_DEVICE, 'no such device of this user');
       return ok(toDeviceRecord(stmt.device.get(deviceId)!));
     },
-    putEpoch: async (record, now) => putEpochTx.immediate(record, now),
-    listEpochs: async (userId) => stmt.epochs.all(userId).map((row) => EpochRecordSchema.parse(JSON.parse(row.record))),
-    getSnapshot: async (docId) => {
-      const row = stmt.snapshot.get(docId);
+    putEpoch: async (record, now, maxEpochs) => putEpochTx.immediate(record, now, maxEpochs),
+    listEpochs: async (userId, limit) => stmt.epochs.all(userId, limit).map((row) => EpochRecordSchema.parse(JSON.parse(row.record))),
+    getSnapshot: async (userId, docId) => {
+      const row = stmt.snapshot.get(userId, docId);
       if (!row) return undefined;
       const entry = toLogEntry(docId, row);
       return { env: { ...entry.env, base: row.base as Seq }, receivedAt: row.received_at };
     },
-    headSeq: async (docId) => (stmt.doc.get(docId)?.head_seq ?? 0) as Seq,
+    snapshotBase: async (userId, docId) => (stmt.snapshotBase.get(userId, docId)?.base ?? 0) as Seq,
+    headSeq: async (userId, docId) => (stmt.doc.get(userId, docId)?.head_seq ?? 0) as Seq,
     getEntitlement: async (userId) => {
       const row = stmt.entitlement.get(userId);
       return row && { userId, tier: row.tier as TierName, updatedAt: row.updated_at, source: row.source };

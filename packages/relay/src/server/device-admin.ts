@@ -1,0 +1,157 @@
+import {
+  type ClientFrame,
+  CloseCode,
+  type DeviceCertificate,
+  type DeviceId,
+  type EpochRecord,
+  ErrorCode,
+  type KeelError,
+  type RelayFrame,
+  type Revocation,
+  type UserId,
+  verifyEpochRecord,
+  verifyRevocation,
+} from '@keel/engine';
+import { verifyPresentedCertificate } from '../auth/registration.js';
+import type { RelayConfig } from '../config.js';
+import type { Logger } from '../log.js';
+import type { DeviceLimits, DeviceRecord, RelayStore } from '../storage/relay-store.js';
+import type { PairingRegistry } from './pairing.js';
+
+/** The other end of a pairing: the connection that opened a code, or the new device that joined with it. */
+export interface PairingPeer {
+  send(frame: RelayFrame, lane: number): void;
+  grantAndClose(frame: Extract<RelayFrame, { type: 'pair-grant' }>): void;
+  close(code: number, reason: string): void;
+}
+
+export interface DeviceAdminDeps {
+  readonly store: RelayStore;
+  readonly config: RelayConfig;
+  readonly log: Logger;
+  readonly now: () => number;
+  readonly pairings: PairingRegistry<PairingPeer>;
+  readonly user: UserId;
+  readonly device: DeviceRecord;
+  /** This connection, as a pairing peer. */
+  readonly self: PairingPeer;
+  send(frame: RelayFrame, lane: number): void;
+  badFrame(error: KeelError): void;
+  abuse(): void;
+  /** A device was registered: tell the user's other connections. */
+  announceDevice(device: DeviceRecord): void;
+  toUser(frame: RelayFrame, lane: number): void;
+  disconnectDevice(device: DeviceId): void;
+}
+
+/** The registration bounds of this relay. */
+export const deviceLimits = (config: RelayConfig): DeviceLimits => ({ maxLive: config.maxDevicesPerUser, maxTotal: config.maxRegistrationsPerUser });
+
+/**
+ * What an authenticated device may change about its user's devices: register a device it
+ * certified, revoke one, publish a key epoch, and run a pairing. Every record it leaves behind
+ * is bounded (devices, epochs, pairing sessions), and every change needs a signature of a live
+ * device of the user.
+ */
+export class DeviceAdmin {
+  readonly #deps: DeviceAdminDeps;
+
+  constructor(deps: DeviceAdminDeps) {
+    this.#deps = deps;
+  }
+
+  async handle(frame: Extract<ClientFrame, { type: 'register' | 'revoke' | 'epoch' | 'pair-open' | 'pair-grant' | 'pair-refuse' }>): Promise<void> {
+    switch (frame.type) {
+      case 'register':
+        return this.#register(frame.cert);
+      case 'revoke':
+        return this.#revoke(frame.revocation);
+      case 'epoch':
+        return this.#epoch(frame.record);
+      case 'pair-open':
+      case 'pair-grant':
+      case 'pair-refuse':
+        return this.#pairing(frame);
+      default:
+        return assertNever(frame);
+    }
+  }
+
+  /** Registers a device this device (or another live device of the user) certified. */
+  async #register(cert: DeviceCertificate): Promise<void> {
+    const { store, user } = this.#deps;
+    const verified = await verifyPresentedCertificate(store, cert, [], user, cert.device);
+    if (!verified.ok || cert.issuer === null) {
+      return this.#deps.badFrame({ code: ErrorCode.BAD_CERTIFICATE, message: verified.ok ? 'a registered user adds devices by device certificates' : verified.error.message });
+    }
+    const link = verified.value[verified.value.length - 1]!;
+    const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#deps.now(), deviceLimits(this.#deps.config));
+    if (!registered.ok) return this.#deps.badFrame(registered.error);
+    this.#deps.log.log('info', 'device registered', { user, device: registered.value.deviceId, issuer: cert.issuer });
+    this.#deps.announceDevice(registered.value);
+    this.#deps.send({ type: 'device', cert: registered.value.cert }, 10);
+  }
+
+  /** Revokes another device of the user: refused from now on, cut off at once. */
+  async #revoke(revocation: Revocation): Promise<void> {
+    const { user, device } = this.#deps;
+    if (revocation.user !== user || revocation.issuer !== device.deviceId || !verifyRevocation(revocation, device.publicKey)) {
+      this.#deps.abuse();
+      return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'a revocation must be signed by this device, for its own user' });
+    }
+    const revoked = await this.#deps.store.revokeDevice(user, revocation.device, this.#deps.now());
+    if (!revoked.ok) return this.#deps.badFrame(revoked.error);
+    this.#deps.log.log('info', 'device revoked', { user, device: revocation.device, by: device.deviceId });
+    this.#deps.disconnectDevice(revocation.device);
+    this.#deps.toUser({ type: 'revoked', device: revocation.device }, 10);
+  }
+
+  /**
+   * A new key epoch, sealed to the user's devices; every online device gets it at once. Its
+   * size is bounded by the user's devices (each wrap names a distinct device of this user) and
+   * the number of epochs by the store.
+   */
+  async #epoch(record: EpochRecord): Promise<void> {
+    const { user, device, store, config } = this.#deps;
+    if (record.user !== user || record.issuer !== device.deviceId || !verifyEpochRecord(record, device.publicKey)) {
+      this.#deps.abuse();
+      return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'an epoch record must be signed by this device, for its own user' });
+    }
+    const recipients = new Set(record.wraps.map((w) => w.device));
+    if (recipients.size !== record.wraps.length || recipients.size > config.maxDevicesPerUser) {
+      return this.#deps.badFrame({ code: ErrorCode.LIMIT_EXCEEDED, message: `an epoch record wraps its secret once for each of at most ${config.maxDevicesPerUser} devices` });
+    }
+    const known = new Set((await store.listDevices(user)).map((d) => d.deviceId));
+    if ([...recipients].some((id) => !known.has(id))) {
+      return this.#deps.badFrame({ code: ErrorCode.UNKNOWN_DEVICE, message: 'an epoch record may be sealed only to devices of this user' });
+    }
+    const stored = await store.putEpoch(record, this.#deps.now(), config.maxEpochsPerUser);
+    if (!stored.ok) return this.#deps.badFrame(stored.error);
+    this.#deps.log.log('info', 'key epoch stored', { user, epoch: record.epoch, by: device.deviceId });
+    this.#deps.toUser({ type: 'epoch', record }, 10);
+  }
+
+  async #pairing(frame: Extract<ClientFrame, { type: 'pair-open' | 'pair-grant' | 'pair-refuse' }>): Promise<void> {
+    const { pairings, self, user } = this.#deps;
+    if (frame.type === 'pair-open') {
+      const opened = pairings.open(frame.id, user, self, frame.ttlMs, this.#deps.config.maxPairingsPerDevice);
+      if (!opened.ok) return this.#deps.badFrame(opened.error);
+      this.#deps.send({ type: 'pair-opened', id: frame.id, expiresAt: opened.value.expiresAt }, 10);
+      return;
+    }
+    const session = pairings.take(frame.id, self);
+    if (!session.ok) return this.#deps.badFrame(session.error);
+    const joiner = session.value.joiner;
+    if (!joiner) return;
+    if (frame.type === 'pair-grant') {
+      this.#deps.log.log('info', 'pairing granted', { user, device: this.#deps.device.deviceId });
+      joiner.grantAndClose(frame);
+    } else {
+      joiner.close(CloseCode.PAIRING_FAILED, ErrorCode.PAIRING_REFUSED);
+    }
+  }
+}
+
+const assertNever = (value: never): never => {
+  throw new Error(`unhandled device frame ${JSON.stringify(value)}`);
+};
