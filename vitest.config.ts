@@ -4,6 +4,14 @@ import { defineConfig } from 'vitest/config';
 const src = (pkg: string, entry = 'index') =>
   fileURLToPath(new URL(`./packages/${pkg}/src/${entry}.ts`, import.meta.url));
 
+/**
+ * Two test sets. The default one (unit, property, end-to-end) runs files in parallel. The
+ * attack set (KEEL_TEST_SET=attacks: test/attacks) runs alone, one file at a time, after it:
+ * each file loads a relay to its limits and times an honest user's crisis edits meanwhile, so
+ * it must not share the machine's two cores with other test files.
+ */
+const attacks = process.env.KEEL_TEST_SET === 'attacks';
+
 export default defineConfig({
   resolve: {
     // Tests run against the TypeScript sources; spawned relay processes run the build.
@@ -16,7 +24,9 @@ export default defineConfig({
     ],
   },
   test: {
-    include: ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts'],
+    include: attacks ? ['test/attacks/**/*.test.ts'] : ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts'],
+    exclude: attacks ? [] : ['test/attacks/**', '**/node_modules/**'],
+    fileParallelism: !attacks,
     testTimeout: 30_000,
     hookTimeout: 30_000,
     pool: 'forks',

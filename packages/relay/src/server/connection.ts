@@ -142,7 +142,13 @@ export class RelayConnection implements PairingPeer {
       this.#teardown();
     });
     ws.on('error', (error) => {
-      ctx.log.log('warn', 'socket error', { error: error.message });
+      // ws closes the socket itself (1009 for a frame over the limit, 1002 for a protocol
+      // error) but waits up to 30 s for the peer's close frame: let go of everything now, and
+      // cut the socket soon, so such sockets do not pile up.
+      ctx.log.log('warn', 'socket error', { user: this.user, device: this.device, error: error.message });
+      clearTimeout(this.#closeTimer);
+      this.#closeTimer = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
+      this.#teardown();
     });
   }
 
