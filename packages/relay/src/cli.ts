@@ -28,12 +28,22 @@ serve options:
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
   ${ENV_VARS.authTimeoutMs}, ${ENV_VARS.maxBadFrames}, ${ENV_VARS.heartbeatMs}, ${ENV_VARS.snapshotRetentionMs}
+  Failed admin logins: 10 a minute per address (IPv6: per /64), 60 a minute in all; past that
+  /admin/* answers 429 with Retry-After without checking the token.
 
 payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),
   ${ENV_VARS.webhookToleranceSeconds} (default 300), grace periods in ms: ${ENV_VARS.gracePremiumMs} (14 days),
   ${ENV_VARS.graceBasicMs} (7 days), ${ENV_VARS.graceWindowMs} (90 days), ${ENV_VARS.graceFloorMs} (1 day)
 
+HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnected):
+  ${ENV_VARS.httpHeadersTimeoutMs} (10000), ${ENV_VARS.httpRequestTimeoutMs} (30000; not below
+  the other two), ${ENV_VARS.httpBodyTimeoutMs} (10000, admin and webhook bodies)
+
 audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row.
+  Audited: tier changes, grace periods, and webhook deliveries with a valid, fresh signature
+  (applied or refused). Not audited: deliveries refused before that (no, bad or stale signature,
+  too large, too slow, wrong method, webhooks off) — counted in memory and logged at most once
+  per code every 10 s, as are failed admin logins.
 
 tier options:
   --url <http-url>      the running relay (default http://127.0.0.1:<port or 8787>)
