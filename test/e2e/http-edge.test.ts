@@ -1,6 +1,10 @@
 import { createHmac, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { createIdentity, linkNewDevice } from '@keel/client';
 import Database from 'better-sqlite3';
 import Stripe from 'stripe';
@@ -294,5 +298,39 @@ describe('health endpoint', () => {
     const body = (await response.json()) as Record<string, unknown>;
     expect(Object.keys(body).sort()).toEqual(['relay', 'status', 'uptimeSeconds']);
     expect(body).toMatchObject({ status: 'ok', relay: 'relay-health-test', uptimeSeconds: expect.any(Number) });
+  });
+});
+
+describe('process failures', () => {
+  it('logs an unhandled rejection and keeps serving; exits 1 on an uncaught exception, and restarts cleanly', async () => {
+    // Injected into the relay process: SIGUSR2 drops a rejected promise, SIGHUP throws on the event loop.
+    const dir = mkdtempSync(join(tmpdir(), 'keel-fault-'));
+    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
+    const hook = join(dir, 'faults.mjs');
+    writeFileSync(
+      hook,
+      `process.on('SIGUSR2', () => { Promise.reject(new Error('injected rejection')); });\n` +
+        `process.on('SIGHUP', () => { setImmediate(() => { throw new Error('injected exception'); }); });\n`,
+    );
+    const env = { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${pathToFileURL(hook).href}`.trim() };
+    const relay = await scope.relay({ env });
+
+    process.kill(relay.pid, 'SIGUSR2');
+    await waitFor(() => relay.output().includes('unhandled promise rejection'), 2_000, 'the rejection logged');
+    expect(await healthStatus(relay.port)).toBe(200);
+    const rejection = logLines(relay).find((l) => l.msg === 'unhandled promise rejection; relay continues');
+    expect(rejection).toMatchObject({ level: 'error', error: 'Error: injected rejection' });
+
+    process.kill(relay.pid, 'SIGHUP');
+    const code = await Promise.race([relay.exited, new Promise((resolve) => setTimeout(() => resolve('still running'), 5_000))]);
+    expect(code).toBe(1);
+    const crash = logLines(relay).find((l) => l.msg === 'uncaught exception; relay exits for its supervisor to restart it');
+    expect(crash).toMatchObject({ level: 'error', error: 'Error: injected exception' });
+    // Message only: no stack trace (file paths, and whatever a frame's arguments held).
+    expect(relay.output()).not.toContain('faults.mjs');
+
+    // What a supervisor does next: the same database, a new process.
+    const again = await scope.relay({ dir: relay.dir, port: relay.port });
+    expect(await healthStatus(again.port)).toBe(200);
   });
 });
