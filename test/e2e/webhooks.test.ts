@@ -292,18 +292,20 @@ describe('payment webhooks drive tiers on every device', () => {
     expect(graceOf(relay, user)).toBeUndefined();
     // Only the stale event is recorded (so its own retry is a duplicate too).
     expect(query<{ n: number }>(relay, `SELECT count(*) AS n FROM payment_events`)[0]!.n).toBe(appliedBefore + 1);
+    // Only deliveries with a valid signature are audited. Unsigned, badly signed and replayed
+    // ones can come from anyone, as fast as the network allows: they are counted and logged
+    // (rate-limited), never written to the append-only trail.
     expect(auditAfter(relay, before)).toEqual([
       'payment.event:duplicate',
       'payment.event:stale',
-      'payment.event:BAD_SIGNATURE',
-      'payment.event:STALE_TIMESTAMP',
-      'payment.event:MALFORMED_SIGNATURE_HEADER',
-      'payment.event:MALFORMED_SIGNATURE_HEADER',
       'payment.event:MALFORMED_BODY',
       'payment.event:SCHEMA',
       'payment.event:SCHEMA',
       'payment.event:SCHEMA',
     ]);
+    for (const code of ['BAD_SIGNATURE', 'STALE_TIMESTAMP', 'MALFORMED_SIGNATURE_HEADER']) {
+      expect(relay.output()).toContain(`"msg":"payment webhook refused","outcome":"${code}"`);
+    }
 
     // The honest delivery of the same failure still works afterwards.
     expect((await deliver(relay, failure)).body).toMatchObject({ outcome: 'grace_started' });

@@ -19,6 +19,8 @@ export interface RelayProcess {
   readonly dir: string;
   /** Everything the relay printed so far (its JSON log). */
   output(): string;
+  /** Resolves with the exit status (null when killed by a signal) once the process has exited. */
+  readonly exited: Promise<number | null>;
   /** SIGTERM and wait for exit. */
   stop(): Promise<void>;
   /** SIGKILL: no shutdown hooks, no final flush. */
@@ -67,7 +69,7 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const ownsDir = options.dir === undefined;
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -105,6 +107,7 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
     dbPath,
     dir,
     output: () => out,
+    exited,
     stop: () => signal('SIGTERM'),
     kill9: () => signal('SIGKILL'),
   };

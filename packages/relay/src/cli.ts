@@ -4,7 +4,8 @@ import { parseArgs } from 'node:util';
 import { type TierMatrix, TierNameSchema, UserIdSchema, resolveTierMatrix } from '@keel/engine';
 import { createAuditVerifier } from './audit/audit-chain.js';
 import { ENV_VARS, PriceTiersSchema, type RelayConfig, RelayConfigSchema } from './config.js';
-import { createJsonLogger } from './log.js';
+import { type Logger, createJsonLogger } from './log.js';
+import { createLogThrottle } from './log-throttle.js';
 import { startRelay } from './server/relay-server.js';
 import { openSqliteStore } from './storage/sqlite-store.js';
 
@@ -28,12 +29,22 @@ serve options:
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
   ${ENV_VARS.authTimeoutMs}, ${ENV_VARS.maxBadFrames}, ${ENV_VARS.heartbeatMs}, ${ENV_VARS.snapshotRetentionMs}
+  Failed admin logins: 10 a minute per address (IPv6: per /64), 60 a minute in all; past that
+  /admin/* answers 429 with Retry-After without checking the token.
 
 payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),
   ${ENV_VARS.webhookToleranceSeconds} (default 300), grace periods in ms: ${ENV_VARS.gracePremiumMs} (14 days),
   ${ENV_VARS.graceBasicMs} (7 days), ${ENV_VARS.graceWindowMs} (90 days), ${ENV_VARS.graceFloorMs} (1 day)
 
+HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnected):
+  ${ENV_VARS.httpHeadersTimeoutMs} (10000), ${ENV_VARS.httpRequestTimeoutMs} (30000; not below
+  the other two), ${ENV_VARS.httpBodyTimeoutMs} (10000, admin and webhook bodies)
+
 audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row.
+  Audited: tier changes, grace periods, and webhook deliveries with a valid, fresh signature
+  (applied or refused). Not audited: deliveries refused before that (no, bad or stale signature,
+  too large, too slow, wrong method, webhooks off) — counted in memory and logged at most once
+  per code every 10 s, as are failed admin logins.
 
 tier options:
   --url <http-url>      the running relay (default http://127.0.0.1:<port or 8787>)
@@ -136,10 +147,37 @@ const readPriceTiers = (config: RelayConfig): RelayConfig => {
   return { ...config, priceTiers: parsed.data };
 };
 
+/** Error text for the log: no stack, and short (V8's JSON.parse messages quote the input). */
+const failureMessage = (error: unknown): string => (error instanceof Error ? `${error.name}: ${error.message}` : typeof error).slice(0, 200);
+
+/**
+ * Last-resort handlers, the two cases treated differently on purpose. A rejected promise nobody
+ * awaited is a bug at the end of one request's or one frame's work: its state is that request's,
+ * so the relay logs it and keeps serving everyone else (Node's default would kill every device's
+ * connection for one bad request). An exception that unwound to the event loop may have left
+ * shared state (maps of connections, queues, timers) half-updated; serving on could corrupt what
+ * devices are told, so the relay logs and exits 1. Nothing durable is lost: every commit is a
+ * SQLite transaction, grace periods are rescheduled from the database on start, and a supervisor
+ * (systemd, Kubernetes) restarts the process.
+ */
+const watchProcessFailures = (log: Logger): void => {
+  // Rate-limited: if a client can trigger the bug, it can trigger it in a loop.
+  const throttle = createLogThrottle({ log, now: Date.now });
+  process.on('unhandledRejection', (reason: unknown) => {
+    throttle.log('process.unhandled_rejection', 'error', 'unhandled promise rejection; relay continues', { error: failureMessage(reason) });
+  });
+  process.on('uncaughtException', (error: Error) => {
+    // stdout to a file or pipe is written synchronously on Linux: the line is out before exit.
+    log.log('error', 'uncaught exception; relay exits for its supervisor to restart it', { error: failureMessage(error) });
+    process.exit(1);
+  });
+};
+
 const serve = async (input: RelayConfig): Promise<void> => {
   const config = readPriceTiers(input);
   const tiers = readTiers(config.tiersFile);
   const log = createJsonLogger((line) => process.stdout.write(line), config.logLevel);
+  watchProcessFailures(log);
   let store;
   try {
     store = openSqliteStore({ path: config.db, synchronous: config.synchronous });

@@ -106,6 +106,14 @@ export const RelayConfigSchema = z.strictObject({
   graceWindowMs: int('grace failure window', 0, 10 * YEAR_MS).default(90 * DAY_MS),
   /** Shortest grace period after repeated failures (ms): 1 day. */
   graceFloorMs: int('grace floor', 1, YEAR_MS).default(DAY_MS),
+  // HTTP edge: how long a client may take to send a request (slow-loris defence). Not 0: Node
+  // would take that as "never time out".
+  /** Until a request's headers are complete (ms); Node's `headersTimeout`, answered 408 and closed. */
+  httpHeadersTimeoutMs: int('HTTP headers timeout', 100, 600_000).default(10_000),
+  /** Until a whole request, headers and body, is in (ms); Node's `requestTimeout`. */
+  httpRequestTimeoutMs: int('HTTP request timeout', 100, 3_600_000).default(30_000),
+  /** Until an admin or webhook body is in, counted from when the relay starts reading it (ms); 408 and closed. */
+  httpBodyTimeoutMs: int('HTTP body timeout', 100, 600_000).default(10_000),
 }).superRefine((config, ctx) => {
   // Otherwise the floor would lengthen a first grace period beyond its configured base.
   if (config.crisisAnomalyBytes > config.crisisCeilingBytes) {
@@ -116,6 +124,23 @@ export const RelayConfigSchema = z.strictObject({
   }
   if (config.graceFloorMs > Math.min(config.graceBasicMs, config.gracePremiumMs)) {
     ctx.addIssue({ code: 'custom', path: ['graceFloorMs'], message: 'grace floor must not be longer than the basic or premium grace period' });
+  }
+}).superRefine((config, ctx) => {
+  // Node refuses to start a server whose headers timeout exceeds its request timeout (ERR_OUT_OF_RANGE).
+  if (config.httpHeadersTimeoutMs > config.httpRequestTimeoutMs) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['httpHeadersTimeoutMs'],
+      message: `HTTP headers timeout (${config.httpHeadersTimeoutMs} ms) must not be longer than the request timeout (${config.httpRequestTimeoutMs} ms), which includes the headers`,
+    });
+  }
+  // A longer body timeout would never fire: the request timeout would always end a slow body first.
+  if (config.httpBodyTimeoutMs > config.httpRequestTimeoutMs) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['httpBodyTimeoutMs'],
+      message: `HTTP body timeout (${config.httpBodyTimeoutMs} ms) must not be longer than the request timeout (${config.httpRequestTimeoutMs} ms), which includes the body`,
+    });
   }
 });
 export type RelayConfig = z.infer<typeof RelayConfigSchema>;
@@ -156,4 +181,7 @@ export const ENV_VARS = {
   graceBasicMs: 'KEEL_RELAY_GRACE_BASIC_MS',
   graceWindowMs: 'KEEL_RELAY_GRACE_WINDOW_MS',
   graceFloorMs: 'KEEL_RELAY_GRACE_FLOOR_MS',
+  httpHeadersTimeoutMs: 'KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS',
+  httpRequestTimeoutMs: 'KEEL_RELAY_HTTP_REQUEST_TIMEOUT_MS',
+  httpBodyTimeoutMs: 'KEEL_RELAY_HTTP_BODY_TIMEOUT_MS',
 } as const satisfies Record<keyof RelayConfig, string>;

@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { CloseCode, DEFAULT_TIERS, type DocId, ErrorCode, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
@@ -11,13 +11,11 @@ import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
-import { createWebhookHandler } from '../webhooks/webhook-handler.js';
-import { createAdminHandler } from './admin.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
-import { sendJson } from './http-util.js';
+import { createHttpServer } from './http-server.js';
 import { createWorkQueue } from './work-queue.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
@@ -50,11 +48,9 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   await cryptoReady();
   const { config, store, log } = deps;
   const now = deps.now ?? Date.now;
-  const startedAt = now();
   const commits = createCommitQueue(store, now);
   const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
-  const admin = createAdminHandler(config.adminToken, entitlements, log);
   const payments = createPaymentProcessor({
     store,
     entitlements,
@@ -67,14 +63,6 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     },
     priceTiers: config.priceTiers,
     timers: deps.timers ?? { now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
-  });
-  const webhooks = createWebhookHandler({
-    secret: config.webhookSecret,
-    toleranceSeconds: config.webhookToleranceSeconds,
-    payments,
-    store,
-    log,
-    now,
   });
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
@@ -148,33 +136,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     for (const conn of byUser.get(userId) ?? []) conn.setTier(state);
   });
 
-  const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const path = (req.url ?? '/').split('?')[0] ?? '/';
-    if (req.method === 'GET' && path === '/healthz') {
-      try {
-        await store.ping();
-        sendJson(res, 200, { status: 'ok', relay: config.relayId, uptimeSeconds: Math.round((now() - startedAt) / 1000), connections: all.size });
-      } catch (error) {
-        log.log('error', 'health check failed', { error: error instanceof Error ? error.message : String(error) });
-        sendJson(res, 503, { status: 'unavailable', relay: config.relayId, reason: 'store unavailable' });
-      }
-      return;
-    }
-    if (await admin(req, res, path)) return;
-    if (await webhooks(req, res, path)) return;
-    sendJson(res, 404, { error: 'NOT_FOUND', message: `no route for ${req.method} ${path}` });
-  };
-  const http: Server = createServer((req, res) => {
-    route(req, res).catch((error: unknown) => {
-      log.log('error', 'http handler failed', { error: error instanceof Error ? error.message : String(error) });
-      if (!res.headersSent) sendJson(res, 500, { error: 'INTERNAL', message: 'internal relay error' });
-      else res.destroy();
-    });
-  });
-  http.on('clientError', (_error, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
-    else socket.destroy();
-  });
+  // Health, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
+  const http: Server = createHttpServer({ config, store, log, now, entitlements, payments });
 
   const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
   const alive = new WeakSet<WebSocket>();

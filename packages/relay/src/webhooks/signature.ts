@@ -9,7 +9,11 @@ const MAX_SIGNATURES = 8;
 
 export type SignatureCheck =
   | { readonly ok: true; readonly timestamp: number }
-  | { readonly ok: false; readonly code: WebhookRejection; readonly message: string };
+  | {
+      readonly ok: false;
+      readonly code: typeof WebhookRejection.MALFORMED_SIGNATURE_HEADER | typeof WebhookRejection.BAD_SIGNATURE | typeof WebhookRejection.STALE_TIMESTAMP;
+      readonly message: string;
+    };
 
 const HEX_SHA256 = /^[0-9a-f]{64}$/i;
 

@@ -1,11 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { PaymentProcessor } from '../entitlements/payments.js';
 import type { Logger } from '../log.js';
+import type { LogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
 import { readBody, sendJson } from '../server/http-util.js';
+import type { RefusalCounters } from '../server/refusal-counters.js';
 import { verifyStripeSignature } from './signature.js';
 import { parseStripeEvent } from './stripe-events.js';
-import { WebhookRejection } from './webhook-codes.js';
+import { type UnauthenticatedRefusal, WebhookRejection } from './webhook-codes.js';
 
 export const WEBHOOK_PATH = '/webhooks/payments';
 
@@ -19,51 +21,80 @@ export interface WebhookHandlerDeps {
   readonly payments: PaymentProcessor;
   readonly store: RelayStore;
   readonly log: Logger;
+  /** For refusals anyone can cause (before the signature is verified). */
+  readonly throttle: LogThrottle;
+  readonly refusals: RefusalCounters<UnauthenticatedRefusal>;
   readonly now: () => number;
+  /** How long a delivery's body may take to arrive (ms). */
+  readonly bodyTimeoutMs: number;
+}
+
+interface Reply {
+  readonly status: number;
+  readonly body: unknown;
+  readonly close?: boolean;
 }
 
 /**
  * `POST /webhooks/payments`: Stripe's event format and `Stripe-Signature` scheme. The raw body
- * is verified before it is parsed, and is never stored or logged; a refused delivery changes
- * nothing but an audit row with the reason.
+ * is verified before it is parsed, and is never stored or logged. A refused delivery changes
+ * nothing; only one with a valid, fresh signature leaves an audit row with the reason (see
+ * UNAUTHENTICATED_REFUSALS for why the others do not).
  */
 export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
-  const { secret, payments, store, log, now } = deps;
+  const { secret, payments, store, log, throttle, refusals, now } = deps;
 
-  const refuse = async (status: number, code: WebhookRejection, message: string): Promise<{ status: number; body: unknown }> => {
-    await store.appendAudit([{ actor: 'webhook', op: 'payment.event', userId: null, outcome: code, detail: {} }], now());
-    log.log('warn', 'payment webhook refused', { outcome: code });
-    return { status, body: { error: code, message } };
+  const refuseUnauthenticated = (status: number, code: UnauthenticatedRefusal, message: string, close = false): Reply => {
+    refusals.count(code);
+    throttle.log(`webhook.${code}`, 'warn', 'payment webhook refused', { outcome: code });
+    return { status, body: { error: code, message }, ...(close ? { close } : {}) };
   };
 
-  const handle = async (req: IncomingMessage): Promise<{ status: number; body: unknown; close?: boolean }> => {
+  /** The provider itself sent something unusable: worth a durable record. */
+  const refuseSigned = async (code: typeof WebhookRejection.MALFORMED_BODY | typeof WebhookRejection.SCHEMA, message: string): Promise<Reply> => {
+    await store.appendAudit([{ actor: 'webhook', op: 'payment.event', userId: null, outcome: code, detail: {} }], now());
+    log.log('warn', 'payment webhook refused', { outcome: code });
+    return { status: 400, body: { error: code, message } };
+  };
+
+  const handle = async (req: IncomingMessage): Promise<Reply | undefined> => {
     if (req.method !== 'POST') {
       req.resume();
-      return { status: 405, body: { error: WebhookRejection.METHOD_NOT_ALLOWED, message: `use POST ${WEBHOOK_PATH}` } };
+      return refuseUnauthenticated(405, WebhookRejection.METHOD_NOT_ALLOWED, `use POST ${WEBHOOK_PATH}`);
     }
     if (secret === undefined) {
       req.resume();
-      return {
-        status: 503,
-        body: { error: WebhookRejection.WEBHOOKS_DISABLED, message: 'payment webhooks are off: set KEEL_RELAY_WEBHOOK_SECRET to the endpoint secret' },
-      };
+      return refuseUnauthenticated(
+        503,
+        WebhookRejection.WEBHOOKS_DISABLED,
+        'payment webhooks are off: set KEEL_RELAY_WEBHOOK_SECRET to the endpoint secret',
+      );
     }
-    const tooLarge = () => refuse(413, WebhookRejection.BODY_TOO_LARGE, `body over ${MAX_WEBHOOK_BODY_BYTES} bytes`);
+    const tooLarge = `body over ${MAX_WEBHOOK_BODY_BYTES} bytes`;
     // A declared size over the limit is refused before a byte is read; the connection then closes.
-    if (Number(req.headers['content-length'] ?? 0) > MAX_WEBHOOK_BODY_BYTES) return { ...(await tooLarge()), close: true };
-    const raw = await readBody(req, MAX_WEBHOOK_BODY_BYTES);
-    if (!raw) return tooLarge();
+    if (Number(req.headers['content-length'] ?? 0) > MAX_WEBHOOK_BODY_BYTES) {
+      return refuseUnauthenticated(413, WebhookRejection.BODY_TOO_LARGE, tooLarge, true);
+    }
+    const read = await readBody(req, MAX_WEBHOOK_BODY_BYTES, deps.bodyTimeoutMs);
+    if (!read.ok) {
+      if (read.reason === 'aborted') return undefined;
+      if (read.reason === 'timeout') {
+        return refuseUnauthenticated(408, WebhookRejection.BODY_TIMEOUT, `body not received within ${deps.bodyTimeoutMs} ms`, true);
+      }
+      return refuseUnauthenticated(413, WebhookRejection.BODY_TOO_LARGE, tooLarge, true);
+    }
+    const raw = read.body;
     const header = req.headers['stripe-signature'];
     const check = verifyStripeSignature(raw, typeof header === 'string' ? header : undefined, secret, Math.floor(now() / 1000), deps.toleranceSeconds);
-    if (!check.ok) return refuse(400, check.code, check.message);
+    if (!check.ok) return refuseUnauthenticated(400, check.code, check.message);
     let json: unknown;
     try {
       json = JSON.parse(raw.toString('utf8'));
     } catch {
-      return refuse(400, WebhookRejection.MALFORMED_BODY, 'body is not JSON');
+      return refuseSigned(WebhookRejection.MALFORMED_BODY, 'body is not JSON');
     }
     const parsed = parseStripeEvent(json);
-    if (!parsed.ok) return refuse(400, WebhookRejection.SCHEMA, parsed.message);
+    if (!parsed.ok) return refuseSigned(WebhookRejection.SCHEMA, parsed.message);
     const result = await payments.applyEvent(parsed.event);
     return {
       status: 200,
@@ -75,6 +106,11 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
   return async (req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> => {
     if (path !== WEBHOOK_PATH) return false;
     const reply = await handle(req);
+    // The sender hung up mid-body: nobody to answer.
+    if (!reply) {
+      res.destroy();
+      return true;
+    }
     if (reply.close) res.setHeader('connection', 'close');
     sendJson(res, reply.status, reply.body);
     return true;

@@ -1,0 +1,161 @@
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { RelayConfig } from '../config.js';
+import type { Entitlements } from '../entitlements/entitlements.js';
+import type { PaymentProcessor } from '../entitlements/payments.js';
+import type { Logger } from '../log.js';
+import { createLogThrottle } from '../log-throttle.js';
+import type { RelayStore } from '../storage/relay-store.js';
+import { UNAUTHENTICATED_REFUSALS, type UnauthenticatedRefusal } from '../webhooks/webhook-codes.js';
+import { createWebhookHandler } from '../webhooks/webhook-handler.js';
+import { createAdminHandler } from './admin.js';
+import type { AuthFailureLimits } from './auth-failure-limiter.js';
+import {
+  ADMIN_UNAUTHENTICATED_REFUSALS,
+  type AdminUnauthenticatedRefusal,
+  CONNECTION_REFUSALS,
+  type ConnectionRefusal,
+  HttpErrorCode,
+} from './http-codes.js';
+import { sendJson } from './http-util.js';
+import { type RefusalCounters, createRefusalCounters } from './refusal-counters.js';
+
+/** Idle time of a keep-alive connection between requests (Node's default, stated as a decision). */
+const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+
+/** Refusals anyone can cause, by where they happen: in memory, for metrics, never in the audit trail. */
+export interface HttpRefusals {
+  /** Slow, oversized or unparseable requests, refused before any route. */
+  readonly connection: RefusalCounters<ConnectionRefusal>;
+  readonly admin: RefusalCounters<AdminUnauthenticatedRefusal>;
+  readonly webhook: RefusalCounters<UnauthenticatedRefusal>;
+}
+
+/** Counters for every refusal code, all at 0. */
+export const createHttpRefusals = (): HttpRefusals => ({
+  connection: createRefusalCounters(CONNECTION_REFUSALS),
+  admin: createRefusalCounters(ADMIN_UNAUTHENTICATED_REFUSALS),
+  webhook: createRefusalCounters(UNAUTHENTICATED_REFUSALS),
+});
+
+export interface HttpServerDeps {
+  readonly config: RelayConfig;
+  readonly store: RelayStore;
+  readonly log: Logger;
+  readonly now: () => number;
+  readonly entitlements: Entitlements;
+  readonly payments: PaymentProcessor;
+  /** Where refusals are counted; pass them to read them (metrics), else the server keeps its own. */
+  readonly refusals?: HttpRefusals;
+  /** Failed admin login budgets; the defaults unless a test injects others. */
+  readonly adminLimits?: AuthFailureLimits;
+}
+
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+/** The bare answers Node would give itself, had the relay no 'clientError' listener. */
+const CLIENT_ERROR_ANSWERS: Readonly<Record<ConnectionRefusal, string>> = {
+  REQUEST_TIMEOUT: 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n',
+  HEADERS_TOO_LARGE: 'HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n',
+  BAD_REQUEST: 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n',
+};
+
+const clientErrorCode = (code: string | undefined): ConnectionRefusal => {
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return HttpErrorCode.REQUEST_TIMEOUT;
+  if (code === 'HPE_HEADER_OVERFLOW') return HttpErrorCode.HEADERS_TOO_LARGE;
+  return HttpErrorCode.BAD_REQUEST;
+};
+
+/**
+ * The relay's HTTP side: `GET /healthz`, `/admin/*`, `POST /webhooks/payments`, with timeouts
+ * that let no client hold a connection by sending slowly. WebSocket upgrades are not routed
+ * here; the caller attaches its WebSocketServer to the returned server.
+ */
+export const createHttpServer = (deps: HttpServerDeps): Server => {
+  const { config, store, log, now } = deps;
+  const startedAt = now();
+  const throttle = createLogThrottle({ log, now });
+  const refusals = deps.refusals ?? createHttpRefusals();
+  const admin = createAdminHandler({
+    token: config.adminToken,
+    entitlements: deps.entitlements,
+    log,
+    throttle,
+    refusals: refusals.admin,
+    now,
+    bodyTimeoutMs: config.httpBodyTimeoutMs,
+    ...(deps.adminLimits ? { limits: deps.adminLimits } : {}),
+  });
+  const webhooks = createWebhookHandler({
+    secret: config.webhookSecret,
+    toleranceSeconds: config.webhookToleranceSeconds,
+    payments: deps.payments,
+    store,
+    log,
+    throttle,
+    refusals: refusals.webhook,
+    now,
+    bodyTimeoutMs: config.httpBodyTimeoutMs,
+  });
+
+  const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    if (req.method === 'GET' && path === '/healthz') {
+      try {
+        await store.ping();
+        // No connection count: it would tell anyone watching when a user's devices come online.
+        sendJson(res, 200, { status: 'ok', relay: config.relayId, uptimeSeconds: Math.round((now() - startedAt) / 1000) });
+      } catch (error) {
+        throttle.log('health.failed', 'error', 'health check failed', { error: messageOf(error) });
+        sendJson(res, 503, { status: 'unavailable', relay: config.relayId, reason: 'store unavailable' });
+      }
+      return;
+    }
+    if (await admin(req, res, path)) return;
+    if (await webhooks(req, res, path)) return;
+    sendJson(res, 404, { error: HttpErrorCode.NOT_FOUND, message: `no route for ${req.method} ${path}` });
+  };
+
+  // The response in flight on each socket, so a parser error never writes into the middle of one.
+  const inFlight = new WeakMap<Duplex, ServerResponse>();
+  const server = createServer(
+    {
+      headersTimeout: config.httpHeadersTimeoutMs,
+      requestTimeout: config.httpRequestTimeoutMs,
+      keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+      // Node checks both timeouts only this often (default 30 s, which would stretch a 10 s
+      // headers timeout to 40). A quarter of the headers timeout bounds the overshoot at 25 %;
+      // the check walks only connections with an unfinished request, so 1 s is cheap enough.
+      connectionsCheckingInterval: Math.min(1_000, Math.max(25, Math.floor(config.httpHeadersTimeoutMs / 4))),
+    },
+    (req, res) => {
+      inFlight.set(req.socket, res);
+      route(req, res).catch((error: unknown) => {
+        // Rate-limited: whatever made a handler throw, a client may be able to repeat it.
+        throttle.log('http.handler_failed', 'error', 'http handler failed', { error: messageOf(error) });
+        if (!res.headersSent) sendJson(res, 500, { error: HttpErrorCode.INTERNAL, message: 'internal relay error' });
+        else res.destroy();
+      });
+    },
+  );
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+    // The peer is gone already; there is nobody to answer.
+    if (error.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const code = clientErrorCode(error.code);
+    refusals.connection.count(code);
+    const res = inFlight.get(socket);
+    if (res && res.headersSent && !res.writableFinished) {
+      socket.destroy();
+      return;
+    }
+    // Destroyed once written, not merely ended: the server keeps half-open sockets, and a slow
+    // client would otherwise hold this one for as long as it kept its own side open.
+    socket.end(CLIENT_ERROR_ANSWERS[code], () => socket.destroy());
+  });
+  // Suppressed-line counts still pending reach the log before the relay stops.
+  server.on('close', () => throttle.flush());
+  return server;
+};
