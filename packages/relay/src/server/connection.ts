@@ -32,7 +32,7 @@ import {
 } from '@keel/engine';
 import type { WebSocket } from 'ws';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
-import type { RelayConfig } from '../config.js';
+import type { ServingConfig } from '../config.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
 import type { QuotaGuard, QuotaRefusal } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
@@ -44,7 +44,7 @@ import type { WorkOwner, WorkQueue } from './work-queue.js';
 
 /** What a connection needs from the relay around it. */
 export interface ConnectionContext {
-  readonly config: RelayConfig;
+  readonly config: ServingConfig;
   readonly store: RelayStore;
   readonly commits: CommitQueue;
   readonly entitlements: Entitlements;

@@ -1,9 +1,9 @@
 import { once } from 'node:events';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, DEFAULT_TIERS, type DocId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DocId, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
-import type { RelayConfig } from '../config.js';
+import type { RelayConfig, ServingConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
 import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
 import { createPaymentProcessor } from '../entitlements/payments.js';
@@ -14,6 +14,7 @@ import { createWebhookHandler } from '../webhooks/webhook-handler.js';
 import { createAdminHandler } from './admin.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
+import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import { sendJson } from './http-util.js';
 import { createWorkQueue } from './work-queue.js';
@@ -38,6 +39,8 @@ export interface Relay {
   readonly url: string;
   /** HTTP base URL (health, admin, webhooks). */
   readonly httpUrl: string;
+  /** The id devices pin: configured, or generated at the first start and kept by the store. */
+  readonly relayId: RelayId;
   readonly entitlements: Entitlements;
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
@@ -46,7 +49,8 @@ export interface Relay {
 /** Starts a relay: HTTP (health) and WebSocket (sync) on one port. */
 export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   await cryptoReady();
-  const { config, store, log } = deps;
+  const { store, log } = deps;
+  const config: ServingConfig = { ...deps.config, relayId: await resolveRelayId(deps.config.relayId, store, log) };
   const now = deps.now ?? Date.now;
   const startedAt = now();
   const commits = createCommitQueue(store, now);
@@ -188,6 +192,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     address,
     url: `ws://${host}:${address.port}`,
     httpUrl: `http://${host}:${address.port}`,
+    relayId: config.relayId,
     entitlements,
     close() {
       closing ??= (async () => {
