@@ -9,6 +9,7 @@ import {
   ErrorCode,
   type HelloFrame,
   PROTOCOL_VERSION,
+  RelayIdSchema,
   asSeq,
   certifyFirstDevice,
   createChallengeNonce,
@@ -311,7 +312,7 @@ interface HostileRelay {
   close(): Promise<void>;
 }
 
-const HOSTILE_RELAY_ID = 'hostile-relay';
+const HOSTILE_RELAY_ID = RelayIdSchema.parse('hostile-relay');
 
 /**
  * A relay that authenticates devices correctly (so the client trusts the connection) and

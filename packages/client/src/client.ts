@@ -11,6 +11,8 @@ import {
   type KeelError,
   type Priority,
   type RelayFrame,
+  type RelayId,
+  RelayIdSchema,
   type Seq,
   type TierState,
   TierStateSchema,
@@ -91,9 +93,18 @@ export interface KeelClientOptions {
    * Default 1000.
    */
   readonly snapshotEvery?: number;
+  /**
+   * The relay deployment's id (its `--relay-id`), pinned before first contact: the device
+   * answers no other relay's challenge. Recommended when the app knows its deployment.
+   * Absent: the identity's (a linked device gets its linking device's pin), else the one kept
+   * in `storage`, else the id of the first relay that accepts this device. Replaces a kept pin.
+   */
+  readonly relayId?: string | undefined;
 }
 
 const TIER_KEY = ['client', 'tier'];
+/** The relay id this device pinned, kept next to the tier so a restart keeps the pin. */
+const RELAY_KEY = ['client', 'relay'];
 const EPOCHS_KEY = ['client', 'epochs'];
 /** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
 export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
@@ -134,8 +145,15 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #idleWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
   #finalError: ClientError | undefined;
+  /** Writing the relay pin taken on first contact; close() waits for it. */
+  #pinWrite: Promise<void> = Promise.resolve();
 
-  constructor(options: KeelClientOptions, initialTier: TierState = UNKNOWN_TIER, storedEpochs: Readonly<Record<string, string>> = {}) {
+  constructor(
+    options: KeelClientOptions,
+    initialTier: TierState = UNKNOWN_TIER,
+    storedEpochs: Readonly<Record<string, string>> = {},
+    storedRelay?: RelayId,
+  ) {
     super();
     this.identity = options.identity;
     this.#store = options.storage;
@@ -147,6 +165,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
     if (!Impl) throw new Error('no WebSocket implementation: pass one as options.WebSocket (in Node: the ws package)');
     const factory: WebSocketFactory = (url) => new Impl(url) as WebSocketLike;
+    const pinned = pinnedUpFront(options) ?? storedRelay;
     this.#link = new RelayLink(options.url, options.identity, factory, createBackoff(options.backoff), {
       onState: (state) => this.#onLinkState(state),
       onReady: (frame) => this.#onReady(frame),
@@ -158,7 +177,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         }
         this.emit('error', [error]);
       },
-    });
+      onPin: (relay) => {
+        this.#pinWrite = this.#store.save(RELAY_KEY, encodeJson(relay)).catch((error: unknown) => {
+          this.emit('error', [{ code: 'INTERNAL', message: `cannot store the relay pin: ${error instanceof Error ? error.message : String(error)}` }]);
+        });
+      },
+    }, pinned);
     this.#dispatcher = new Dispatcher({
       scheduler: createScheduler({ clock: { now: () => Date.now() }, policy: initialTier.policy }),
       doc: (docId) => this.#docs.get(docId),
@@ -179,6 +203,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   /** The tier the relay enforces for this user (last known while offline). */
   get tier(): TierState {
     return this.#tier;
+  }
+
+  /** The relay id this device is pinned to; undefined until first contact when none was given. */
+  get relayId(): RelayId | undefined {
+    return this.#link.relayId;
   }
 
   /** Whether the user is in crisis mode (on any of their devices). */
@@ -366,6 +395,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#link.stop();
     this.#dispatcher.close();
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
+    await this.#pinWrite;
     this.#docs.clear();
     this.#setStatus('closed');
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
@@ -416,7 +446,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     }
     const grant = authorizeDevice(this.identity, deviceKey);
     this.#link.send({ type: 'register', cert: grant.cert });
-    const sealed = sealToDevice(encodeGrant({ ...grant, epochs: this.#keyring.export() }), deviceKey, pending.secret, frame.id);
+    // The new device pins the deployment this one trusts, not whatever relay it first meets.
+    const relayId = this.#link.relayId;
+    const payload = encodeGrant({ ...grant, epochs: this.#keyring.export(), ...(relayId ? { relayId } : {}) });
+    const sealed = sealToDevice(payload, deviceKey, pending.secret, frame.id);
     this.#link.send({ type: 'pair-grant', id: frame.id, ...sealed });
     pending.resolve(grant.cert);
   }
@@ -665,13 +698,41 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 }
 
-/** Creates a client: restores the last known tier, starts connecting and watching crisis mode. */
+/** The pin an app or a linking device gave (never the relay): the option first, then the identity's. */
+const pinnedUpFront = (options: KeelClientOptions): RelayId | undefined =>
+  options.relayId !== undefined ? RelayIdSchema.parse(options.relayId) : options.identity.relayId;
+
+/** The pin kept in storage; one that does not parse counts as none (first contact pins again). */
+const loadRelayPin = async (storage: ClientStore): Promise<RelayId | undefined> => {
+  const bytes = await storage.load(RELAY_KEY);
+  if (!bytes) return undefined;
+  try {
+    const parsed = RelayIdSchema.safeParse(decodeJson(bytes));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+};
+
+/**
+ * Creates a client: restores the last known tier and the relay pin, starts connecting and
+ * watching crisis mode.
+ */
 export const createClient = async (options: KeelClientOptions): Promise<KeelClient> => {
   await cryptoReady();
   const stored = await options.storage.load(TIER_KEY);
   const tier = stored ? TierStateSchema.safeParse(decodeJson(stored)) : undefined;
   const epochs = await options.storage.load(EPOCHS_KEY);
-  const client = new KeelClient(options, tier?.success ? tier.data : UNKNOWN_TIER, epochs ? StoredEpochsSchema.parse(decodeJson(epochs)) : {});
+  const keptRelay = await loadRelayPin(options.storage);
+  const upFront = pinnedUpFront(options);
+  // Kept, so the pin survives a later start that passes neither the option nor that identity.
+  if (upFront !== undefined && upFront !== keptRelay) await options.storage.save(RELAY_KEY, encodeJson(upFront));
+  const client = new KeelClient(
+    options,
+    tier?.success ? tier.data : UNKNOWN_TIER,
+    epochs ? StoredEpochsSchema.parse(decodeJson(epochs)) : {},
+    keptRelay,
+  );
   await client.watchCrisisMode();
   return client;
 };

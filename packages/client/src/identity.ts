@@ -2,6 +2,8 @@ import {
   type DeviceCertificate,
   DeviceCertificateSchema,
   type DeviceKeys,
+  type RelayId,
+  RelayIdSchema,
   type UserKeys,
   WireLimits,
   certifyDevice,
@@ -26,6 +28,11 @@ export interface Identity {
   readonly chain: readonly DeviceCertificate[];
   /** Key-epoch secrets after the first (base64url by epoch) handed over when this device was linked. */
   readonly epochs?: Readonly<Record<string, string>>;
+  /**
+   * The relay deployment the linking device was pinned to; a client with this identity pins it
+   * before first contact. Absent for a first device (it pins on first contact).
+   */
+  readonly relayId?: RelayId;
 }
 
 /**
@@ -39,6 +46,8 @@ export interface DeviceGrant {
   readonly chain: readonly DeviceCertificate[];
   /** Key-epoch secrets after the first, so the new device reads what was written since revocations. */
   readonly epochs?: Readonly<Record<string, string>>;
+  /** The relay id the issuing device is pinned to; the new device pins it too. */
+  readonly relayId?: RelayId;
 }
 
 /** A new user: a fresh root key and this device's key pair, certified by the user key. */
@@ -61,6 +70,7 @@ export const authorizeDevice = (existing: Identity, newDevicePublicKey: Uint8Arr
   cert: certifyDevice(existing.user, existing.device, newDevicePublicKey, now),
   // Longer chains are cut at the root side: the relay knows old devices already.
   chain: [...existing.chain, existing.cert].slice(-WireLimits.maxChain),
+  ...(existing.relayId ? { relayId: existing.relayId } : {}),
 });
 
 /** On the new device: combine the grant with its own keys. Throws if the grant is for other keys. */
@@ -71,7 +81,14 @@ export const acceptDeviceGrant = async (grant: DeviceGrant, device: DeviceKeys):
   if (grant.cert.device !== device.deviceId || grant.cert.deviceKey !== toB64(device.publicKey)) {
     throw new Error('device grant: certificate is for another device key');
   }
-  return { user, device, cert: grant.cert, chain: grant.chain, ...(grant.epochs ? { epochs: grant.epochs } : {}) };
+  return {
+    user,
+    device,
+    cert: grant.cert,
+    chain: grant.chain,
+    ...(grant.epochs ? { epochs: grant.epochs } : {}),
+    ...(grant.relayId ? { relayId: grant.relayId } : {}),
+  };
 };
 
 /** Shortcut for tests and single-process demos: a second device of the same user. */
@@ -88,6 +105,8 @@ const StoredIdentitySchema = z.strictObject({
   cert: DeviceCertificateSchema,
   chain: z.array(DeviceCertificateSchema).max(WireLimits.maxChain),
   epochs: z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/)).optional(),
+  /** Absent in identities stored before relay pinning, and for first devices. */
+  relayId: RelayIdSchema.optional(),
 });
 
 /** Serialises an identity (secret keys included) for the app's secure storage. */
@@ -99,6 +118,7 @@ export const serializeIdentity = (identity: Identity): string =>
     cert: identity.cert,
     chain: identity.chain,
     ...(identity.epochs ? { epochs: identity.epochs } : {}),
+    ...(identity.relayId ? { relayId: identity.relayId } : {}),
   });
 
 /** Parses what `serializeIdentity` wrote; throws a clear error on anything else. */
@@ -119,5 +139,12 @@ export const parseIdentity = async (text: string): Promise<Identity> => {
   const device: DeviceKeys = { deviceId: deviceIdFromKey(publicKey), publicKey, secretKey };
   const cert = parsed.data.cert;
   if (cert.user !== user.userId || cert.device !== device.deviceId) throw new Error('stored identity: certificate does not match keys');
-  return { user, device, cert, chain: parsed.data.chain, ...(parsed.data.epochs ? { epochs: parsed.data.epochs } : {}) };
+  return {
+    user,
+    device,
+    cert,
+    chain: parsed.data.chain,
+    ...(parsed.data.epochs ? { epochs: parsed.data.epochs } : {}),
+    ...(parsed.data.relayId ? { relayId: parsed.data.relayId } : {}),
+  };
 };

@@ -3,6 +3,7 @@ import {
   DeviceCertificateSchema,
   ErrorCode,
   PROTOCOL_VERSION,
+  RelayIdSchema,
   WireLimits,
   cryptoReady,
   encodeFrame,
@@ -24,12 +25,21 @@ export const GrantPayloadSchema = z.strictObject({
   cert: DeviceCertificateSchema,
   chain: z.array(DeviceCertificateSchema).max(WireLimits.maxChain),
   epochs: z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/)),
+  /** The relay id the issuing device is pinned to (absent from issuers before relay pinning). */
+  relayId: RelayIdSchema.optional(),
 });
 export type GrantPayload = z.infer<typeof GrantPayloadSchema>;
 
 export const encodeGrant = (grant: DeviceGrant & { epochs: Readonly<Record<string, string>> }): Uint8Array =>
   new TextEncoder().encode(
-    JSON.stringify({ v: 1, rootKey: toB64(grant.rootKey), cert: grant.cert, chain: [...grant.chain], epochs: { ...grant.epochs } } satisfies GrantPayload),
+    JSON.stringify({
+      v: 1,
+      rootKey: toB64(grant.rootKey),
+      cert: grant.cert,
+      chain: [...grant.chain],
+      epochs: { ...grant.epochs },
+      ...(grant.relayId ? { relayId: grant.relayId } : {}),
+    } satisfies GrantPayload),
   );
 
 export class PairingError extends Error {
@@ -49,19 +59,26 @@ export interface JoinOptions {
   readonly WebSocket?: new (url: string) => unknown;
   /** Give up after this long (default 2 minutes). */
   readonly timeoutMs?: number;
+  /**
+   * The relay deployment's id, when the app knows it: a grant from a device pinned to another
+   * deployment is refused (RELAY_MISMATCH), and a grant without one gets this one.
+   */
+  readonly relayId?: string | undefined;
 }
 
 /**
  * On a new device: joins the user with a pairing code shown by one of their devices. This
  * device makes its own key pair; the existing device certifies it, registers it with the relay
  * and hands over the root key sealed to it. Resolves to the new device's identity (store it in
- * secure storage, then create a client with it). Fails with a PairingError if the code is
- * unknown, expired, already used or refused.
+ * secure storage, then create a client with it); the identity carries the issuing device's
+ * relay pin, so the new device's first connection already refuses any other deployment. Fails
+ * with a PairingError if the code is unknown, expired, already used or refused.
  */
 export const joinWithPairingCode = async (options: JoinOptions): Promise<Identity> => {
   await cryptoReady();
   const parsed = parsePairingCode(options.code);
   if (!parsed.ok) throw new PairingError(parsed.error.code, parsed.error.message);
+  const expectedRelay = options.relayId === undefined ? undefined : RelayIdSchema.parse(options.relayId);
   const { id, secret } = parsed.value;
   const keys = await createDeviceKeys();
   const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
@@ -102,7 +119,13 @@ export const joinWithPairingCode = async (options: JoinOptions): Promise<Identit
         finish(new PairingError(ErrorCode.BAD_PAYLOAD, 'the pairing grant is malformed'));
         return;
       }
-      acceptDeviceGrant({ rootKey: fromB64(payload.rootKey), cert: payload.cert, chain: payload.chain, epochs: payload.epochs }, keys).then(
+      if (expectedRelay !== undefined && payload.relayId !== undefined && payload.relayId !== expectedRelay) {
+        finish(new PairingError(ErrorCode.RELAY_MISMATCH, `the linking device is pinned to relay "${payload.relayId}", not "${expectedRelay}"`));
+        return;
+      }
+      const relayId = payload.relayId ?? expectedRelay;
+      const grant: DeviceGrant = { rootKey: fromB64(payload.rootKey), cert: payload.cert, chain: payload.chain, epochs: payload.epochs, ...(relayId ? { relayId } : {}) };
+      acceptDeviceGrant(grant, keys).then(
         (identity) => finish(undefined, identity),
         (error: unknown) => finish(error instanceof Error ? error : new Error(String(error))),
       );

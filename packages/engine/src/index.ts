@@ -10,12 +10,13 @@ export {
   CounterSchema,
   EpochSchema,
   LaneSchema,
+  RelayIdSchema,
   asUserId,
   asDeviceId,
   asDocId,
   asSeq,
 } from './protocol/ids.js';
-export type { UserId, DeviceId, DocId, Seq, Lane } from './protocol/ids.js';
+export type { UserId, DeviceId, DocId, Seq, Lane, RelayId } from './protocol/ids.js';
 export {
   PROTOCOL_VERSION,
   WireLimits,

@@ -18,7 +18,8 @@ serve options:
   --port <n>            port to listen on, 0 for any free port   (${ENV_VARS.port}, default 8787)
   --host <addr>         address to bind                           (${ENV_VARS.host}, default 127.0.0.1)
   --db <path>           SQLite database file                      (${ENV_VARS.db}, default keel-relay.db)
-  --relay-id <name>     name bound into auth challenges           (${ENV_VARS.relayId}, default keel-relay)
+  --relay-id <id>       deployment id devices pin                 (${ENV_VARS.relayId}, default: generated at first
+                        start, kept in the database; devices that pinned an id refuse any other)
   --max-payload <bytes> largest accepted WebSocket frame          (${ENV_VARS.maxPayloadBytes})
   --synchronous <mode>  FULL (fsync per commit) or NORMAL         (${ENV_VARS.synchronous}, default FULL)
   --tiers <file>        JSON tier overrides                       (${ENV_VARS.tiersFile})

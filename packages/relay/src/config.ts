@@ -1,4 +1,4 @@
-import { TierNameSchema } from '@keel/engine';
+import { type RelayId, RelayIdSchema, TierNameSchema } from '@keel/engine';
 import { z } from 'zod';
 
 /** An integer setting that may arrive as text (flags, environment), with a readable error. */
@@ -45,8 +45,12 @@ export const RelayConfigSchema = z.strictObject({
     .regex(/^[A-Za-z0-9.:_-]+$/, 'host must be a hostname or IP address')
     .default('127.0.0.1'),
   db: z.string().min(1, 'db must be a file path or :memory:').default('keel-relay.db'),
-  /** Name bound into every auth challenge, so an answer cannot be replayed to another relay. */
-  relayId: z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'relay id must be printable ASCII without spaces').default('keel-relay'),
+  /**
+   * This deployment's id, bound into every auth challenge and pinned by devices on first contact.
+   * Absent: the id the store keeps (generated at the first start). No shared default: two
+   * deployments with one name could pass a device's answer from one to the other.
+   */
+  relayId: RelayIdSchema.optional(),
   /** Largest WebSocket frame accepted; bigger frames close the socket with 1009. */
   maxPayloadBytes: int('max payload', 4096, 256 * 1024 * 1024).default(32 * 1024 * 1024),
   authTimeoutMs: int('auth timeout', 100, 120_000).default(10_000),
@@ -144,6 +148,8 @@ export const RelayConfigSchema = z.strictObject({
   }
 });
 export type RelayConfig = z.infer<typeof RelayConfigSchema>;
+/** The configuration of a running relay: its id resolved (configured, or kept by its store). */
+export type ServingConfig = RelayConfig & { readonly relayId: RelayId };
 export type RelayConfigInput = z.input<typeof RelayConfigSchema>;
 
 /** Environment variables the relay reads, by config key. */

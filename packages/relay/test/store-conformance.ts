@@ -621,5 +621,22 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
       );
       expect(summarize(outcomes)).toEqual(['duplicate:2', `rejected:${ErrorCode.COUNTER_GAP}`, 'stored:3']);
     });
+
+    describe('relay id', () => {
+      it('keeps the first candidate and returns it for every later one, across close and reopen', async () => {
+        const [first, racing] = await Promise.all([store().relayId('keel-first'), store().relayId('keel-racing')]);
+        expect(first).toBe(racing);
+        expect(['keel-first', 'keel-racing']).toContain(first);
+        expect(await store().relayId('keel-later')).toBe(first);
+
+        const reopen = harness?.reopen;
+        if (!reopen) return;
+        const closing = store();
+        live = undefined;
+        await closing.close();
+        live = await reopen();
+        expect(await store().relayId('keel-after-restart')).toBe(first);
+      });
+    });
   });
 };

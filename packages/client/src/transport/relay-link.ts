@@ -1,10 +1,11 @@
 import {
   type ClientFrame,
-  type ErrorCode,
+  ErrorCode,
   FINAL_CLOSE_CODES,
   type KeelError,
   PROTOCOL_VERSION,
   type RelayFrame,
+  type RelayId,
   encodeFrame,
   parseRelayFrame,
   signChallenge,
@@ -34,6 +35,8 @@ export interface LinkHandlers {
   onFrame(frame: RelayFrame): void;
   /** A relay error, a protocol violation by the relay, or a final close. */
   onError(error: KeelError & { final?: boolean }): void;
+  /** First contact: the relay id this link pinned when the relay accepted the device; keep it. */
+  onPin(relay: RelayId): void;
 }
 
 const OPEN = 1;
@@ -44,6 +47,10 @@ const MAX_INBOUND_CHARS = 96 * 1024 * 1024;
  * One authenticated connection to the relay that comes back by itself: connect, hello,
  * answer the challenge, then pass frames up. Reconnects with backoff until stopped or until
  * the relay closes with a final code (revoked, refused).
+ *
+ * The link answers only challenges that name its pinned relay id (given, or taken from the
+ * first challenge that led to `ready`): a relay in the middle that forwards another
+ * deployment's challenge gets no signature, and the link stops for good (RELAY_MISMATCH).
  */
 export class RelayLink {
   readonly #url: string;
@@ -55,17 +62,26 @@ export class RelayLink {
   #state: LinkState = 'idle';
   #authenticated = false;
   #retry: ReturnType<typeof setTimeout> | undefined;
+  #pinned: RelayId | undefined;
+  /** The relay id of the challenge answered on the current socket; `ready` is accepted only after one. */
+  #answered: RelayId | undefined;
 
-  constructor(url: string, identity: Identity, createSocket: WebSocketFactory, backoff: Backoff, handlers: LinkHandlers) {
+  constructor(url: string, identity: Identity, createSocket: WebSocketFactory, backoff: Backoff, handlers: LinkHandlers, pinned?: RelayId) {
     this.#url = url;
     this.#identity = identity;
     this.#createSocket = createSocket;
     this.#backoff = backoff;
     this.#handlers = handlers;
+    this.#pinned = pinned;
   }
 
   get state(): LinkState {
     return this.#state;
+  }
+
+  /** The relay id this link answers challenges of; undefined until first contact when none was given. */
+  get relayId(): RelayId | undefined {
+    return this.#pinned;
   }
 
   start(): void {
@@ -113,6 +129,7 @@ export class RelayLink {
     }
     this.#socket = socket;
     this.#authenticated = false;
+    this.#answered = undefined;
     const { user, device, cert, chain } = this.#identity;
     socket.onopen = () => {
       const hello = { type: 'hello', v: PROTOCOL_VERSION, user: user.userId, device: device.deviceId, cert } as const;
@@ -149,23 +166,49 @@ export class RelayLink {
   #onFrame(socket: WebSocketLike, frame: RelayFrame): void {
     if (frame.type === 'challenge') {
       if (this.#authenticated) return;
+      if (this.#pinned !== undefined && frame.relay !== this.#pinned) {
+        this.#refuseRelay(socket, frame.relay, this.#pinned);
+        return;
+      }
       const { user, device } = this.#identity;
       const sig = signChallenge(frame.relay, frame.nonce, user.userId, device.deviceId, device.secretKey);
+      this.#answered = frame.relay;
       socket.send(encodeFrame({ type: 'auth', sig }));
       return;
     }
     if (frame.type === 'ready') {
+      // Without an answered challenge nothing ties this relay to the pin: treat it as a broken relay.
+      if (this.#answered === undefined) {
+        this.#handlers.onError({ code: ErrorCode.UNEXPECTED_FRAME, message: 'relay sent ready before a challenge was answered' });
+        socket.close(1000, 'ready before challenge');
+        return;
+      }
+      if (this.#pinned === undefined) {
+        this.#pinned = this.#answered;
+        this.#handlers.onPin(this.#answered);
+      }
       this.#authenticated = true;
       this.#backoff.reset();
       this.#setState('ready');
       this.#handlers.onReady(frame);
       return;
     }
-    if (frame.type === 'error' && !frame.doc) {
-      this.#handlers.onError({ code: frame.code, message: frame.message });
-      if (!this.#authenticated) return;
-    }
+    if (frame.type === 'error' && !frame.doc) this.#handlers.onError({ code: frame.code, message: frame.message });
+    // Before `ready` the relay has not shown it is the pinned one: nothing it says goes further.
+    if (!this.#authenticated) return;
     this.#handlers.onFrame(frame);
+  }
+
+  /** Another deployment's challenge: no answer, no retry — reconnecting would meet the same relay. */
+  #refuseRelay(socket: WebSocketLike, named: RelayId, pinned: RelayId): void {
+    this.#socket = undefined;
+    socket.close(1000, 'relay id mismatch');
+    this.#handlers.onError({
+      code: ErrorCode.RELAY_MISMATCH,
+      message: `the relay presented id "${named}", but this device is pinned to "${pinned}"; it did not answer the challenge`,
+      final: true,
+    });
+    this.#setState('stopped');
   }
 
   #scheduleRetry(): void {

@@ -23,6 +23,8 @@ export const ErrorCode = {
   PAIRING_EXPIRED: 'PAIRING_EXPIRED',
   PAIRING_USED: 'PAIRING_USED',
   PAIRING_REFUSED: 'PAIRING_REFUSED',
+  /** Final, raised by a device: the relay's challenge names another deployment than the one pinned. */
+  RELAY_MISMATCH: 'RELAY_MISMATCH',
   // Envelope integrity.
   BAD_SIGNATURE: 'BAD_SIGNATURE',
   WRONG_AUTHOR: 'WRONG_AUTHOR',

@@ -3,7 +3,7 @@ import { b64Length } from './bytes.js';
 import { ErrorCode, type Result, err, ok } from './codes.js';
 import { EpochRecordSchema, RevocationSchema } from '../crypto/epochs.js';
 import { TierNameSchema, TierPolicySchema } from '../policy/tiers.js';
-import { CounterSchema, DeviceIdSchema, DocIdSchema, EpochSchema, LaneSchema, SeqSchema, UserIdSchema } from './ids.js';
+import { CounterSchema, DeviceIdSchema, DocIdSchema, EpochSchema, LaneSchema, RelayIdSchema, SeqSchema, UserIdSchema } from './ids.js';
 
 /**
  * Keel wire protocol v1: one JSON object per WebSocket text frame, discriminated by `type`,
@@ -162,7 +162,7 @@ export type PushFrame = z.infer<typeof PushFrameSchema>;
 export const ChallengeFrameSchema = z.strictObject({
   type: z.literal('challenge'),
   v: z.number().int(),
-  relay: z.string().min(1).max(128),
+  relay: RelayIdSchema,
   nonce: b64Exact(32),
 });
 export const ReadyFrameSchema = z.strictObject({

@@ -12,6 +12,18 @@ export type DeviceId = z.infer<typeof DeviceIdSchema>;
 export const DocIdSchema = z.string().regex(/^doc_[A-Za-z0-9_-]{43}$/, 'not a Keel document id').brand<'DocId'>();
 export type DocId = z.infer<typeof DocIdSchema>;
 
+/**
+ * A relay deployment's id, bound into every auth challenge and pinned by devices on first
+ * contact, so an answer to one deployment's challenge is refused by (and never given to) another.
+ */
+export const RelayIdSchema = z
+  .string()
+  .min(1, 'relay id must not be empty')
+  .max(128, 'relay id must be at most 128 characters')
+  .regex(/^[\x21-\x7e]+$/, 'relay id must be printable ASCII without spaces')
+  .brand<'RelayId'>();
+export type RelayId = z.infer<typeof RelayIdSchema>;
+
 /** Position in a document's relay log; 1 is the first update, 0 means "nothing yet". */
 export const SeqSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).brand<'Seq'>();
 export type Seq = z.infer<typeof SeqSchema>;

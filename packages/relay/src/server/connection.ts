@@ -21,7 +21,7 @@ import {
 import type { WebSocket } from 'ws';
 import { createDeviceVerifier } from '../auth/ed25519.js';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
-import type { RelayConfig } from '../config.js';
+import type { ServingConfig } from '../config.js';
 import type { CrisisLane } from '../entitlements/crisis-lane.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
 import type { QuotaGuard } from '../entitlements/quota.js';
@@ -43,7 +43,7 @@ const READY_EPOCHS = 64;
 
 /** What a connection needs from the relay around it. */
 export interface ConnectionContext {
-  readonly config: RelayConfig;
+  readonly config: ServingConfig;
   readonly store: RelayStore;
   readonly commits: CommitQueue;
   readonly entitlements: Entitlements;

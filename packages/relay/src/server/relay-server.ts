@@ -1,9 +1,9 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, DEFAULT_TIERS, type DocId, ErrorCode, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
-import type { RelayConfig } from '../config.js';
+import type { RelayConfig, ServingConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
 import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
 import { createPaymentProcessor } from '../entitlements/payments.js';
@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
+import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
@@ -38,6 +39,8 @@ export interface Relay {
   readonly url: string;
   /** HTTP base URL (health, admin, webhooks). */
   readonly httpUrl: string;
+  /** The id devices pin: configured, or generated at the first start and kept by the store. */
+  readonly relayId: RelayId;
   readonly entitlements: Entitlements;
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
@@ -46,7 +49,8 @@ export interface Relay {
 /** Starts a relay: HTTP (health) and WebSocket (sync) on one port. */
 export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   await cryptoReady();
-  const { config, store, log } = deps;
+  const { store, log } = deps;
+  const config: ServingConfig = { ...deps.config, relayId: await resolveRelayId(deps.config.relayId, store, log) };
   const now = deps.now ?? Date.now;
   const commits = createCommitQueue(store, now);
   const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
@@ -185,6 +189,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     address,
     url: `ws://${host}:${address.port}`,
     httpUrl: `http://${host}:${address.port}`,
+    relayId: config.relayId,
     entitlements,
     close() {
       closing ??= (async () => {

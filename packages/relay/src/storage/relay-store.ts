@@ -216,4 +216,9 @@ export interface RelayStore {
   /** Cheap liveness probe for health checks. */
   ping(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * The deployment's relay id: the one kept, or else `candidate`, kept from now on (get-or-set,
+   * atomic). Never changes once kept, so restarts (clean or killed) present the same id.
+   */
+  relayId(candidate: string): Promise<string>;
 }

@@ -686,6 +686,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       closed = true;
       db.close();
     },
+    relayId: async (candidate) => keepRelayId(db, candidate),
   };
 };
 
@@ -703,6 +704,13 @@ const checkSchema = (db: Database.Database): void => {
     throw new Error(`database schema version ${current} is not this relay's (${MIGRATIONS.length}): not a Keel relay database, or start the relay once to migrate it`);
   }
 };
+
+/** The relay id in `meta`: the first one written wins, so racing first starts agree on one id. */
+const keepRelayId = (db: Database.Database, candidate: string): string =>
+  db.transaction(() => {
+    db.prepare(`INSERT INTO meta (key, value) VALUES ('relay_id', ?) ON CONFLICT (key) DO NOTHING`).run(candidate);
+    return db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'relay_id'`).get()!.value;
+  }).immediate();
 
 const migrate = (db: Database.Database): void => {
   db.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
