@@ -27,6 +27,7 @@ import {
   createPairingCode,
   fromB64,
   generateEpochSecret,
+  maxPartPayloadBytes,
   openEpochRecord,
   sealToDevice,
   signRevocation,
@@ -111,6 +112,9 @@ export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
 
 const StoredEpochsSchema = z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/));
 
+/** The relay's default frame limit, assumed until a `ready` says otherwise. */
+const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
+
 /** Until the relay says otherwise, a device assumes the free tier. */
 const UNKNOWN_TIER: TierState = { name: 'trial', policy: DEFAULT_TIERS.trial, since: 0 };
 
@@ -142,6 +146,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   /** A flush() waits: on reconnect, send everything at once instead of by the batch window. */
   #flushRequested = false;
   #status: ClientStatus = 'connecting';
+  /** The relay's frame limit, from its last `ready`; its default until then. */
+  #maxFrameBytes = DEFAULT_MAX_FRAME_BYTES;
   #idleWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
   #finalError: ClientError | undefined;
@@ -188,6 +194,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       doc: (docId) => this.#docs.get(docId),
       docs: () => this.#docs.values(),
       push: (envs) => this.#link.send({ type: 'push', envs }),
+      maxFrameChars: () => this.#maxFrameBytes,
       linkReady: () => this.#link.state === 'ready',
       now: () => Date.now(),
       onError: (error) =>
@@ -249,6 +256,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
         // Large batches on bandwidth-limited tiers are deflated before sealing when that helps.
         compress: () => this.#tier.policy.bandwidthBytesPerSec !== null,
+        partBytes: () => maxPartPayloadBytes(this.#maxFrameBytes),
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
         onError: (error) => this.emit('error', [error]),
@@ -567,6 +575,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
+    this.#maxFrameBytes = frame.limits?.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#certs = frame.certs;
     this.#verifyPeers();
     this.#adoptEpochs(frame.epochs ?? []);

@@ -32,6 +32,7 @@ export {
   parseRelayFrame,
   encodeFrame,
   describeIssues,
+  maxPartPayloadBytes,
 } from './protocol/frames.js';
 export type {
   Envelope,

@@ -51,8 +51,13 @@ export const RelayConfigSchema = z.strictObject({
    * deployments with one name could pass a device's answer from one to the other.
    */
   relayId: RelayIdSchema.optional(),
-  /** Largest WebSocket frame accepted; bigger frames close the socket with 1009. */
-  maxPayloadBytes: int('max payload', 4096, 256 * 1024 * 1024).default(32 * 1024 * 1024),
+  /**
+   * Largest WebSocket frame accepted after authentication; bigger frames close the socket with
+   * 1009. Devices learn it in `ready` and send larger updates in parts. Parsing, validating and
+   * verifying a frame happen in one event-loop turn each, so this bounds how long one frame can
+   * hold the loop: ~5 ms at 1 MiB, ~300 ms at 32 MiB (measured, test/attacks/big-frames.test.ts).
+   */
+  maxPayloadBytes: int('max payload', 4096, 64 * 1024 * 1024).default(1024 * 1024),
   authTimeoutMs: int('auth timeout', 100, 120_000).default(10_000),
   /** Bad frames tolerated on one connection before it is closed (4000). */
   maxBadFrames: int('max bad frames', 1, 10_000).default(32),
@@ -89,7 +94,7 @@ export const RelayConfigSchema = z.strictObject({
   /** Documents one connection may be subscribed to at once. */
   maxSubscriptions: int('max subscriptions', 1, 1_000_000).default(4096),
   /** Characters queued to one connection past which it counts as not reading and is dropped (4007). */
-  maxOutboundBytes: int('max outbound bytes', 1024 * 1024, 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+  maxOutboundBytes: int('max outbound bytes', 1024 * 1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
   /** Live (not revoked) devices of one user. */
   maxDevicesPerUser: int('max devices per user', 1, 256).default(32),
   /** Devices one user may ever register, revoked ones included. */

@@ -394,6 +394,24 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         expect((await store().readLog(a.keys.userId, other, asSeq(0), 10)).map((e) => e.seq)).toEqual([1]);
       });
 
+      it('returns every signed field exactly as stored, the part index and count of a split update included', async () => {
+        const a = await registered();
+        const doc = docOf(a);
+        const key = deriveDocKey(deriveEpochZeroSecret(a.keys.rootKey), doc, 0);
+        const parts = [0, 1, 2].map((index) =>
+          sealEnvelope({ doc, kind: 'update', epoch: 0, device: a.device.deviceId, counter: index + 1, lane: 4, part: { index, count: 3 } }, encoder.encode(`part ${index}`), {
+            key,
+            signingKey: a.device.secretKey,
+          }),
+        );
+        await store().append(parts.map((env) => request(a.keys, env)), T0);
+        expect((await store().readLog(a.keys.userId, doc, asSeq(0), 10)).map((e) => e.env)).toStrictEqual(parts);
+        // And a whole update has no part field at all.
+        const whole = seal(a.keys, a.device, doc, 4);
+        await store().append([request(a.keys, whole)], T0);
+        expect((await store().readLog(a.keys.userId, doc, asSeq(3), 10))[0]!.env).toStrictEqual(whole);
+      });
+
       it('reports the head seq, unmoved by rejections and duplicates', async () => {
         const a = await registered();
         const doc = docOf(a);

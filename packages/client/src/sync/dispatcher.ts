@@ -1,4 +1,30 @@
 import { type DocId, type Envelope, type Priority, type Scheduler, type TierPolicy, WireLimits } from '@keel/engine';
+
+/** What a push frame adds around its envelopes, generously. */
+const ENVELOPE_OVERHEAD_CHARS = 512;
+
+/**
+ * Packs envelopes, in order, into push frames of at most `maxFrameChars` characters and the
+ * protocol's envelope count; an envelope that alone exceeds the limit still gets a frame of its
+ * own (the relay then refuses it, and says why).
+ */
+export const packFrames = (envs: readonly Envelope[], maxFrameChars: number): Envelope[][] => {
+  const frames: Envelope[][] = [];
+  let current: Envelope[] = [];
+  let chars = 0;
+  for (const env of envs) {
+    const size = env.ct.length + ENVELOPE_OVERHEAD_CHARS;
+    if (current.length > 0 && (current.length >= WireLimits.maxEnvelopesPerFrame || chars + size > maxFrameChars)) {
+      frames.push(current);
+      current = [];
+      chars = 0;
+    }
+    current.push(env);
+    chars += size;
+  }
+  if (current.length > 0) frames.push(current);
+  return frames;
+};
 import type { DocSync } from './doc-sync.js';
 
 export interface DispatcherDeps {
@@ -7,6 +33,8 @@ export interface DispatcherDeps {
   readonly docs: () => Iterable<DocSync>;
   /** Sends a push frame if the link is authenticated; false otherwise (the outbox keeps it). */
   readonly push: (envs: Envelope[]) => boolean;
+  /** The relay's frame limit (characters of one frame). */
+  readonly maxFrameChars: () => number;
   readonly linkReady: () => boolean;
   readonly now: () => number;
   readonly onError: (error: unknown) => void;
@@ -19,8 +47,11 @@ export interface DispatcherDeps {
  */
 export class Dispatcher {
   readonly #deps: DispatcherDeps;
-  /** Counters dispatched through the scheduler and not yet settled, per document. */
-  readonly #inflight = new Map<DocId, number[]>();
+  /**
+   * Dispatches in flight per document, each the counters it sealed (several for an update sent
+   * in parts); a dispatch is settled with the scheduler once, when its last counter is.
+   */
+  readonly #inflight = new Map<DocId, Set<number>[]>();
   /** Documents the relay deferred (until a time) or refused (until reconnect or tier change). */
   readonly #heldUntil = new Map<DocId, number>();
   readonly #retryTimers = new Map<DocId, ReturnType<typeof setTimeout>>();
@@ -55,16 +86,20 @@ export class Dispatcher {
 
   async #send(docId: DocId, priority: Priority): Promise<void> {
     const sync = this.#deps.doc(docId);
-    const env = sync ? await sync.seal(priority) : undefined;
-    if (!env) {
+    const envs = sync ? await sync.seal(priority) : [];
+    if (envs.length === 0) {
       this.#deps.scheduler.settle(docId);
       this.pump();
       return;
     }
     const list = this.#inflight.get(docId) ?? [];
-    list.push(env.counter);
+    list.push(new Set(envs.map((env) => env.counter)));
     this.#inflight.set(docId, list);
-    this.#deps.push([env]);
+    this.#pushAll(envs);
+  }
+
+  #pushAll(envs: readonly Envelope[]): void {
+    for (const frame of packFrames(envs, this.#deps.maxFrameChars())) this.#deps.push(frame);
   }
 
   #arm(at: number | undefined): void {
@@ -79,10 +114,14 @@ export class Dispatcher {
     }, Math.max(0, at - this.#deps.now()));
   }
 
-  #settle(docId: DocId, counter: number): void {
+  /** Settles `counter`; with `whole`, its entire dispatch (a refusal ends the dispatch). */
+  #settle(docId: DocId, counter: number, whole = false): void {
     const list = this.#inflight.get(docId);
-    const i = list?.indexOf(counter) ?? -1;
+    const i = list?.findIndex((dispatch) => dispatch.has(counter)) ?? -1;
     if (i < 0) return;
+    const dispatch = list![i]!;
+    dispatch.delete(counter);
+    if (dispatch.size > 0 && !whole) return;
     list!.splice(i, 1);
     if (list!.length === 0) this.#inflight.delete(docId);
     this.#deps.scheduler.settle(docId);
@@ -98,7 +137,7 @@ export class Dispatcher {
    * is resent then. Without, it waits for a reconnect or a tier change. Never dropped.
    */
   onReject(docId: DocId, counter: number, retryAfterMs: number | undefined): void {
-    this.#settle(docId, counter);
+    this.#settle(docId, counter, true);
     if (retryAfterMs === undefined) {
       this.#heldUntil.set(docId, Number.POSITIVE_INFINITY);
     } else {
@@ -122,7 +161,7 @@ export class Dispatcher {
 
   /** The link dropped: nothing is in flight any more; the outbox is resent on reconnect. */
   onLinkDown(): void {
-    for (const [docId, list] of this.#inflight) for (let i = 0; i < list.length; i++) this.#deps.scheduler.settle(docId);
+    for (const [docId, list] of this.#inflight) for (const _ of list) this.#deps.scheduler.settle(docId);
     this.#inflight.clear();
     clearTimeout(this.#wake);
     this.#wake = undefined;
@@ -152,10 +191,7 @@ export class Dispatcher {
   async flushNow(priorityOf: (sync: DocSync) => Priority): Promise<void> {
     const docs = [...this.#deps.docs()].filter((d) => d.hasPending && !this.#heldUntil.has(d.docId));
     docs.sort((a, b) => priorityOf(b) - priorityOf(a));
-    for (const sync of docs) {
-      const env = await sync.seal(priorityOf(sync));
-      if (env) this.#deps.push([env]);
-    }
+    for (const sync of docs) this.#pushAll(await sync.seal(priorityOf(sync)));
   }
 
   close(): void {
@@ -182,8 +218,7 @@ export class Dispatcher {
   resend(docs: DocSync[]): void {
     for (const sync of docs.sort((a, b) => b.baseLane - a.baseLane)) {
       if ((this.#heldUntil.get(sync.docId) ?? 0) > this.#deps.now()) continue;
-      const envs = sync.outbox();
-      for (let i = 0; i < envs.length; i += WireLimits.maxEnvelopesPerFrame) this.#deps.push(envs.slice(i, i + WireLimits.maxEnvelopesPerFrame));
+      this.#pushAll(sync.outbox());
     }
   }
 }

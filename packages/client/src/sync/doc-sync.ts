@@ -7,6 +7,7 @@ import {
   ErrorCode,
   type KeelError,
   type Lane,
+  WireLimits,
   basePriority,
   isCrisisClass,
   isCrisisLane,
@@ -30,6 +31,27 @@ const LOAD_ORIGIN = Symbol('keel:load');
 
 /** Local update log entries folded into one state snapshot. */
 const COMPACT_AFTER = 256;
+
+/** The parts of one split update received so far from one author. */
+interface PartialUpdate {
+  /** Counter of part 0. */
+  readonly first: number;
+  readonly count: number;
+  readonly payloads: (Uint8Array | undefined)[];
+  readonly seqs: number[];
+  received: number;
+  lane: number;
+}
+
+const concat = (chunks: readonly Uint8Array[]): Uint8Array => {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+};
 
 /**
  * Keeps a document's content somewhere other than the ClientStore (in browsers: y-indexeddb).
@@ -64,6 +86,8 @@ export interface DocSyncDeps {
   readonly shouldStage: () => boolean;
   /** Whether to deflate payloads before sealing (the tier limits bandwidth). */
   readonly compress: () => boolean;
+  /** The most plaintext one envelope may carry; larger updates are sealed in parts (see `maxPartPayloadBytes`). */
+  readonly partBytes: () => number;
   /** Remote updates were staged; `count` are waiting for the app. */
   readonly onStaged: (sync: DocSync, count: number) => void;
   /** Something in the outbox or pending set changed. */
@@ -100,6 +124,8 @@ export class DocSync {
   readonly #meta: DocMeta;
   readonly #pending = new Map<number, Uint8Array>();
   readonly #outbox = new Map<number, Envelope>();
+  /** Split updates being received, by author; applied once complete, never persisted half-done. */
+  readonly #partial = new Map<DeviceId, PartialUpdate>();
   #staged = 0;
   #unpersisted: Uint8Array[] = [];
   #io: Promise<void> = Promise.resolve();
@@ -299,33 +325,46 @@ export class DocSync {
   }
 
   /**
-   * Merges every pending local update into one envelope, reserves the next counter and moves
-   * it to the outbox, durably, before it may be sent. Resolves to undefined if nothing waits.
+   * Merges every pending local update into one update, reserves the next counter and moves it to
+   * the outbox, durably, before it may be sent. An update larger than one envelope may carry is
+   * sealed in parts: consecutive counters, each part bound to its index and the part count.
+   * Resolves to the envelopes (empty if nothing waits).
    */
-  seal(lane: Lane): Promise<Envelope | undefined> {
-    let sealed: Envelope | undefined;
+  seal(lane: Lane): Promise<Envelope[]> {
+    let sealed: Envelope[] = [];
     return this.#enqueue(async () => {
       if (this.#pending.size === 0) return;
       const entries = [...this.#pending.entries()].sort((a, b) => a[0] - b[0]);
       const merged = entries.length === 1 ? entries[0]![1] : Y.mergeUpdates(entries.map((e) => e[1]));
-      const counter = this.#meta.counter + 1;
+      const partBytes = this.#deps.partBytes();
+      const count = Math.max(1, Math.ceil(merged.length / partBytes));
+      if (count > WireLimits.maxPartsPerUpdate) {
+        // Kept pending (never dropped); the app hears why it does not leave.
+        this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `an update of ${merged.length} bytes is larger than any relay frame limit allows`, doc: this.docId });
+        return;
+      }
+      const first = this.#meta.counter + 1;
       const keys = this.#deps.keys.current();
-      const env = sealEnvelope(
-        { doc: this.docId, kind: 'update', epoch: keys.epoch, device: this.#deps.identity.device.deviceId, counter, lane },
-        merged,
-        { key: keys.key, signingKey: this.#deps.identity.device.secretKey, compress: this.#deps.compress() },
+      const header = { doc: this.docId, kind: 'update' as const, epoch: keys.epoch, device: this.#deps.identity.device.deviceId, lane };
+      const options = { key: keys.key, signingKey: this.#deps.identity.device.secretKey, compress: this.#deps.compress() };
+      const envs = Array.from({ length: count }, (_, index) =>
+        sealEnvelope(
+          { ...header, counter: first + index, ...(count > 1 ? { part: { index, count } } : {}) },
+          count > 1 ? merged.subarray(index * partBytes, (index + 1) * partBytes) : merged,
+          options,
+        ),
       );
-      this.#meta.counter = counter;
+      this.#meta.counter = first + count - 1;
       this.#meta.maxLane = Math.max(this.#meta.maxLane, lane);
       const ops: StorageOp[] = [
-        { op: 'save', key: this.#keys.outbox(counter), data: encodeJson(env) },
+        ...envs.map((env): StorageOp => ({ op: 'save', key: this.#keys.outbox(env.counter), data: encodeJson(env) })),
         ...entries.map(([n]): StorageOp => ({ op: 'remove', key: this.#keys.pending(n) })),
         { op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) },
       ];
       await this.#deps.store.batch(ops);
       for (const [n] of entries) this.#pending.delete(n);
-      this.#outbox.set(counter, env);
-      sealed = env;
+      for (const env of envs) this.#outbox.set(env.counter, env);
+      sealed = envs;
     }).then(() => sealed);
   }
 
@@ -373,23 +412,27 @@ export class DocSync {
         this.#deps.onError({ ...opened.error, doc: this.docId });
         continue;
       }
+      if (env.device === self && this.#outbox.get(env.counter)?.sig === env.sig) void this.acknowledge(env.counter, seq);
+      // A part waits for the rest of its update; only the whole update is applied, and only then
+      // are its seqs marked received (so a restart half-way fetches the parts again).
+      const whole = env.part ? this.#collectPart(env, seq, opened.value) : { update: opened.value, seqs: [seq], lane: env.lane, last: env.counter };
+      if (!whole) continue;
       // Crisis lanes merge at once even under manual resolution (a crisis assessment, say).
-      if (manual && !isCrisisLane(env.lane)) {
+      if (manual && !isCrisisLane(whole.lane)) {
         // Verified and decrypted, kept aside until the app accepts it.
-        staged.push({ seq, update: opened.value });
+        staged.push({ seq, update: whole.update });
       } else {
         try {
-          Y.applyUpdate(this.doc, opened.value, REMOTE_ORIGIN);
+          Y.applyUpdate(this.doc, whole.update, REMOTE_ORIGIN);
         } catch {
           this.#deps.onError({ code: ErrorCode.BAD_PAYLOAD, message: `envelope ${env.device}#${env.counter} is not a Yjs update`, doc: this.docId });
           continue;
         }
-        applied.push(opened.value);
+        applied.push(whole.update);
       }
-      this.#meta.authors[env.device] = Math.max(this.#meta.authors[env.device] ?? 0, env.counter);
-      this.#meta.maxLane = Math.max(this.#meta.maxLane, env.lane);
-      markSeq(this.#meta, seq);
-      if (env.device === self && this.#outbox.get(env.counter)?.sig === env.sig) void this.acknowledge(env.counter, seq);
+      this.#meta.authors[env.device] = Math.max(this.#meta.authors[env.device] ?? 0, whole.last);
+      this.#meta.maxLane = Math.max(this.#meta.maxLane, whole.lane);
+      for (const s of whole.seqs) markSeq(this.#meta, s);
     }
     return this.#enqueue(async () => {
       const ops: StorageOp[] = [];
@@ -402,6 +445,30 @@ export class DocSync {
         this.#deps.onStaged(this, this.#staged);
       }
     });
+  }
+
+  /**
+   * Keeps a verified, decrypted part; returns the whole update once its last part is here. Parts
+   * of an author arrive in counter order (the relay checks it, and #check refuses gaps), so a
+   * part that starts another update replaces an unfinished one the relay never completed.
+   */
+  #collectPart(env: Envelope, seq: number, payload: Uint8Array): { update: Uint8Array; seqs: number[]; lane: number; last: number } | undefined {
+    const { index, count } = env.part!;
+    const first = env.counter - index;
+    let partial = this.#partial.get(env.device);
+    if (!partial || partial.first !== first || partial.count !== count) {
+      partial = { first, count, payloads: Array.from({ length: count }), seqs: [], received: 0, lane: 1 };
+      this.#partial.set(env.device, partial);
+    }
+    if (partial.payloads[index] === undefined) {
+      partial.payloads[index] = payload;
+      partial.received++;
+      partial.seqs.push(seq);
+      partial.lane = Math.max(partial.lane, env.lane);
+    }
+    if (partial.received < count) return undefined;
+    this.#partial.delete(env.device);
+    return { update: concat(partial.payloads as Uint8Array[]), seqs: partial.seqs, lane: partial.lane, last: first + count - 1 };
   }
 
   /** Log entries received since the last snapshot this device knows of. */
@@ -421,6 +488,9 @@ export class DocSync {
       if (base <= this.#meta.snapshotBase) return;
       const staged = await this.#deps.store.loadRange(this.#keys.stagedPrefix);
       const state = Y.mergeUpdates([Y.encodeStateAsUpdate(this.doc), ...staged.map((c) => c.data)]);
+      // A snapshot travels as one envelope: one larger than a frame may hold is not taken (the
+      // log stays as it is, which costs storage, never data).
+      if (state.length > this.#deps.partBytes()) return;
       const self = this.#deps.identity.device.deviceId;
       const authors = { ...this.#meta.authors, [self]: Math.max(this.#meta.authors[self] ?? 0, this.#meta.counter) };
       const counter = this.#meta.snapshotCounter + 1;
@@ -523,7 +593,8 @@ export class DocSync {
     if (env.counter <= last) return 'duplicate';
     // Our own envelopes come back in catch-up (an ack was lost, or content is being rebuilt);
     // the relay enforced their order when it stored them, so no gap check is needed for them.
-    if (env.device !== self && env.counter !== last + 1) {
+    // A part's update starts at (counter − index): that must be the author's next counter.
+    if (env.device !== self && env.counter - (env.part?.index ?? 0) !== last + 1) {
       return { code: ErrorCode.COUNTER_GAP, message: `author ${env.device} jumped from #${last} to #${env.counter}: an update is missing` };
     }
     return undefined;

@@ -16,6 +16,8 @@ export interface EnvelopeHeader {
   readonly lane: Lane;
   /** Snapshots only: the seq they cover. */
   readonly base?: number | undefined;
+  /** Part `index` of an update split into `count` envelopes; bound like every other field. */
+  readonly part?: { readonly index: number; readonly count: number } | undefined;
 }
 
 /** First plaintext byte: how the rest is encoded. */
@@ -51,9 +53,16 @@ const inflateBounded = (data: Uint8Array, max: number): Uint8Array | undefined =
 };
 const MIN_PAD_BUCKET = 256;
 
-/** Header fields in their bound order; a snapshot's base is bound too. */
-const headerFields = (h: EnvelopeHeader) =>
-  h.base === undefined ? [h.doc, h.kind, h.epoch, h.device, h.counter, h.lane] : [h.doc, h.kind, h.epoch, h.device, h.counter, h.lane, h.base];
+/**
+ * Header fields in their bound order; a snapshot's base and a part's index and count are bound
+ * too (a snapshot has no parts, so the field counts never collide: 6, 7 or 8).
+ */
+const headerFields = (h: EnvelopeHeader) => {
+  const fields = [h.doc, h.kind, h.epoch, h.device, h.counter, h.lane];
+  if (h.base !== undefined) return [...fields, h.base];
+  if (h.part !== undefined) return [...fields, h.part.index, h.part.count];
+  return fields;
+};
 
 const associatedData = (h: EnvelopeHeader): Uint8Array => encodeFields([Domain.envelopeAead, ...headerFields(h)]);
 
@@ -104,8 +113,15 @@ export const sealEnvelope = (header: EnvelopeHeader, payload: Uint8Array, option
   const nonce = s.randombytes_buf(s.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
   const ct = s.crypto_aead_xchacha20poly1305_ietf_encrypt(body, associatedData(header), null, nonce, options.key);
   const sig = s.crypto_sign_detached(signedBytes(header, nonce, ct), options.signingKey);
-  const { base, ...rest } = header;
-  return { ...rest, ...(base === undefined ? {} : { base: base as Seq }), nonce: toB64(nonce), ct: toB64(ct), sig: toB64(sig) };
+  const { base, part, ...rest } = header;
+  return {
+    ...rest,
+    ...(base === undefined ? {} : { base: base as Seq }),
+    ...(part === undefined ? {} : { part: { index: part.index, count: part.count } }),
+    nonce: toB64(nonce),
+    ct: toB64(ct),
+    sig: toB64(sig),
+  };
 };
 
 /** True when `publicKey` signed this envelope exactly as it is. What the relay checks. */

@@ -19,6 +19,8 @@ export const WireLimits = {
   maxDocsPerSubscribe: 1024,
   /** Sealed bytes in one envelope (64 MiB); the relay's frame limit is usually lower. */
   maxCiphertextBytes: 64 * 1024 * 1024,
+  /** Parts one update may be split into (each its own envelope), so no frame passes the relay's limit. */
+  maxPartsPerUpdate: 4096,
   /** Device certificates a relay sends in `ready`. */
   maxCertificates: 256,
   /** Issuer certificates a new device may present with its own. */
@@ -47,6 +49,14 @@ export const EnvelopeSchema = z
     lane: LaneSchema,
     /** Snapshots only: the snapshot holds every log entry up to this seq. */
     base: SeqSchema.optional(),
+    /**
+     * Part `index` of an update split into `count` envelopes with consecutive counters (the
+     * first part's counter + index), applied only once every part is here. Absent: one envelope.
+     */
+    part: z
+      .strictObject({ index: z.number().int().min(0), count: z.number().int().min(2).max(WireLimits.maxPartsPerUpdate) })
+      .refine((p) => p.index < p.count, { message: 'a part index is below the part count' })
+      .optional(),
     nonce: b64Exact(24),
     ct: b64Max(WireLimits.maxCiphertextBytes).min(b64Length(17)),
     sig: b64Exact(64),
@@ -54,7 +64,8 @@ export const EnvelopeSchema = z
   .refine((env) => (env.kind === 'snapshot') === (env.base !== undefined), {
     message: 'a snapshot carries the seq it covers (base); an update does not',
     path: ['base'],
-  });
+  })
+  .refine((env) => env.part === undefined || env.kind === 'update', { message: 'only updates are split into parts', path: ['part'] });
 export type Envelope = z.infer<typeof EnvelopeSchema>;
 
 /**
@@ -173,6 +184,8 @@ export const ReadyFrameSchema = z.strictObject({
   tier: TierStateSchema,
   /** Every key epoch of the user after the first; each device opens the ones sealed to it. */
   epochs: z.array(EpochRecordSchema).max(64).optional(),
+  /** What this relay accepts, so the device sizes its frames (large updates go in parts). */
+  limits: z.strictObject({ maxFrameBytes: z.number().int().min(4096) }).optional(),
 });
 export const AckFrameSchema = z.strictObject({
   type: z.literal('ack'),
@@ -327,3 +340,13 @@ export const parseRelayFrame = (data: string | Uint8Array, maxBytes: number): Re
 };
 
 export const encodeFrame = (frame: ClientFrame | RelayFrame): string => JSON.stringify(frame);
+
+/** What a push frame adds around its envelopes' ciphertext, with room to spare (header fields, JSON). */
+const FRAME_OVERHEAD_CHARS = 2048;
+
+/**
+ * The most plaintext one part of a split update may carry so that a push frame holding it stays
+ * within `maxFrameBytes`: base64 turns 3 bytes into 4 characters, and the sealed body adds a
+ * flag byte and the AEAD tag.
+ */
+export const maxPartPayloadBytes = (maxFrameBytes: number): number => Math.max(1024, Math.floor(((maxFrameBytes - FRAME_OVERHEAD_CHARS) * 3) / 4) - 64);

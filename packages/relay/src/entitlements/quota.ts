@@ -51,14 +51,15 @@ export const createQuotaGuard = (store: RelayStore, now: () => number) => {
      * that does not end up stored must be given back with `refund`. Synchronous, so a frame's
      * envelopes are checked and queued for commit without yielding.
      */
-    reserve(userId: UserId, policy: TierPolicy, lane: number, bytes: number): { day: string } | QuotaRefusal {
+    reserve(userId: UserId, policy: TierPolicy, lane: number, bytes: number, syncBytes = bytes): { day: string } | QuotaRefusal {
       const t = now();
       const day = utcDay(t);
       if (isCrisisLane(lane)) return { day };
-      if (policy.maxSyncBytes !== null && bytes > policy.maxSyncBytes) {
+      // `syncBytes`: the whole update an envelope is part of (parts × this part's size).
+      if (policy.maxSyncBytes !== null && syncBytes > policy.maxSyncBytes) {
         return {
           code: ErrorCode.QUOTA_EXCEEDED,
-          message: `a single sync of ${bytes} bytes exceeds this tier's ${policy.maxSyncBytes}; kept on the device until the tier allows it`,
+          message: `a single sync of ${syncBytes} bytes exceeds this tier's ${policy.maxSyncBytes}; kept on the device until the tier allows it`,
         };
       }
       if (policy.dailyBytes !== null) {

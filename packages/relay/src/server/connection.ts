@@ -353,6 +353,7 @@ export class RelayConnection implements PairingPeer {
         certs: certs.slice(-WireLimits.maxCertificates),
         tier,
         ...(epochs.length > 0 ? { epochs } : {}),
+        limits: { maxFrameBytes: config.maxPayloadBytes },
       },
       10,
     );

@@ -86,6 +86,12 @@ export class Ingest {
   readonly #deps: IngestDeps;
   /** Highest counter per document verified and sent to commit, not yet committed. */
   readonly #inflight = new Map<DocId, number>();
+  /**
+   * Documents deferred on this connection, until when: later envelopes of the document (the
+   * next frame, the next parts of a split update) are deferred with the first instead of
+   * arriving behind a hole and being refused as gaps.
+   */
+  readonly #deferredUntil = new Map<DocId, { readonly until: number; readonly refusal: QuotaRefusal }>();
 
   constructor(deps: IngestDeps) {
     this.#deps = deps;
@@ -147,7 +153,7 @@ export class Ingest {
 
   async #admit(env: Envelope, policy: TierPolicy, deferred: Map<DocId, QuotaRefusal>, accepted: Accepted[], snapshots: Accepted[]): Promise<void> {
     const { user, device, store } = this.#deps;
-    let error: QuotaRefusal | undefined = deferred.get(env.doc);
+    let error: QuotaRefusal | undefined = deferred.get(env.doc) ?? this.#stillDeferred(env.doc);
     if (!error && env.device !== device.deviceId) {
       error = { code: ErrorCode.WRONG_AUTHOR, message: 'a device may push only envelopes it authored' };
       this.#deps.abuse();
@@ -157,10 +163,14 @@ export class Ingest {
     let meter: Meter | undefined;
     if (!error) {
       // Quota before anything that costs: a deferral costs the relay no signature check.
-      const reservation = crisis ? this.#deps.crisis.reserve(user, device.deviceId, bytes) : this.#deps.quota.reserve(user, policy, env.lane, bytes);
+      const syncBytes = bytes * (env.part?.count ?? 1);
+      const reservation = crisis ? this.#deps.crisis.reserve(user, device.deviceId, bytes) : this.#deps.quota.reserve(user, policy, env.lane, bytes, syncBytes);
       if ('code' in reservation) {
         error = reservation;
-        if (reservation.retryAfterMs !== undefined) deferred.set(env.doc, reservation);
+        deferred.set(env.doc, reservation);
+        if (reservation.retryAfterMs !== undefined) {
+          this.#deferredUntil.set(env.doc, { until: this.#deps.now() + reservation.retryAfterMs, refusal: reservation });
+        }
       } else {
         meter = { day: reservation.day, bytes, crisis };
       }
@@ -197,6 +207,18 @@ export class Ingest {
     // signature check.
     const metered = !crisis && bytes > 0;
     accepted.push({ request: metered ? { userId: user, env, meter: { day: meter.day, bytes } } : { userId: user, env }, meter });
+  }
+
+  /** The deferral still running for a document on this connection, with the time left. */
+  #stillDeferred(doc: DocId): QuotaRefusal | undefined {
+    const entry = this.#deferredUntil.get(doc);
+    if (!entry) return undefined;
+    const left = entry.until - this.#deps.now();
+    if (left <= 0) {
+      this.#deferredUntil.delete(doc);
+      return undefined;
+    }
+    return { ...entry.refusal, retryAfterMs: left };
   }
 
   #refund(meter: Meter, policy: TierPolicy): void {

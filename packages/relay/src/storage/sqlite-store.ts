@@ -247,6 +247,11 @@ export const MIGRATIONS: readonly string[] = [
   CREATE UNIQUE INDEX log_by_seq ON log(user_id, doc_id, seq);
   CREATE UNIQUE INDEX log_by_author ON log(user_id, doc_id, device_id, counter);
   `,
+  `
+  -- Updates larger than a frame travel in parts; index and count are signed, so they are kept.
+  ALTER TABLE log ADD COLUMN part_index INTEGER;
+  ALTER TABLE log ADD COLUMN part_count INTEGER;
+  `,
 ];
 
 interface DeviceRow {
@@ -263,6 +268,8 @@ interface DeviceRow {
 
 interface LogRow {
   seq: number;
+  part_index?: number | null;
+  part_count?: number | null;
   device_id: string;
   counter: number;
   kind: string;
@@ -304,6 +311,9 @@ const toLogEntry = (docId: DocId, row: LogRow): LogEntry => ({
     nonce: toB64(row.nonce),
     ct: toB64(row.ct),
     sig: toB64(row.sig),
+    ...(row.part_index !== undefined && row.part_index !== null && row.part_count !== undefined && row.part_count !== null
+      ? { part: { index: row.part_index, count: row.part_count } }
+      : {}),
   },
 });
 
@@ -411,13 +421,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       `SELECT seq, sig FROM log WHERE user_id = ? AND doc_id = ? AND device_id = ? AND counter = ?`,
     ),
     insertLog: db.prepare(
-      `INSERT INTO log (user_id, doc_id, seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO log (user_id, doc_id, seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at, part_index, part_count)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     // Pages are bounded by count and by ciphertext bytes (length() reads a blob's size from the
     // record header, not its content), so one page never holds more than `maxBytes` plus one entry.
     readLog: db.prepare<[string, string, number, number, number], LogRow>(
-      `SELECT seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at FROM (
+      `SELECT seq, device_id, counter, kind, epoch, lane, nonce, ct, sig, received_at, part_index, part_count FROM (
          SELECT *, sum(length(ct)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - length(ct) AS before
          FROM log WHERE user_id = ? AND doc_id = ? AND seq > ? ORDER BY seq LIMIT ?
        ) WHERE before < ? ORDER BY seq`,
@@ -550,6 +560,8 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       fromB64(env.ct),
       fromB64(env.sig),
       now,
+      env.part?.index ?? null,
+      env.part?.count ?? null,
     );
     stmt.setHead.run(seq, userId, env.doc);
     stmt.setCounter.run(userId, env.doc, env.device, env.counter);
