@@ -183,7 +183,6 @@ describe('payment processor (SQLite, fake clock)', () => {
     createdMs,
     deleted: false,
     subscriptionId: 'sub_1',
-    customerId: 'cus_1',
     status,
     priceId: 'price_premium',
     keelUser: userId,

@@ -193,7 +193,6 @@ export const createPaymentProcessor = (deps: PaymentProcessorDeps): PaymentProce
       event.kind === 'subscription'
         ? {
             subscriptionId: event.subscriptionId,
-            customerId: event.customerId,
             userId,
             priceId: event.priceId,
             tier: tierOfPrice(event.priceId) as TierName | null,

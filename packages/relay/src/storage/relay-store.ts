@@ -81,8 +81,6 @@ export interface AuditRecord {
 export interface SubscriptionRecord {
   /** Opaque provider id, e.g. `sub_…`. */
   readonly subscriptionId: string;
-  /** Opaque provider customer id, e.g. `cus_…`; never the customer's details. */
-  readonly customerId: string | null;
   readonly userId: UserId;
   readonly priceId: string | null;
   /** The paid tier the price maps to; null when the price is not in the map. */

@@ -252,6 +252,10 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE log ADD COLUMN part_index INTEGER;
   ALTER TABLE log ADD COLUMN part_count INTEGER;
   `,
+  `
+  -- The payment provider's customer id was kept but never used: one fewer identifier about a person.
+  ALTER TABLE subscriptions DROP COLUMN customer_id;
+  `,
 ];
 
 interface DeviceRow {
@@ -319,7 +323,6 @@ const toLogEntry = (docId: DocId, row: LogRow): LogEntry => ({
 
 interface SubscriptionRow {
   subscription_id: string;
-  customer_id: string | null;
   user_id: string;
   price_id: string | null;
   tier: string | null;
@@ -350,7 +353,6 @@ interface AuditRow {
 
 const toSubscription = (row: SubscriptionRow): SubscriptionRecord => ({
   subscriptionId: row.subscription_id,
-  customerId: row.customer_id,
   userId: row.user_id as UserId,
   priceId: row.price_id,
   tier: row.tier as TierName | null,
@@ -463,9 +465,9 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     subscription: db.prepare<[string], SubscriptionRow>(`SELECT * FROM subscriptions WHERE subscription_id = ?`),
     subscriptionsOfUser: db.prepare<[string], SubscriptionRow>(`SELECT * FROM subscriptions WHERE user_id = ? ORDER BY subscription_id`),
     setSubscription: db.prepare(
-      `INSERT INTO subscriptions (subscription_id, customer_id, user_id, price_id, tier, status, event_at, updated_at)
-       VALUES (@subscriptionId, @customerId, @userId, @priceId, @tier, @status, @eventAt, @updatedAt)
-       ON CONFLICT (subscription_id) DO UPDATE SET customer_id = excluded.customer_id, user_id = excluded.user_id,
+      `INSERT INTO subscriptions (subscription_id, user_id, price_id, tier, status, event_at, updated_at)
+       VALUES (@subscriptionId, @userId, @priceId, @tier, @status, @eventAt, @updatedAt)
+       ON CONFLICT (subscription_id) DO UPDATE SET user_id = excluded.user_id,
          price_id = excluded.price_id, tier = excluded.tier, status = excluded.status, event_at = excluded.event_at,
          updated_at = excluded.updated_at`,
     ),

@@ -40,7 +40,6 @@ const SubscriptionItemSchema = z.object({
 
 const SubscriptionSchema = z.object({
   id: id('sub'),
-  customer: ref('cus').nullish(),
   status: z.string().min(1).max(40).regex(/^[a-z_]+$/, 'status must be a lower-case word'),
   /** Only `keel_user` is read; any other metadata is dropped here. */
   metadata: z.object({ keel_user: z.string().max(128).optional() }).nullish(),
@@ -72,7 +71,6 @@ export type PaymentEvent =
       readonly kind: 'subscription';
       readonly deleted: boolean;
       readonly subscriptionId: string;
-      readonly customerId: string | null;
       readonly status: string;
       readonly priceId: string | null;
       /** `metadata.keel_user`, unvalidated (the processor checks it is a Keel user id). */
@@ -108,7 +106,6 @@ export const parseStripeEvent = (json: unknown): ParsedEvent => {
         kind: 'subscription',
         deleted: type === 'customer.subscription.deleted',
         subscriptionId: sub.id,
-        customerId: sub.customer ?? null,
         status: sub.status,
         priceId: item?.price?.id ?? item?.plan?.id ?? null,
         keelUser: sub.metadata?.keel_user ?? null,
