@@ -7,13 +7,11 @@ import { isAlive, memoryOf, startCrisisProbe } from '../support/crisis-probe.js'
 import { type DocRef, type RawSocket, connectRawDevice, docRef, sealFor } from '../support/raw-device.js';
 import { useTestScope } from '../support/scope.js';
 
-/** Writes `mib` MiB of ciphertext into `doc` as the attacker's own device, in 512 KiB envelopes. */
+/** Writes `mib` MiB of ciphertext into `doc` as the attacker's own device, one 512 KiB envelope per frame. */
 const fillDocument = async (socket: RawSocket, identity: Identity, doc: DocRef, mib: number): Promise<void> => {
-  const envelopes = mib * 2;
-  for (let counter = 1; counter <= envelopes; counter += 4) {
-    const envs = Array.from({ length: Math.min(4, envelopes - counter + 1) }, (_, i) => sealFor(identity, doc, counter + i, randomBytes(512 * 1024)));
-    socket.sendFrame({ type: 'push', envs });
-    await socket.next((f) => f.type === 'ack' && f.acks.some((a) => a.counter === envs.at(-1)!.counter), 10_000);
+  for (let counter = 1; counter <= mib * 2; counter++) {
+    socket.sendFrame({ type: 'push', envs: [sealFor(identity, doc, counter, randomBytes(512 * 1024))] });
+    await socket.next((f) => f.type === 'ack' && f.acks.some((a) => a.counter === counter), 10_000);
   }
 };
 

@@ -12,8 +12,8 @@ export interface SocketPlan {
   readonly gapMs?: number;
   /** false: stop reading after authentication — a peer whose replies pile up on the relay. */
   readonly read?: boolean;
-  /** Keep the socket open until the plan's end instead of closing it after the last frame. */
-  readonly hold?: boolean;
+  /** Keep the socket open after the last frame: until the plan's end (true) or for this many ms. */
+  readonly hold?: boolean | number;
 }
 
 export interface AttackPlan {

@@ -93,8 +93,9 @@ const runSocket = async (url: string, plan: SocketPlan, deadline: number): Promi
     if (plan.gapMs) await new Promise((resolve) => setTimeout(resolve, plan.gapMs));
   }
   if (plan.hold) {
-    // Keep the socket as it is until the plan ends (or the relay drops it).
-    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, Math.max(0, deadline - Date.now())))]);
+    // Keep the socket as it is until the plan ends, or for a while (or until the relay drops it).
+    const holdMs = plan.hold === true ? deadline - Date.now() : Math.min(plan.hold, deadline - Date.now());
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, Math.max(0, holdMs)))]);
   }
   if (ws.readyState === WebSocket.OPEN) ws.close(1000);
   await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1_000))]);

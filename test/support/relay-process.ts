@@ -33,6 +33,8 @@ export interface RelayProcessOptions {
   readonly port?: number;
   readonly args?: readonly string[];
   readonly env?: Readonly<Record<string, string>>;
+  /** Flags for node itself, before the script (e.g. `--cpu-prof` to profile a run). */
+  readonly nodeArgs?: readonly string[];
   /** Pin the relay to this CPU core (taskset), for benchmarks. */
   readonly cpu?: number;
   /**
@@ -48,6 +50,7 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   const dbPath = join(dir, 'relay.db');
   const adminToken = options.env?.KEEL_RELAY_ADMIN_TOKEN ?? randomBytes(24).toString('base64url');
   const relayArgs = [
+    ...(options.nodeArgs ?? []),
     RELAY_CLI,
     '--host',
     '127.0.0.1',

@@ -17,6 +17,7 @@ import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
+import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
@@ -174,6 +175,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     }
   }, config.heartbeatMs);
   heartbeat.unref();
+  const loop = watchEventLoop(log);
   wss.on('error', (error) => log.log('error', 'websocket server error', { error: error.message }));
 
   // Open grace periods resume (or end, if their time passed while the relay was down) before traffic.
@@ -194,6 +196,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
+        loop.stop();
         for (const conn of all) conn.close(CloseCode.GOING_AWAY, 'relay shutting down');
         // ws emits 'close' only once every client is gone: give the close handshakes a moment,
         // then cut whatever is left instead of waiting out ws's 30 s close timeout.
