@@ -20,7 +20,8 @@ serve options:
   --db <path>           SQLite database file                      (${ENV_VARS.db}, default keel-relay.db)
   --relay-id <id>       deployment id devices pin                 (${ENV_VARS.relayId}, default: generated at first
                         start, kept in the database; devices that pinned an id refuse any other)
-  --max-payload <bytes> largest accepted WebSocket frame          (${ENV_VARS.maxPayloadBytes})
+  --max-payload <bytes> largest frame after authentication      (${ENV_VARS.maxPayloadBytes}, default 1 MiB;
+                        larger updates travel in parts)
   --synchronous <mode>  FULL (fsync per commit) or NORMAL         (${ENV_VARS.synchronous}, default FULL)
   --tiers <file>        JSON tier overrides                       (${ENV_VARS.tiersFile})
   --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
@@ -32,6 +33,15 @@ environment only: ${ENV_VARS.adminToken} (enables operator commands; also read b
   ${ENV_VARS.authTimeoutMs}, ${ENV_VARS.maxBadFrames}, ${ENV_VARS.heartbeatMs}, ${ENV_VARS.snapshotRetentionMs}
   Failed admin logins: 10 a minute per address (IPv6: per /64), 60 a minute in all; past that
   /admin/* answers 429 with Retry-After without checking the token.
+
+bounds on what one connection or user may make the relay hold (environment only):
+  ${ENV_VARS.preAuthMaxBytes} (8192: a frame before authentication),
+  ${ENV_VARS.maxPendingConnections} (1024 unauthenticated), ${ENV_VARS.maxConnectionsPerUser} (32),
+  ${ENV_VARS.maxSubscriptions} (4096 per connection), ${ENV_VARS.maxOutboundBytes} (16 MiB queued to a device
+  that does not read, then 4007), ${ENV_VARS.maxDevicesPerUser} (32 live), ${ENV_VARS.maxRegistrationsPerUser} (256),
+  ${ENV_VARS.maxEpochsPerUser} (256), ${ENV_VARS.maxPairingsPerDevice} (4 open codes per connection),
+  ${ENV_VARS.crisisAnomalyBytes} (16 MiB of crisis lane per device per day: logged),
+  ${ENV_VARS.crisisCeilingBytes} (1 GiB: further crisis envelopes deferred to the next UTC day)
 
 payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),
   ${ENV_VARS.webhookToleranceSeconds} (default 300), grace periods in ms: ${ENV_VARS.gracePremiumMs} (14 days),
