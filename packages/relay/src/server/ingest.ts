@@ -27,6 +27,8 @@ const STEP_CHARS = 256 * 1024;
 /** A crisis push this small may take the immediate path (see CrisisLane.takeFastPath). */
 const FAST_ENVELOPES = 8;
 const FAST_CHARS = 256 * 1024;
+/** Documents whose deferral one connection remembers; the oldest is forgotten past this. */
+const MAX_DEFERRED_DOCS = 1024;
 
 export interface IngestDeps {
   readonly store: RelayStore;
@@ -169,7 +171,10 @@ export class Ingest {
         error = reservation;
         deferred.set(env.doc, reservation);
         if (reservation.retryAfterMs !== undefined) {
+          this.#deferredUntil.delete(env.doc);
           this.#deferredUntil.set(env.doc, { until: this.#deps.now() + reservation.retryAfterMs, refusal: reservation });
+          // Bounded: a device pushing to a million document ids must not grow this without end.
+          if (this.#deferredUntil.size > MAX_DEFERRED_DOCS) this.#deferredUntil.delete(this.#deferredUntil.keys().next().value!);
         }
       } else {
         meter = { day: reservation.day, bytes, crisis };
