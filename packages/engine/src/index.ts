@@ -23,6 +23,7 @@ export {
   EnvelopeSchema,
   EnvelopeKindSchema,
   DeviceCertificateSchema,
+  CertificateIssuerSchema,
   TierStateSchema,
   ClientFrameSchema,
   RelayFrameSchema,
@@ -38,6 +39,7 @@ export type {
   Envelope,
   EnvelopeKind,
   DeviceCertificate,
+  CertificateIssuer,
   ClientFrame,
   RelayFrame,
   HelloFrame,
@@ -66,6 +68,7 @@ export type { UserKeys, DeviceKeys } from './crypto/keys.js';
 export {
   certifyFirstDevice,
   certifyDevice,
+  certifyByRecovery,
   checkCertificateIds,
   verifyCertificateSignature,
   verifyCertificateChain,
@@ -138,6 +141,23 @@ export {
   verifyRevocation,
 } from './crypto/epochs.js';
 export type { EpochRecord, Revocation } from './crypto/epochs.js';
+export {
+  RECOVERY_ENTROPY_BYTES,
+  RECOVERY_CODE_PREFIX,
+  MAX_RESET_KEEP,
+  RecoveryResetSchema,
+  RecoverySealedSchema,
+  createRecoverySecret,
+  parseRecoveryPhrase,
+  deriveRecoveryKeys,
+  sealToRecoveryKey,
+  sealRootKeyEscrow,
+  openRootKeyEscrow,
+  openEpochRecoveryWrap,
+  signRecoveryReset,
+  verifyRecoveryReset,
+} from './crypto/recovery.js';
+export type { RecoverySecret, RecoveryKeys, RecoveryReset } from './crypto/recovery.js';
 export { BreathPhaseKindSchema, BreathPhaseSchema, BreathingPatternSchema, BREATHING_PATTERNS, breathingCycleMs, breathingPhaseAt } from './handoff/breathing.js';
 export type { BreathPhaseKind, BreathPhase, BreathingPattern, BreathingPatternName, BreathingPhase } from './handoff/breathing.js';
 export {

@@ -15,6 +15,14 @@ export const Domain = {
   revocation: 'keel/revocation/v1',
   epochRecord: 'keel/epoch-record/v1',
   epochWrap: 'keel/epoch-wrap/v1',
+  /** Seed of the recovery key pair, from the 16 bytes behind the 12 words. */
+  recoveryKey: 'keel/recovery-key/v1',
+  /** A reset statement signed by the recovery key. */
+  recoveryReset: 'keel/recovery-reset/v1',
+  /** The root key sealed to the recovery key (the escrow the relay keeps). */
+  rootEscrow: 'keel/root-escrow/v1',
+  /** An epoch secret sealed to the recovery key inside an epoch record. */
+  epochRecoveryWrap: 'keel/epoch-recovery-wrap/v1',
 } as const;
 
 /** libsodium crypto_kdf contexts: exactly 8 characters each. */

@@ -4,6 +4,7 @@ import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 import { DeviceIdSchema, type DeviceId, UserIdSchema, type UserId } from '../protocol/ids.js';
 import { Domain } from './domains.js';
 import type { DeviceKeys } from './keys.js';
+import { RecoverySealedSchema, epochRecoveryWrapBytes, sealToRecoveryKey } from './recovery.js';
 import { getSodium } from './sodium.js';
 
 const b64 = (max: number) => z.string().max(max).regex(/^[A-Za-z0-9_-]*$/, 'not base64url');
@@ -22,6 +23,11 @@ export const EpochRecordSchema = z.strictObject({
   issuer: DeviceIdSchema,
   issuedAt: z.number().int().min(0),
   wraps: z.array(z.strictObject({ device: DeviceIdSchema, sealed: b64(512) })).min(1).max(MAX_EPOCH_RECIPIENTS),
+  /**
+   * The secret sealed to the user's recovery key too, so a device enrolled from the 12 words
+   * reads what was written under this epoch. Absent in records of identities without one.
+   */
+  recovery: RecoverySealedSchema.optional(),
   sig: b64(86).length(86),
 });
 export type EpochRecord = z.infer<typeof EpochRecordSchema>;
@@ -36,14 +42,29 @@ export const RevocationSchema = z.strictObject({
 });
 export type Revocation = z.infer<typeof RevocationSchema>;
 
+/**
+ * The signed bytes. The recovery wrap is appended only when present (older records still
+ * verify), after its own label: wraps are pairs, so the odd label and box cannot pass for one.
+ */
 const recordBytes = (r: Omit<EpochRecord, 'sig'>): Uint8Array =>
-  encodeFields([Domain.epochRecord, r.user, r.epoch, r.issuer, r.issuedAt, ...r.wraps.flatMap((w) => [w.device, w.sealed])]);
+  encodeFields([
+    Domain.epochRecord,
+    r.user,
+    r.epoch,
+    r.issuer,
+    r.issuedAt,
+    ...r.wraps.flatMap((w) => [w.device, w.sealed]),
+    ...(r.recovery !== undefined ? [Domain.epochRecoveryWrap, r.recovery] : []),
+  ]);
 
 const wrapBytes = (user: UserId, epoch: number, secret: Uint8Array): Uint8Array => encodeFields([Domain.epochWrap, user, epoch, secret]);
 
 export const generateEpochSecret = (): Uint8Array => getSodium().randombytes_buf(32);
 
-/** Seals `secret` for every recipient (their Ed25519 keys, converted to X25519) and signs the record. */
+/**
+ * Seals `secret` for every recipient (their Ed25519 keys, converted to X25519) and, given the
+ * user's recovery public key, for the recovery key; signs the record.
+ */
 export const createEpochRecord = (
   user: UserId,
   epoch: number,
@@ -51,6 +72,7 @@ export const createEpochRecord = (
   secret: Uint8Array,
   recipients: ReadonlyMap<DeviceId, Uint8Array>,
   issuedAt: number,
+  recoveryPublicKey?: Uint8Array,
 ): EpochRecord => {
   const s = getSodium();
   const payload = wrapBytes(user, epoch, secret);
@@ -58,7 +80,14 @@ export const createEpochRecord = (
     device,
     sealed: toB64(s.crypto_box_seal(payload, s.crypto_sign_ed25519_pk_to_curve25519(signKey))),
   }));
-  const body = { user, epoch, issuer: issuer.deviceId, issuedAt, wraps };
+  const body = {
+    user,
+    epoch,
+    issuer: issuer.deviceId,
+    issuedAt,
+    wraps,
+    ...(recoveryPublicKey ? { recovery: sealToRecoveryKey(epochRecoveryWrapBytes(user, epoch, secret), recoveryPublicKey) } : {}),
+  };
   return { ...body, sig: toB64(s.crypto_sign_detached(recordBytes(body), issuer.secretKey)) };
 };
 

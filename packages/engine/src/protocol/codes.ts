@@ -25,6 +25,14 @@ export const ErrorCode = {
   PAIRING_REFUSED: 'PAIRING_REFUSED',
   /** Final, raised by a device: the relay's challenge names another deployment than the one pinned. */
   RELAY_MISMATCH: 'RELAY_MISMATCH',
+  /** Not 12 BIP39 English words with a valid checksum, nor a `keel-recovery:` code. */
+  RECOVERY_PHRASE_INVALID: 'RECOVERY_PHRASE_INVALID',
+  /** No user of this relay has this recovery key (or the user was created before recovery keys). */
+  RECOVERY_UNKNOWN: 'RECOVERY_UNKNOWN',
+  /** A reset statement whose generation is not the user's last + 1: replayed or stale. */
+  RECOVERY_REPLAYED: 'RECOVERY_REPLAYED',
+  /** A reset not signed by the user's recovery key, or one that does not keep the device presenting it. */
+  RECOVERY_INVALID: 'RECOVERY_INVALID',
   // Envelope integrity.
   BAD_SIGNATURE: 'BAD_SIGNATURE',
   WRONG_AUTHOR: 'WRONG_AUTHOR',

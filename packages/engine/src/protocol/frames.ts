@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { b64Length } from './bytes.js';
 import { ErrorCode, type Result, err, ok } from './codes.js';
 import { EpochRecordSchema, RevocationSchema } from '../crypto/epochs.js';
+import { RecoveryResetSchema, RecoverySealedSchema } from '../crypto/recovery.js';
 import { TierNameSchema, TierPolicySchema } from '../policy/tiers.js';
 import { CounterSchema, DeviceIdSchema, DocIdSchema, EpochSchema, LaneSchema, RelayIdSchema, SeqSchema, UserIdSchema } from './ids.js';
 
@@ -69,16 +70,27 @@ export const EnvelopeSchema = z
 export type Envelope = z.infer<typeof EnvelopeSchema>;
 
 /**
+ * Who certified a device: the user key (`null`, a user's first device), the user's recovery key
+ * (`'recovery'`, a device enrolled with the 12 words), or an already registered device.
+ */
+export const CertificateIssuerSchema = z.union([DeviceIdSchema, z.literal('recovery')]).nullable();
+export type CertificateIssuer = z.infer<typeof CertificateIssuerSchema>;
+
+/**
  * A device's Ed25519 key certified either by the user's key (the first device of a user,
- * `issuer: null`) or by an already registered device of the same user.
+ * `issuer: null`), by the user's recovery key (`issuer: 'recovery'`), or by an already
+ * registered device of the same user. The first device's certificate names the recovery
+ * public key (`recoveryKey`), bound into the user key's signature.
  */
 export const DeviceCertificateSchema = z.strictObject({
   user: UserIdSchema,
   userKey: b64Exact(32),
   device: DeviceIdSchema,
   deviceKey: b64Exact(32),
-  issuer: DeviceIdSchema.nullable(),
+  issuer: CertificateIssuerSchema,
   issuedAt: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  /** First devices only: the user's recovery public key (absent in certificates made before recovery keys). */
+  recoveryKey: b64Exact(32).optional(),
   sig: b64Exact(64),
 });
 export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;
@@ -110,6 +122,16 @@ export const HelloFrameSchema = z.strictObject({
    * even if the device that certified it has not reached this relay yet.
    */
   chain: z.array(DeviceCertificateSchema).max(WireLimits.maxChain).optional(),
+  /**
+   * A user's first device: the root key sealed to the recovery key its certificate names. The
+   * relay keeps it and hands it out in `ready`, to a device enrolled with the 12 words.
+   */
+  escrow: RecoverySealedSchema.optional(),
+  /**
+   * A reset signed by the user's recovery key that keeps this device: applied once the device
+   * answered the challenge (every other device of the user is revoked, the kept ones are live).
+   */
+  recovery: RecoveryResetSchema.optional(),
 });
 export const AuthFrameSchema = z.strictObject({ type: z.literal('auth'), sig: b64Exact(64) });
 export const SubscribeFrameSchema = z.strictObject({
@@ -145,6 +167,16 @@ export const PairRefuseFrameSchema = z.strictObject({ type: z.literal('pair-refu
 export const RegisterFrameSchema = z.strictObject({ type: z.literal('register'), cert: DeviceCertificateSchema });
 export const RevokeFrameSchema = z.strictObject({ type: z.literal('revoke'), revocation: RevocationSchema });
 export const EpochFrameSchema = z.strictObject({ type: z.literal('epoch'), record: EpochRecordSchema });
+/**
+ * A device enrolled from nothing but the 12 words asks which user its recovery key belongs to
+ * (first frame instead of hello; the relay answers `recovery-found` and closes).
+ */
+export const RecoveryFindFrameSchema = z.strictObject({ type: z.literal('recovery-find'), v: z.number().int(), recoveryKey: b64Exact(32) });
+/**
+ * A live device vouches for another device of the user: a certificate it signed for a device
+ * already registered. A vouched device outlives the revocation of the device that registered it.
+ */
+export const VouchFrameSchema = z.strictObject({ type: z.literal('vouch'), cert: DeviceCertificateSchema });
 
 export const PushFrameSchema = z.strictObject({
   type: z.literal('push'),
@@ -164,6 +196,8 @@ export const ClientFrameSchema = z.discriminatedUnion('type', [
   RegisterFrameSchema,
   RevokeFrameSchema,
   EpochFrameSchema,
+  RecoveryFindFrameSchema,
+  VouchFrameSchema,
 ]);
 export type ClientFrame = z.infer<typeof ClientFrameSchema>;
 export type HelloFrame = z.infer<typeof HelloFrameSchema>;
@@ -186,6 +220,10 @@ export const ReadyFrameSchema = z.strictObject({
   epochs: z.array(EpochRecordSchema).max(64).optional(),
   /** What this relay accepts, so the device sizes its frames (large updates go in parts). */
   limits: z.strictObject({ maxFrameBytes: z.number().int().min(4096) }).optional(),
+  /** Certificates of revoked devices: their earlier writes still verify; never epoch recipients. */
+  revokedCerts: z.array(DeviceCertificateSchema).max(WireLimits.maxCertificates).optional(),
+  /** The root key sealed to the user's recovery key (users created with one). */
+  escrow: RecoverySealedSchema.optional(),
 });
 export const AckFrameSchema = z.strictObject({
   type: z.literal('ack'),
@@ -251,6 +289,15 @@ export const PairRequestFrameSchema = z.strictObject({
   proof: b64Exact(32),
 });
 export const RevokedFrameSchema = z.strictObject({ type: z.literal('revoked'), device: DeviceIdSchema });
+/** The answer to `recovery-find`: the user of that recovery key and its last recovery generation. */
+export const RecoveryFoundFrameSchema = z.strictObject({
+  type: z.literal('recovery-found'),
+  user: UserIdSchema,
+  userKey: b64Exact(32),
+  gen: z.number().int().min(0).max(0x7fff_ffff),
+});
+/** A vouch was stored (to every connection of the user, the vouching one included). */
+export const VouchedFrameSchema = z.strictObject({ type: z.literal('vouched'), cert: DeviceCertificateSchema });
 
 export const RelayFrameSchema = z.discriminatedUnion('type', [
   PairOpenedFrameSchema,
@@ -269,6 +316,8 @@ export const RelayFrameSchema = z.discriminatedUnion('type', [
   TierFrameSchema,
   DeviceFrameSchema,
   ErrorFrameSchema,
+  RecoveryFoundFrameSchema,
+  VouchedFrameSchema,
 ]);
 export type RelayFrame = z.infer<typeof RelayFrameSchema>;
 export type AckFrame = z.infer<typeof AckFrameSchema>;
