@@ -4,11 +4,15 @@ import {
   type DocId,
   type Envelope,
   ErrorCode,
+  type RecoveryKeys,
   type UserKeys,
   asSeq,
+  certifyByRecovery,
   certifyDevice,
   certifyFirstDevice,
+  createRecoverySecret,
   cryptoReady,
+  deriveRecoveryKeys,
   deriveDocId,
   deriveDocKey,
   deriveEpochZeroSecret,
@@ -16,6 +20,8 @@ import {
   generateDeviceKeys,
   generateRootKey,
   sealEnvelope,
+  sealRootKeyEscrow,
+  signRecoveryReset,
 } from '@keel/engine';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { GENESIS_HASH, verifyAuditRows } from '../src/audit/audit-chain.js';
@@ -48,6 +54,25 @@ const newAccount = (issuedAt = T0): Account => {
   const keys = deriveUserKeys(generateRootKey());
   const device = generateDeviceKeys();
   return { keys, device, cert: certifyFirstDevice(keys, device, issuedAt) };
+};
+
+interface RecoveringAccount extends Account {
+  readonly recovery: RecoveryKeys;
+  readonly escrow: string;
+}
+
+/** A new user whose first device's certificate names a recovery key, with the root key escrowed to it. */
+const newRecoveringAccount = (issuedAt = T0): RecoveringAccount => {
+  const keys = deriveUserKeys(generateRootKey());
+  const device = generateDeviceKeys();
+  const recovery = deriveRecoveryKeys(createRecoverySecret().entropy);
+  return {
+    keys,
+    device,
+    recovery,
+    cert: certifyFirstDevice(keys, device, issuedAt, recovery.publicKey),
+    escrow: sealRootKeyEscrow(keys.userId, keys.rootKey, recovery.publicKey),
+  };
 };
 
 /** Seals a real, signed envelope under the owner's epoch-0 document key. */
@@ -219,6 +244,221 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         }
         expect((await store().listDevices(b.keys.userId)).map((d) => d.deviceId)).toEqual([b.device.deviceId]);
         expect(await store().listDevices(newAccount().keys.userId)).toEqual([]);
+      });
+    });
+
+    describe('recovery, revocation cascades and vouches', () => {
+      const registerRecovering = async (account = newRecoveringAccount()): Promise<RecoveringAccount> => {
+        const result = await store().registerDevice(account.cert, account.device.publicKey, account.keys.userPublicKey, T0, LIMITS, account.escrow);
+        if (!result.ok) throw new Error(`refused: ${result.error.code} ${result.error.message}`);
+        return account;
+      };
+      /** Registers a device certified by `issuer` (a device of `owner`); returns its keys. */
+      const link = async (owner: Account, issuer: DeviceKeys, at = T0 + 1): Promise<DeviceKeys> => {
+        const device = generateDeviceKeys();
+        const result = await store().registerDevice(certifyDevice(owner.keys, issuer, device.publicKey, at), device.publicKey, owner.keys.userPublicKey, at, LIMITS);
+        if (!result.ok) throw new Error(`refused: ${result.error.code} ${result.error.message}`);
+        return device;
+      };
+      const liveIds = async (owner: Account): Promise<string[]> =>
+        (await store().listDevices(owner.keys.userId)).filter((d) => d.revokedAt === null).map((d) => d.deviceId).sort();
+      const ids = (...devices: DeviceKeys[]): string[] => devices.map((d) => d.deviceId).sort();
+
+      it('keeps the recovery key the first certificate names, generation 0 and the escrow; finds the user by it', async () => {
+        const a = await registerRecovering();
+        const recovery = await store().getRecovery(a.keys.userId);
+        expect(recovery).toEqual({ userId: a.keys.userId, userKey: a.keys.userPublicKey, recoveryKey: a.recovery.publicKey, gen: 0, escrow: a.escrow });
+        expect(await store().findRecoveryUser(a.recovery.publicKey)).toEqual(recovery);
+        expect(await store().findRecoveryUser(deriveRecoveryKeys(createRecoverySecret().entropy).publicKey)).toBeUndefined();
+        // The certificate comes back exactly as signed, recovery key included.
+        expect((await store().getDevice(a.device.deviceId))?.cert).toEqual(a.cert);
+        // Users created without one have none.
+        const legacy = await registered();
+        expect(await store().getRecovery(legacy.keys.userId)).toBeUndefined();
+        expect((await store().getDevice(legacy.device.deviceId))?.cert).toEqual(legacy.cert);
+      });
+
+      it('refuses a new user whose first certificate names a recovery key another user has', async () => {
+        const a = await registerRecovering();
+        const b = newAccount();
+        const cert = certifyFirstDevice(b.keys, b.device, T0, a.recovery.publicKey);
+        const result = await store().registerDevice(cert, b.device.publicKey, b.keys.userPublicKey, T0, LIMITS, a.escrow);
+        expect(result.ok ? 'registered' : result.error.code).toBe(ErrorCode.BAD_CERTIFICATE);
+        expect(await store().listDevices(b.keys.userId)).toEqual([]);
+        expect((await store().findRecoveryUser(a.recovery.publicKey))?.userId).toBe(a.keys.userId);
+      });
+
+      it('registers a device the recovery key certified, only for a user that has one', async () => {
+        const a = await registerRecovering();
+        const n = generateDeviceKeys();
+        const cert = certifyByRecovery(a.keys, a.recovery, n.publicKey, T0 + 1);
+        const result = await store().registerDevice(cert, n.publicKey, a.keys.userPublicKey, T0 + 1, LIMITS);
+        expect(result.ok && result.value.cert).toEqual(cert);
+        const legacy = await registered();
+        const m = generateDeviceKeys();
+        const refused = await store().registerDevice(certifyByRecovery(legacy.keys, a.recovery, m.publicKey, T0), m.publicKey, legacy.keys.userPublicKey, T0, LIMITS);
+        expect(refused.ok ? 'registered' : refused.error.code).toBe(ErrorCode.RECOVERY_UNKNOWN);
+      });
+
+      it('applies a reset once: keeps (and reinstates) the devices it names, revokes every other, refuses a replay', async () => {
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const thief = await link(a, a.device);
+        // The thief revokes the owner's devices (the thief's own device is never cascaded).
+        expect((await store().revokeDevice(a.keys.userId, a.device.deviceId, T0 + 2, thief.deviceId)).ok).toBe(true);
+        expect((await store().revokeDevice(a.keys.userId, laptop.deviceId, T0 + 2, thief.deviceId)).ok).toBe(true);
+        expect(await liveIds(a)).toEqual(ids(thief));
+
+        const reset = signRecoveryReset(a.keys.userId, [a.device.deviceId, laptop.deviceId], 1, a.recovery, T0 + 3);
+        const applied = await store().applyRecoveryReset(reset, undefined, T0 + 3, LIMITS);
+        if (!applied.ok) throw new Error(applied.error.message);
+        expect(applied.value.revoked.map((d) => d.deviceId)).toEqual([thief.deviceId]);
+        expect(applied.value.revoked[0]!.revokedAt).toBe(T0 + 3);
+        expect(applied.value.kept.map((d) => d.deviceId).sort()).toEqual(ids(a.device, laptop));
+        expect(applied.value.enrolled).toBeUndefined();
+        expect(await liveIds(a)).toEqual(ids(a.device, laptop));
+        expect((await store().getRecovery(a.keys.userId))?.gen).toBe(1);
+
+        // The same statement again, or one that skips a generation: refused, nothing changes.
+        for (const again of [reset, signRecoveryReset(a.keys.userId, [thief.deviceId], 3, a.recovery, T0 + 4)]) {
+          const refused = await store().applyRecoveryReset(again, undefined, T0 + 4, LIMITS);
+          expect(refused.ok ? 'applied' : refused.error.code).toBe(ErrorCode.RECOVERY_REPLAYED);
+        }
+        expect(await liveIds(a)).toEqual(ids(a.device, laptop));
+        // A revoked device cannot revoke anyone.
+        const byThief = await store().revokeDevice(a.keys.userId, laptop.deviceId, T0 + 5, thief.deviceId);
+        expect(byThief.ok ? 'revoked' : byThief.error.code).toBe(ErrorCode.DEVICE_REVOKED);
+        expect(await liveIds(a)).toEqual(ids(a.device, laptop));
+      });
+
+      it('enrols the recovering device in the reset, within the device limits, or changes nothing', async () => {
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const other = await registerRecovering();
+        const n = generateDeviceKeys();
+        const enrol = { cert: certifyByRecovery(a.keys, a.recovery, n.publicKey, T0 + 2), publicKey: n.publicKey, userKey: a.keys.userPublicKey };
+        const refusals = [
+          // The enrolled device must be one it keeps.
+          [signRecoveryReset(a.keys.userId, [laptop.deviceId], 1, a.recovery, T0), enrol, LIMITS, ErrorCode.RECOVERY_INVALID],
+          // Every kept device must be this user's.
+          [signRecoveryReset(a.keys.userId, [n.deviceId, other.device.deviceId], 1, a.recovery, T0), enrol, LIMITS, ErrorCode.RECOVERY_INVALID],
+          // Registrations ever made, revoked ones included, are bounded.
+          [signRecoveryReset(a.keys.userId, [n.deviceId], 1, a.recovery, T0), enrol, { maxLive: 32, maxTotal: 2 }, ErrorCode.LIMIT_EXCEEDED],
+          [signRecoveryReset(a.keys.userId, [n.deviceId, laptop.deviceId], 1, a.recovery, T0), enrol, { maxLive: 1, maxTotal: 256 }, ErrorCode.LIMIT_EXCEEDED],
+        ] as const;
+        for (const [reset, enrolment, limits, code] of refusals) {
+          const refused = await store().applyRecoveryReset(reset, enrolment, T0 + 2, limits);
+          expect(refused.ok ? 'applied' : refused.error.code).toBe(code);
+          expect(await store().getDevice(n.deviceId)).toBeUndefined();
+          expect(await liveIds(a)).toEqual(ids(a.device, laptop));
+          expect((await store().getRecovery(a.keys.userId))?.gen).toBe(0);
+        }
+
+        const applied = await store().applyRecoveryReset(signRecoveryReset(a.keys.userId, [n.deviceId], 1, a.recovery, T0), enrol, T0 + 3, LIMITS);
+        if (!applied.ok) throw new Error(applied.error.message);
+        expect(applied.value.enrolled?.cert).toEqual(enrol.cert);
+        expect(applied.value.revoked.map((d) => d.deviceId).sort()).toEqual(ids(a.device, laptop));
+        expect(await liveIds(a)).toEqual(ids(n));
+        expect(await liveIds(other)).toEqual(ids(other.device));
+      });
+
+      it('revokes the devices a revoked device registered, transitively, unless a live device vouched for them', async () => {
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const thief = await link(a, a.device);
+        const [orphan, vouched] = [await link(a, thief), await link(a, thief)];
+        const grandchild = await link(a, orphan);
+        const underVouched = await link(a, vouched);
+        // Devices of the thief's line vouching for each other keep nothing alive.
+        const [x, y] = [await link(a, thief), await link(a, thief)];
+        for (const [issuer, subject] of [[x, y], [y, x]] as const) {
+          expect((await store().putVouch(certifyDevice(a.keys, issuer, subject.publicKey, T0 + 2), T0 + 2, 32)).ok).toBe(true);
+        }
+        const vouch = certifyDevice(a.keys, laptop, vouched.publicKey, T0 + 2);
+        expect(await store().putVouch(vouch, T0 + 2, 32)).toEqual({ ok: true, value: vouch });
+
+        const revoked = await store().revokeDevice(a.keys.userId, thief.deviceId, T0 + 3, a.device.deviceId);
+        if (!revoked.ok) throw new Error(revoked.error.message);
+        expect(revoked.value[0]!.deviceId).toBe(thief.deviceId);
+        expect(revoked.value.map((d) => d.deviceId).sort()).toEqual(ids(thief, orphan, grandchild, x, y));
+        expect(revoked.value.every((d) => d.revokedAt === T0 + 3)).toBe(true);
+        expect(await liveIds(a)).toEqual(ids(a.device, laptop, vouched, underVouched));
+      });
+
+      it('never cascades to the revoking device or to devices the user key or the recovery key enrolled', async () => {
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const tablet = await link(a, laptop);
+        const n = generateDeviceKeys();
+        expect((await store().registerDevice(certifyByRecovery(a.keys, a.recovery, n.publicKey, T0), n.publicKey, a.keys.userPublicKey, T0, LIMITS)).ok).toBe(true);
+        // The laptop retires the phone that linked it: the laptop and what it linked stay.
+        const revoked = await store().revokeDevice(a.keys.userId, a.device.deviceId, T0 + 2, laptop.deviceId);
+        expect(revoked.ok && revoked.value.map((d) => d.deviceId)).toEqual([a.device.deviceId]);
+        expect(await liveIds(a)).toEqual(ids(laptop, tablet, n));
+        const again = await store().revokeDevice(a.keys.userId, n.deviceId, T0 + 3, laptop.deviceId);
+        expect(again.ok && again.value.map((d) => d.deviceId)).toEqual([n.deviceId]);
+        expect(await liveIds(a)).toEqual(ids(laptop, tablet));
+        const unknown = await store().revokeDevice(a.keys.userId, generateDeviceKeys().deviceId, T0 + 4, laptop.deviceId);
+        expect(unknown.ok ? 'revoked' : unknown.error.code).toBe(ErrorCode.UNKNOWN_DEVICE);
+      });
+
+      it('bounds vouches per device and refuses vouches that do not name a live device by its key', async () => {
+        const a = await registerRecovering();
+        const subject = await link(a, a.device);
+        const vouchers = [await link(a, a.device), await link(a, a.device), await link(a, a.device)];
+        const vouchBy = (issuer: DeviceKeys, at = T0 + 2) => certifyDevice(a.keys, issuer, subject.publicKey, at);
+        expect((await store().putVouch(vouchBy(vouchers[0]!), T0 + 2, 2)).ok).toBe(true);
+        expect((await store().putVouch(vouchBy(vouchers[1]!), T0 + 2, 2)).ok).toBe(true);
+        const third = await store().putVouch(vouchBy(vouchers[2]!), T0 + 2, 2);
+        expect(third.ok ? 'stored' : third.error.code).toBe(ErrorCode.LIMIT_EXCEEDED);
+        // The same issuer again replaces its vouch and counts once.
+        const renewed = vouchBy(vouchers[0]!, T0 + 9);
+        expect((await store().putVouch(renewed, T0 + 9, 2)).ok).toBe(true);
+        expect((await store().listVouches(a.keys.userId)).map((c) => [c.issuer, c.issuedAt])).toEqual(
+          [[vouchers[0]!.deviceId, T0 + 9], [vouchers[1]!.deviceId, T0 + 2]].sort(),
+        );
+        expect(await store().listVouches(a.keys.userId)).toContainEqual(renewed);
+
+        const stranger = generateDeviceKeys();
+        const wrongKey = { ...certifyDevice(a.keys, vouchers[2]!, stranger.publicKey, T0), device: subject.deviceId };
+        const unknownSubject = certifyDevice(a.keys, vouchers[2]!, stranger.publicKey, T0);
+        await store().revokeDevice(a.keys.userId, vouchers[2]!.deviceId, T0 + 3, a.device.deviceId);
+        const byRevoked = certifyDevice(a.keys, vouchers[2]!, vouchers[0]!.publicKey, T0);
+        const byUnknown = certifyDevice(a.keys, stranger, subject.publicKey, T0);
+        for (const [cert, code] of [
+          [wrongKey, ErrorCode.BAD_CERTIFICATE],
+          [unknownSubject, ErrorCode.UNKNOWN_DEVICE],
+          [byRevoked, ErrorCode.BAD_CERTIFICATE],
+          [byUnknown, ErrorCode.BAD_CERTIFICATE],
+        ] as const) {
+          const refused = await store().putVouch(cert, T0 + 4, 32);
+          expect(refused.ok ? 'stored' : refused.error.code).toBe(code);
+        }
+        expect(await store().listVouches(a.keys.userId)).toHaveLength(2);
+      });
+
+      it('keeps recovery keys, generations, escrows and vouches across close and reopen', async (ctx) => {
+        const reopen = harness?.reopen;
+        if (!reopen) {
+          ctx.skip();
+          return;
+        }
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const vouch = certifyDevice(a.keys, a.device, laptop.publicKey, T0 + 2);
+        expect((await store().putVouch(vouch, T0 + 2, 32)).ok).toBe(true);
+        expect((await store().applyRecoveryReset(signRecoveryReset(a.keys.userId, [a.device.deviceId, laptop.deviceId], 1, a.recovery, T0), undefined, T0 + 3, LIMITS)).ok).toBe(true);
+        const before = await store().getRecovery(a.keys.userId);
+
+        const first = store();
+        live = undefined;
+        await first.close();
+        live = await reopen();
+        expect(await store().getRecovery(a.keys.userId)).toEqual(before);
+        expect(before?.gen).toBe(1);
+        expect(await store().listVouches(a.keys.userId)).toEqual([vouch]);
+        const replay = await store().applyRecoveryReset(signRecoveryReset(a.keys.userId, [a.device.deviceId], 1, a.recovery, T0), undefined, T0 + 4, LIMITS);
+        expect(replay.ok ? 'applied' : replay.error.code).toBe(ErrorCode.RECOVERY_REPLAYED);
       });
     });
 

@@ -21,10 +21,11 @@ export interface VerifiedCertificate {
 /**
  * Checks the certificate a new device presents in `hello`, with the chain of issuer
  * certificates it brought: ids match keys, it names the user and device that say hello, and
- * every link is signed by the user key or by a live device of that user — registered here or
- * earlier in the chain. Returns what must be registered, issuers first. Whether a user-key
- * certificate is still acceptable (only for a user's first device) is decided atomically by the
- * store at registration.
+ * every link is signed by the user key, by the user's recovery key (as the relay keeps it, never
+ * as a certificate claims it) or by a live device of that user — registered here or earlier in
+ * the chain. Returns what must be registered, issuers first. Whether a user-key certificate is
+ * still acceptable (only for a user's first device, which must name a recovery key) is decided
+ * atomically by the store at registration.
  */
 export const verifyPresentedCertificate = async (
   store: RelayStore,
@@ -44,6 +45,14 @@ export const verifyPresentedCertificate = async (
     const verified: VerifiedCertificate = { cert: current, deviceKey: ids.value.deviceKey, userKey: ids.value.userKey };
     if (current.issuer === null) {
       if (!verifyCertificateSignature(current, ids.value.userKey)) return err(ErrorCode.BAD_CERTIFICATE, 'certificate signature does not verify');
+      // Without one, a stolen device would lock the owner out for good (docs/recovery.md).
+      if (current.recoveryKey === undefined) return err(ErrorCode.BAD_CERTIFICATE, "a new user's first device must name the user's recovery key");
+      return ok([...leafFirst, verified].reverse());
+    }
+    if (current.issuer === 'recovery') {
+      const recovery = await store.getRecovery(user);
+      if (!recovery) return err(ErrorCode.RECOVERY_UNKNOWN, 'this user has no recovery key');
+      if (!verifyCertificateSignature(current, recovery.recoveryKey)) return err(ErrorCode.BAD_CERTIFICATE, 'certificate is not signed by the recovery key');
       return ok([...leafFirst, verified].reverse());
     }
     const issuer = await store.getDevice(current.issuer);

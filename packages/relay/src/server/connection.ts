@@ -7,16 +7,20 @@ import {
   type HelloFrame,
   type KeelError,
   PROTOCOL_VERSION,
+  type RecoveryReset,
   type RelayFrame,
   type TierState,
   type UserId,
   WireLimits,
   createChallengeNonce,
   encodeFrame,
+  fromB64,
   isCrisisLane,
   readClientFrame,
+  toB64,
   validateClientFrame,
   verifyChallenge,
+  verifyRecoveryReset,
 } from '@keel/engine';
 import type { WebSocket } from 'ws';
 import { createDeviceVerifier } from '../auth/ed25519.js';
@@ -88,6 +92,8 @@ type State =
       readonly publicKey: Uint8Array;
       /** Certificates to register once the device proves its key, issuers first. */
       readonly pending: readonly VerifiedCertificate[];
+      /** A reset (signature and generation checked) to apply once the device proves its key. */
+      readonly recovery: RecoveryReset | undefined;
     }
   | { readonly kind: 'ready'; readonly session: Session }
   /** A new device that joined with a pairing code and waits for its grant. */
@@ -223,6 +229,7 @@ export class RelayConnection implements PairingPeer {
       case 'register':
       case 'revoke':
       case 'epoch':
+      case 'vouch':
       case 'pair-open':
       case 'pair-grant':
       case 'pair-refuse':
@@ -232,6 +239,8 @@ export class RelayConnection implements PairingPeer {
         return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${frame.type}" after authentication` });
       case 'pair-join':
         return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'pair-join is for new devices, before authentication' });
+      case 'recovery-find':
+        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'recovery-find is for devices being recovered, before authentication' });
       case 'push':
         return;
       default:
@@ -251,7 +260,7 @@ export class RelayConnection implements PairingPeer {
     if (state.kind === 'pairing') {
       return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${type}" while waiting for a pairing grant` });
     }
-    const expected = !this.#helloSeen ? type === 'hello' || type === 'pair-join' : type === 'auth' && !this.#authSeen;
+    const expected = !this.#helloSeen ? type === 'hello' || type === 'pair-join' || type === 'recovery-find' : type === 'auth' && !this.#authSeen;
     if (!expected) return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${type.slice(0, 32)}" before authentication` });
     const parsed = validateClientFrame(raw.value);
     if (!parsed.ok) return this.#badFrame(parsed.error);
@@ -278,6 +287,7 @@ export class RelayConnection implements PairingPeer {
   async #handshake(frame: ClientFrame): Promise<void> {
     const state = this.#state;
     if (frame.type === 'pair-join') return this.#onPairJoin(frame);
+    if (frame.type === 'recovery-find') return this.#onRecoveryFind(frame);
     if (frame.type === 'hello' && state.kind === 'hello') return this.#onHello(frame);
     if (frame.type === 'auth' && state.kind === 'challenged') return this.#onAuth(frame.sig, state);
     return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before hello` });
@@ -290,17 +300,26 @@ export class RelayConnection implements PairingPeer {
         CloseCode.UNSUPPORTED_VERSION,
       );
     }
+    const reset = hello.recovery;
+    if (reset) {
+      const refused = await this.#checkReset(hello, reset);
+      if (refused) return this.#authFailed(hello, refused.message, refused.code);
+    }
     const known = await this.#ctx.store.getDevice(hello.device);
     let publicKey: Uint8Array;
     let pending: readonly VerifiedCertificate[] = [];
     if (known) {
       if (known.userId !== hello.user) return this.#authFailed(hello, 'device belongs to another user');
-      if (known.revokedAt !== null) {
+      // A reset that keeps a revoked device reinstates it (a thief revoked the owner's phone).
+      if (known.revokedAt !== null && !reset) {
         return this.#fail({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' }, CloseCode.DEVICE_REVOKED);
       }
       publicKey = known.publicKey;
     } else if (hello.cert) {
-      const verified = await verifyPresentedCertificate(this.#ctx.store, hello.cert, hello.chain ?? [], hello.user, hello.device);
+      if (reset && hello.cert.issuer !== 'recovery') {
+        return this.#authFailed(hello, 'a reset enrols only a device certified by the recovery key', ErrorCode.RECOVERY_INVALID);
+      }
+      const verified = await verifyPresentedCertificate(this.#ctx.store, hello.cert, reset ? [] : hello.chain ?? [], hello.user, hello.device);
       if (!verified.ok) return this.#authFailed(hello, verified.error.message, verified.error.code);
       publicKey = verified.value[verified.value.length - 1]!.deviceKey;
       pending = verified.value;
@@ -309,30 +328,41 @@ export class RelayConnection implements PairingPeer {
     }
     if (this.#state.kind !== 'hello') return;
     const nonce = createChallengeNonce();
-    this.#state = { kind: 'challenged', hello, nonce, publicKey, pending };
+    this.#state = { kind: 'challenged', hello, nonce, publicKey, pending, recovery: reset };
     this.send({ type: 'challenge', v: PROTOCOL_VERSION, relay: this.#ctx.config.relayId, nonce }, 10);
   }
 
   async #onAuth(sig: string, state: Extract<State, { kind: 'challenged' }>): Promise<void> {
-    const { hello, nonce, publicKey, pending } = state;
+    const { hello, nonce, publicKey, pending, recovery } = state;
     const { store, config } = this.#ctx;
     if (!verifyChallenge(config.relayId, nonce, hello.user, hello.device, sig, publicKey)) {
       return this.#authFailed(hello, 'challenge signature does not verify');
     }
-    // Registered only now that the device proved it holds the certified key.
+    // Registered (and a reset applied) only now that the device proved it holds the certified key.
     const registeredNow: DeviceRecord[] = [];
-    for (const link of pending) {
-      const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#ctx.now(), deviceLimits(config));
-      if (!registered.ok) return this.#authFailed(hello, registered.error.message, registered.error.code);
-      registeredNow.push(registered.value);
-      this.#ctx.log.log('info', 'device registered', { user: registered.value.userId, device: registered.value.deviceId, issuer: link.cert.issuer });
+    if (recovery) {
+      const applied = await this.#applyReset(hello, recovery, pending);
+      if (!applied) return;
+      registeredNow.push(...applied);
+    } else {
+      for (const link of pending) {
+        const escrow = link.cert.issuer === null ? hello.escrow : undefined;
+        const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#ctx.now(), deviceLimits(config), escrow);
+        if (!registered.ok) return this.#authFailed(hello, registered.error.message, registered.error.code);
+        registeredNow.push(registered.value);
+        this.#ctx.log.log('info', 'device registered', { user: registered.value.userId, device: registered.value.deviceId, issuer: link.cert.issuer });
+      }
     }
     const device = await store.getDevice(hello.device);
     if (!device || device.revokedAt !== null) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
     const tier = await this.#ctx.entitlements.tierOf(hello.user);
     await this.#ctx.quota.warm(hello.user);
-    const certs = (await store.listDevices(hello.user)).filter((d) => d.revokedAt === null).map((d) => d.cert);
+    const devices = await store.listDevices(hello.user);
+    const certs = devices.filter((d) => d.revokedAt === null).map((d) => d.cert);
+    // Revoked devices' certificates too: what they wrote before their revocation still verifies.
+    const revokedCerts = devices.filter((d) => d.revokedAt !== null).map((d) => d.cert);
     const epochs = await store.listEpochs(hello.user, READY_EPOCHS);
+    const escrow = (await store.getRecovery(hello.user))?.escrow ?? null;
     // The socket may have closed during the awaits above.
     if (this.#state !== state) return;
     clearTimeout(this.#authTimer);
@@ -354,11 +384,75 @@ export class RelayConnection implements PairingPeer {
         tier,
         ...(epochs.length > 0 ? { epochs } : {}),
         limits: { maxFrameBytes: config.maxPayloadBytes },
+        ...(revokedCerts.length > 0 ? { revokedCerts: revokedCerts.slice(-WireLimits.maxCertificates) } : {}),
+        ...(escrow !== null ? { escrow } : {}),
       },
       10,
     );
     for (const registered of registeredNow) this.#ctx.announceDevice(this, registered);
     this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
+  }
+
+  /**
+   * Checks a reset in hello before the challenge, so a wrong one costs no challenge: it is for
+   * this user, keeps this device, is signed by the user's recovery key (as the relay keeps it)
+   * and carries the next generation. The store checks the generation again when applying it.
+   */
+  async #checkReset(hello: HelloFrame, reset: RecoveryReset): Promise<KeelError | undefined> {
+    if (reset.user !== hello.user) return { code: ErrorCode.RECOVERY_INVALID, message: 'the reset is for another user' };
+    if (!reset.keep.includes(hello.device)) return { code: ErrorCode.RECOVERY_INVALID, message: 'a reset must keep the device that presents it' };
+    const recovery = await this.#ctx.store.getRecovery(hello.user);
+    if (!recovery) return { code: ErrorCode.RECOVERY_UNKNOWN, message: 'this user has no recovery key' };
+    if (!verifyRecoveryReset(reset, recovery.recoveryKey)) return { code: ErrorCode.RECOVERY_INVALID, message: "the reset is not signed by this user's recovery key" };
+    if (reset.gen !== recovery.gen + 1) {
+      return { code: ErrorCode.RECOVERY_REPLAYED, message: `the next reset of this user is generation ${recovery.gen + 1}, not ${reset.gen}` };
+    }
+    return undefined;
+  }
+
+  /**
+   * Applies a verified reset for a device that proved its key: enrols it if new, keeps the
+   * devices it names, revokes every other device of the user and cuts them off at once.
+   * Resolves to the devices to announce, or undefined when it was refused (the socket is closing).
+   */
+  async #applyReset(hello: HelloFrame, reset: RecoveryReset, pending: readonly VerifiedCertificate[]): Promise<DeviceRecord[] | undefined> {
+    const { store, config, log } = this.#ctx;
+    const link = pending[pending.length - 1];
+    const enrol = link ? { cert: link.cert, publicKey: link.deviceKey, userKey: link.userKey } : undefined;
+    const now = this.#ctx.now();
+    const applied = await store.applyRecoveryReset(reset, enrol, now, deviceLimits(config));
+    if (!applied.ok) {
+      this.#authFailed(hello, applied.error.message, applied.error.code);
+      return undefined;
+    }
+    const { revoked, kept, enrolled } = applied.value;
+    log.log('info', 'recovery reset applied', { user: hello.user, device: hello.device, gen: reset.gen, kept: kept.length, revoked: revoked.length });
+    await store.appendAudit(
+      [{ actor: 'recovery', op: 'recovery.reset', userId: hello.user, outcome: 'applied', detail: { gen: reset.gen, kept: kept.length, revoked: revoked.length } }],
+      now,
+    );
+    for (const gone of revoked) {
+      this.#ctx.disconnectDevice(gone.deviceId);
+      this.#ctx.toUser(hello.user, { type: 'revoked', device: gone.deviceId }, 10);
+    }
+    // Kept devices online (none, usually) learn which devices are live again.
+    return [...(enrolled ? [enrolled] : []), ...kept.filter((d) => d.deviceId !== hello.device)];
+  }
+
+  /** A device being recovered asks which user its recovery key belongs to; the answer ends the connection. */
+  async #onRecoveryFind(frame: Extract<ClientFrame, { type: 'recovery-find' }>): Promise<void> {
+    if (frame.v !== PROTOCOL_VERSION) {
+      return this.#fail({ code: ErrorCode.UNSUPPORTED_VERSION, message: `protocol v${frame.v} is not supported` }, CloseCode.UNSUPPORTED_VERSION);
+    }
+    const found = await this.#ctx.store.findRecoveryUser(fromB64(frame.recoveryKey));
+    if (this.#state.kind !== 'hello') return;
+    if (!found) {
+      this.#ctx.log.log('warn', 'recovery key unknown', {});
+      return this.#fail({ code: ErrorCode.RECOVERY_UNKNOWN, message: 'no user of this relay has this recovery key' }, CloseCode.AUTH_FAILED);
+    }
+    const answer: RelayFrame = { type: 'recovery-found', user: found.userId, userKey: toB64(found.userKey), gen: found.gen };
+    this.#ws.send(encodeFrame(answer), () => this.#closeSocket(CloseCode.NORMAL, 'done'));
+    this.#teardown();
   }
 
   #openSession(user: UserId, device: DeviceRecord, tier: TierState): Session {

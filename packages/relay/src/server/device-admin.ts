@@ -9,6 +9,8 @@ import {
   type RelayFrame,
   type Revocation,
   type UserId,
+  checkCertificateIds,
+  verifyCertificateSignature,
   verifyEpochRecord,
   verifyRevocation,
 } from '@keel/engine';
@@ -49,9 +51,9 @@ export const deviceLimits = (config: RelayConfig): DeviceLimits => ({ maxLive: c
 
 /**
  * What an authenticated device may change about its user's devices: register a device it
- * certified, revoke one, publish a key epoch, and run a pairing. Every record it leaves behind
- * is bounded (devices, epochs, pairing sessions), and every change needs a signature of a live
- * device of the user.
+ * certified, vouch for one, revoke one, publish a key epoch, and run a pairing. Every record it
+ * leaves behind is bounded (devices, vouches, epochs, pairing sessions), and every change needs
+ * a signature of a live device of the user.
  */
 export class DeviceAdmin {
   readonly #deps: DeviceAdminDeps;
@@ -60,10 +62,12 @@ export class DeviceAdmin {
     this.#deps = deps;
   }
 
-  async handle(frame: Extract<ClientFrame, { type: 'register' | 'revoke' | 'epoch' | 'pair-open' | 'pair-grant' | 'pair-refuse' }>): Promise<void> {
+  async handle(frame: Extract<ClientFrame, { type: 'register' | 'revoke' | 'epoch' | 'vouch' | 'pair-open' | 'pair-grant' | 'pair-refuse' }>): Promise<void> {
     switch (frame.type) {
       case 'register':
         return this.#register(frame.cert);
+      case 'vouch':
+        return this.#vouch(frame.cert);
       case 'revoke':
         return this.#revoke(frame.revocation);
       case 'epoch':
@@ -92,18 +96,49 @@ export class DeviceAdmin {
     this.#deps.send({ type: 'device', cert: registered.value.cert }, 10);
   }
 
-  /** Revokes another device of the user: refused from now on, cut off at once. */
+  /**
+   * A second issuer for an existing device of the user: this device signed a certificate for
+   * it. A vouched device stays live when the device that registered it is revoked.
+   */
+  async #vouch(cert: DeviceCertificate): Promise<void> {
+    const { user, device, store, config } = this.#deps;
+    if (cert.user !== user || cert.issuer !== device.deviceId) {
+      return this.#deps.badFrame({ code: ErrorCode.BAD_CERTIFICATE, message: 'a vouch is signed by this device, for a device of its own user' });
+    }
+    const ids = checkCertificateIds(cert);
+    if (!ids.ok) return this.#deps.badFrame(ids.error);
+    if (!verifyCertificateSignature(cert, device.publicKey)) {
+      this.#deps.abuse();
+      return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'the vouch is not signed by this device' });
+    }
+    const stored = await store.putVouch(cert, this.#deps.now(), config.maxDevicesPerUser);
+    if (!stored.ok) return this.#deps.badFrame(stored.error);
+    this.#deps.log.log('info', 'device vouched for', { user, device: cert.device, by: device.deviceId });
+    this.#deps.toUser({ type: 'vouched', cert }, 10);
+  }
+
+  /**
+   * Revokes another device of the user: refused from now on, cut off at once — and with it the
+   * devices it registered that no live device vouches for (see RelayStore.revokeDevice).
+   */
   async #revoke(revocation: Revocation): Promise<void> {
     const { user, device } = this.#deps;
     if (revocation.user !== user || revocation.issuer !== device.deviceId || !verifyRevocation(revocation, device.publicKey)) {
       this.#deps.abuse();
       return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'a revocation must be signed by this device, for its own user' });
     }
-    const revoked = await this.#deps.store.revokeDevice(user, revocation.device, this.#deps.now());
-    if (!revoked.ok) return this.#deps.badFrame(revoked.error);
-    this.#deps.log.log('info', 'device revoked', { user, device: revocation.device, by: device.deviceId });
-    this.#deps.disconnectDevice(revocation.device);
-    this.#deps.toUser({ type: 'revoked', device: revocation.device }, 10);
+    const revoked = await this.#deps.store.revokeDevice(user, revocation.device, this.#deps.now(), device.deviceId);
+    if (!revoked.ok) {
+      if (revoked.error.code === ErrorCode.DEVICE_REVOKED) this.#deps.disconnectDevice(device.deviceId);
+      return this.#deps.badFrame(revoked.error);
+    }
+    const [target, ...cascade] = revoked.value;
+    this.#deps.log.log('info', 'device revoked', { user, device: revocation.device, by: device.deviceId, cascade: cascade.length });
+    // The cascade first, the target last: a device that waits for the target's frame has seen them all.
+    for (const gone of [...cascade, target!]) {
+      this.#deps.disconnectDevice(gone.deviceId);
+      this.#deps.toUser({ type: 'revoked', device: gone.deviceId }, 10);
+    }
   }
 
   /**
@@ -116,6 +151,10 @@ export class DeviceAdmin {
     if (record.user !== user || record.issuer !== device.deviceId || !verifyEpochRecord(record, device.publicKey)) {
       this.#deps.abuse();
       return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'an epoch record must be signed by this device, for its own user' });
+    }
+    // Key epochs come only from live devices: a revoked one's queued frames publish nothing.
+    if ((await store.getDevice(device.deviceId))?.revokedAt !== null) {
+      return this.#deps.badFrame({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' });
     }
     const recipients = new Set(record.wraps.map((w) => w.device));
     if (recipients.size !== record.wraps.length || recipients.size > config.maxDevicesPerUser) {

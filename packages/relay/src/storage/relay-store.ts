@@ -1,4 +1,4 @@
-import type { DeviceCertificate, DeviceId, DocId, Envelope, EpochRecord, KeelError, Result, Seq, TierName, UserId } from '@keel/engine';
+import type { DeviceCertificate, DeviceId, DocId, Envelope, EpochRecord, KeelError, RecoveryReset, Result, Seq, TierName, UserId } from '@keel/engine';
 
 /** A registered device as the relay knows it. */
 export interface DeviceRecord {
@@ -127,6 +127,35 @@ export type AppendOutcome =
   | { readonly status: 'duplicate'; readonly seq: Seq }
   | { readonly status: 'rejected'; readonly error: KeelError };
 
+/** What the relay keeps of a user's recovery key (users created before recovery keys have none). */
+export interface UserRecovery {
+  readonly userId: UserId;
+  readonly userKey: Uint8Array;
+  /** Ed25519 public key named by the first device's certificate. */
+  readonly recoveryKey: Uint8Array;
+  /** Generation of the last reset applied (0: none); the next reset must carry this + 1. */
+  readonly gen: number;
+  /** The root key sealed to the recovery key (base64url), as the first device presented it. */
+  readonly escrow: string | null;
+}
+
+/** A device enrolled by the recovery key as part of a reset. */
+export interface RecoveryEnrolment {
+  readonly cert: DeviceCertificate;
+  readonly publicKey: Uint8Array;
+  readonly userKey: Uint8Array;
+}
+
+/** What a reset changed. */
+export interface ResetOutcome {
+  /** Devices that were live and are revoked now. */
+  readonly revoked: DeviceRecord[];
+  /** The kept devices, live now (reinstated if they were revoked). */
+  readonly kept: DeviceRecord[];
+  /** The device the reset enrolled, when it was new. */
+  readonly enrolled?: DeviceRecord;
+}
+
 /** Bounds on a user's devices, checked in the same transaction as a registration. */
 export interface DeviceLimits {
   /** Devices not revoked. */
@@ -153,7 +182,15 @@ export interface RelayStore {
    * insert are one transaction, so two racing "first devices" cannot both win. Past `limits`
    * the registration is refused with LIMIT_EXCEEDED.
    */
-  registerDevice(cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number, limits: DeviceLimits): Promise<Result<DeviceRecord>>;
+  registerDevice(
+    cert: DeviceCertificate,
+    publicKey: Uint8Array,
+    userKey: Uint8Array,
+    now: number,
+    limits: DeviceLimits,
+    /** First devices: the root key sealed to the recovery key the certificate names; kept with the user. */
+    escrow?: string,
+  ): Promise<Result<DeviceRecord>>;
   /**
    * Appends envelopes in order, in one transaction, and returns one outcome per request. Each
    * goes to its user's namespace; the counter must be the author's last + 1 for that document.
@@ -179,8 +216,34 @@ export interface RelayStore {
   getSnapshot(userId: UserId, docId: DocId): Promise<SnapshotEntry | undefined>;
   /** The seq the latest snapshot covers (0 when none); cheap, reads no ciphertext. */
   snapshotBase(userId: UserId, docId: DocId): Promise<Seq>;
-  /** Marks a device of `userId` revoked (idempotent); it is refused from then on. */
-  revokeDevice(userId: UserId, deviceId: DeviceId, now: number): Promise<Result<DeviceRecord>>;
+  /**
+   * Marks a device of `userId` revoked (idempotent); it is refused from then on. The revocation
+   * cascades, in the same transaction, to the live devices it registered, transitively — except
+   * those still vouched for (or registered) by a device that stays live, and `by`, the revoking
+   * device, which must itself be live (DEVICE_REVOKED otherwise). Devices enrolled by the user
+   * key or the recovery key are roots and never cascade. Resolves to the target, then every
+   * device revoked with it.
+   */
+  revokeDevice(userId: UserId, deviceId: DeviceId, now: number, by?: DeviceId): Promise<Result<DeviceRecord[]>>;
+  /** The user's recovery key, reset generation and escrow; undefined for unknown users and users without one. */
+  getRecovery(userId: UserId): Promise<UserRecovery | undefined>;
+  /** The user whose first device named this recovery public key, if any. */
+  findRecoveryUser(recoveryKey: Uint8Array): Promise<UserRecovery | undefined>;
+  /**
+   * Applies a reset whose signature the caller verified against the user's recovery key, in one
+   * transaction: its generation must be the user's last + 1 (RECOVERY_REPLAYED), it registers
+   * `enrol` (issuer 'recovery', one of `keep`) if new, within `limits`; every device in `keep`
+   * must be the user's (RECOVERY_INVALID) and is live afterwards; every other device is revoked.
+   */
+  applyRecoveryReset(reset: RecoveryReset, enrol: RecoveryEnrolment | undefined, now: number, limits: DeviceLimits): Promise<Result<ResetOutcome>>;
+  /**
+   * Keeps a vouch: a certificate a live device of the user (`cert.issuer`) signed for another
+   * registered, live device of the user. At most `maxPerDevice` issuers vouch for one device
+   * (LIMIT_EXCEEDED); the same issuer vouching again replaces its vouch.
+   */
+  putVouch(cert: DeviceCertificate, now: number, maxPerDevice: number): Promise<Result<DeviceCertificate>>;
+  /** Every vouch kept for the user's devices. */
+  listVouches(userId: UserId): Promise<DeviceCertificate[]>;
   /** Keeps a key-epoch record if its number is the next one for the user and the user has fewer than `maxEpochs`. */
   putEpoch(record: EpochRecord, now: number, maxEpochs: number): Promise<Result<EpochRecord>>;
   /** The user's `limit` most recent key-epoch records, oldest first. */

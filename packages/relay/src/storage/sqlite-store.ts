@@ -7,6 +7,7 @@ import {
   type EpochRecord,
   EpochRecordSchema,
   ErrorCode,
+  type RecoveryReset,
   type Result,
   type Seq,
   type TierName,
@@ -28,9 +29,12 @@ import type {
   GraceRecord,
   LogEntry,
   PaymentWrite,
+  RecoveryEnrolment,
   RelayStore,
+  ResetOutcome,
   SnapshotOutcome,
   SubscriptionRecord,
+  UserRecovery,
 } from './relay-store.js';
 
 export type Synchronous = 'FULL' | 'NORMAL';
@@ -256,6 +260,28 @@ export const MIGRATIONS: readonly string[] = [
   -- The payment provider's customer id was kept but never used: one fewer identifier about a person.
   ALTER TABLE subscriptions DROP COLUMN customer_id;
   `,
+  `
+  -- Recovery: the recovery public key the first device's certificate names, the generation of
+  -- the last reset it signed (a reset is applied once), and the root key sealed to it. Users
+  -- created before recovery keys keep NULLs. Devices keep their issuer ('recovery' for devices
+  -- the recovery key enrolled).
+  ALTER TABLE users ADD COLUMN recovery_key BLOB;
+  ALTER TABLE users ADD COLUMN recovery_gen INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE users ADD COLUMN escrow BLOB;
+  CREATE UNIQUE INDEX users_by_recovery_key ON users(recovery_key) WHERE recovery_key IS NOT NULL;
+  CREATE INDEX devices_by_issuer ON devices(issuer);
+  -- A second issuer of a device: a live device of the same user signed a certificate for it.
+  CREATE TABLE vouches (
+    device_id  TEXT NOT NULL REFERENCES devices(device_id),
+    issuer     TEXT NOT NULL REFERENCES devices(device_id),
+    user_id    TEXT NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    sig        BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (device_id, issuer)
+  ) WITHOUT ROWID;
+  CREATE INDEX vouches_by_user ON vouches(user_id);
+  `,
 ];
 
 interface DeviceRow {
@@ -263,11 +289,31 @@ interface DeviceRow {
   user_id: string;
   device_key: Buffer;
   user_key: Buffer;
+  /** The user's recovery key: part of the first device's certificate (issuer NULL). */
+  user_recovery_key: Buffer | null;
   issuer: string | null;
   issued_at: number;
   cert_sig: Buffer;
   registered_at: number;
   revoked_at: number | null;
+}
+
+interface UserRecoveryRow {
+  user_id: string;
+  user_key: Buffer;
+  recovery_key: Buffer | null;
+  recovery_gen: number;
+  escrow: Buffer | null;
+}
+
+interface VouchRow {
+  device_id: string;
+  issuer: string;
+  user_id: string;
+  issued_at: number;
+  sig: Buffer;
+  user_key: Buffer;
+  device_key: Buffer;
 }
 
 interface LogRow {
@@ -296,11 +342,77 @@ const toDeviceRecord = (row: DeviceRow): DeviceRecord => ({
     userKey: toB64(row.user_key),
     device: row.device_id as DeviceId,
     deviceKey: toB64(row.device_key),
-    issuer: row.issuer as DeviceId | null,
+    issuer: row.issuer as DeviceId | 'recovery' | null,
     issuedAt: row.issued_at,
+    ...(row.issuer === null && row.user_recovery_key !== null ? { recoveryKey: toB64(row.user_recovery_key) } : {}),
     sig: toB64(row.cert_sig),
   },
 });
+
+const toUserRecovery = (row: UserRecoveryRow): UserRecovery | undefined =>
+  row.recovery_key === null
+    ? undefined
+    : {
+        userId: row.user_id as UserId,
+        userKey: new Uint8Array(row.user_key),
+        recoveryKey: new Uint8Array(row.recovery_key),
+        gen: row.recovery_gen,
+        escrow: row.escrow === null ? null : toB64(row.escrow),
+      };
+
+const toVouch = (row: VouchRow): DeviceCertificate => ({
+  user: row.user_id as UserId,
+  userKey: toB64(row.user_key),
+  device: row.device_id as DeviceId,
+  deviceKey: toB64(row.device_key),
+  issuer: row.issuer as DeviceId,
+  issuedAt: row.issued_at,
+  sig: toB64(row.sig),
+});
+
+/**
+ * Which devices revoking `target` takes with it: the live devices it registered, transitively,
+ * that no device staying live still supports. A device is supported when its registering issuer
+ * or one of its vouchers is supported; the devices outside the target's line (and `protect`,
+ * the revoking device) are supported by definition. Support flows only from outside the line,
+ * so devices a thief registered cannot keep each other alive by vouching for one another.
+ */
+const cascadeOf = (
+  target: DeviceId,
+  devices: readonly DeviceRow[],
+  vouchers: ReadonlyMap<string, readonly string[]>,
+  protect: DeviceId | undefined,
+): DeviceId[] => {
+  const children = new Map<string, string[]>();
+  for (const d of devices) if (d.issuer !== null) children.set(d.issuer, [...(children.get(d.issuer) ?? []), d.device_id]);
+  const live = new Set(devices.filter((d) => d.revoked_at === null).map((d) => d.device_id));
+  // The target's line: everything registered from it, through revoked links too (bounded by the user's devices).
+  const line = new Set<string>();
+  const seen = new Set<string>([target]);
+  const queue = [target as string];
+  while (queue.length > 0) {
+    for (const child of children.get(queue.shift()!) ?? []) {
+      if (seen.has(child)) continue;
+      seen.add(child);
+      queue.push(child);
+      if (live.has(child) && child !== protect) line.add(child);
+    }
+  }
+  const supported = new Set([...live].filter((id) => id !== target && !line.has(id)));
+  const issuerOf = new Map(devices.map((d) => [d.device_id, d.issuer]));
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const id of line) {
+      if (supported.has(id)) continue;
+      const issuer = issuerOf.get(id);
+      if ((issuer != null && supported.has(issuer)) || (vouchers.get(id) ?? []).some((v) => supported.has(v))) {
+        supported.add(id);
+        changed = true;
+      }
+    }
+  }
+  return [...line].filter((id) => !supported.has(id)) as DeviceId[];
+};
 
 const toLogEntry = (docId: DocId, row: LogRow): LogEntry => ({
   seq: row.seq as Seq,
@@ -396,13 +508,30 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
 
   const stmt = {
     device: db.prepare<[string], DeviceRow>(
-      `SELECT d.*, u.user_key FROM devices d JOIN users u USING (user_id) WHERE d.device_id = ?`,
+      `SELECT d.*, u.user_key, u.recovery_key AS user_recovery_key FROM devices d JOIN users u USING (user_id) WHERE d.device_id = ?`,
     ),
     devicesOfUser: db.prepare<[string], DeviceRow>(
-      `SELECT d.*, u.user_key FROM devices d JOIN users u USING (user_id) WHERE d.user_id = ? ORDER BY d.registered_at, d.device_id`,
+      `SELECT d.*, u.user_key, u.recovery_key AS user_recovery_key FROM devices d JOIN users u USING (user_id)
+       WHERE d.user_id = ? ORDER BY d.registered_at, d.device_id`,
     ),
     user: db.prepare<[string], { user_key: Buffer }>(`SELECT user_key FROM users WHERE user_id = ?`),
-    insertUser: db.prepare(`INSERT INTO users (user_id, user_key, created_at) VALUES (?, ?, ?)`),
+    insertUser: db.prepare(`INSERT INTO users (user_id, user_key, created_at, recovery_key, escrow) VALUES (?, ?, ?, ?, ?)`),
+    userRecovery: db.prepare<[string], UserRecoveryRow>(`SELECT user_id, user_key, recovery_key, recovery_gen, escrow FROM users WHERE user_id = ?`),
+    recoveryUser: db.prepare<[Uint8Array], UserRecoveryRow>(
+      `SELECT user_id, user_key, recovery_key, recovery_gen, escrow FROM users WHERE recovery_key = ?`,
+    ),
+    setRecoveryGen: db.prepare(`UPDATE users SET recovery_gen = ? WHERE user_id = ?`),
+    reinstate: db.prepare(`UPDATE devices SET revoked_at = NULL WHERE device_id = ? AND user_id = ?`),
+    vouchesOfUser: db.prepare<[string], VouchRow>(
+      `SELECT v.device_id, v.issuer, v.user_id, v.issued_at, v.sig, u.user_key, d.device_key
+       FROM vouches v JOIN devices d USING (device_id) JOIN users u ON u.user_id = v.user_id WHERE v.user_id = ? ORDER BY v.device_id, v.issuer`,
+    ),
+    vouch: db.prepare<[string, string], { n: number }>(`SELECT 1 AS n FROM vouches WHERE device_id = ? AND issuer = ?`),
+    countVouches: db.prepare<[string], { n: number }>(`SELECT count(*) AS n FROM vouches WHERE device_id = ?`),
+    putVouch: db.prepare(
+      `INSERT INTO vouches (device_id, issuer, user_id, issued_at, sig, created_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (device_id, issuer) DO UPDATE SET issued_at = excluded.issued_at, sig = excluded.sig, created_at = excluded.created_at`,
+    ),
     countDevices: db.prepare<[string], { n: number; live: number }>(
       `SELECT count(*) AS n, count(*) FILTER (WHERE revoked_at IS NULL) AS live FROM devices WHERE user_id = ?`,
     ),
@@ -496,13 +625,17 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
   };
 
   const registerTx = db.transaction(
-    (cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number, limits: DeviceLimits): Result<DeviceRecord> => {
+    (cert: DeviceCertificate, publicKey: Uint8Array, userKey: Uint8Array, now: number, limits: DeviceLimits, escrow: string | undefined): Result<DeviceRecord> => {
       const existing = stmt.device.get(cert.device);
       if (existing) {
         if (existing.user_id !== cert.user) return err(ErrorCode.BAD_CERTIFICATE, 'device is registered to another user');
         return ok(toDeviceRecord(existing));
       }
-      if (cert.issuer !== null) {
+      if (cert.issuer === 'recovery') {
+        // Checked again inside the transaction; the caller verified the signature with this key.
+        const recovery = stmt.userRecovery.get(cert.user);
+        if (!recovery?.recovery_key) return err(ErrorCode.RECOVERY_UNKNOWN, 'this user has no recovery key');
+      } else if (cert.issuer !== null) {
         // Checked again inside the transaction: the issuer may have been revoked since hello.
         const issuer = stmt.device.get(cert.issuer);
         if (!issuer || issuer.user_id !== cert.user || issuer.revoked_at !== null) {
@@ -512,7 +645,9 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       const user = stmt.user.get(cert.user);
       if (!user) {
         if (cert.issuer !== null) return err(ErrorCode.BAD_CERTIFICATE, 'unknown user: the first device must be certified by the user key');
-        stmt.insertUser.run(cert.user, userKey, now);
+        const recoveryKey = cert.recoveryKey === undefined ? null : fromB64(cert.recoveryKey);
+        if (recoveryKey && stmt.recoveryUser.get(recoveryKey)) return err(ErrorCode.BAD_CERTIFICATE, 'this recovery key belongs to another user');
+        stmt.insertUser.run(cert.user, userKey, now, recoveryKey, escrow === undefined ? null : fromB64(escrow));
       } else {
         const count = stmt.countDevices.get(cert.user)!;
         if (cert.issuer === null && count.n > 0) {
@@ -600,6 +735,88 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
 
   const appendTx = db.transaction((batch: readonly AppendRequest[], now: number) => batch.map((req) => appendOne(req, now)));
 
+  const vouchersOf = (userId: string): Map<string, string[]> => {
+    const vouchers = new Map<string, string[]>();
+    for (const v of stmt.vouchesOfUser.all(userId)) vouchers.set(v.device_id, [...(vouchers.get(v.device_id) ?? []), v.issuer]);
+    return vouchers;
+  };
+
+  const revokeTx = db.transaction((userId: UserId, deviceId: DeviceId, now: number, by: DeviceId | undefined): Result<DeviceRecord[]> => {
+    const target = stmt.device.get(deviceId);
+    if (!target || target.user_id !== userId) return err(ErrorCode.UNKNOWN_DEVICE, 'no such device of this user');
+    if (by !== undefined) {
+      // A revoked device's frames may still be queued: it revokes nothing once it is out.
+      const actor = stmt.device.get(by);
+      if (!actor || actor.user_id !== userId || actor.revoked_at !== null) return err(ErrorCode.DEVICE_REVOKED, 'the revoking device is revoked');
+    }
+    const cascade = cascadeOf(deviceId, stmt.devicesOfUser.all(userId), vouchersOf(userId), by);
+    for (const id of [deviceId, ...cascade]) stmt.revoke.run(now, id, userId);
+    return ok([deviceId, ...cascade].map((id) => toDeviceRecord(stmt.device.get(id)!)));
+  });
+
+  const resetTx = db.transaction((reset: RecoveryReset, enrol: RecoveryEnrolment | undefined, now: number, limits: DeviceLimits): Result<ResetOutcome> => {
+    const user = stmt.userRecovery.get(reset.user);
+    if (!user?.recovery_key) return err(ErrorCode.RECOVERY_UNKNOWN, 'this user has no recovery key');
+    if (reset.gen !== user.recovery_gen + 1) {
+      return err(ErrorCode.RECOVERY_REPLAYED, `the next reset of this user is generation ${user.recovery_gen + 1}, not ${reset.gen}`);
+    }
+    // Every check before the first write: returning a refusal still commits the transaction.
+    if (reset.keep.length > limits.maxLive) return err(ErrorCode.LIMIT_EXCEEDED, `a user keeps at most ${limits.maxLive} devices`);
+    const existing = enrol ? stmt.device.get(enrol.cert.device) : undefined;
+    if (enrol) {
+      const { cert } = enrol;
+      if (cert.user !== reset.user || cert.issuer !== 'recovery' || !reset.keep.includes(cert.device)) {
+        return err(ErrorCode.RECOVERY_INVALID, 'a reset enrols only a recovery-certified device it keeps');
+      }
+      if (existing && existing.user_id !== reset.user) return err(ErrorCode.BAD_CERTIFICATE, 'device is registered to another user');
+      if (!existing) {
+        const count = stmt.countDevices.get(reset.user)!;
+        if (count.n >= limits.maxTotal) return err(ErrorCode.LIMIT_EXCEEDED, `this user registered ${count.n} devices, the most this relay keeps`);
+      }
+    }
+    for (const id of reset.keep) {
+      if (enrol && !existing && id === enrol.cert.device) continue;
+      const row = stmt.device.get(id);
+      if (!row || row.user_id !== reset.user) return err(ErrorCode.RECOVERY_INVALID, `the reset keeps ${id}, which is not a device of this user`);
+    }
+    let enrolled: DeviceRecord | undefined;
+    if (enrol && !existing) {
+      const { cert } = enrol;
+      stmt.insertDevice.run(cert.device, cert.user, enrol.publicKey, cert.issuer, cert.issuedAt, fromB64(cert.sig), now);
+      enrolled = toDeviceRecord(stmt.device.get(cert.device)!);
+    }
+    const keep = new Set<string>(reset.keep);
+    const revoked: DeviceRecord[] = [];
+    for (const row of stmt.devicesOfUser.all(reset.user)) {
+      if (keep.has(row.device_id)) {
+        if (row.revoked_at !== null) stmt.reinstate.run(row.device_id, reset.user);
+      } else if (row.revoked_at === null) {
+        stmt.revoke.run(now, row.device_id, reset.user);
+        revoked.push(toDeviceRecord(stmt.device.get(row.device_id)!));
+      }
+    }
+    stmt.setRecoveryGen.run(reset.gen, reset.user);
+    const kept = reset.keep.map((id) => toDeviceRecord(stmt.device.get(id)!));
+    return ok({ revoked, kept, ...(enrolled ? { enrolled } : {}) });
+  });
+
+  const vouchTx = db.transaction((cert: DeviceCertificate, now: number, maxPerDevice: number): Result<DeviceCertificate> => {
+    if (cert.issuer === null || cert.issuer === 'recovery') return err(ErrorCode.BAD_CERTIFICATE, 'a vouch is signed by a device');
+    const device = stmt.device.get(cert.device);
+    if (!device || device.user_id !== cert.user) return err(ErrorCode.UNKNOWN_DEVICE, 'a vouch is for a registered device of the same user');
+    if (device.revoked_at !== null) return err(ErrorCode.DEVICE_REVOKED, 'the device vouched for is revoked');
+    if (!bytesEqual(device.device_key, fromB64(cert.deviceKey))) return err(ErrorCode.BAD_CERTIFICATE, 'the vouch names another key for this device');
+    const issuer = stmt.device.get(cert.issuer);
+    if (!issuer || issuer.user_id !== cert.user || issuer.revoked_at !== null) {
+      return err(ErrorCode.BAD_CERTIFICATE, 'a vouch is signed by a live device of the same user');
+    }
+    if (!stmt.vouch.get(cert.device, cert.issuer) && stmt.countVouches.get(cert.device)!.n >= maxPerDevice) {
+      return err(ErrorCode.LIMIT_EXCEEDED, `this device has ${maxPerDevice} vouches, the most this relay keeps`);
+    }
+    stmt.putVouch.run(cert.device, cert.issuer, cert.user, cert.issuedAt, fromB64(cert.sig), now);
+    return ok(cert);
+  });
+
   const appendAuditRows = (drafts: readonly AuditDraft[], now: number): AuditRecord[] => {
     const last = stmt.lastAudit.get();
     let seq = last?.seq ?? 0;
@@ -646,16 +863,24 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       return row && toDeviceRecord(row);
     },
     listDevices: async (userId) => stmt.devicesOfUser.all(userId).map(toDeviceRecord),
-    registerDevice: async (cert, publicKey, userKey, now, limits) => registerTx.immediate(cert, publicKey, userKey, now, limits),
+    registerDevice: async (cert, publicKey, userKey, now, limits, escrow) => registerTx.immediate(cert, publicKey, userKey, now, limits, escrow),
     append: async (batch, now) => (batch.length === 0 ? [] : appendTx.immediate(batch, now)),
     readLog: async (userId, docId, after, limit, maxBytes = Number.MAX_SAFE_INTEGER) =>
       stmt.readLog.all(userId, docId, after, limit, maxBytes).map((row) => toLogEntry(docId, row)),
     lastCounter: async (userId, docId, deviceId) => stmt.lastCounter.get(userId, docId, deviceId)?.last_counter ?? 0,
     putSnapshot: async (req, now, retentionMs) => putSnapshotTx.immediate(req, now, retentionMs),
-    revokeDevice: async (userId, deviceId, now) => {
-      if (stmt.revoke.run(now, deviceId, userId).changes === 0) return err(ErrorCode.UNKNOWN_DEVICE, 'no such device of this user');
-      return ok(toDeviceRecord(stmt.device.get(deviceId)!));
+    revokeDevice: async (userId, deviceId, now, by) => revokeTx.immediate(userId, deviceId, now, by),
+    getRecovery: async (userId) => {
+      const row = stmt.userRecovery.get(userId);
+      return row && toUserRecovery(row);
     },
+    findRecoveryUser: async (recoveryKey) => {
+      const row = stmt.recoveryUser.get(recoveryKey);
+      return row && toUserRecovery(row);
+    },
+    applyRecoveryReset: async (reset, enrol, now, limits) => resetTx.immediate(reset, enrol, now, limits),
+    putVouch: async (cert, now, maxPerDevice) => vouchTx.immediate(cert, now, maxPerDevice),
+    listVouches: async (userId) => stmt.vouchesOfUser.all(userId).map(toVouch),
     putEpoch: async (record, now, maxEpochs) => putEpochTx.immediate(record, now, maxEpochs),
     listEpochs: async (userId, limit) => stmt.epochs.all(userId, limit).map((row) => EpochRecordSchema.parse(JSON.parse(row.record))),
     getSnapshot: async (userId, docId) => {
