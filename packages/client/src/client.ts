@@ -23,6 +23,7 @@ import {
   detectCrisis,
   effectivePriority,
   parseAssessment,
+  certifyDevice,
   createEpochRecord,
   createPairingCode,
   fromB64,
@@ -115,6 +116,9 @@ const StoredEpochsSchema = z.record(z.string().regex(/^[1-9][0-9]*$/), z.string(
 /** The relay's default frame limit, assumed until a `ready` says otherwise. */
 const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 
+/** How long revoking waits for the relay to announce what the revocation took with it. */
+const REVOKE_CONFIRM_MS = 5_000;
+
 /** Until the relay says otherwise, a device assumes the free tier. */
 const UNKNOWN_TIER: TierState = { name: 'trial', policy: DEFAULT_TIERS.trial, since: 0 };
 
@@ -135,8 +139,17 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   readonly #docs = new Map<DocId, DocSync>();
   readonly #opening = new Map<DocId, Promise<DocSync>>();
+  /** Live devices this device verified: recipients of new key epochs. */
   #peers = new Map<DeviceId, Uint8Array>();
+  /** Every device this device verified, revoked ones too: what they wrote before still verifies. */
+  #authors = new Map<DeviceId, Uint8Array>();
   #certs: DeviceCertificate[] = [];
+  /** Certificates of revoked devices, as the relay listed them in `ready` or announced by `revoked`. */
+  #revokedCerts: DeviceCertificate[] = [];
+  /** Highest key epoch any verified record named, sealed to this device or not: the next one is above it. */
+  #epochHigh = 0;
+  readonly #revokeWaiters = new Map<DeviceId, () => void>();
+  #vouchWaiter: { device: DeviceId; resolve: () => void; reject: (e: Error) => void } | undefined;
   #tier: TierState;
   #crisisMode = false;
   #sessionActive = false;
@@ -168,6 +181,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
     this.#keyring = new KeyRing(options.identity.user.rootKey, { ...options.identity.epochs, ...storedEpochs });
     this.#peers.set(options.identity.device.deviceId, options.identity.device.publicKey);
+    this.#authors.set(options.identity.device.deviceId, options.identity.device.publicKey);
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
     if (!Impl) throw new Error('no WebSocket implementation: pass one as options.WebSocket (in Node: the ws package)');
     const factory: WebSocketFactory = (url) => new Impl(url) as WebSocketLike;
@@ -177,6 +191,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onReady: (frame) => this.#onReady(frame),
       onFrame: (frame) => this.#onFrame(frame),
       onError: (error) => {
+        // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
+        if (!error.final && this.#vouchWaiter) {
+          this.#vouchWaiter.reject(toError(error));
+          this.#vouchWaiter = undefined;
+        }
         if (error.final) {
           this.#finalError = error;
           for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(toError(error));
@@ -248,7 +267,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         ...(this.#documentState ? { docState: this.#documentState } : {}),
         identity: this.identity,
         keys: this.#keyring.forDoc(docId),
-        peerKey: (device) => this.#peers.get(device),
+        peerKey: (device) => this.#authors.get(device),
         onPending: (sync, bytes) => {
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
@@ -463,22 +482,69 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /**
-   * Revokes another device of this user: the relay disconnects and refuses it at once, and a
-   * new key epoch, sealed only to the devices that remain, protects everything written next.
+   * Revokes another device of this user: the relay disconnects and refuses it at once — with
+   * the devices it registered that no live device vouched for — and a new key epoch, sealed
+   * only to the devices that remain (and to the recovery key), protects everything written next.
    */
   async revokeDevice(device: DeviceId): Promise<number> {
     if (this.#link.state !== 'ready') throw new Error('revocation needs a connection to the relay');
     const { user, device: me } = this.identity;
+    // The relay announces the devices the revocation took with it before the target itself:
+    // waiting for the target's frame keeps all of them out of the new epoch.
+    const announced = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, REVOKE_CONFIRM_MS);
+      this.#revokeWaiters.set(device, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
     this.#link.send({ type: 'revoke', revocation: signRevocation(user.userId, device, me, Date.now()) });
+    await announced;
+    this.#revokeWaiters.delete(device);
+    this.#forgetDevice(device);
     const remaining = new Map([...this.#peers].filter(([id]) => id !== device));
-    const epoch = this.#keyring.current + 1;
+    const epoch = Math.max(this.#keyring.current, this.#epochHigh) + 1;
     const secret = generateEpochSecret();
-    this.#link.send({ type: 'epoch', record: createEpochRecord(user.userId, epoch, me, secret, remaining, Date.now()) });
+    this.#link.send({ type: 'epoch', record: createEpochRecord(user.userId, epoch, me, secret, remaining, Date.now(), this.identity.recoveryKey) });
     this.#keyring.add(epoch, secret);
+    this.#epochHigh = Math.max(this.#epochHigh, epoch);
     await this.#store.save(EPOCHS_KEY, encodeJson(this.#keyring.export()));
-    this.#certs = this.#certs.filter((c) => c.device !== device);
-    this.#verifyPeers();
     return epoch;
+  }
+
+  /**
+   * Vouches for another live device of this user: signs a certificate for it as a second
+   * issuer, so it stays live if the device that registered it is revoked (a stolen device
+   * takes down only what nobody else vouched for). Resolves once the relay stored it.
+   */
+  async vouchFor(device: DeviceId): Promise<void> {
+    if (this.#link.state !== 'ready') throw new Error('vouching needs a connection to the relay');
+    if (this.#vouchWaiter) throw new Error('one vouch at a time');
+    const target = this.#certs.find((c) => c.device === device);
+    if (!target || !this.#peers.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
+    const { user, device: me } = this.identity;
+    const cert = certifyDevice(user, me, fromB64(target.deviceKey), Date.now());
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#vouchWaiter = undefined;
+        reject(new Error('TIMEOUT: the relay did not confirm the vouch'));
+      }, REVOKE_CONFIRM_MS);
+      const done = (error?: Error) => {
+        clearTimeout(timer);
+        if (error) reject(error);
+        else resolve();
+      };
+      this.#vouchWaiter = { device, resolve: () => done(), reject: (error) => done(error) };
+      this.#link.send({ type: 'vouch', cert });
+    });
+  }
+
+  /** A device is revoked: it stays an author of what it wrote before, never a recipient again. */
+  #forgetDevice(device: DeviceId): void {
+    const cert = this.#certs.find((c) => c.device === device);
+    this.#certs = this.#certs.filter((c) => c.device !== device);
+    if (cert && !this.#revokedCerts.some((c) => c.device === device)) this.#revokedCerts = [...this.#revokedCerts, cert];
+    this.#verifyPeers();
   }
 
   /** Opens the epoch records sealed to this device; returns true if any was new. */
@@ -486,11 +552,13 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     let adopted = false;
     for (const record of records) {
       if (this.#keyring.has(record.epoch)) continue;
-      const issuerKey = this.#peers.get(record.issuer);
+      // Records of since-revoked issuers count: the relay took them only from a live device.
+      const issuerKey = this.#authors.get(record.issuer);
       if (!issuerKey || record.user !== this.identity.user.userId || !verifyEpochRecord(record, issuerKey)) {
         this.emit('error', [{ code: 'BAD_SIGNATURE', message: `key epoch ${record.epoch} is not signed by a device of this user` }]);
         continue;
       }
+      this.#epochHigh = Math.max(this.#epochHigh, record.epoch);
       const opened = openEpochRecord(record, this.identity.device);
       if (!opened.ok) continue;
       adopted = this.#keyring.add(record.epoch, opened.value) || adopted;
@@ -577,6 +645,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
     this.#maxFrameBytes = frame.limits?.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#certs = frame.certs;
+    this.#revokedCerts = frame.revokedCerts ?? [];
     this.#verifyPeers();
     this.#adoptEpochs(frame.epochs ?? []);
     this.#applyTier(frame.tier, true);
@@ -619,10 +688,18 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     }
   }
 
+  /**
+   * Verifies the certificates (live and revoked, so chains through a revoked issuer still
+   * resolve; recovery-enrolled devices with this identity's recovery key): every verified device
+   * is an author, the live ones are peers.
+   */
   #verifyPeers(): void {
-    const verified = verifyCertificateChain(this.#certs, this.identity.user.userId);
-    verified.set(this.identity.device.deviceId, this.identity.device.publicKey);
-    this.#peers = verified;
+    const self = this.identity.device;
+    const verified = verifyCertificateChain([...this.#certs, ...this.#revokedCerts], this.identity.user.userId, this.identity.recoveryKey);
+    verified.set(self.deviceId, self.publicKey);
+    const live = new Set(this.#certs.map((c) => c.device));
+    this.#authors = verified;
+    this.#peers = new Map([...verified].filter(([id]) => id === self.deviceId || live.has(id)));
   }
 
   #onFrame(frame: RelayFrame): void {
@@ -671,14 +748,22 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.#applyTier(frame.tier);
         return;
       case 'device':
+        // A new device, or a kept one a recovery reset reinstated.
         this.#certs = [...this.#certs.filter((c) => c.device !== frame.cert.device), frame.cert];
+        this.#revokedCerts = this.#revokedCerts.filter((c) => c.device !== frame.cert.device);
         this.#verifyPeers();
         this.emit('devices', [this.devices()]);
         return;
       case 'revoked':
-        this.#certs = this.#certs.filter((c) => c.device !== frame.device);
-        this.#verifyPeers();
+        this.#forgetDevice(frame.device);
+        this.#revokeWaiters.get(frame.device)?.();
         this.emit('devices', [this.devices()]);
+        return;
+      case 'vouched':
+        if (this.#vouchWaiter?.device === frame.cert.device && frame.cert.issuer === this.identity.device.deviceId) {
+          this.#vouchWaiter.resolve();
+          this.#vouchWaiter = undefined;
+        }
         return;
       case 'epoch':
         if (this.#adoptEpochs([frame.record])) this.#subscribe([...this.#docs.values()]);
@@ -694,6 +779,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         return;
       case 'challenge':
       case 'ready':
+      case 'recovery-found':
         return;
     }
   }

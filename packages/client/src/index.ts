@@ -10,7 +10,9 @@ export {
   serializeIdentity,
   parseIdentity,
 } from './identity.js';
-export type { Identity, DeviceGrant } from './identity.js';
+export type { Identity, NewIdentity, RecoveryWords, DeviceGrant } from './identity.js';
+export { recoverDevice, recoverThisDevice, RecoveryError } from './recovery.js';
+export type { RecoverDeviceOptions, RecoverThisDeviceOptions } from './recovery.js';
 export { createMemoryStore } from './storage/memory-store.js';
 // Browser persistence; importing it touches no IndexedDB, only calling it does.
 export { openIndexedDbStore } from './storage/indexeddb-store.js';

@@ -3,6 +3,7 @@ import {
   DeviceCertificateSchema,
   ErrorCode,
   PROTOCOL_VERSION,
+  RecoverySealedSchema,
   RelayIdSchema,
   WireLimits,
   cryptoReady,
@@ -27,6 +28,9 @@ export const GrantPayloadSchema = z.strictObject({
   epochs: z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/)),
   /** The relay id the issuing device is pinned to (absent from issuers before relay pinning). */
   relayId: RelayIdSchema.optional(),
+  /** The user's recovery public key and root-key escrow (absent from issuers before recovery keys). */
+  recoveryKey: z.string().regex(/^[A-Za-z0-9_-]{43}$/).optional(),
+  escrow: RecoverySealedSchema.optional(),
 });
 export type GrantPayload = z.infer<typeof GrantPayloadSchema>;
 
@@ -39,6 +43,8 @@ export const encodeGrant = (grant: DeviceGrant & { epochs: Readonly<Record<strin
       chain: [...grant.chain],
       epochs: { ...grant.epochs },
       ...(grant.relayId ? { relayId: grant.relayId } : {}),
+      ...(grant.recoveryKey ? { recoveryKey: toB64(grant.recoveryKey) } : {}),
+      ...(grant.escrow ? { escrow: grant.escrow } : {}),
     } satisfies GrantPayload),
   );
 
@@ -124,7 +130,15 @@ export const joinWithPairingCode = async (options: JoinOptions): Promise<Identit
         return;
       }
       const relayId = payload.relayId ?? expectedRelay;
-      const grant: DeviceGrant = { rootKey: fromB64(payload.rootKey), cert: payload.cert, chain: payload.chain, epochs: payload.epochs, ...(relayId ? { relayId } : {}) };
+      const grant: DeviceGrant = {
+        rootKey: fromB64(payload.rootKey),
+        cert: payload.cert,
+        chain: payload.chain,
+        epochs: payload.epochs,
+        ...(relayId ? { relayId } : {}),
+        ...(payload.recoveryKey ? { recoveryKey: fromB64(payload.recoveryKey) } : {}),
+        ...(payload.escrow ? { escrow: payload.escrow } : {}),
+      };
       acceptDeviceGrant(grant, keys).then(
         (identity) => finish(undefined, identity),
         (error: unknown) => finish(error instanceof Error ? error : new Error(String(error))),

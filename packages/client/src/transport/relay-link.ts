@@ -130,10 +130,18 @@ export class RelayLink {
     this.#socket = socket;
     this.#authenticated = false;
     this.#answered = undefined;
-    const { user, device, cert, chain } = this.#identity;
+    const { user, device, cert, chain, escrow } = this.#identity;
+    // The escrow goes along while this device's certificates could still register the user's first device.
+    const firstDevice = (chain[0] ?? cert).issuer === null;
     socket.onopen = () => {
       const hello = { type: 'hello', v: PROTOCOL_VERSION, user: user.userId, device: device.deviceId, cert } as const;
-      socket.send(encodeFrame(chain.length > 0 ? { ...hello, chain: [...chain] } : hello));
+      socket.send(
+        encodeFrame({
+          ...hello,
+          ...(chain.length > 0 ? { chain: [...chain] } : {}),
+          ...(firstDevice && escrow !== undefined ? { escrow } : {}),
+        }),
+      );
     };
     socket.onmessage = (event) => {
       if (this.#socket !== socket) return;
