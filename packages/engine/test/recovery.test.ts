@@ -20,6 +20,7 @@ import {
   openEpochRecord,
   openEpochRecoveryWrap,
   openRootKeyEscrow,
+  parseClientFrame,
   parseRecoveryPhrase,
   sealRootKeyEscrow,
   signRecoveryReset,
@@ -273,5 +274,30 @@ describe('certificates and the recovery key', () => {
     const [a, b] = [generateDeviceKeys(), generateDeviceKeys()];
     const cert = { ...certifyDevice(user, a, b.publicKey, 1), recoveryKey: toB64(user.userPublicKey) };
     expect(codeOf(checkCertificateIds(cert))).toBe(ErrorCode.BAD_CERTIFICATE);
+  });
+});
+
+describe('hello with a reset', () => {
+  it('fits in the relay’s default 8 KiB pre-auth frame at its largest: a chain of 8, the escrow and a reset keeping 32 devices', () => {
+    const user = deriveUserKeys(generateRootKey());
+    const recovery = deriveRecoveryKeys(createRecoverySecret().entropy);
+    const devices = Array.from({ length: 10 }, () => generateDeviceKeys());
+    const chain = [certifyFirstDevice(user, devices[0]!, Number.MAX_SAFE_INTEGER, recovery.publicKey)];
+    for (let i = 1; i < 9; i++) chain.push(certifyDevice(user, devices[i - 1]!, devices[i]!.publicKey, Number.MAX_SAFE_INTEGER));
+    const cert = certifyDevice(user, devices[8]!, devices[9]!.publicKey, Number.MAX_SAFE_INTEGER);
+    const keep = [devices[9]!.deviceId, ...Array.from({ length: 31 }, () => generateDeviceKeys().deviceId)];
+    const hello = {
+      type: 'hello',
+      v: 1,
+      user: user.userId,
+      device: devices[9]!.deviceId,
+      cert,
+      chain: chain.slice(-8),
+      escrow: 'A'.repeat(512),
+      recovery: signRecoveryReset(user.userId, keep, 0x7fff_ffff, recovery, Number.MAX_SAFE_INTEGER),
+    };
+    const parsed = parseClientFrame(JSON.stringify(hello), 8 * 1024);
+    expect(parsed.ok).toBe(true);
+    expect(JSON.stringify(hello).length).toBeLessThan(8 * 1024);
   });
 });
