@@ -160,8 +160,6 @@ const runReset = (
   device: DeviceKeys,
   recovery: RecoveryKeys,
   pinned: RelayId | undefined,
-  /** Checks what `ready` brought before anything is published; throws a RecoveryError to stop. */
-  onReady: (ready: Extract<RelayFrame, { type: 'ready' }>) => void,
 ): Promise<Recovered> =>
   withSocket(options, async (session) => {
     const user = hello.user;
@@ -172,7 +170,6 @@ const runReset = (
     }
     session.send({ type: 'auth', sig: signChallenge(challenge.relay, challenge.nonce, user, device.deviceId, device.secretKey) });
     const ready = await session.next('ready');
-    onReady(ready);
 
     // Revoked devices' certificates too: an epoch they issued before their revocation still counts.
     const known = verifyCertificateChain([...ready.certs, ...(ready.revokedCerts ?? [])], user, recovery.publicKey);
@@ -217,29 +214,29 @@ export const recoverDevice = async (options: RecoverDeviceOptions): Promise<Iden
   const recovery = parseWords(options.phrase);
   const pinned = options.relayId === undefined ? undefined : RelayIdSchema.parse(options.relayId);
   const found = await findUser(options, recovery);
+  // The root key first: without it a reset would leave the owner a device that reads nothing.
+  if (!found.escrow) {
+    throw new RecoveryError(ErrorCode.RECOVERY_UNKNOWN, 'the relay keeps no root key sealed to this recovery key; recover from a device you still have (recoverThisDevice)');
+  }
+  const opened = openRootKeyEscrow(found.escrow, found.user, recovery);
+  if (!opened.ok) throw new RecoveryError(opened.error.code, `the root-key escrow does not open: ${opened.error.message}`);
+  // The root key must be this user's: the user id is the hash of the key it derives.
+  const user = deriveUserKeys(opened.value);
+  if (user.userId !== found.user) throw new RecoveryError(ErrorCode.BAD_PAYLOAD, "the escrow holds another user's root key");
   const device = generateDeviceKeys();
   const now = Date.now();
-  const cert = certifyByRecovery({ userId: found.user, userPublicKey: fromB64(found.userKey) }, recovery, device.publicKey, now);
+  const cert = certifyByRecovery(user, recovery, device.publicKey, now);
   const keep = [device.deviceId, ...(options.keep ?? []).filter((id) => id !== device.deviceId)];
   const reset = signRecoveryReset(found.user, keep, found.gen + 1, recovery, now);
-  let rootKey: Uint8Array | undefined;
   const done = await runReset(
     options,
     { type: 'hello', v: PROTOCOL_VERSION, user: found.user, device: device.deviceId, cert, recovery: reset },
     device,
     recovery,
     pinned,
-    (ready) => {
-      if (!ready.escrow) throw new RecoveryError(ErrorCode.RECOVERY_UNKNOWN, 'the relay keeps no root key sealed to this recovery key');
-      const opened = openRootKeyEscrow(ready.escrow, found.user, recovery);
-      if (!opened.ok) throw new RecoveryError(opened.error.code, `the root-key escrow does not open: ${opened.error.message}`);
-      // The root key must be this user's: the user id is the hash of the key it derives.
-      if (deriveUserKeys(opened.value).userId !== found.user) throw new RecoveryError(ErrorCode.BAD_PAYLOAD, "the escrow holds another user's root key");
-      rootKey = opened.value;
-    },
   );
   return {
-    user: deriveUserKeys(rootKey!),
+    user,
     device,
     cert,
     chain: [],
@@ -273,7 +270,6 @@ export const recoverThisDevice = async (options: RecoverThisDeviceOptions): Prom
     identity.device,
     recovery,
     identity.relayId,
-    () => {},
   );
   return {
     ...identity,

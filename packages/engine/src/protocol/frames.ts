@@ -289,12 +289,16 @@ export const PairRequestFrameSchema = z.strictObject({
   proof: b64Exact(32),
 });
 export const RevokedFrameSchema = z.strictObject({ type: z.literal('revoked'), device: DeviceIdSchema });
-/** The answer to `recovery-find`: the user of that recovery key and its last recovery generation. */
+/**
+ * The answer to `recovery-find`: the user of that recovery key, its last recovery generation and
+ * the root key sealed to the recovery key, so the device can open it before it resets anything.
+ */
 export const RecoveryFoundFrameSchema = z.strictObject({
   type: z.literal('recovery-found'),
   user: UserIdSchema,
   userKey: b64Exact(32),
   gen: z.number().int().min(0).max(0x7fff_ffff),
+  escrow: RecoverySealedSchema.optional(),
 });
 /** A vouch was stored (to every connection of the user, the vouching one included). */
 export const VouchedFrameSchema = z.strictObject({ type: z.literal('vouched'), cert: DeviceCertificateSchema });

@@ -450,7 +450,14 @@ export class RelayConnection implements PairingPeer {
       this.#ctx.log.log('warn', 'recovery key unknown', {});
       return this.#fail({ code: ErrorCode.RECOVERY_UNKNOWN, message: 'no user of this relay has this recovery key' }, CloseCode.AUTH_FAILED);
     }
-    const answer: RelayFrame = { type: 'recovery-found', user: found.userId, userKey: toB64(found.userKey), gen: found.gen };
+    // The escrow opens only with the recovery secret; handing it out lets the device check it before any reset.
+    const answer: RelayFrame = {
+      type: 'recovery-found',
+      user: found.userId,
+      userKey: toB64(found.userKey),
+      gen: found.gen,
+      ...(found.escrow !== null ? { escrow: found.escrow } : {}),
+    };
     this.#ws.send(encodeFrame(answer), () => this.#closeSocket(CloseCode.NORMAL, 'done'));
     this.#teardown();
   }
