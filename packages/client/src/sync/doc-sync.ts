@@ -617,10 +617,20 @@ export class DocSync {
     this.#syncTarget = seq;
   }
 
-  /** Waits for every queued storage write of this document. */
+  /**
+   * Waits for every queued storage write of this document. It awaits the write chain itself:
+   * spinning on microtasks until the scheduled batch ran starved the macrotasks an IndexedDB
+   * write before it needs, so a close during such a write never returned.
+   */
   async settle(): Promise<void> {
-    while (this.#ioScheduled) await new Promise<void>((resolve) => queueMicrotask(resolve));
-    await this.#io;
+    // Each pass waits for real I/O to finish, and ends once no new batch was scheduled meanwhile.
+    for (;;) {
+      // A batch scheduled in this turn enqueues itself in a microtask queued before this one.
+      await Promise.resolve();
+      const io = this.#io;
+      await io;
+      if (!this.#ioScheduled && io === this.#io) return;
+    }
   }
 
   async close(): Promise<void> {
