@@ -2,7 +2,7 @@ import { createIdentity, linkNewDevice } from '@keel/client';
 import { ErrorCode } from '@keel/engine';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../support/devices.js';
-import { startCrisisProbe } from '../support/crisis-probe.js';
+import { isAlive, memoryOf, startCrisisProbe } from '../support/crisis-probe.js';
 import { connectRawDevice, docOwners, docRef, mapUpdate, sealFor } from '../support/raw-device.js';
 import { useTestScope } from '../support/scope.js';
 
@@ -50,6 +50,8 @@ describe('attack: document squatting', () => {
     expect(s.received.filter((f) => f.type === 'updates')).toEqual([]);
 
     const crisis = await probe.stop();
+    expect(isAlive(relay.pid)).toBe(true);
+    expect(memoryOf(relay.pid).peakMiB).toBeLessThan(300);
     expect(crisis.lost).toBe(0);
     expect(crisis.p99).toBeLessThan(200);
   });

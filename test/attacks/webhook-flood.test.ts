@@ -3,6 +3,7 @@ import { createIdentity, linkNewDevice } from '@keel/client';
 import Database from 'better-sqlite3';
 import Stripe from 'stripe';
 import { describe, expect, it } from 'vitest';
+import { memoryOf } from '../support/crisis-probe.js';
 import { waitFor } from '../support/devices.js';
 import { healthStatus } from '../support/raw-device.js';
 import type { RelayProcess } from '../support/relay-process.js';
@@ -132,6 +133,7 @@ describe('webhook flood before authentication', () => {
     // Nothing durable: not one audit row. The relay is alive and serving.
     expect(auditCount(relay)).toBe(auditBefore);
     expect(() => process.kill(relay.pid, 0)).not.toThrow();
+    expect(memoryOf(relay.pid).peakMiB).toBeLessThan(300);
     expect(await healthStatus(relay.port)).toBe(200);
     // At most one line per code per 10 s window the flood touched.
     const refusalLines = () => logLines(relay).filter((l) => l.msg === 'payment webhook refused');
