@@ -2,6 +2,7 @@ import { encodeFields, fromB64, toB64 } from '../protocol/bytes.js';
 import type { DeviceId, UserId } from '../protocol/ids.js';
 import { Domain } from './domains.js';
 import { getSodium } from './sodium.js';
+import { verifyDetached } from './signature.js';
 
 export const CHALLENGE_BYTES = 32;
 
@@ -21,10 +22,5 @@ export const verifyChallenge = (
   device: DeviceId,
   signature: string,
   publicKey: Uint8Array,
-): boolean => {
-  try {
-    return getSodium().crypto_sign_verify_detached(fromB64(signature), challengeBytes(relay, nonce, user, device), publicKey);
-  } catch {
-    return false;
-  }
-};
+): boolean =>
+  verifyDetached(signature, () => challengeBytes(relay, nonce, user, device), publicKey);

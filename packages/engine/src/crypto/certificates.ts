@@ -6,6 +6,7 @@ import { Domain } from './domains.js';
 import { type DeviceKeys, type UserKeys, deviceIdFromKey, userIdFromKey } from './keys.js';
 import type { RecoveryKeys } from './recovery.js';
 import { getSodium } from './sodium.js';
+import { verifyDetached } from './signature.js';
 
 /**
  * The signed bytes. `recoveryKey` is a field only when present, so certificates made before
@@ -96,13 +97,8 @@ export const checkCertificateIds = (cert: DeviceCertificate): Result<{ deviceKey
 };
 
 /** Verifies the certificate's signature by `issuerKey` (the user key when `issuer` is null, the recovery key when 'recovery'). */
-export const verifyCertificateSignature = (cert: DeviceCertificate, issuerKey: Uint8Array): boolean => {
-  try {
-    return getSodium().crypto_sign_verify_detached(fromB64(cert.sig), certificateBytes(cert), issuerKey);
-  } catch {
-    return false;
-  }
-};
+export const verifyCertificateSignature = (cert: DeviceCertificate, issuerKey: Uint8Array): boolean =>
+  verifyDetached(cert.sig, () => certificateBytes(cert), issuerKey);
 
 /**
  * Verifies a set of certificates for `userId` and returns the device keys they establish.

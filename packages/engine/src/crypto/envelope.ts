@@ -5,6 +5,7 @@ import { type Envelope, type EnvelopeKind, WireLimits } from '../protocol/frames
 import type { DeviceId, DocId, Lane, Seq } from '../protocol/ids.js';
 import { Domain } from './domains.js';
 import { getSodium } from './sodium.js';
+import { verifyDetached } from './signature.js';
 
 /** What an envelope says in clear. The relay may read it; the signature stops it changing it. */
 export interface EnvelopeHeader {
@@ -125,13 +126,8 @@ export const sealEnvelope = (header: EnvelopeHeader, payload: Uint8Array, option
 };
 
 /** True when `publicKey` signed this envelope exactly as it is. What the relay checks. */
-export const verifyEnvelopeSignature = (env: Envelope, publicKey: Uint8Array): boolean => {
-  try {
-    return getSodium().crypto_sign_verify_detached(fromB64(env.sig), signedBytes(env, fromB64(env.nonce), fromB64(env.ct)), publicKey);
-  } catch {
-    return false;
-  }
-};
+export const verifyEnvelopeSignature = (env: Envelope, publicKey: Uint8Array): boolean =>
+  verifyDetached(env.sig, () => signedBytes(env, fromB64(env.nonce), fromB64(env.ct)), publicKey);
 
 /**
  * Decrypts an envelope whose signature the caller has already verified; returns the payload.

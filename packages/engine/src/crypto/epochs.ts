@@ -6,6 +6,7 @@ import { Domain } from './domains.js';
 import type { DeviceKeys } from './keys.js';
 import { RecoverySealedSchema, epochRecoveryWrapBytes, sealToRecoveryKey } from './recovery.js';
 import { getSodium } from './sodium.js';
+import { verifyDetached } from './signature.js';
 
 const b64 = (max: number) => z.string().max(max).regex(/^[A-Za-z0-9_-]*$/, 'not base64url');
 
@@ -91,13 +92,8 @@ export const createEpochRecord = (
   return { ...body, sig: toB64(s.crypto_sign_detached(recordBytes(body), issuer.secretKey)) };
 };
 
-export const verifyEpochRecord = (record: EpochRecord, issuerPublicKey: Uint8Array): boolean => {
-  try {
-    return getSodium().crypto_sign_verify_detached(fromB64(record.sig), recordBytes(record), issuerPublicKey);
-  } catch {
-    return false;
-  }
-};
+export const verifyEpochRecord = (record: EpochRecord, issuerPublicKey: Uint8Array): boolean =>
+  verifyDetached(record.sig, () => recordBytes(record), issuerPublicKey);
 
 /** This device's copy of the epoch secret, if the record has one for it. */
 export const openEpochRecord = (record: EpochRecord, device: DeviceKeys): Result<Uint8Array> => {
@@ -127,10 +123,5 @@ export const signRevocation = (user: UserId, device: DeviceId, issuer: DeviceKey
   return { ...body, sig: toB64(getSodium().crypto_sign_detached(revocationBytes(body), issuer.secretKey)) };
 };
 
-export const verifyRevocation = (r: Revocation, issuerPublicKey: Uint8Array): boolean => {
-  try {
-    return getSodium().crypto_sign_verify_detached(fromB64(r.sig), revocationBytes(r), issuerPublicKey);
-  } catch {
-    return false;
-  }
-};
+export const verifyRevocation = (r: Revocation, issuerPublicKey: Uint8Array): boolean =>
+  verifyDetached(r.sig, () => revocationBytes(r), issuerPublicKey);

@@ -6,6 +6,7 @@ import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 import { type DeviceId, DeviceIdSchema, type UserId, UserIdSchema } from '../protocol/ids.js';
 import { Domain } from './domains.js';
 import { getSodium } from './sodium.js';
+import { verifyDetached } from './signature.js';
 
 /**
  * The recovery key: the one authority that tells the owner from a thief. Every device holds the
@@ -168,10 +169,5 @@ export const signRecoveryReset = (user: UserId, keep: readonly DeviceId[], gen: 
   return { ...body, sig: toB64(getSodium().crypto_sign_detached(resetBytes(body), recovery.secretKey)) };
 };
 
-export const verifyRecoveryReset = (reset: RecoveryReset, recoveryPublicKey: Uint8Array): boolean => {
-  try {
-    return getSodium().crypto_sign_verify_detached(fromB64(reset.sig), resetBytes(reset), recoveryPublicKey);
-  } catch {
-    return false;
-  }
-};
+export const verifyRecoveryReset = (reset: RecoveryReset, recoveryPublicKey: Uint8Array): boolean =>
+  verifyDetached(reset.sig, () => resetBytes(reset), recoveryPublicKey);
