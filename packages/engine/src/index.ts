@@ -1,6 +1,7 @@
 // @keel/engine — the pure core shared by relay and client.
 export { toB64, fromB64, b64Length, b64ByteLength, encodeFields, bytesEqual } from './protocol/bytes.js';
 export { ErrorCode, CloseCode, FINAL_CLOSE_CODES, ok, err } from './protocol/codes.js';
+export { packByChars } from './protocol/packing.js';
 export type { KeelError, Result } from './protocol/codes.js';
 export {
   UserIdSchema,

@@ -1,4 +1,5 @@
-import { type DocId, type Envelope, type Priority, type Scheduler, type TierPolicy, WireLimits } from '@keel/engine';
+import { type DocId, type Envelope, type Priority, type Scheduler, type TierPolicy, WireLimits, packByChars } from '@keel/engine';
+import type { DocSync } from './doc-sync.js';
 
 /** What a push frame adds around its envelopes, generously. */
 const ENVELOPE_OVERHEAD_CHARS = 512;
@@ -8,24 +9,8 @@ const ENVELOPE_OVERHEAD_CHARS = 512;
  * protocol's envelope count; an envelope that alone exceeds the limit still gets a frame of its
  * own (the relay then refuses it, and says why).
  */
-export const packFrames = (envs: readonly Envelope[], maxFrameChars: number): Envelope[][] => {
-  const frames: Envelope[][] = [];
-  let current: Envelope[] = [];
-  let chars = 0;
-  for (const env of envs) {
-    const size = env.ct.length + ENVELOPE_OVERHEAD_CHARS;
-    if (current.length > 0 && (current.length >= WireLimits.maxEnvelopesPerFrame || chars + size > maxFrameChars)) {
-      frames.push(current);
-      current = [];
-      chars = 0;
-    }
-    current.push(env);
-    chars += size;
-  }
-  if (current.length > 0) frames.push(current);
-  return frames;
-};
-import type { DocSync } from './doc-sync.js';
+const packFrames = (envs: readonly Envelope[], maxFrameChars: number): Envelope[][] =>
+  packByChars(envs, (env) => env.ct.length + ENVELOPE_OVERHEAD_CHARS, WireLimits.maxEnvelopesPerFrame, maxFrameChars);
 
 export interface DispatcherDeps {
   readonly scheduler: Scheduler;

@@ -1,4 +1,4 @@
-import { type DocId, ErrorCode, type RelayFrame, type Seq, type UserId, WireLimits } from '@keel/engine';
+import { type DocId, ErrorCode, type RelayFrame, type Seq, type UserId, WireLimits, packByChars } from '@keel/engine';
 import type { LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { OutboundQueue } from './outbound-queue.js';
 import type { TaskResult, WorkOwner, WorkQueue } from './work-queue.js';
@@ -41,22 +41,7 @@ interface Subscription {
 }
 
 /** Splits entries into frames of at most PAGE_ENTRIES entries and about FRAME_CHARS of ciphertext. */
-const toFrames = (entries: readonly LogEntry[]): LogEntry[][] => {
-  const frames: LogEntry[][] = [];
-  let current: LogEntry[] = [];
-  let chars = 0;
-  for (const entry of entries) {
-    if (current.length > 0 && (current.length >= PAGE_ENTRIES || chars + entry.env.ct.length > FRAME_CHARS)) {
-      frames.push(current);
-      current = [];
-      chars = 0;
-    }
-    current.push(entry);
-    chars += entry.env.ct.length;
-  }
-  if (current.length > 0) frames.push(current);
-  return frames;
-};
+const toFrames = (entries: readonly LogEntry[]): LogEntry[][] => packByChars(entries, (e) => e.env.ct.length, PAGE_ENTRIES, FRAME_CHARS);
 
 const maxLane = (entries: readonly { env: { lane: number } }[]): number => entries.reduce((m, e) => Math.max(m, e.env.lane), 1);
 
