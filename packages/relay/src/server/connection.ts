@@ -69,8 +69,10 @@ export interface ConnectionContext {
   readonly pairings: PairingRegistry<PairingPeer>;
   /** Sends a frame to every authenticated connection of a user but `except`. */
   toUser(user: UserId, frame: RelayFrame, lane: number, except?: RelayConnection): void;
-  /** Closes every connection of a revoked device at once. */
-  disconnectDevice(device: DeviceId): void;
+  /** Closes every connection of a revoked device of `user` at once. */
+  disconnectDevice(user: UserId, device: DeviceId): void;
+  /** Devices of `user` were revoked: each is cut off (4003) and the user's other connections told, in order. */
+  devicesRevoked(user: UserId, devices: readonly DeviceId[]): void;
 }
 
 /** An authenticated device and what serves it. */
@@ -431,10 +433,7 @@ export class RelayConnection implements PairingPeer {
       [{ actor: 'recovery', op: 'recovery.reset', userId: hello.user, outcome: 'applied', detail: { gen: reset.gen, kept: kept.length, revoked: revoked.length } }],
       now,
     );
-    for (const gone of revoked) {
-      this.#ctx.disconnectDevice(gone.deviceId);
-      this.#ctx.toUser(hello.user, { type: 'revoked', device: gone.deviceId }, 10);
-    }
+    this.#ctx.devicesRevoked(hello.user, revoked.map((gone) => gone.deviceId));
     // Kept devices online (none, usually) learn which devices are live again.
     return [...(enrolled ? [enrolled] : []), ...kept.filter((d) => d.deviceId !== hello.device)];
   }
@@ -514,7 +513,8 @@ export class RelayConnection implements PairingPeer {
       abuse,
       announceDevice: (registered) => ctx.announceDevice(this, registered),
       toUser: (frame, lane) => ctx.toUser(user, frame, lane),
-      disconnectDevice: (id) => ctx.disconnectDevice(id),
+      disconnectDevice: (id) => ctx.disconnectDevice(user, id),
+      devicesRevoked: (ids) => ctx.devicesRevoked(user, ids),
     });
     session = { user, device, tier, ingest, delivery, admin };
     return session;

@@ -44,6 +44,8 @@ export interface DeviceAdminDeps {
   announceDevice(device: DeviceRecord): void;
   toUser(frame: RelayFrame, lane: number): void;
   disconnectDevice(device: DeviceId): void;
+  /** These devices of the user were revoked: cut them off and tell the user's other connections, in order. */
+  devicesRevoked(devices: readonly DeviceId[]): void;
 }
 
 /** The registration bounds of this relay. */
@@ -135,10 +137,7 @@ export class DeviceAdmin {
     const [target, ...cascade] = revoked.value;
     this.#deps.log.log('info', 'device revoked', { user, device: revocation.device, by: device.deviceId, cascade: cascade.length });
     // The cascade first, the target last: a device that waits for the target's frame has seen them all.
-    for (const gone of [...cascade, target!]) {
-      this.#deps.disconnectDevice(gone.deviceId);
-      this.#deps.toUser({ type: 'revoked', device: gone.deviceId }, 10);
-    }
+    this.#deps.devicesRevoked([...cascade, target!].map((gone) => gone.deviceId));
   }
 
   /**

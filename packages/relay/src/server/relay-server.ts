@@ -131,8 +131,16 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     toUser(user, frame, lane, except) {
       for (const conn of byUser.get(user) ?? []) if (conn !== except) conn.send(frame, lane);
     },
-    disconnectDevice(device) {
-      for (const conn of all) if (conn.device === device) conn.close(CloseCode.DEVICE_REVOKED, 'DEVICE_REVOKED');
+    disconnectDevice(user, device) {
+      // Closing takes a connection out of the set being iterated, which a Set allows.
+      for (const conn of byUser.get(user) ?? []) if (conn.device === device) conn.close(CloseCode.DEVICE_REVOKED, 'DEVICE_REVOKED');
+    },
+    devicesRevoked(user, devices) {
+      // In order: a device that waits for the last one's frame has seen all the others.
+      for (const device of devices) {
+        context.disconnectDevice(user, device);
+        context.toUser(user, { type: 'revoked', device }, 10);
+      }
     },
   };
 
