@@ -151,15 +151,16 @@ export class DeviceAdmin {
       this.#deps.abuse();
       return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'an epoch record must be signed by this device, for its own user' });
     }
+    const devices = await store.listDevices(user);
     // Key epochs come only from live devices: a revoked one's queued frames publish nothing.
-    if ((await store.getDevice(device.deviceId))?.revokedAt !== null) {
+    if (devices.find((d) => d.deviceId === device.deviceId)?.revokedAt !== null) {
       return this.#deps.badFrame({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' });
     }
     const recipients = new Set(record.wraps.map((w) => w.device));
     if (recipients.size !== record.wraps.length || recipients.size > config.maxDevicesPerUser) {
       return this.#deps.badFrame({ code: ErrorCode.LIMIT_EXCEEDED, message: `an epoch record wraps its secret once for each of at most ${config.maxDevicesPerUser} devices` });
     }
-    const known = new Set((await store.listDevices(user)).map((d) => d.deviceId));
+    const known = new Set(devices.map((d) => d.deviceId));
     if ([...recipients].some((id) => !known.has(id))) {
       return this.#deps.badFrame({ code: ErrorCode.UNKNOWN_DEVICE, message: 'an epoch record may be sealed only to devices of this user' });
     }
