@@ -8,6 +8,7 @@ import { startAttacker, startHonestUsers } from '../support/attacker-process.js'
 import { isAlive, memoryOf, startCrisisProbe } from '../support/crisis-probe.js';
 import { connectRawDevice, docRef, flipBit, sealFor } from '../support/raw-device.js';
 import { useTestScope } from '../support/scope.js';
+import { percentile } from '../support/stats.js';
 
 /** How long the mixed attack runs (ms): a minute in CI, shorter with KEEL_SOAK_MS for local runs. */
 const SOAK_MS = Number(process.env.KEEL_SOAK_MS ?? 60_000);
@@ -21,7 +22,6 @@ const rng = (seed: number) => () => {
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
 };
 
-const quantile = (sorted: readonly number[], q: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? Number.NaN;
 
 /**
  * Step 5's soak: every attack of the step at once, against one relay process, for a minute,
@@ -123,8 +123,8 @@ describe('soak: every attack at once, honest users throughout', () => {
         seconds: SOAK_MS / 1000,
         crisisEdits: latencies.length,
         crisisLost: crisis.reduce((n, c) => n + c.lost, 0),
-        p50: Math.round(quantile(sorted, 0.5) * 10) / 10,
-        p99: Math.round(quantile(sorted, 0.99) * 10) / 10,
+        p50: Math.round(percentile(sorted, 50) * 10) / 10,
+        p99: Math.round(percentile(sorted, 99) * 10) / 10,
         max: Math.round((sorted.at(-1) ?? 0) * 10) / 10,
         bulkEdits: bulk.edits,
         bulkMiB: Math.round(bulk.bytes / 1024 / 1024),

@@ -6,8 +6,9 @@ import { describe, expect, it } from 'vitest';
 import { memoryOf } from '../support/crisis-probe.js';
 import { waitFor } from '../support/devices.js';
 import { healthStatus } from '../support/raw-device.js';
-import type { RelayProcess } from '../support/relay-process.js';
+import { type RelayProcess, logLines } from '../support/relay-process.js';
 import { useTestScope } from '../support/scope.js';
+import { percentile } from '../support/stats.js';
 
 /*
  * Finding 6 of step 5: each unsigned webhook POST appended a permanent, fsync'd, undeletable
@@ -35,15 +36,6 @@ const readDb = <T>(relay: RelayProcess, sql: string): T[] => {
 };
 const auditCount = (relay: RelayProcess) => readDb<{ n: number }>(relay, 'SELECT count(*) AS n FROM audit')[0]!.n;
 
-/** Log lines of the relay, parsed. */
-const logLines = (relay: RelayProcess) =>
-  relay
-    .output()
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
-
-const percentile = (sorted: readonly number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 
 /** The ways an unauthenticated sender gets a delivery refused, and the code each earns. */
 const FORGERIES = [

@@ -1,5 +1,5 @@
 import { type CrisisParams, type CrisisResult, type CrisisRun, type LoadFigures, STOP_TIMEOUT_MS } from './crisis.js';
-import { fmt, formatSummary } from './stats.js';
+import { fmt, formatSummary } from '../support/stats.js';
 
 /** DESIGN.md: Keel aims at crisis p99 < 50 ms on loopback while the relay is saturated by lower-tier traffic… */
 export const CRISIS_P99_TARGET_MS = 50;

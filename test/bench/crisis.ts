@@ -11,7 +11,7 @@ import { processCpuSeconds } from './cpu.js';
 import { type LoadGenerator, type LoadKind, type LoadPrepared, type LoadStats, startLoadGenerator } from './load.js';
 import { processMemory } from './memory.js';
 import { startReferenceRelay } from './reference-relay.js';
-import { type LatencySummary, summarize } from './stats.js';
+import { type LatencySummary, summarize } from '../support/stats.js';
 
 /**
  * Crisis under load: one user's safety-plan write on device A → applied on device B, measured

@@ -5,7 +5,7 @@ import { crisisParamsFromEnv, runKeelCrisis, runReferenceCrisis } from './crisis
 import { formatCrisisReport } from './crisis-report.js';
 import { formatHandoffReport, runHandoffBench } from './handoff.js';
 import { runNewDeviceCatchUp, runOfflineReplay } from './offline.js';
-import { fmt, formatSummary } from './stats.js';
+import { fmt, formatSummary } from '../support/stats.js';
 import { runThroughput } from './throughput.js';
 
 await cryptoReady();

@@ -3,7 +3,7 @@ import type * as Y from 'yjs';
 import { connectDevice } from '../support/devices.js';
 import { removeRelayDir, startRelayProcess } from '../support/relay-process.js';
 import { processCpuSeconds } from './cpu.js';
-import { type LatencySummary, summarize } from './stats.js';
+import { type LatencySummary, summarize } from '../support/stats.js';
 
 export interface ThroughputResult {
   readonly users: number;

@@ -9,7 +9,7 @@ import { createIdentity, linkNewDevice } from '@keel/client';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../support/devices.js';
 import { authenticate, healthStatus, openRawSocket } from '../support/raw-device.js';
-import type { RelayProcess } from '../support/relay-process.js';
+import { logLines } from '../support/relay-process.js';
 import { useTestScope } from '../support/scope.js';
 
 /*
@@ -26,13 +26,6 @@ const PAYMENTS_ENV = { KEEL_RELAY_WEBHOOK_SECRET: SECRET, KEEL_RELAY_PRICE_TIERS
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
-/** Log lines of the relay, parsed. */
-const logLines = (relay: RelayProcess) =>
-  relay
-    .output()
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
 
 
 describe('admin endpoint', () => {

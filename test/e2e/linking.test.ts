@@ -1,18 +1,10 @@
 import { type Identity, PairingError, createIdentity, joinWithPairingCode } from '@keel/client';
-import {
-  type DocId,
-  type Envelope,
-  cryptoReady,
-  decryptEnvelope,
-  deriveDocKey,
-  deriveEpochZeroSecret,
-  toB64,
-} from '@keel/engine';
-import Database from 'better-sqlite3';
+import { cryptoReady, decryptEnvelope, deriveDocKey, deriveEpochZeroSecret } from '@keel/engine';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import * as Y from 'yjs';
 import { type Device, waitFor } from '../support/devices.js';
+import { lastStoredEnvelope } from '../support/raw-device.js';
 import type { RelayProcess } from '../support/relay-process.js';
 import { useTestScope } from '../support/scope.js';
 
@@ -23,31 +15,6 @@ beforeAll(async () => {
 
 const startRelay = () => scope.relay();
 const device = (url: string, identity: Identity): Promise<Device> => scope.device(url, identity);
-
-/** The newest envelope of a document as the relay stored it (ciphertext only). */
-const lastStored = (relay: RelayProcess, doc: DocId): Envelope => {
-  const db = new Database(relay.dbPath, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { seq: number; device_id: string; counter: number; epoch: number; lane: number; nonce: Buffer; ct: Buffer; sig: Buffer }>(
-        `SELECT seq, device_id, counter, epoch, lane, nonce, ct, sig FROM log WHERE doc_id = ? ORDER BY seq DESC LIMIT 1`,
-      )
-      .get(doc)!;
-    return {
-      doc,
-      kind: 'update',
-      epoch: row.epoch,
-      device: row.device_id,
-      counter: row.counter,
-      lane: row.lane,
-      nonce: toB64(row.nonce),
-      ct: toB64(row.ct),
-      sig: toB64(row.sig),
-    } as Envelope;
-  } finally {
-    db.close();
-  }
-};
 
 /** Links a new device to `a`'s user with a pairing code, as a person would. */
 const pairNewDevice = async (relay: RelayProcess, a: Device) => {
@@ -131,7 +98,7 @@ describe('device revocation', () => {
 
     // What was written after the revocation is sealed under epoch 1, which C never received.
     const docId = a.client.docId(spec);
-    const env = lastStored(relay, docId);
+    const env = lastStoredEnvelope(relay.dbPath, a.client.identity.user.userId, docId);
     expect(env.epoch).toBe(1);
     const epoch0Key = deriveDocKey(deriveEpochZeroSecret(idC.user.rootKey), docId, 0);
     expect(decryptEnvelope(env, epoch0Key).ok).toBe(false);

@@ -10,7 +10,6 @@ import {
 } from '@keel/client';
 import {
   CloseCode,
-  type DocId,
   type Envelope,
   type EpochRecord,
   EpochRecordSchema,
@@ -27,7 +26,6 @@ import {
   parseRecoveryPhrase,
   signChallenge,
   signRecoveryReset,
-  toB64,
 } from '@keel/engine';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -35,7 +33,7 @@ import { WebSocket } from 'ws';
 import * as Y from 'yjs';
 import { startCrisisProbe } from '../support/crisis-probe.js';
 import { type Device, waitFor } from '../support/devices.js';
-import { openRawSocket } from '../support/raw-device.js';
+import { lastStoredEnvelope, openRawSocket } from '../support/raw-device.js';
 import type { RelayProcess } from '../support/relay-process.js';
 import { useTestScope } from '../support/scope.js';
 
@@ -57,31 +55,6 @@ const pair = async (relay: RelayProcess, issuer: Device): Promise<Identity> => {
   await linked;
   await waitFor(() => issuer.client.devices().some((d) => d.device === identity.device.deviceId), 3_000, 'the new device registered');
   return identity;
-};
-
-/** The newest envelope of a user's document as the relay stored it (ciphertext only). */
-const lastStored = (relay: RelayProcess, user: string, doc: DocId): Envelope => {
-  const db = new Database(relay.dbPath, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string, string], { device_id: string; counter: number; epoch: number; lane: number; nonce: Buffer; ct: Buffer; sig: Buffer }>(
-        `SELECT device_id, counter, epoch, lane, nonce, ct, sig FROM log WHERE user_id = ? AND doc_id = ? ORDER BY seq DESC LIMIT 1`,
-      )
-      .get(user, doc)!;
-    return {
-      doc,
-      kind: 'update',
-      epoch: row.epoch,
-      device: row.device_id,
-      counter: row.counter,
-      lane: row.lane,
-      nonce: toB64(row.nonce),
-      ct: toB64(row.ct),
-      sig: toB64(row.sig),
-    } as Envelope;
-  } finally {
-    db.close();
-  }
 };
 
 const storedEpochs = (relay: RelayProcess, user: string): EpochRecord[] => {
@@ -234,7 +207,7 @@ describe('recovery from a stolen device', () => {
     onPhone.plan.getMap('contacts').set('sister', '555-0199');
     await phone.client.flush();
     await waitFor(() => onLaptop.plan.getMap('contacts').get('sister') === '555-0199', 3_000, 'the laptop reads the later write');
-    const env = lastStored(relay, phoneId.user.userId, phone.client.docId(PLAN));
+    const env = lastStoredEnvelope(relay.dbPath, phoneId.user.userId, phone.client.docId(PLAN));
     expect(env.epoch).toBe(Math.max(...storedEpochs(relay, phoneId.user.userId).map((r) => r.epoch)));
     expect(env.epoch).toBeGreaterThan(2);
     thiefCannotRead(relay, owner.tabletId, env);
@@ -286,7 +259,7 @@ describe('recovery from a stolen device', () => {
     onFresh.plan.getText('reasons').insert(0, 'my recovered phone: ');
     await fresh.client.flush();
     await waitFor(() => onLaptop.plan.getText('reasons').toString().startsWith('my recovered phone'), 3_000, 'the laptop reads the new device');
-    const env = lastStored(relay, identity.user.userId, fresh.client.docId(PLAN));
+    const env = lastStoredEnvelope(relay.dbPath, identity.user.userId, fresh.client.docId(PLAN));
     expect(env.device).toBe(identity.device.deviceId);
     thiefCannotRead(relay, owner.tabletId, env);
     onLaptop.mood.getArray('scores').push([7]);

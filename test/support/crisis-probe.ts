@@ -3,6 +3,7 @@ import { createIdentity, linkNewDevice } from '@keel/client';
 import type * as Y from 'yjs';
 import { waitFor } from './devices.js';
 import type { TestScope } from './scope.js';
+import { percentile } from './stats.js';
 
 /** Write → applied latencies of an honest user's crisis edits, and what never arrived. */
 export interface CrisisStats {
@@ -21,9 +22,6 @@ export interface CrisisProbe {
   /** Stops writing, waits up to `graceMs` for the last edits, and summarises. */
   stop(graceMs?: number): Promise<CrisisStats>;
 }
-
-const quantile = (sorted: readonly number[], q: number): number =>
-  sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
 
 /**
  * An honest user with two devices (the real client SDK, in this process) editing their safety
@@ -81,8 +79,8 @@ export const startCrisisProbe = async (
         sent,
         received: latencies.length,
         lost: sentAt.size,
-        p50: Math.round(quantile(sorted, 0.5) * 10) / 10,
-        p99: Math.round(quantile(sorted, 0.99) * 10) / 10,
+        p50: Math.round(percentile(sorted, 50) * 10) / 10,
+        p99: Math.round(percentile(sorted, 99) * 10) / 10,
         max: Math.round((sorted.at(-1) ?? Number.NaN) * 10) / 10,
       };
     },

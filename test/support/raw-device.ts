@@ -291,6 +291,31 @@ export const logRowsByDevice = (dbPath: string, docId?: DocId, userId?: string):
   }
 };
 
+/** The newest envelope of a user's document as the relay stored it (ciphertext only), read-only. */
+export const lastStoredEnvelope = (dbPath: string, userId: string, doc: DocId): Envelope => {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string, string], { device_id: string; counter: number; epoch: number; lane: number; nonce: Buffer; ct: Buffer; sig: Buffer }>(
+        `SELECT device_id, counter, epoch, lane, nonce, ct, sig FROM log WHERE user_id = ? AND doc_id = ? ORDER BY seq DESC LIMIT 1`,
+      )
+      .get(userId, doc)!;
+    return {
+      doc,
+      kind: 'update',
+      epoch: row.epoch,
+      device: row.device_id as DeviceId,
+      counter: row.counter,
+      lane: row.lane,
+      nonce: toB64(row.nonce),
+      ct: toB64(row.ct),
+      sig: toB64(row.sig),
+    };
+  } finally {
+    db.close();
+  }
+};
+
 /** Document ids the relay keeps, each with the users whose namespace holds one (sorted). */
 export const docOwners = (dbPath: string): Map<string, string[]> => {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true });

@@ -116,6 +116,14 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   };
 };
 
+/** The relay's JSON log lines so far, parsed. */
+export const logLines = (relay: RelayProcess) =>
+  relay
+    .output()
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+
 /** Removes a relay's temp dir (database, WAL and shared-memory files). */
 export const removeRelayDir = (dir: string): void => rmSync(dir, { recursive: true, force: true });
 
