@@ -113,9 +113,6 @@ export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
 
 const StoredEpochsSchema = z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/));
 
-/** The relay's default frame limit, assumed until a `ready` says otherwise. */
-const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
-
 /** How long revoking waits for the relay to announce what the revocation took with it. */
 const REVOKE_CONFIRM_MS = 5_000;
 
@@ -160,7 +157,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #flushRequested = false;
   #status: ClientStatus = 'connecting';
   /** The relay's frame limit, from its last `ready`; its default until then. */
-  #maxFrameBytes = DEFAULT_MAX_FRAME_BYTES;
+  #maxFrameBytes: number = WireLimits.defaultMaxFrameBytes;
   #idleWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
   #finalError: ClientError | undefined;
@@ -643,7 +640,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
-    this.#maxFrameBytes = frame.limits?.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.#maxFrameBytes = frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes;
     this.#certs = frame.certs;
     this.#revokedCerts = frame.revokedCerts ?? [];
     this.#verifyPeers();

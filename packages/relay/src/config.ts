@@ -1,4 +1,4 @@
-import { type RelayId, RelayIdSchema, TierNameSchema } from '@keel/engine';
+import { type RelayId, RelayIdSchema, TierNameSchema, WireLimits } from '@keel/engine';
 import { z } from 'zod';
 
 /** An integer setting that may arrive as text (flags, environment), with a readable error. */
@@ -57,7 +57,7 @@ export const RelayConfigSchema = z.strictObject({
    * verifying a frame happen in one event-loop turn each, so this bounds how long one frame can
    * hold the loop: ~5 ms at 1 MiB, ~300 ms at 32 MiB (measured, test/attacks/big-frames.test.ts).
    */
-  maxPayloadBytes: int('max payload', 4096, 64 * 1024 * 1024).default(1024 * 1024),
+  maxPayloadBytes: int('max payload', 4096, 64 * 1024 * 1024).default(WireLimits.defaultMaxFrameBytes),
   authTimeoutMs: int('auth timeout', 100, 120_000).default(10_000),
   /** Bad frames tolerated on one connection before it is closed (4000). */
   maxBadFrames: int('max bad frames', 1, 10_000).default(32),

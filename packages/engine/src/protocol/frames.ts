@@ -22,6 +22,8 @@ export const WireLimits = {
   maxCiphertextBytes: 64 * 1024 * 1024,
   /** Parts one update may be split into (each its own envelope), so no frame passes the relay's limit. */
   maxPartsPerUpdate: 4096,
+  /** The relay's frame limit after authentication unless configured; a device assumes it until `ready` says. */
+  defaultMaxFrameBytes: 1024 * 1024,
   /** Device certificates a relay sends in `ready`. */
   maxCertificates: 256,
   /** Issuer certificates a new device may present with its own. */
