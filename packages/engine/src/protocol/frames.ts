@@ -226,6 +226,14 @@ export const ReadyFrameSchema = z.strictObject({
   revokedCerts: z.array(DeviceCertificateSchema).max(WireLimits.maxCertificates).optional(),
   /** The root key sealed to the user's recovery key (users created with one). */
   escrow: RecoverySealedSchema.optional(),
+  /**
+   * Every signed revocation of the user's devices the relay stored: a device checks each and
+   * keeps them, so a revocation once seen wins over any certificate the relay sends later.
+   * (Devices a revocation took with it by cascade need no record: their chains end at it.)
+   */
+  revocations: z.array(RevocationSchema).max(WireLimits.maxCertificates).optional(),
+  /** The user's latest recovery reset, signed by the recovery key: its kept devices are the roots of trust. */
+  reset: RecoveryResetSchema.optional(),
 });
 export const AckFrameSchema = z.strictObject({
   type: z.literal('ack'),
@@ -290,7 +298,17 @@ export const PairRequestFrameSchema = z.strictObject({
   deviceKey: b64Exact(32),
   proof: b64Exact(32),
 });
-export const RevokedFrameSchema = z.strictObject({ type: z.literal('revoked'), device: DeviceIdSchema });
+/**
+ * A device of the user is revoked. `device` is only a hint: a device believes the signed record
+ * (the revocation that cut it off — for a cascade, the revocation of the device it hung from —
+ * or the recovery reset), never the frame alone.
+ */
+export const RevokedFrameSchema = z.strictObject({
+  type: z.literal('revoked'),
+  device: DeviceIdSchema,
+  revocation: RevocationSchema.optional(),
+  reset: RecoveryResetSchema.optional(),
+});
 /**
  * The answer to `recovery-find`: the user of that recovery key, its last recovery generation and
  * the root key sealed to the recovery key, so the device can open it before it resets anything.
