@@ -48,3 +48,32 @@ describe('the malicious relay, honest (controls)', () => {
     expect([...a.errors, ...b.errors]).toEqual([]);
   });
 });
+
+describe('finding 7: a relay in the middle', () => {
+  it('a device pinned to its relay gives a rogue relay’s challenge no signature, whether the rogue names itself or forwards another deployment’s', async () => {
+    const home = await scope.relay();
+    const elsewhere = await scope.relay();
+    const identity = await createIdentity();
+    const first = await scope.device(home.url, identity);
+    await first.client.open(SPEC);
+    await first.client.whenSynced();
+    const pinned = first.client.relayId!;
+    await first.client.close();
+
+    const rogue = await startMaliciousRelay({ mode: 'standalone' });
+    scope.defer(() => rogue.close());
+    const forwarding = await startMaliciousRelay({ mode: 'mitm', upstream: elsewhere.url });
+    scope.defer(() => forwarding.close());
+    for (const url of [rogue.url, forwarding.url]) {
+      const victim = await scope.device(url, identity, undefined, { relayId: pinned });
+      (await victim.client.open(SPEC)).getMap('plan').set('step', 'breathe');
+      await waitFor(() => victim.errors.some((e) => e.final), 5_000, 'the device refuses the relay');
+      expect(victim.errors.find((e) => e.final)?.code).toBe('RELAY_MISMATCH');
+    }
+    // Neither got an answer to its challenge, so neither got a session as the device.
+    for (const relay of [rogue, forwarding]) {
+      expect(relay.fromDevices.flat().map((f) => f.type)).toEqual(['hello']);
+      expect(relay.sessions).toBe(0);
+    }
+  });
+});
