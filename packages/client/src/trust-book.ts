@@ -41,6 +41,10 @@ export type StoredTrustBook = z.infer<typeof StoredTrustBookSchema>;
 export const EpochMetaSchema = z.strictObject({
   issuer: DeviceIdSchema,
   holders: z.array(DeviceIdSchema).max(MAX_EPOCH_RECIPIENTS + 1),
+  /** The record's time: a device linked after it may have been handed the secret in its grant. */
+  issuedAt: z.number().int().min(0),
+  /** The secret was sealed to the recovery key too: a device the recovery key enrolled may hold it. */
+  recovery: z.boolean(),
 });
 export type EpochMeta = z.infer<typeof EpochMetaSchema>;
 
@@ -62,6 +66,8 @@ export interface TrustView {
   readonly nonLive: ReadonlySet<DeviceId>;
   /** A verified record says this device is revoked (it still seals for itself; the app decides what to do). */
   readonly selfRevoked: boolean;
+  /** The verified certificates the view was computed from. */
+  readonly certs: readonly DeviceCertificate[];
 }
 
 /** What `add` took in, for the caller to persist and report. */
@@ -304,7 +310,7 @@ export class TrustBook {
       if (device === self || liveSet.has(device)) live.set(device, key);
       else nonLive.add(device);
     }
-    return { authors, live, nonLive, selfRevoked };
+    return { authors, live, nonLive, selfRevoked, certs };
   }
 }
 
@@ -312,15 +318,39 @@ export class TrustBook {
 export const epochMetaOf = (record: EpochRecord): EpochMeta => ({
   issuer: record.issuer,
   holders: [...new Set([record.issuer, ...record.wraps.map((w) => w.device)])],
+  issuedAt: record.issuedAt,
+  recovery: record.recovery !== undefined,
 });
+
+/**
+ * Every device that may hold an epoch's secret: the record's holders, and — because a device
+ * grant hands over every epoch its issuer holds, and the recovery key opens every epoch sealed
+ * to it — each device certified after the record by a holder (or by the recovery key). A device
+ * linked by an honest device whose clock runs behind the record's issuer is the one miss.
+ */
+export const epochHolders = (meta: EpochMeta, certs: readonly DeviceCertificate[]): Set<DeviceId> => {
+  const holders = new Set(meta.holders);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const c of certs) {
+      if (holders.has(c.device) || c.issuedAt < meta.issuedAt || c.issuer === null) continue;
+      if (c.issuer === 'recovery' ? meta.recovery : holders.has(c.issuer)) {
+        holders.add(c.device);
+        grew = true;
+      }
+    }
+  }
+  return holders;
+};
 
 /**
  * Clean: no holder is known non-live. Without metadata (epoch 0, or a secret handed over with
  * no record seen) every device the book knows counts as a holder.
  */
 export const isEpochClean = (meta: EpochMeta | undefined, view: TrustView): boolean => {
-  const holders = meta?.holders ?? [...view.authors.keys()];
-  return holders.every((h) => !view.nonLive.has(h));
+  const holders = meta ? epochHolders(meta, view.certs) : view.authors.keys();
+  for (const h of holders) if (view.nonLive.has(h)) return false;
+  return true;
 };
 
 /** The newest clean epoch among those held, or undefined: then this device must rotate before it writes. */

@@ -274,4 +274,19 @@ describe('key epochs', () => {
     const e3 = createEpochRecord(world.user.userId, 3, d(0), secret, live(0, 1, 4), 30);
     expect(chooseWriteEpoch([...held, [3, epochMetaOf(e3)]], book.view())).toBe(3);
   });
+
+  it('a device linked after an epoch was made counts as its holder (its grant carried the secret)', () => {
+    const book = bookFor();
+    book.add({ certs: world.certs });
+    const e1 = createEpochRecord(world.user.userId, 1, d(0), generateEpochSecret(), new Map([[d(0).deviceId, d(0).publicKey]]), 10);
+    const linked = generateDeviceKeys();
+    book.add({ certs: [certifyDevice(world.user, d(0), linked.publicKey, 11)] });
+    expect(isEpochClean(epochMetaOf(e1), book.view())).toBe(true);
+    book.add({ revocations: [signRevocation(world.user.userId, linked.deviceId, d(0), 12)] });
+    expect(isEpochClean(epochMetaOf(e1), book.view())).toBe(false);
+    // d1 was linked before the epoch and not sealed to: revoking it leaves the epoch clean.
+    book.add({ revocations: [revoke(1, 0)] });
+    const e2 = createEpochRecord(world.user.userId, 2, d(0), generateEpochSecret(), new Map([[d(0).deviceId, d(0).publicKey]]), 20);
+    expect(isEpochClean(epochMetaOf(e2), book.view())).toBe(true);
+  });
 });
