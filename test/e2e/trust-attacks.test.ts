@@ -108,8 +108,9 @@ describe('finding 1: a relay and a revoked device push a key epoch the thief kno
     const d = await scope.device(relay.url, victim);
     const doc = await d.client.open(SPEC);
     await relay.ready(1);
-    await waitFor(() => relay.fromDevices.flat().some((f) => f.type === 'epoch'), 3_000, 'a rotation');
+    // Epoch 0 is dirty (the thief holds it): the first change starts a rotation and waits for it.
     doc.getMap('plan').set('waiting', 'for a clean key');
+    await waitFor(() => relay.fromDevices.flat().some((f) => f.type === 'epoch'), 3_000, 'a rotation');
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(victimEnvelopes(relay, victim)).toEqual([]);
 

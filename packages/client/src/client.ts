@@ -195,6 +195,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onReady: (frame) => this.#onReady(frame),
       onFrame: (frame) => this.#onFrame(frame),
       onError: (error) => {
+        // Another device published that epoch number first (both saw the same revocation): its
+        // record reaches this device too, and the next decision takes it or rotates above it.
+        if (!error.final && error.code === ErrorCode.UNKNOWN_EPOCH && this.#rotation) {
+          const refused = this.#rotation;
+          this.#rotation = undefined;
+          refused.done();
+          return;
+        }
         // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
         if (!error.final && this.#vouchWaiter) {
           this.#vouchWaiter.reject(toError(error));
@@ -278,6 +286,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         onPending: (sync, bytes) => {
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
+          if (this.#keyring.writeEpoch === undefined) this.#rotate();
         },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
         // Large batches on bandwidth-limited tiers are deflated before sealing when that helps.
@@ -294,6 +303,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (!this.#docs.has(docId)) {
       this.#docs.set(docId, sync);
       if (sync.hasPending) this.#dispatcher.write(docId, this.#priorityOf(sync), sync.pendingBytes);
+      if (sync.hasPending && this.#keyring.writeEpoch === undefined) this.#rotate();
       if (this.#link.state === 'ready') this.#startDoc(sync);
       this.#updateStatus();
     }
@@ -519,6 +529,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     // Our own signed record, believed at once: the book computes the cascade, the epochs the
     // revoked devices held turn dirty, and a rotation to the remaining live devices starts.
     this.#addRecords({ revocations: [revocation] });
+    if (this.#keyring.writeEpoch === undefined) this.#rotate();
     const rotation = this.#rotation;
     await announced;
     this.#revokeWaiters.delete(device);
@@ -597,15 +608,17 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /**
    * Writes go under the newest clean epoch this device holds (no holder known revoked). With
-   * none, this device rotates: a new epoch sealed only to live devices (and the recovery key),
-   * used once the relay echoed it; until then local changes stay pending.
+   * none, this device rotates once it has something to write (or revokes): a new epoch sealed
+   * only to live devices (and the recovery key), used once the relay echoed it; until then
+   * local changes stay pending. Rotating lazily lets the revoking device's epoch arrive first,
+   * instead of every device racing it for the same number.
    */
   #chooseWriteEpoch(): void {
     const before = this.#keyring.writeEpoch;
     const epoch = chooseWriteEpoch(this.#keyring.held(), this.#book.view());
     this.#keyring.useForWriting(epoch);
     if (epoch === undefined) {
-      this.#rotate();
+      if ([...this.#docs.values()].some((d) => d.hasPending)) this.#rotate();
       return;
     }
     if (epoch === before) return;
@@ -644,7 +657,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.emit('error', [{ code: 'BAD_SIGNATURE', message: `key epoch ${record.epoch} is not signed by a device of this user` }]);
         continue;
       }
-      this.#epochHigh = Math.max(this.#epochHigh, record.epoch);
+      // A revoked issuer's number is not taken as the floor for the next rotation: a relay could
+      // show a thief's record numbered at the schema's maximum, leaving no number to rotate to.
+      if (!this.#book.view().nonLive.has(record.issuer)) this.#epochHigh = Math.max(this.#epochHigh, record.epoch);
       const rotation = this.#rotation;
       const opened = openEpochRecord(record, this.identity.device);
       if (opened.ok) {
