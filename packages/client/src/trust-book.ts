@@ -268,9 +268,9 @@ export class TrustBook {
     const roots = reset
       ? [...keep].filter((d) => this.#keys.has(d))
       : [...new Set(usable.filter((c) => c.issuer === null || c.issuer === 'recovery').map((c) => c.device))];
-    const liveUnder = (revoked: ReadonlySet<DeviceId>): Set<DeviceId> => {
+    const liveUnder = (revoked: ReadonlySet<DeviceId>, survivors: ReadonlySet<DeviceId> = new Set()): Set<DeviceId> => {
       const live = new Set<DeviceId>();
-      const queue = roots.filter((d) => !revoked.has(d));
+      const queue = [...new Set([...roots, ...survivors])].filter((d) => !revoked.has(d));
       for (const d of queue) live.add(d);
       for (let i = 0; i < queue.length; i++) {
         for (const next of byIssuer.get(queue[i]!) ?? []) {
@@ -282,9 +282,21 @@ export class TrustBook {
       return live;
     };
     const revoked = new Set<DeviceId>();
+    // A revocation never takes the device that made it with it (the relay's cascade spares it
+    // too): revoking a lost phone from the tablet it once linked leaves the tablet, and what the
+    // tablet linked, live. Such a device stands as a root of its own — but only if it was live by
+    // every other revocation, so a device cut off by someone else's cannot revive itself by
+    // signing one.
+    const survivors = new Set<DeviceId>();
     if (!reset) {
       // Any author may revoke (a thief too: telling the owner from a thief takes the recovery key).
-      for (const r of this.#revocations.values()) revoked.add(r.device);
+      const all = [...this.#revocations.values()];
+      for (const r of all) revoked.add(r.device);
+      for (const issuer of new Set(all.map((r) => r.issuer))) {
+        if (revoked.has(issuer)) continue;
+        const others = new Set(all.filter((r) => r.issuer !== issuer).map((r) => r.device));
+        if (liveUnder(others).has(issuer)) survivors.add(issuer);
+      }
     } else {
       // Under a reset a revocation counts only from a device live under it, and a kept device
       // only by a revocation made after the reset. Taken in time order (then by signature), so
@@ -296,10 +308,11 @@ export class TrustBook {
       for (const r of candidates) {
         if (revoked.has(r.device) || !live.has(r.issuer)) continue;
         revoked.add(r.device);
-        live = liveUnder(revoked);
+        survivors.add(r.issuer);
+        live = liveUnder(revoked, survivors);
       }
     }
-    const liveSet = liveUnder(revoked);
+    const liveSet = liveUnder(revoked, survivors);
     // Without revocations and resets every verified chain reaches a root, so a certified self
     // that is not live was cut off by a verified record (its own revocation, an issuer's, a reset).
     const selfRevoked = !liveSet.has(self) && [...this.#certs.values()].some((c) => c.device === self);

@@ -72,6 +72,34 @@ describe('TrustBook liveness', () => {
     expect([...book.view().authors.keys()].sort()).toEqual(ids(0, 1, 2, 3, 4));
   });
 
+  it('a revocation never takes the device that made it: revoking the first device from one it linked keeps that one and what it linked live', () => {
+    // d2 (linked by d0) revokes d0, the lost first device: as on the relay, d2 survives, and d3,
+    // which d2 linked, with it; d1 hung only from d0 and goes; d4 stays through d2.
+    const book = bookFor(d(2));
+    book.add({ certs: world.certs, revocations: [revoke(0, 2)] });
+    expect(liveIds(book.view())).toEqual(ids(2, 3, 4));
+    expect([...book.view().nonLive].sort()).toEqual(ids(0, 1));
+    expect(book.view().selfRevoked).toBe(false);
+    // Deeper: d3 (linked by d2, linked by d0) revokes d0; d2 hung only from d0 and goes, d3
+    // stays; d4 hung from d2 and d1, both gone with d0, so it goes too.
+    const deeper = bookFor(d(3));
+    deeper.add({ certs: world.certs, revocations: [revoke(0, 3)] });
+    expect(liveIds(deeper.view())).toEqual(ids(3));
+  });
+
+  it('a device another revocation cut off does not revive itself by signing one', () => {
+    // d0 revokes d2, which takes d3 with it. d3 (a thief holding a cut-off device) revokes d0:
+    // that revocation counts (any author may revoke; the recovery key settles it), but d3 stays cut off.
+    const book = bookFor(d(1));
+    book.add({ certs: world.certs, revocations: [revoke(2, 0), revoke(0, 3, 200)] });
+    expect(book.view().live.has(d(3).deviceId)).toBe(false);
+    expect(book.view().live.has(d(0).deviceId)).toBe(false);
+    // Two devices revoking each other are both out until a reset decides.
+    const mutual = bookFor(d(0));
+    mutual.add({ certs: world.certs, revocations: [revoke(2, 1), revoke(1, 2)] });
+    expect(liveIds(mutual.view())).toEqual(ids(0));
+  });
+
   it('ignores forged records: a revocation, certificate or reset signed by a key that is not the user’s', () => {
     const book = bookFor();
     const stranger = generateDeviceKeys();
