@@ -29,6 +29,7 @@ import {
   createPairingCode,
   fromB64,
   generateEpochSecret,
+  inboundFrameBudget,
   maxPaddedPayloadBytes,
   maxPartPayloadBytes,
   openEpochRecord,
@@ -288,6 +289,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         compress: () => this.#compress,
         // Sealed parts are padded, so a part's padded body must still fit one frame.
         partBytes: () => maxPaddedPayloadBytes(maxPartPayloadBytes(this.#maxFrameBytes)),
+        maxInflatedBytes: () => inboundFrameBudget(this.#maxFrameBytes),
         overBudget: () => this.#link.reconnect(),
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),

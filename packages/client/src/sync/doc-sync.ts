@@ -33,12 +33,12 @@ const LOAD_ORIGIN = Symbol('keel:load');
 const COMPACT_AFTER = 256;
 
 /**
- * Decompressed bytes one `updates` frame may make this device hold at once. One envelope may
- * inflate to at most maxInboundFrameBytes (an honest part's plaintext fits a frame), so the first
- * envelope of a frame always fits and catch-up always progresses; envelopes past the budget are
- * left unread for the next connection.
+ * Decompressed bytes one `updates` frame may make this device produce and hold, in frame limits
+ * (see `maxInflatedBytes`). One envelope may inflate to at most one frame limit (an honest part's
+ * plaintext fits a frame), so the first envelope of a frame always fits and catch-up progresses;
+ * envelopes past the budget are left unread and fetched again on the next connection.
  */
-const FRAME_INFLATED_BYTES = 2 * WireLimits.maxInboundFrameBytes;
+const FRAME_INFLATE_LIMITS = 2;
 
 /** The parts of one split update received so far from one author. */
 interface PartialUpdate {
@@ -96,8 +96,10 @@ export interface DocSyncDeps {
   readonly compress: () => boolean;
   /** The most plaintext one envelope may carry; larger updates are sealed in parts (see `maxPartPayloadBytes`). */
   readonly partBytes: () => number;
+  /** The most bytes one received envelope may inflate to: the frame limit this device reads with. */
+  readonly maxInflatedBytes: () => number;
   /**
-   * An `updates` frame decompressed past FRAME_INFLATED_BYTES: the rest of it was refused
+   * An `updates` frame decompressed past its budget (FRAME_INFLATE_LIMITS): the rest of it was refused
    * (reported as LIMIT_EXCEEDED) and stays unmarked; reconnecting fetches it again from there.
    */
   readonly overBudget: () => void;
@@ -406,7 +408,8 @@ export class DocSync {
     const staged: { seq: number; update: Uint8Array }[] = [];
     const manual = !this.crisis && this.#deps.shouldStage();
     const self = this.#deps.identity.device.deviceId;
-    let inflateLeft = FRAME_INFLATED_BYTES;
+    const perEnvelope = this.#deps.maxInflatedBytes();
+    let inflateLeft = FRAME_INFLATE_LIMITS * perEnvelope;
     for (const { seq, env } of items) {
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
       // Signature first: nothing the relay could have forged may even mark a seq as received.
@@ -421,10 +424,11 @@ export class DocSync {
         this.#deps.onError({ ...error, doc: this.docId });
         continue;
       }
-      const maxInflatedBytes = Math.min(WireLimits.maxInboundFrameBytes, inflateLeft);
-      const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes });
-      if (!opened.ok && opened.error.code === ErrorCode.LIMIT_EXCEEDED && maxInflatedBytes < WireLimits.maxInboundFrameBytes) {
-        this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `an updates frame inflates past ${FRAME_INFLATED_BYTES} bytes; its rest is fetched again`, doc: this.docId });
+      const maxInflatedBytes = Math.min(perEnvelope, inflateLeft);
+      const opened = maxInflatedBytes > 0 ? decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes }) : undefined;
+      if (opened && !opened.ok && opened.error.code === ErrorCode.LIMIT_EXCEEDED) inflateLeft -= maxInflatedBytes;
+      if (!opened || (!opened.ok && opened.error.code === ErrorCode.LIMIT_EXCEEDED && maxInflatedBytes < perEnvelope)) {
+        this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `an updates frame inflates past ${FRAME_INFLATE_LIMITS * perEnvelope} bytes; its rest is fetched again`, doc: this.docId });
         this.#deps.overBudget();
         break;
       }
@@ -543,7 +547,7 @@ export class DocSync {
       this.#deps.onError({ ...error, doc: this.docId });
       return Promise.resolve();
     }
-    const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!);
+    const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes: this.#deps.maxInflatedBytes() });
     const payload = opened.ok ? decodeSnapshotPayload(opened.value) : opened;
     if (!payload.ok) {
       this.#deps.onError({ ...payload.error, doc: this.docId });

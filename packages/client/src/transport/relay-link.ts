@@ -189,8 +189,13 @@ export class RelayLink {
     socket.onerror = (event) => {
       // A close event follows; reconnection is handled there. A frame `ws` refused at its header is reported here.
       if (this.#socket !== socket) return;
-      const code = (event as { error?: { code?: unknown } } | null)?.error?.code;
-      if (code === WS_FRAME_TOO_LARGE) this.#dropForBudget(socket, ErrorCode.FRAME_TOO_LARGE, `frame over ${this.#inboundBudget} bytes, refused at its header`);
+      const error = (event as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+      if (error?.code === WS_FRAME_TOO_LARGE) {
+        this.#dropForBudget(socket, ErrorCode.FRAME_TOO_LARGE, `frame over ${this.#inboundBudget} bytes, refused at its header`);
+      } else if (typeof error?.code === 'string' && error.code.startsWith('WS_ERR_')) {
+        // A frame that breaks the WebSocket protocol (a compressed frame nobody negotiated, say): ws closes with 1002.
+        this.#handlers.onError({ code: ErrorCode.UNEXPECTED_FRAME, message: `relay broke the WebSocket protocol: ${String(error.message)}` });
+      }
     };
     socket.onclose = (event) => {
       if (this.#socket !== socket) return;
