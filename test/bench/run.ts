@@ -1,15 +1,16 @@
 // `npm run bench`: Keel's benchmarks on loopback. Figures go to stdout; nothing here is a test.
-// KEEL_BENCH_ONLY=throughput|crisis|offline|handoff runs one section; crisis.ts lists the crisis scenario's settings.
+// KEEL_BENCH_ONLY=throughput|crisis|offline|handoff|padding runs one section; crisis.ts lists the crisis scenario's settings.
 import { cryptoReady } from '@keel/engine';
 import { crisisParamsFromEnv, runKeelCrisis, runReferenceCrisis } from './crisis.js';
 import { formatCrisisReport } from './crisis-report.js';
 import { formatHandoffReport, runHandoffBench } from './handoff.js';
 import { runNewDeviceCatchUp, runOfflineReplay } from './offline.js';
+import { formatPaddingReport, runPaddingBench } from './padding.js';
 import { fmt, formatSummary } from '../support/stats.js';
 import { runThroughput } from './throughput.js';
 
 await cryptoReady();
-const SECTIONS = ['throughput', 'crisis', 'offline', 'handoff'] as const;
+const SECTIONS = ['throughput', 'crisis', 'offline', 'handoff', 'padding'] as const;
 const only = process.env.KEEL_BENCH_ONLY;
 if (only !== undefined && !(SECTIONS as readonly string[]).includes(only)) throw new Error(`KEEL_BENCH_ONLY must be one of ${SECTIONS.join(', ')}`);
 const runs = (section: (typeof SECTIONS)[number]) => only === undefined || only === section;
@@ -19,6 +20,12 @@ const line = (s = '') => process.stdout.write(`${s}\n`);
 
 line('# Keel benchmarks');
 line(`node ${process.version}, ${new Date().toISOString()}; relay pinned to CPU 0, driver to CPU 1`);
+
+if (runs('padding')) {
+  line();
+  line('## Padding: ciphertext bytes of a realistic edit mix, unpadded vs padded (power-of-two buckets ≥ 256 B; compression off)');
+  for (const l of formatPaddingReport(runPaddingBench())) line(l);
+}
 
 if (runs('throughput')) {
   line();

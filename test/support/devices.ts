@@ -28,3 +28,26 @@ export const waitFor = async (predicate: () => boolean, timeoutMs = 5_000, what 
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
 };
+
+/**
+ * Resolves with the code of the final error that cuts `device` off. A 4003 close is final only
+ * when the device holds a verified revocation of itself (the relay sends it before closing), so
+ * a device that is really revoked ends here and a forged close never does. Bounded.
+ */
+export const cutOff = (device: Device, timeoutMs = 10_000): Promise<string> => {
+  const seen = device.errors.find((e) => e.final === true);
+  if (seen) return Promise.resolve(seen.code);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      device.client.off('error', onError);
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for the relay to cut the device off`));
+    }, timeoutMs);
+    const onError = (e: { code: string; final?: boolean }) => {
+      if (e.final !== true) return;
+      clearTimeout(timer);
+      device.client.off('error', onError);
+      resolve(e.code);
+    };
+    device.client.on('error', onError);
+  });
+};

@@ -67,6 +67,8 @@ export interface MaliciousRelay {
   closeDevices(code: number, reason: string): void;
   /** Cuts every device connection without a close frame. */
   dropDevices(): void;
+  /** The server side of every device connection past `ready` (to write raw WebSocket frames, or read what was negotiated). */
+  deviceSockets(): readonly WebSocket[];
   /** Standalone: the log it keeps for `doc` (what it acknowledged), in seq order. */
   log(doc: DocId): readonly { seq: Seq; env: Envelope }[];
   close(): Promise<void>;
@@ -287,6 +289,7 @@ export const startMaliciousRelay = async (options: StandaloneOptions | MiddleOpt
     dropDevices() {
       for (const ws of live) ws.terminate();
     },
+    deviceSockets: () => [...live],
     log: (doc) => logs.get(doc) ?? [],
     close: async () => {
       for (const client of wss.clients) client.terminate();

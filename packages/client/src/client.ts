@@ -26,10 +26,13 @@ import {
   MAX_EPOCH_RECIPIENTS,
   parseAssessment,
   certifyDevice,
+  clampRelayFrameLimit,
   createEpochRecord,
   createPairingCode,
   fromB64,
   generateEpochSecret,
+  inboundFrameBudget,
+  maxPaddedPayloadBytes,
   maxPartPayloadBytes,
   openEpochRecord,
   sealToDevice,
@@ -102,6 +105,13 @@ export interface KeelClientOptions {
    * in `storage`, else the id of the first relay that accepts this device. Replaces a kept pin.
    */
   readonly relayId?: string | undefined;
+  /**
+   * Deflate larger updates before sealing when that makes them smaller. Off by default, and never
+   * switched on by the relay or the tier: padding hides an update's size only to within a power
+   * of two, and a deflated size tells the relay how repetitive the text is (a size leak). Turn it
+   * on only where bandwidth matters more than that.
+   */
+  readonly compress?: boolean;
 }
 
 const TIER_KEY = ['client', 'tier'];
@@ -157,13 +167,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   /** A flush() waits: on reconnect, send everything at once instead of by the batch window. */
   #flushRequested = false;
   #status: ClientStatus = 'connecting';
-  /** The relay's frame limit, from its last `ready`; its default until then. */
+  /** The relay's frame limit, from its last `ready` (clamped to what every device accepts); its default until then. */
   #maxFrameBytes: number = WireLimits.defaultMaxFrameBytes;
   #idleWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
   #finalError: ClientError | undefined;
   /** Writing the relay pin taken on first contact; close() waits for it. */
   #pinWrite: Promise<void> = Promise.resolve();
+  readonly #compress: boolean;
 
   constructor(
     options: KeelClientOptions,
@@ -178,6 +189,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#documentState = options.documentState;
     this.#tier = initialTier;
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
+    this.#compress = options.compress ?? false;
     const granted = Object.fromEntries(Object.entries(options.identity.epochs ?? {}).map(([epoch, secret]) => [epoch, { secret }]));
     this.#keyring = new KeyRing(options.identity.user.rootKey, { ...granted, ...storedEpochs });
     this.#epochHigh = this.#keyring.newest;
@@ -214,6 +226,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         }
         this.emit('error', [error]);
       },
+      // A 4003 close is final only once this device holds a verified record that revokes it
+      // (sent by the relay just before the close, or kept in the trust book from earlier).
+      holdsOwnRevocation: () => this.#book.view().selfRevoked,
       onPin: (relay) => {
         this.#pinWrite = this.#store.save(RELAY_KEY, encodeJson(relay)).catch((error: unknown) => {
           this.emit('error', [{ code: 'INTERNAL', message: `cannot store the relay pin: ${error instanceof Error ? error.message : String(error)}` }]);
@@ -289,9 +304,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
           if (this.#keyring.writeEpoch === undefined) this.#rotate();
         },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
-        // Large batches on bandwidth-limited tiers are deflated before sealing when that helps.
-        compress: () => this.#tier.policy.bandwidthBytesPerSec !== null,
-        partBytes: () => maxPartPayloadBytes(this.#maxFrameBytes),
+        // The app's choice only: what the relay says (its tier) never turns compression on.
+        compress: () => this.#compress,
+        // Sealed parts are padded, so a part's padded body must still fit one frame.
+        partBytes: () => maxPaddedPayloadBytes(maxPartPayloadBytes(this.#maxFrameBytes)),
+        maxInflatedBytes: () => inboundFrameBudget(this.#maxFrameBytes),
+        overBudget: () => this.#link.reconnect(),
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
         onError: (error) => this.emit('error', [error]),
@@ -750,7 +768,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
-    this.#maxFrameBytes = frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes;
+    this.#maxFrameBytes = clampRelayFrameLimit(frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes);
     // A rotation the last connection did not see echoed is decided again from what this one says.
     const unconfirmed = this.#rotation;
     this.#rotation = undefined;

@@ -35,7 +35,11 @@ export {
   encodeFrame,
   describeIssues,
   maxPartPayloadBytes,
+  inboundFrameBudget,
+  clampRelayFrameLimit,
 } from './protocol/frames.js';
+export { checkJsonBudget, RELAY_FRAME_JSON_BUDGET } from './protocol/json-budget.js';
+export type { JsonBudget } from './protocol/json-budget.js';
 export type {
   Envelope,
   EnvelopeKind,
@@ -75,8 +79,8 @@ export {
   verifyCertificateChain,
 } from './crypto/certificates.js';
 export { CHALLENGE_BYTES, createChallengeNonce, signChallenge, verifyChallenge } from './crypto/auth.js';
-export { sealEnvelope, openEnvelope, decryptEnvelope, verifyEnvelopeSignature, envelopeSignedBytes } from './crypto/envelope.js';
-export type { EnvelopeHeader, SealOptions } from './crypto/envelope.js';
+export { sealEnvelope, openEnvelope, decryptEnvelope, verifyEnvelopeSignature, envelopeSignedBytes, maxPaddedPayloadBytes } from './crypto/envelope.js';
+export type { EnvelopeHeader, SealOptions, OpenOptions } from './crypto/envelope.js';
 export {
   Priority,
   SLA_MS,

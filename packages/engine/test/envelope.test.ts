@@ -17,6 +17,7 @@ import {
   sealEnvelope,
   toB64,
   verifyEnvelopeSignature,
+  WireLimits,
 } from '@keel/engine';
 
 beforeAll(async () => {
@@ -68,13 +69,20 @@ describe('envelope', () => {
     expect(fromB64(small.ct).length * 10).toBeLessThan(fromB64(plain.ct).length);
   });
 
-  it('refuses a deflated payload that would inflate past the limit', () => {
+  it('refuses a deflated payload that would inflate past the limit (default: the largest inbound frame; or as asked)', () => {
     const { device, key, header } = setup();
     // 65 MiB of zeros deflates to about 64 KiB: an author bug (or a compromised device) must not exhaust memory.
     const bomb = sealEnvelope(header, new Uint8Array(65 * 1024 * 1024), { key, signingKey: device.secretKey, compress: true });
     expect(fromB64(bomb.ct).length).toBeLessThan(1024 * 1024);
     const opened = openEnvelope(bomb, { key, authorPublicKey: device.publicKey });
-    expect(opened.ok || opened.error.code).toBe(ErrorCode.BAD_PAYLOAD);
+    expect(opened.ok || opened.error.code).toBe(ErrorCode.LIMIT_EXCEEDED);
+    // Just over the default is refused; at a lower limit the caller asks for, so is a smaller one.
+    const over = sealEnvelope(header, new Uint8Array(WireLimits.maxInboundFrameBytes + 1), { key, signingKey: device.secretKey, compress: true });
+    expect(openEnvelope(over, { key, authorPublicKey: device.publicKey }).ok).toBe(false);
+    const small = sealEnvelope(header, new Uint8Array(64 * 1024), { key, signingKey: device.secretKey, compress: true });
+    expect(openEnvelope(small, { key, authorPublicKey: device.publicKey }).ok).toBe(true);
+    const limited = openEnvelope(small, { key, authorPublicKey: device.publicKey, maxInflatedBytes: 32 * 1024 });
+    expect(limited.ok || limited.error.code).toBe(ErrorCode.LIMIT_EXCEEDED);
   });
 
   it('pads to power-of-two buckets so sizes leak less', () => {

@@ -32,6 +32,14 @@ const LOAD_ORIGIN = Symbol('keel:load');
 /** Local update log entries folded into one state snapshot. */
 const COMPACT_AFTER = 256;
 
+/**
+ * Decompressed bytes one `updates` frame may make this device produce and hold, in frame limits
+ * (see `maxInflatedBytes`). One envelope may inflate to at most one frame limit (an honest part's
+ * plaintext fits a frame), so the first envelope of a frame always fits and catch-up progresses;
+ * envelopes past the budget are left unread and fetched again on the next connection.
+ */
+const FRAME_INFLATE_LIMITS = 2;
+
 /** The parts of one split update received so far from one author. */
 interface PartialUpdate {
   /** Counter of part 0. */
@@ -87,10 +95,17 @@ export interface DocSyncDeps {
    * manual conflict resolution). Never asked for crisis documents: they always merge at once.
    */
   readonly shouldStage: () => boolean;
-  /** Whether to deflate payloads before sealing (the tier limits bandwidth). */
+  /** Whether to deflate payloads before sealing (the app's option; padding is always on). */
   readonly compress: () => boolean;
   /** The most plaintext one envelope may carry; larger updates are sealed in parts (see `maxPartPayloadBytes`). */
   readonly partBytes: () => number;
+  /** The most bytes one received envelope may inflate to: the frame limit this device reads with. */
+  readonly maxInflatedBytes: () => number;
+  /**
+   * An `updates` frame decompressed past its budget (FRAME_INFLATE_LIMITS): the rest of it was refused
+   * (reported as LIMIT_EXCEEDED) and stays unmarked; reconnecting fetches it again from there.
+   */
+  readonly overBudget: () => void;
   /** Remote updates were staged; `count` are waiting for the app. */
   readonly onStaged: (sync: DocSync, count: number) => void;
   /** Something in the outbox or pending set changed. */
@@ -352,7 +367,7 @@ export class DocSync {
       if (!keys) return;
       const first = this.#meta.counter + 1;
       const header = { doc: this.docId, kind: 'update' as const, epoch: keys.epoch, device: this.#deps.identity.device.deviceId, lane };
-      const options = { key: keys.key, signingKey: this.#deps.identity.device.secretKey, compress: this.#deps.compress() };
+      const options = { key: keys.key, signingKey: this.#deps.identity.device.secretKey, pad: true, compress: this.#deps.compress() };
       const envs = Array.from({ length: count }, (_, index) =>
         sealEnvelope(
           { ...header, counter: first + index, ...(count > 1 ? { part: { index, count } } : {}) },
@@ -399,6 +414,8 @@ export class DocSync {
     const staged: { seq: number; update: Uint8Array }[] = [];
     const manual = !this.crisis && this.#deps.shouldStage();
     const self = this.#deps.identity.device.deviceId;
+    const perEnvelope = this.#deps.maxInflatedBytes();
+    let inflateLeft = FRAME_INFLATE_LIMITS * perEnvelope;
     for (const { seq, env } of items) {
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
       // Signature first: nothing the relay could have forged may even mark a seq as received.
@@ -415,11 +432,19 @@ export class DocSync {
         if (error.code === ErrorCode.DEVICE_REVOKED) markSeq(this.#meta, seq);
         continue;
       }
-      const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!);
+      const maxInflatedBytes = Math.min(perEnvelope, inflateLeft);
+      const opened = maxInflatedBytes > 0 ? decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes }) : undefined;
+      if (opened && !opened.ok && opened.error.code === ErrorCode.LIMIT_EXCEEDED) inflateLeft -= maxInflatedBytes;
+      if (!opened || (!opened.ok && opened.error.code === ErrorCode.LIMIT_EXCEEDED && maxInflatedBytes < perEnvelope)) {
+        this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `an updates frame inflates past ${FRAME_INFLATE_LIMITS * perEnvelope} bytes; its rest is fetched again`, doc: this.docId });
+        this.#deps.overBudget();
+        break;
+      }
       if (!opened.ok) {
         this.#deps.onError({ ...opened.error, doc: this.docId });
         continue;
       }
+      inflateLeft -= opened.value.length;
       if (env.device === self && this.#outbox.get(env.counter)?.sig === env.sig) void this.acknowledge(env.counter, seq);
       // A part waits for the rest of its update; only the whole update is applied, and only then
       // are its seqs marked received (so a restart half-way fetches the parts again).
@@ -496,11 +521,12 @@ export class DocSync {
       if (base <= this.#meta.snapshotBase) return;
       const staged = await this.#deps.store.loadRange(this.#keys.stagedPrefix);
       const state = Y.mergeUpdates([Y.encodeStateAsUpdate(this.doc), ...staged.map((c) => c.data)]);
-      // A snapshot travels as one envelope: one larger than a frame may hold is not taken (the
-      // log stays as it is, which costs storage, never data).
-      if (state.length > this.#deps.partBytes()) return;
       const self = this.#deps.identity.device.deviceId;
       const authors = { ...this.#meta.authors, [self]: Math.max(this.#meta.authors[self] ?? 0, this.#meta.counter) };
+      const payload = encodeSnapshotPayload({ authors, state });
+      // A snapshot travels as one envelope: one larger than a frame may hold is not taken (the
+      // log stays as it is, which costs storage, never data).
+      if (payload.length > this.#deps.partBytes()) return;
       const counter = this.#meta.snapshotCounter + 1;
       // A snapshot holding crisis content travels (and is visible) as crisis content.
       const lane = Math.max(minLane, this.#meta.maxLane);
@@ -508,8 +534,8 @@ export class DocSync {
       if (!keys) return;
       sealed = sealEnvelope(
         { doc: this.docId, kind: 'snapshot', epoch: keys.epoch, device: self, counter, lane, base },
-        encodeSnapshotPayload({ authors, state }),
-        { key: keys.key, signingKey: this.#deps.identity.device.secretKey, compress: this.#deps.compress() },
+        payload,
+        { key: keys.key, signingKey: this.#deps.identity.device.secretKey, pad: true, compress: this.#deps.compress() },
       );
       this.#meta.snapshotCounter = counter;
       this.#meta.snapshotBase = base;
@@ -532,7 +558,7 @@ export class DocSync {
       this.#deps.onError({ ...error, doc: this.docId });
       return Promise.resolve();
     }
-    const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!);
+    const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes: this.#deps.maxInflatedBytes() });
     const payload = opened.ok ? decodeSnapshotPayload(opened.value) : opened;
     if (!payload.ok) {
       this.#deps.onError({ ...payload.error, doc: this.docId });

@@ -1,5 +1,6 @@
 import {
   type ClientFrame,
+  CloseCode,
   ErrorCode,
   FINAL_CLOSE_CODES,
   type KeelError,
@@ -7,6 +8,7 @@ import {
   type RelayFrame,
   type RelayId,
   encodeFrame,
+  inboundFrameBudget,
   parseRelayFrame,
   signChallenge,
 } from '@keel/engine';
@@ -22,6 +24,14 @@ export interface WebSocketLike {
   onmessage: ((event: { data: unknown }) => void) | null;
   onclose: ((event: { code: number; reason: string }) => void) | null;
   onerror: ((event: unknown) => void) | null;
+  /**
+   * Sets the largest frame the socket reads from now on, refused at the frame's header before
+   * it is buffered (Node's `ws`). Browsers' WebSocket has no such limit: there the link refuses
+   * an oversized frame only after the browser buffered it.
+   */
+  limitInbound?(bytes: number): void;
+  /** Drops the connection at once, without waiting for the peer's close (ws); `close` is used where absent. */
+  terminate?(): void;
 }
 export type WebSocketFactory = (url: string) => WebSocketLike;
 
@@ -37,16 +47,26 @@ export interface LinkHandlers {
   onError(error: KeelError & { final?: boolean }): void;
   /** First contact: the relay id this link pinned when the relay accepted the device; keep it. */
   onPin(relay: RelayId): void;
+  /**
+   * Whether this device holds a verified revocation of itself. Asked when the relay closes with
+   * 4003 (DEVICE_REVOKED): only then is that close final; the code alone is something any relay
+   * can send, so without the proof the link keeps retrying with backoff.
+   */
+  holdsOwnRevocation(): boolean;
 }
 
 const OPEN = 1;
-/** Frames from the relay larger than this are refused (the relay's own limit is lower). */
-const MAX_INBOUND_CHARS = 96 * 1024 * 1024;
+/** The code `ws` gives a frame over its maxPayload (it then closes with 1009). */
+const WS_FRAME_TOO_LARGE = 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH';
 
 /**
  * One authenticated connection to the relay that comes back by itself: connect, hello,
  * answer the challenge, then pass frames up. Reconnects with backoff until stopped or until
- * the relay closes with a final code (revoked, refused).
+ * the relay closes with a final code (refused; revoked only when this device holds the proof).
+ *
+ * Every frame is read within a budget: 1 MiB before `ready`, then the relay's announced limit
+ * plus a margin (at most WireLimits.maxInboundFrameBytes), and a JSON depth and value budget
+ * checked before parsing. A frame over either is refused, reported and the socket dropped.
  *
  * The link answers only challenges that name its pinned relay id (given, or taken from the
  * first challenge that led to `ready`): a relay in the middle that forwards another
@@ -65,6 +85,13 @@ export class RelayLink {
   #pinned: RelayId | undefined;
   /** The relay id of the challenge answered on the current socket; `ready` is accepted only after one. */
   #answered: RelayId | undefined;
+  /** The largest frame read on the current socket: the default before `ready`, then by the relay's announced limit. */
+  #inboundBudget = inboundFrameBudget();
+  /**
+   * The last socket was dropped for breaking a budget: the next `ready` does not reset the
+   * backoff, so a relay that authenticates and then floods gets slower and slower reconnects.
+   */
+  #penalized = false;
 
   constructor(url: string, identity: Identity, createSocket: WebSocketFactory, backoff: Backoff, handlers: LinkHandlers, pinned?: RelayId) {
     this.#url = url;
@@ -130,10 +157,12 @@ export class RelayLink {
     this.#socket = socket;
     this.#authenticated = false;
     this.#answered = undefined;
+    this.#inboundBudget = inboundFrameBudget();
     const { user, device, cert, chain, escrow } = this.#identity;
     // The escrow goes along while this device's certificates could still register the user's first device.
     const firstDevice = (chain[0] ?? cert).issuer === null;
     socket.onopen = () => {
+      socket.limitInbound?.(this.#inboundBudget);
       const hello = { type: 'hello', v: PROTOCOL_VERSION, user: user.userId, device: device.deviceId, cert } as const;
       socket.send(
         encodeFrame({
@@ -146,21 +175,43 @@ export class RelayLink {
     socket.onmessage = (event) => {
       if (this.#socket !== socket) return;
       const data = typeof event.data === 'string' ? event.data : new Uint8Array(0);
-      const parsed = parseRelayFrame(data, MAX_INBOUND_CHARS);
+      const parsed = parseRelayFrame(data, this.#inboundBudget);
       if (!parsed.ok) {
+        if (parsed.error.code === ErrorCode.FRAME_TOO_LARGE || parsed.error.code === ErrorCode.JSON_BUDGET) {
+          this.#dropForBudget(socket, parsed.error.code, parsed.error.message);
+          return;
+        }
         this.#handlers.onError({ code: parsed.error.code, message: `relay sent a bad frame: ${parsed.error.message}` });
         return;
       }
       this.#onFrame(socket, parsed.value);
     };
-    socket.onerror = () => {
-      // A close event always follows; reconnection is handled there.
+    socket.onerror = (event) => {
+      // A close event follows; reconnection is handled there. A frame `ws` refused at its header is reported here.
+      if (this.#socket !== socket) return;
+      const error = (event as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+      if (error?.code === WS_FRAME_TOO_LARGE) {
+        this.#dropForBudget(socket, ErrorCode.FRAME_TOO_LARGE, `frame over ${this.#inboundBudget} bytes, refused at its header`);
+      } else if (typeof error?.code === 'string' && error.code.startsWith('WS_ERR_')) {
+        // A frame that breaks the WebSocket protocol (a compressed frame nobody negotiated, say): ws closes with 1002.
+        this.#handlers.onError({ code: ErrorCode.UNEXPECTED_FRAME, message: `relay broke the WebSocket protocol: ${String(error.message)}` });
+      }
     };
     socket.onclose = (event) => {
       if (this.#socket !== socket) return;
       this.#socket = undefined;
       this.#authenticated = false;
       if (this.#state === 'stopped') return;
+      if (event.code === CloseCode.DEVICE_REVOKED && !this.#handlers.holdsOwnRevocation()) {
+        // Any relay can send 4003; without a verified revocation of this device it proves nothing.
+        this.#handlers.onError({
+          code: ErrorCode.DEVICE_REVOKED,
+          message: 'relay closed with 4003 (revoked) but this device holds no verified revocation of itself; retrying',
+        });
+        this.#setState('offline');
+        this.#scheduleRetry();
+        return;
+      }
       if (FINAL_CLOSE_CODES.has(event.code)) {
         this.#handlers.onError({ code: (event.reason || 'AUTH_FAILED') as ErrorCode, message: `relay closed the connection for good (${event.code})`, final: true });
         this.#setState('stopped');
@@ -196,15 +247,38 @@ export class RelayLink {
         this.#handlers.onPin(this.#answered);
       }
       this.#authenticated = true;
-      this.#backoff.reset();
+      this.#inboundBudget = inboundFrameBudget(frame.limits?.maxFrameBytes);
+      socket.limitInbound?.(this.#inboundBudget);
+      if (this.#penalized) this.#penalized = false;
+      else this.#backoff.reset();
       this.#setState('ready');
       this.#handlers.onReady(frame);
       return;
     }
     if (frame.type === 'error' && !frame.doc) this.#handlers.onError({ code: frame.code, message: frame.message });
-    // Before `ready` the relay has not shown it is the pinned one: nothing it says goes further.
-    if (!this.#authenticated) return;
+    // Before `ready` the relay has not shown it is the pinned one: nothing it says goes further —
+    // except, once the pinned relay's challenge is answered, a `revoked` frame about this device:
+    // the record a revoked device is sent before its 4003 close, which the client verifies itself.
+    if (!this.#authenticated) {
+      if (frame.type === 'revoked' && this.#answered !== undefined && frame.device === this.#identity.device.deviceId) this.#handlers.onFrame(frame);
+      return;
+    }
     this.#handlers.onFrame(frame);
+  }
+
+  /**
+   * A frame over a budget: refused unread, reported, and the socket dropped at once (a hostile
+   * relay need not answer a close handshake); the link reconnects with backoff.
+   */
+  #dropForBudget(socket: WebSocketLike, code: ErrorCode, message: string): void {
+    this.#socket = undefined;
+    this.#authenticated = false;
+    this.#penalized = true;
+    if (socket.terminate) socket.terminate();
+    else socket.close(1000, 'frame over budget');
+    this.#handlers.onError({ code, message: `relay sent a frame over budget, reconnecting: ${message}` });
+    this.#setState('offline');
+    this.#scheduleRetry();
   }
 
   /** Another deployment's challenge: no answer, no retry — reconnecting would meet the same relay. */

@@ -26,11 +26,15 @@ const PayloadFlag = { padded: 0x01, deflated: 0x02 } as const;
 const KNOWN_FLAGS = PayloadFlag.padded | PayloadFlag.deflated;
 /** Payloads below this are never worth deflating. */
 const DEFLATE_FROM_BYTES = 512;
-/** A deflated payload may not inflate past this (a decompression bomb from a broken author). */
-const MAX_INFLATED_BYTES = WireLimits.maxCiphertextBytes;
+/**
+ * By default a deflated payload may not inflate past this (a decompression bomb from a broken or
+ * stolen author device): an honest part's plaintext is at most what one frame a device accepts
+ * can carry, so nothing honest inflates past it.
+ */
+const MAX_INFLATED_BYTES = WireLimits.maxInboundFrameBytes;
 
-/** Inflates, giving up (undefined) once the output passes `max` bytes. */
-const inflateBounded = (data: Uint8Array, max: number): Uint8Array | undefined => {
+/** Inflates, giving up once the output passes `max` bytes (then it stops: the work is bounded by `max` too). */
+const inflateBounded = (data: Uint8Array, max: number): Uint8Array | 'too-large' | 'malformed' => {
   const chunks: Uint8Array[] = [];
   let size = 0;
   const tooBig = new Error('inflated payload too large');
@@ -41,8 +45,8 @@ const inflateBounded = (data: Uint8Array, max: number): Uint8Array | undefined =
       chunks.push(chunk);
     });
     inflater.push(data, true);
-  } catch {
-    return undefined;
+  } catch (error) {
+    return error === tooBig ? 'too-large' : 'malformed';
   }
   const out = new Uint8Array(size);
   let offset = 0;
@@ -84,6 +88,16 @@ const padBucket = (n: number): number => {
   return bucket;
 };
 
+/**
+ * The largest payload whose padded body is at most `maxBodyBytes` (e.g. maxPartPayloadBytes of a
+ * frame limit): sealing adds a flag byte and the pad marker, then rounds up to a power of two.
+ */
+export const maxPaddedPayloadBytes = (maxBodyBytes: number): number => {
+  let bucket = MIN_PAD_BUCKET;
+  while (bucket * 2 <= maxBodyBytes) bucket *= 2;
+  return bucket - 2;
+};
+
 export interface SealOptions {
   /** Document key for the header's epoch. */
   readonly key: Uint8Array;
@@ -91,7 +105,10 @@ export interface SealOptions {
   readonly signingKey: Uint8Array;
   /** Pad the payload to a power-of-two bucket so the relay learns less from sizes. */
   readonly pad?: boolean;
-  /** Deflate the payload first when that makes it smaller (for bandwidth-limited tiers). */
+  /**
+   * Deflate the payload first when that makes it smaller. Off unless the app asks: with padding
+   * the relay still learns the size bucket, and a deflated size says how repetitive the text is.
+   */
   readonly compress?: boolean;
 }
 
@@ -129,11 +146,19 @@ export const sealEnvelope = (header: EnvelopeHeader, payload: Uint8Array, option
 export const verifyEnvelopeSignature = (env: Envelope, publicKey: Uint8Array): boolean =>
   verifyDetached(env.sig, () => signedBytes(env, fromB64(env.nonce), fromB64(env.ct)), publicKey);
 
+export interface OpenOptions {
+  /**
+   * The most bytes a deflated payload may inflate to (default maxInboundFrameBytes); past it the
+   * envelope is refused with LIMIT_EXCEEDED and inflation stops there.
+   */
+  readonly maxInflatedBytes?: number;
+}
+
 /**
  * Decrypts an envelope whose signature the caller has already verified; returns the payload.
  * Any change to header, nonce or ciphertext fails authentication here.
  */
-export const decryptEnvelope = (env: Envelope, key: Uint8Array): Result<Uint8Array> => {
+export const decryptEnvelope = (env: Envelope, key: Uint8Array, options: OpenOptions = {}): Result<Uint8Array> => {
   const s = getSodium();
   let body: Uint8Array;
   try {
@@ -151,17 +176,19 @@ export const decryptEnvelope = (env: Envelope, key: Uint8Array): Result<Uint8Arr
     }
   }
   if (flags & PayloadFlag.deflated) {
-    const inflated = inflateBounded(body.subarray(1), MAX_INFLATED_BYTES);
-    if (!inflated) return err(ErrorCode.BAD_PAYLOAD, 'deflated payload is malformed or too large');
+    const max = options.maxInflatedBytes ?? MAX_INFLATED_BYTES;
+    const inflated = inflateBounded(body.subarray(1), max);
+    if (inflated === 'too-large') return err(ErrorCode.LIMIT_EXCEEDED, `envelope ${env.device}#${env.counter} inflates past ${max} bytes`);
+    if (inflated === 'malformed') return err(ErrorCode.BAD_PAYLOAD, 'deflated payload is malformed');
     return ok(inflated);
   }
   return ok(body.subarray(1));
 };
 
 /** Verifies the author's signature, then decrypts with the document key; returns the payload. */
-export const openEnvelope = (env: Envelope, options: { key: Uint8Array; authorPublicKey: Uint8Array }): Result<Uint8Array> => {
+export const openEnvelope = (env: Envelope, options: OpenOptions & { key: Uint8Array; authorPublicKey: Uint8Array }): Result<Uint8Array> => {
   if (!verifyEnvelopeSignature(env, options.authorPublicKey)) {
     return err(ErrorCode.BAD_SIGNATURE, `envelope ${env.device}#${env.counter} is not signed by its author`);
   }
-  return decryptEnvelope(env, options.key);
+  return decryptEnvelope(env, options.key, options);
 };

@@ -11,6 +11,8 @@ export const ErrorCode = {
   FRAME_TOO_LARGE: 'FRAME_TOO_LARGE',
   UNSUPPORTED_VERSION: 'UNSUPPORTED_VERSION',
   UNEXPECTED_FRAME: 'UNEXPECTED_FRAME',
+  /** A frame nested deeper, or holding more values, than any protocol frame needs: refused before it is parsed. */
+  JSON_BUDGET: 'JSON_BUDGET',
   // Authentication and authorization.
   NOT_AUTHENTICATED: 'NOT_AUTHENTICATED',
   AUTH_FAILED: 'AUTH_FAILED',

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { b64Length } from './bytes.js';
 import { ErrorCode, type Result, err, ok } from './codes.js';
+import { type JsonBudget, RELAY_FRAME_JSON_BUDGET, checkJsonBudget } from './json-budget.js';
 import { EpochRecordSchema, RevocationSchema } from '../crypto/epochs.js';
 import { RecoveryResetSchema, RecoverySealedSchema } from '../crypto/recovery.js';
 import { TierNameSchema, TierPolicySchema } from '../policy/tiers.js';
@@ -24,6 +25,12 @@ export const WireLimits = {
   maxPartsPerUpdate: 4096,
   /** The relay's frame limit after authentication unless configured; a device assumes it until `ready` says. */
   defaultMaxFrameBytes: 1024 * 1024,
+  /**
+   * The largest frame a device reads from any relay, whatever the relay announces: a relay
+   * announcing more is clamped to this (and the device sizes its own parts by it), so no relay
+   * can make a device buffer and parse more than this per frame.
+   */
+  maxInboundFrameBytes: 8 * 1024 * 1024,
   /** Device certificates a relay sends in `ready`. */
   maxCertificates: 256,
   /** Issuer certificates a new device may present with its own. */
@@ -368,10 +375,14 @@ export interface RawFrame {
   readonly json: Readonly<Record<string, unknown>>;
 }
 
-const readWith = (known: ReadonlySet<string>, data: string | Uint8Array, maxBytes: number): Result<RawFrame> => {
+const readWith = (known: ReadonlySet<string>, data: string | Uint8Array, maxBytes: number, budget?: JsonBudget): Result<RawFrame> => {
   if (typeof data !== 'string') return err(ErrorCode.BINARY_FRAME, 'binary frames are not part of protocol v1; send JSON text');
   // A JS string's length bounds its UTF-8 size from below; `maxBytes` guards parse cost.
   if (data.length > maxBytes) return err(ErrorCode.FRAME_TOO_LARGE, `frame of ${data.length} characters exceeds ${maxBytes}`);
+  if (budget) {
+    const within = checkJsonBudget(data, budget);
+    if (!within.ok) return within;
+  }
   let json: unknown;
   try {
     json = JSON.parse(data);
@@ -406,9 +417,12 @@ export const parseClientFrame = (data: string | Uint8Array, maxBytes: number): R
   return raw.ok ? validateClientFrame(raw.value) : raw;
 };
 
-/** Parses a frame the relay sent to a device. */
-export const parseRelayFrame = (data: string | Uint8Array, maxBytes: number): Result<RelayFrame> => {
-  const raw = readWith(RELAY_TYPES, data, maxBytes);
+/**
+ * Parses a frame the relay sent to a device: size, then the JSON budget (depth and values,
+ * checked before JSON.parse so a hostile frame costs one linear scan), then its schema.
+ */
+export const parseRelayFrame = (data: string | Uint8Array, maxBytes: number, budget: JsonBudget = RELAY_FRAME_JSON_BUDGET): Result<RelayFrame> => {
+  const raw = readWith(RELAY_TYPES, data, maxBytes, budget);
   return raw.ok ? validateWith(RelayFrameSchema, raw.value) : raw;
 };
 
@@ -423,3 +437,24 @@ const FRAME_OVERHEAD_CHARS = 2048;
  * flag byte and the AEAD tag.
  */
 export const maxPartPayloadBytes = (maxFrameBytes: number): number => Math.max(1024, Math.floor(((maxFrameBytes - FRAME_OVERHEAD_CHARS) * 3) / 4) - 64);
+
+/** Room above a relay's announced frame limit for what an `updates` frame adds around one envelope (seq, item wrapping). */
+const INBOUND_MARGIN_BYTES = 64 * 1024;
+
+/**
+ * The frame limit a device sizes its own frames by: the relay's announced one, clamped so that
+ * an envelope it pushes still fits in the frame other devices receive it in (below
+ * maxInboundFrameBytes with the margin). A relay announcing 64 MiB gets parts of about 8 MiB.
+ */
+export const clampRelayFrameLimit = (announced: number): number => Math.min(announced, WireLimits.maxInboundFrameBytes - INBOUND_MARGIN_BYTES);
+
+/**
+ * The largest frame a device accepts from its relay. Before `ready` (`announced` undefined) the
+ * relay's default limit: a challenge and a `ready` fit in it. After, the announced limit (clamped)
+ * plus a margin, never below the default: the relay packs catch-up pages by its own measure
+ * (up to 512 envelopes), whatever limit it enforces on pushes. At most maxInboundFrameBytes.
+ */
+export const inboundFrameBudget = (announced?: number): number => {
+  if (announced === undefined) return WireLimits.defaultMaxFrameBytes;
+  return Math.max(clampRelayFrameLimit(announced), WireLimits.defaultMaxFrameBytes) + INBOUND_MARGIN_BYTES;
+};
