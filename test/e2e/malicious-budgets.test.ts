@@ -14,6 +14,7 @@ import {
   type Seq,
   type TierState,
   WireLimits,
+  certifyDevice,
   createChallengeNonce,
   encodeFrame,
   generateDeviceKeys,
@@ -265,6 +266,31 @@ describe('finding 6: budgets on what the relay sends', () => {
     const n = v.relay.log(v.docId).length;
     v.doc.getMap('plan').set('after', 'the flood');
     await waitFor(() => v.relay.log(v.docId).length > n, 5_000, 'an edit after the flood');
+  });
+});
+
+describe('2,000 device frames (finding 6: each re-hashed every pending certificate, 17 s)', () => {
+  it('forged certificates naming a real issuer and replays of genuine ones: no stall, no growth, only the genuine devices trusted', async () => {
+    const v = await victim();
+    const genuine = await Promise.all(Array.from({ length: 10 }, () => linkNewDevice(v.identity)));
+    const forger = generateDeviceKeys();
+    // Signed by a stranger's key under the victim's device id: each one costs a signature check.
+    const forged = Array.from({ length: 1_000 }, (_, i) =>
+      certifyDevice(v.identity.user, { ...forger, deviceId: v.identity.device.deviceId }, generateDeviceKeys().publicKey, i + 1),
+    );
+    const watch = watchProcess();
+    for (let i = 0; i < 2_000; i++) {
+      v.relay.toDevice({ type: 'device', cert: i % 2 === 0 ? forged[i / 2]! : genuine[(i >> 1) % 10]!.cert });
+    }
+    await waitFor(() => genuine.every((g) => v.device.client.devices().some((c) => c.device === g.device.deviceId)), 10_000, 'the genuine devices');
+    // A round trip through the socket: every device frame before it has been handled.
+    const n = v.relay.log(v.docId).length;
+    v.doc.getMap('plan').set('after', 'the flood');
+    await waitFor(() => v.relay.log(v.docId).length > n, 5_000, 'an edit after the flood');
+    expectBounded(watch.stop(), '2,000 device frames');
+    const trusted = new Set(v.device.client.devices().map((c) => c.device));
+    expect(trusted.size).toBe(11);
+    expect(forged.some((c) => trusted.has(c.device))).toBe(false);
   });
 });
 
