@@ -46,6 +46,7 @@ import type { ClientStore } from './storage/client-store.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
+import { ProofRequests } from './sync/proof-requests.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 
@@ -132,6 +133,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #documentState: ExternalDocState | undefined;
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
+  readonly #proofs: ProofRequests;
   readonly #keyring: KeyRing;
   readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   readonly #docs = new Map<DocId, DocSync>();
@@ -216,11 +218,28 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onError: (error) =>
         this.emit('error', [{ code: 'INTERNAL', message: `dispatch failed: ${error instanceof Error ? error.message : String(error)}` }]),
     });
+    this.#proofs = new ProofRequests({
+      subscribe: (sync) => this.#subscribe([sync]),
+      doc: (docId) => this.#docs.get(docId),
+      urgent: () => this.#idleWaiters.length > 0,
+      // Acknowledged, yet not in the log a catch-up just read: resent (once per connection).
+      onUnproved: (sync, counters) => this.#dispatcher.resendOnce(sync, counters),
+    });
     this.#link.start();
   }
 
   get status(): ClientStatus {
     return this.#status;
+  }
+
+  /**
+   * Local changes sealed but not yet proved in the relay's log: an acknowledgment alone does not
+   * count, only this device's envelope seen back in the log (or a snapshot covering it).
+   */
+  get unconfirmed(): number {
+    let count = 0;
+    for (const d of this.#docs.values()) count += d.unconfirmed;
+    return count;
   }
 
   /** The tier the relay enforces for this user (last known while offline). */
@@ -275,6 +294,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         partBytes: () => maxPartPayloadBytes(this.#maxFrameBytes),
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
+        onRewind: (sync) => {
+          if (this.#link.state === 'ready') this.#subscribe([sync]);
+        },
         onError: (error) => this.emit('error', [error]),
       });
       this.#opening.set(docId, opening);
@@ -372,7 +394,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /**
    * Sends every pending change now, ignoring the tier's batch window (the relay still enforces
-   * bandwidth and data limits), and resolves when all of them are acknowledged. Waits while
+   * bandwidth and data limits), and resolves when all of them are proved in the relay's log
+   * (this device saw them come back; an ack alone is only the relay's claim). Waits while
    * offline; rejects if the relay refuses this device for good. The changes stay stored either way.
    */
   async flush(): Promise<void> {
@@ -386,7 +409,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /**
-   * Resolves once every open document has caught up with the relay on this connection.
+   * Resolves once every open document has caught up with the relay on this connection and every
+   * local change is proved in its log (status `synced`).
    * Rejects if the relay refuses this device for good (revoked, unknown, bad signature).
    */
   whenSynced(): Promise<void> {
@@ -418,6 +442,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#closed = true;
     this.#link.stop();
     this.#dispatcher.close();
+    this.#proofs.close();
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
     await this.#pinWrite;
     this.#docs.clear();
@@ -617,10 +642,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (state !== 'ready') {
       for (const d of this.#docs.values()) d.resetSynced();
       this.#dispatcher.onLinkDown();
+      this.#proofs.onLinkDown();
     }
     this.#updateStatus();
   }
 
+  /** `synced` needs every document caught up and every local change proved; else `connected`. */
   #updateStatus(): void {
     const state = this.#link.state;
     if (this.#closed) return;
@@ -702,10 +729,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onFrame(frame: RelayFrame): void {
     switch (frame.type) {
       case 'ack':
-        for (const { doc, counter, seq, kind } of frame.acks) {
+        // A claim: it lets the next write go, but the envelope stays until its proof is seen
+        // (the relay-chosen seq is never marked as received).
+        for (const { doc, counter, kind } of frame.acks) {
           if (kind === 'snapshot') continue;
           const sync = this.#docs.get(doc);
-          void sync?.acknowledge(counter, seq).then(() => this.#maybeSnapshot(sync));
+          if (sync?.claim(counter)) this.#proofs.claimed(sync);
           this.#dispatcher.onAck(doc, counter);
         }
         return;
@@ -713,7 +742,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         // A refused snapshot costs nothing: the next one covers more.
         if (frame.kind === 'snapshot') return;
         // The envelope stays in the outbox: a refused write is reported, never dropped.
-        this.#dispatcher.onReject(frame.doc, frame.counter, frame.retryAfterMs);
+        this.#dispatcher.onReject(frame.doc, frame.counter, frame.code, frame.retryAfterMs);
         if (frame.retryAfterMs !== undefined) this.emit('deferred', [{ doc: frame.doc, code: frame.code, retryAfterMs: frame.retryAfterMs }]);
         else this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);
         return;
@@ -737,10 +766,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         if (sync) void sync.withhold(frame.seqs, frame.through).then(() => this.#checkProgress());
         return;
       }
-      case 'synced':
-        this.#docs.get(frame.doc)?.markSynced(frame.seq);
+      case 'synced': {
+        const sync = this.#docs.get(frame.doc);
+        sync?.markSynced(frame.seq);
+        // Judged once what arrived before it is applied: only then is an unproved claim false.
+        if (sync) void sync.settle().then(() => this.#proofs.onSynced(frame.doc));
         this.#checkProgress();
         return;
+      }
       case 'tier':
         this.#applyTier(frame.tier);
         return;
