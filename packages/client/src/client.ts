@@ -287,6 +287,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         onPending: (sync, bytes) => {
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
+          // A local change not yet proved: no longer synced.
+          this.#updateStatus();
         },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
         // Large batches on bandwidth-limited tiers are deflated before sealing when that helps.
