@@ -1,80 +1,15 @@
-import {
-  type DeviceId,
-  type DocId,
-  type Envelope,
-  type KeelError,
-  basePriority,
-  deriveDocId,
-  deriveDocKey,
-  deriveEpochZeroSecret,
-  encodeSnapshotPayload,
-  sealEnvelope,
-} from '@keel/engine';
+import { encodeSnapshotPayload, sealEnvelope } from '@keel/engine';
 import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
-import { type Identity, createIdentity, linkNewDevice } from '../src/identity.js';
-import type { ClientStore } from '../src/storage/client-store.js';
 import { createMemoryStore } from '../src/storage/memory-store.js';
 import { MAX_KNOWN_SEQS, markSeq, markWithheld, newDocMeta, rewindTo } from '../src/sync/doc-meta.js';
-import { DocSync } from '../src/sync/doc-sync.js';
+import { mapUpdate, open, setup, writeAndSeal } from './doc-harness.js';
 
 /**
  * What a DocSync believes of the relay: an ack only claims, proof is the device's own envelope
  * back in the log (or a snapshot covering it), and a counter gap rewinds the received position.
  * Real keys, real Yjs; the relay's frames are played by hand.
  */
-
-interface Harness {
-  readonly sync: DocSync;
-  readonly errors: KeelError[];
-  readonly rewinds: number[];
-}
-
-const open = async (identity: Identity, peers: readonly Identity[], store: ClientStore, docId: DocId, key: Uint8Array): Promise<Harness> => {
-  const errors: KeelError[] = [];
-  const rewinds: number[] = [];
-  const keys = new Map<DeviceId, Uint8Array>(peers.map((p) => [p.device.deviceId, p.device.publicKey]));
-  const sync = await DocSync.load(docId, 'safety_plan', 'main', {
-    store,
-    identity,
-    keys: { current: () => ({ epoch: 0, key }), get: (epoch) => (epoch === 0 ? key : undefined) },
-    peerKey: (device) => keys.get(device),
-    onPending: () => {},
-    shouldStage: () => false,
-    compress: () => false,
-    partBytes: () => 1 << 20,
-    onStaged: () => {},
-    onProgress: () => {},
-    onRewind: (s) => rewinds.push(s.lastSeq),
-    onError: (error) => errors.push(error),
-  });
-  return { sync, errors, rewinds };
-};
-
-/** A self-contained update setting m[k] = v (its own Yjs client id). */
-const mapUpdate = (k: string, v: unknown): Uint8Array => {
-  const doc = new Y.Doc();
-  doc.getMap('m').set(k, v);
-  return Y.encodeStateAsUpdate(doc);
-};
-
-const setup = async () => {
-  const a = await createIdentity();
-  const b = await linkNewDevice(a);
-  const docId = deriveDocId(a.user.docIdKey, 'safety_plan', 'main');
-  const key = deriveDocKey(deriveEpochZeroSecret(a.user.rootKey), docId, 0);
-  const lane = basePriority('safety_plan');
-  const sealBy = (who: Identity, counter: number, payload: Uint8Array): Envelope =>
-    sealEnvelope({ doc: docId, kind: 'update', epoch: 0, device: who.device.deviceId, counter, lane }, payload, { key, signingKey: who.device.secretKey });
-  return { a, b, docId, key, lane, sealBy };
-};
-
-/** Writes locally and seals it, as the dispatcher would; returns the sealed envelopes. */
-const writeAndSeal = async (h: Harness, k: string, v: unknown): Promise<Envelope[]> => {
-  h.sync.doc.getMap('m').set(k, v);
-  await h.sync.settle();
-  return h.sync.seal(h.sync.baseLane);
-};
 
 describe('an ack is a claim', () => {
   it('keeps the envelope durably and never marks the claimed seq; only its own envelope back in the log removes it', async () => {
