@@ -219,7 +219,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.emit('error', [{ code: 'INTERNAL', message: `dispatch failed: ${error instanceof Error ? error.message : String(error)}` }]),
     });
     this.#proofs = new ProofRequests({
-      subscribe: (sync) => this.#subscribe([sync]),
+      subscribe: (sync, after) => this.#link.send({ type: 'sub', docs: [{ doc: sync.docId, after: after as Seq }] }),
       doc: (docId) => this.#docs.get(docId),
       urgent: () => this.#idleWaiters.length > 0,
       // Acknowledged, yet not in the log a catch-up just read: resent (once per connection).
@@ -733,10 +733,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       case 'ack':
         // A claim: it lets the next write go, but the envelope stays until its proof is seen
         // (the relay-chosen seq is never marked as received).
-        for (const { doc, counter, kind } of frame.acks) {
+        for (const { doc, counter, seq, kind } of frame.acks) {
           if (kind === 'snapshot') continue;
           const sync = this.#docs.get(doc);
-          if (sync?.claim(counter)) this.#proofs.claimed(sync);
+          if (sync?.claim(counter, seq)) this.#proofs.claimed(sync);
           this.#dispatcher.onAck(doc, counter);
         }
         return;

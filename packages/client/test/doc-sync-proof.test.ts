@@ -17,8 +17,8 @@ describe('an ack is a claim', () => {
     const store = createMemoryStore();
     const h = await open(a, [a, b], store, docId, key);
     const [env] = await writeAndSeal(h, 'call', '988');
-    expect(h.sync.claim(env!.counter)).toBe(true);
-    expect(h.sync.claim(env!.counter)).toBe(false);
+    expect(h.sync.claim(env!.counter, 1)).toBe(true);
+    expect(h.sync.claim(env!.counter, 1)).toBe(false);
     expect(h.sync.unconfirmed).toBe(1);
     expect(h.sync.lastSeq).toBe(0);
     expect(h.sync.busy).toBe(true);
@@ -116,7 +116,7 @@ describe('the received position', () => {
     const { a, b, docId, key, sealBy } = await setup();
     const h = await open(a, [a, b], createMemoryStore(), docId, key);
     const [mine] = await writeAndSeal(h, 'call', '988');
-    h.sync.claim(mine!.counter);
+    h.sync.claim(mine!.counter, 7);
     await h.sync.receive([{ seq: 2, env: sealBy(b, 1, mapUpdate('b', 1)) }]);
     h.sync.markSynced(2);
     await h.sync.settle();
@@ -126,6 +126,28 @@ describe('the received position', () => {
     await h.sync.settle();
     expect(h.sync.lastSeq).toBe(2);
     expect(h.sync.synced).toBe(true);
+    await h.sync.close();
+  });
+
+  it('asks for proof from just below the lowest claimed seq only when everything below it is here', async () => {
+    const { a, b, docId, key, sealBy } = await setup();
+    const h = await open(a, [a, b], createMemoryStore(), docId, key);
+    const [mine] = await writeAndSeal(h, 'call', '988');
+    // Seq 1 missing, seq 2 here: a catch-up must start at lastSeq whatever the ack named.
+    await h.sync.receive([{ seq: 2, env: sealBy(b, 1, mapUpdate('b1', 1)) }]);
+    h.sync.claim(mine!.counter, 3);
+    expect(h.sync.proofAfter()).toBe(0);
+    await h.sync.receive([{ seq: 1, env: sealBy(b, 1, mapUpdate('b1', 1)) }]);
+    await h.sync.withhold([3, 4, 5]);
+    h.sync.unclaim([mine!.counter]);
+    h.sync.claim(mine!.counter, 6);
+    // 1, 2 received, 3..5 withheld: the catch-up starts at 5, not at lastSeq 2.
+    expect(h.sync.lastSeq).toBe(2);
+    expect(h.sync.proofAfter()).toBe(5);
+    // A seq far beyond anything known is not believed.
+    h.sync.unclaim([mine!.counter]);
+    h.sync.claim(mine!.counter, 1_000_000);
+    expect(h.sync.proofAfter()).toBe(2);
     await h.sync.close();
   });
 

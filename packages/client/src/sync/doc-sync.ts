@@ -133,8 +133,8 @@ export class DocSync {
   readonly #meta: DocMeta;
   readonly #pending = new Map<number, Uint8Array>();
   readonly #outbox = new Map<number, Envelope>();
-  /** Outbox counters the relay acknowledged (on this connection) that are not proved yet. */
-  readonly #claimed = new Set<number>();
+  /** Outbox counters the relay acknowledged (on this connection) and not proved yet, with the seq it named. */
+  readonly #claimed = new Map<number, number>();
   /** (author, expected counter) gaps already answered by a rewind on this connection: never a loop. */
   readonly #rewound = new Set<string>();
   /** Split updates being received, by author; applied once complete, never persisted half-done. */
@@ -241,7 +241,24 @@ export class DocSync {
 
   /** Counters acknowledged by the relay on this connection and not proved since. */
   claimed(): number[] {
-    return [...this.#claimed];
+    return [...this.#claimed.keys()];
+  }
+
+  /**
+   * Where a catch-up that proves the claimed envelopes may start: just below the lowest seq the
+   * acks named, when everything from `lastSeq` up to there is here already (received or
+   * withheld), so entries that arrived live are not downloaded again; `lastSeq` otherwise. The
+   * named seqs are the relay's word: a wrong one costs at most a resend, never a seq marked.
+   */
+  proofAfter(): number {
+    const lowest = Math.min(...this.#claimed.values());
+    const floor = lowest - 1;
+    const { lastSeq, ahead, withheld } = this.#meta;
+    // More seqs to cover than are known above lastSeq: some are missing (or the seq is made up).
+    if (!Number.isFinite(floor) || floor <= lastSeq || floor - lastSeq > ahead.length + withheld.length) return lastSeq;
+    const known = new Set([...ahead, ...withheld]);
+    for (let seq = lastSeq + 1; seq <= floor; seq++) if (!known.has(seq)) return lastSeq;
+    return floor;
   }
 
   /** Remote updates waiting for the app to accept them (manual conflict resolution). */
@@ -403,9 +420,9 @@ export class DocSync {
    * The relay says it committed our envelope `counter`: a claim. The envelope stays in the outbox
    * (durably) until proved; returns whether it was an unproved envelope not claimed before.
    */
-  claim(counter: number): boolean {
+  claim(counter: number, seq: number): boolean {
     if (!this.#outbox.has(counter) || this.#claimed.has(counter)) return false;
-    this.#claimed.add(counter);
+    this.#claimed.set(counter, seq);
     return true;
   }
 

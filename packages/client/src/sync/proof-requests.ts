@@ -8,8 +8,8 @@ import type { DocSync } from './doc-sync.js';
 export const PROOF_DEBOUNCE_MS = 50;
 
 export interface ProofRequestsDeps {
-  /** Asks the relay for the document's log after its received position (a `sub`). */
-  readonly subscribe: (sync: DocSync) => void;
+  /** Asks the relay for the document's log after `after` (a `sub`). */
+  readonly subscribe: (sync: DocSync, after: number) => void;
   readonly doc: (docId: DocId) => DocSync | undefined;
   /** Someone waits for proof (a flush): no debounce. */
   readonly urgent: () => boolean;
@@ -66,7 +66,7 @@ export class ProofRequests {
     const claimed = sync.claimed();
     if (claimed.length === 0) return;
     this.#outstanding.set(sync.docId, claimed);
-    this.#deps.subscribe(sync);
+    this.#deps.subscribe(sync, sync.proofAfter());
   }
 
   /**
