@@ -3,9 +3,11 @@ import type { DocSync } from './doc-sync.js';
 
 /**
  * How long acks of a non-crisis document are gathered before proof is asked for: one catch-up
- * then proves a burst of writes instead of each write costing its own.
+ * then proves a burst of writes instead of each write costing its own. Every catch-up is a task
+ * in the relay's work queue; at 50 ms the soak's honest crisis p99 rose from ~90 to 200–250 ms,
+ * at 250 ms it stayed at ~95 ms (test/attacks/soak.test.ts).
  */
-export const PROOF_DEBOUNCE_MS = 50;
+export const PROOF_DEBOUNCE_MS = 250;
 
 export interface ProofRequestsDeps {
   /** Asks the relay for the document's log after `after` (a `sub`). */
