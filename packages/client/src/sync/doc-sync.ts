@@ -432,8 +432,9 @@ export class DocSync {
   }
 
   /**
-   * Our envelopes up to `counter` are in the relay's log — `seq` is where the last one was seen
-   * (absent when a snapshot proved them): they leave the outbox. Caller persists the meta.
+   * Our envelopes `counters` are in the relay's log — `seq` is where one was seen (absent when a
+   * snapshot proved them): they leave the outbox. Adds their removal to `ops`; the caller
+   * persists those with the meta.
    */
   #prove(ops: StorageOp[], counters: readonly number[], seq?: number): void {
     const self = this.#deps.identity.device.deviceId;
