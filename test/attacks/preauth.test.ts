@@ -20,7 +20,10 @@ describe('attack: unauthenticated memory and CPU', () => {
     const before = memoryOf(relay.pid);
     const attacker = await startAttacker(scope, {
       url: relay.url,
-      sockets: Array.from({ length: 4 }, () => ({ frames: [{ junk: 30 * 1024 * 1024 }] })),
+      // Each waits for the relay's close (up to 5 s) instead of closing first: on a loaded machine the
+      // send callback can fire before the relay has read the header, and an attacker's own 1000 then
+      // raced the relay's 1009.
+      sockets: Array.from({ length: 4 }, () => ({ frames: [{ junk: 30 * 1024 * 1024 }], hold: 5_000 })),
       waves: 8,
       durationMs: 10_000,
     });

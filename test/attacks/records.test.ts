@@ -129,5 +129,12 @@ describe('attack: unbounded records', () => {
     s.sendFrame({ type: 'register', cert: certifyDevice(mallory.user, mallory.device, refusedTotal.publicKey, Date.now()) });
     expect((await s.nextOf('error', 5_000)).code).toBe(ErrorCode.LIMIT_EXCEEDED);
     expect(countRows(relay.dbPath, 'SELECT count(*) AS n FROM devices WHERE user_id = ?', mallory.user.userId)).toBe(12);
+    // Signed revocations are kept one per revoked device: revoking one again replaces its record.
+    for (let i = 0; i < 8; i++) {
+      const revocation = signRevocation(mallory.user.userId, devices[0]!, mallory.device, Date.now() + i);
+      s.sendFrame({ type: 'revoke', revocation });
+      await s.next((f) => f.type === 'revoked' && f.revocation?.sig === revocation.sig, 5_000);
+    }
+    expect(countRows(relay.dbPath, 'SELECT count(*) AS n FROM revocations WHERE user_id = ?', mallory.user.userId)).toBe(6);
   });
 });

@@ -168,8 +168,16 @@ describe('recovery from a stolen device', () => {
     const thiefRaw = await openRawSocket(relay.url);
     scope.defer(() => thiefRaw.close());
     thiefRaw.sendFrame({ type: 'hello', v: PROTOCOL_VERSION, user: owner.tabletId.user.userId, device: owner.tabletId.device.deviceId });
+    // Once it proves its key it is shown the signed reset that revoked it, then refused.
+    const thiefChallenge = await thiefRaw.nextOf('challenge');
+    thiefRaw.sendFrame({ type: 'auth', sig: signChallenge(thiefChallenge.relay, thiefChallenge.nonce, owner.tabletId.user.userId, owner.tabletId.device.deviceId, owner.tabletId.device.secretKey) });
+    const notice = await thiefRaw.nextOf('revoked');
+    expect(notice).toMatchObject({ device: owner.tabletId.device.deviceId, reset: { gen: 1 } });
+    expect(notice.reset?.keep).toContain(phoneId.device.deviceId);
+    expect(notice.reset?.keep).not.toContain(owner.tabletId.device.deviceId);
     expect((await thiefRaw.nextOf('error')).code).toBe(ErrorCode.DEVICE_REVOKED);
     expect((await thiefRaw.expectClose()).code).toBe(CloseCode.DEVICE_REVOKED);
+    expect(thiefRaw.received.some((f) => f.type === 'ready')).toBe(false);
     // Nor sign a reset of its own: it holds the root and user keys, not the recovery key.
     const forged = signRecoveryReset(owner.tabletId.user.userId, [owner.tabletId.device.deviceId], 2, { publicKey: owner.tabletId.user.userPublicKey, secretKey: owner.tabletId.user.userSecretKey }, Date.now());
     const forgery = await openRawSocket(relay.url);
@@ -209,7 +217,8 @@ describe('recovery from a stolen device', () => {
     await waitFor(() => onLaptop.plan.getMap('contacts').get('sister') === '555-0199', 3_000, 'the laptop reads the later write');
     const env = lastStoredEnvelope(relay.dbPath, phoneId.user.userId, phone.client.docId(PLAN));
     expect(env.epoch).toBe(Math.max(...storedEpochs(relay, phoneId.user.userId).map((r) => r.epoch)));
-    expect(env.epoch).toBeGreaterThan(2);
+    // The epoch the recovery published (the thief's own epochs are dirty: it holds them).
+    expect(storedEpochs(relay, phoneId.user.userId).find((r) => r.epoch === env.epoch)?.issuer).toBe(phoneId.device.deviceId);
     thiefCannotRead(relay, owner.tabletId, env);
 
     // Converged byte for byte.

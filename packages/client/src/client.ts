@@ -22,6 +22,8 @@ import {
   deriveDocId,
   detectCrisis,
   effectivePriority,
+  ErrorCode,
+  MAX_EPOCH_RECIPIENTS,
   parseAssessment,
   certifyDevice,
   createEpochRecord,
@@ -32,15 +34,12 @@ import {
   openEpochRecord,
   sealToDevice,
   signRevocation,
-  verifyCertificateChain,
-  verifyEpochRecord,
   verifyPairingProof,
 } from '@keel/engine';
-import { z } from 'zod';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
 import { type Identity, authorizeDevice } from './identity.js';
-import { KeyRing } from './keyring.js';
+import { type HeldEpochs, KeyRing, parseStoredEpochs } from './keyring.js';
 import { encodeGrant } from './pairing.js';
 import type { ClientStore } from './storage/client-store.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
@@ -49,6 +48,7 @@ import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
 import { ProofRequests } from './sync/proof-requests.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
+import { type TrustView, TrustBook, chooseWriteEpoch, epochMetaOf } from './trust-book.js';
 
 export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
 
@@ -109,10 +109,10 @@ const TIER_KEY = ['client', 'tier'];
 /** The relay id this device pinned, kept next to the tier so a restart keeps the pin. */
 const RELAY_KEY = ['client', 'relay'];
 const EPOCHS_KEY = ['client', 'epochs'];
+/** The trust book: every certificate, revocation and reset this device verified (trust-book.ts). */
+const TRUST_KEY = ['client', 'trust'];
 /** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
 export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
-
-const StoredEpochsSchema = z.record(z.string().regex(/^[1-9][0-9]*$/), z.string().regex(/^[A-Za-z0-9_-]{43}$/));
 
 /** How long revoking waits for the relay to announce what the revocation took with it. */
 const REVOKE_CONFIRM_MS = 5_000;
@@ -138,15 +138,16 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   readonly #docs = new Map<DocId, DocSync>();
   readonly #opening = new Map<DocId, Promise<DocSync>>();
-  /** Live devices this device verified: recipients of new key epochs. */
-  #peers = new Map<DeviceId, Uint8Array>();
-  /** Every device this device verified, revoked ones too: what they wrote before still verifies. */
-  #authors = new Map<DeviceId, Uint8Array>();
-  #certs: DeviceCertificate[] = [];
-  /** Certificates of revoked devices, as the relay listed them in `ready` or announced by `revoked`. */
-  #revokedCerts: DeviceCertificate[] = [];
+  /** What this device verified about its user's devices; liveness comes from it alone, never from the relay's lists. */
+  readonly #book: TrustBook;
+  /** The live devices last announced by a `devices` event (sorted ids), so one is emitted per change. */
+  #announcedLive = '';
   /** Highest key epoch any verified record named, sealed to this device or not: the next one is above it. */
   #epochHigh = 0;
+  /** A key epoch this device published and waits to see echoed by the relay before it seals with it. */
+  #rotation: { readonly epoch: number; readonly sig: string; readonly echoed: Promise<void>; readonly done: () => void } | undefined;
+  /** Persisting the trust book and the epochs, in order; close() waits for it. */
+  #trustWrite: Promise<void> = Promise.resolve();
   readonly #revokeWaiters = new Map<DeviceId, () => void>();
   #vouchWaiter: { device: DeviceId; resolve: () => void; reject: (e: Error) => void } | undefined;
   #tier: TierState;
@@ -169,8 +170,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   constructor(
     options: KeelClientOptions,
     initialTier: TierState = UNKNOWN_TIER,
-    storedEpochs: Readonly<Record<string, string>> = {},
+    storedEpochs: HeldEpochs = {},
     storedRelay?: RelayId,
+    storedTrust?: unknown,
   ) {
     super();
     this.identity = options.identity;
@@ -178,9 +180,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#documentState = options.documentState;
     this.#tier = initialTier;
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
-    this.#keyring = new KeyRing(options.identity.user.rootKey, { ...options.identity.epochs, ...storedEpochs });
-    this.#peers.set(options.identity.device.deviceId, options.identity.device.publicKey);
-    this.#authors.set(options.identity.device.deviceId, options.identity.device.publicKey);
+    const granted = Object.fromEntries(Object.entries(options.identity.epochs ?? {}).map(([epoch, secret]) => [epoch, { secret }]));
+    this.#keyring = new KeyRing(options.identity.user.rootKey, { ...granted, ...storedEpochs });
+    this.#epochHigh = this.#keyring.newest;
+    const { user, device, recoveryKey } = options.identity;
+    this.#book = TrustBook.restore({ user: user.userId, self: device, recoveryKey }, storedTrust);
+    // The identity's own chain: this device verifies its issuers even before the relay answers.
+    this.#book.add({ certs: [...options.identity.chain, options.identity.cert] });
+    this.#announcedLive = this.#liveKey(this.#book.view());
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
     if (!Impl) throw new Error('no WebSocket implementation: pass one as options.WebSocket (in Node: the ws package)');
     const factory: WebSocketFactory = (url) => new Impl(url) as WebSocketLike;
@@ -190,6 +197,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onReady: (frame) => this.#onReady(frame),
       onFrame: (frame) => this.#onFrame(frame),
       onError: (error) => {
+        // Another device published that epoch number first (both saw the same revocation): its
+        // record reaches this device too, and the next decision takes it or rotates above it.
+        if (!error.final && error.code === ErrorCode.UNKNOWN_EPOCH && this.#rotation) {
+          const refused = this.#rotation;
+          this.#rotation = undefined;
+          refused.done();
+          return;
+        }
         // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
         if (!error.final && this.#vouchWaiter) {
           this.#vouchWaiter.reject(toError(error));
@@ -225,6 +240,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       // Acknowledged, yet not in the log a catch-up just read: resent (once per connection).
       onUnproved: (sync, counters) => this.#dispatcher.resendOnce(sync, counters),
     });
+    // Offline too: a device that knows one of its epochs is dirty keeps new changes pending.
+    this.#chooseWriteEpoch();
     this.#link.start();
   }
 
@@ -283,12 +300,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         ...(this.#documentState ? { docState: this.#documentState } : {}),
         identity: this.identity,
         keys: this.#keyring.forDoc(docId),
-        peerKey: (device) => this.#authors.get(device),
+        peerKey: (device) => this.#book.view().authors.get(device),
+        nonLive: () => this.#book.view().nonLive,
         onPending: (sync, bytes) => {
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
           // A local change not yet proved: no longer synced.
           this.#updateStatus();
+          if (this.#keyring.writeEpoch === undefined) this.#rotate();
         },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
         // Large batches on bandwidth-limited tiers are deflated before sealing when that helps.
@@ -308,6 +327,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (!this.#docs.has(docId)) {
       this.#docs.set(docId, sync);
       if (sync.hasPending) this.#dispatcher.write(docId, this.#priorityOf(sync), sync.pendingBytes);
+      if (sync.hasPending && this.#keyring.writeEpoch === undefined) this.#rotate();
       if (this.#link.state === 'ready') this.#startDoc(sync);
       this.#updateStatus();
     }
@@ -445,16 +465,24 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#link.stop();
     this.#dispatcher.close();
     this.#proofs.close();
+    this.#rotation?.done();
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
     await this.#pinWrite;
+    await this.#trustWrite;
     this.#docs.clear();
     this.#setStatus('closed');
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
   }
 
-  /** The user's devices this device can verify (certified, not revoked), this one included. */
+  /** The user's live devices as this device verified them (one certificate each), this one included. */
   devices(): DeviceCertificate[] {
-    return this.#certs.filter((c) => this.#peers.has(c.device));
+    const view = this.#book.view();
+    const out: DeviceCertificate[] = [];
+    for (const device of view.live.keys()) {
+      const cert = device === this.identity.device.deviceId ? this.identity.cert : this.#book.certificatesOf(device)[0];
+      if (cert) out.push(cert);
+    }
+    return out;
   }
 
   /**
@@ -496,6 +524,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       return;
     }
     const grant = authorizeDevice(this.identity, deviceKey);
+    this.#addRecords({ certs: [grant.cert] });
     this.#link.send({ type: 'register', cert: grant.cert });
     // The new device pins the deployment this one trusts, not whatever relay it first meets.
     const relayId = this.#link.relayId;
@@ -513,8 +542,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   async revokeDevice(device: DeviceId): Promise<number> {
     if (this.#link.state !== 'ready') throw new Error('revocation needs a connection to the relay');
     const { user, device: me } = this.identity;
-    // The relay announces the devices the revocation took with it before the target itself:
-    // waiting for the target's frame keeps all of them out of the new epoch.
+    // The relay announces the devices the revocation took with it before the target itself;
+    // the trust book computes the same cascade, and waiting lets vouches the relay knows arrive.
     const announced = new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, REVOKE_CONFIRM_MS);
       this.#revokeWaiters.set(device, () => {
@@ -522,18 +551,22 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         resolve();
       });
     });
-    this.#link.send({ type: 'revoke', revocation: signRevocation(user.userId, device, me, Date.now()) });
+    const revocation = signRevocation(user.userId, device, me, Date.now());
+    this.#link.send({ type: 'revoke', revocation });
+    // Our own signed record, believed at once: the book computes the cascade, the epochs the
+    // revoked devices held turn dirty, and a rotation to the remaining live devices starts.
+    this.#addRecords({ revocations: [revocation] });
+    if (this.#keyring.writeEpoch === undefined) this.#rotate();
+    const rotation = this.#rotation;
     await announced;
     this.#revokeWaiters.delete(device);
-    this.#forgetDevice(device);
-    const remaining = new Map([...this.#peers].filter(([id]) => id !== device));
-    const epoch = Math.max(this.#keyring.current, this.#epochHigh) + 1;
-    const secret = generateEpochSecret();
-    this.#link.send({ type: 'epoch', record: createEpochRecord(user.userId, epoch, me, secret, remaining, Date.now(), this.identity.recoveryKey) });
-    this.#keyring.add(epoch, secret);
-    this.#epochHigh = Math.max(this.#epochHigh, epoch);
-    await this.#store.save(EPOCHS_KEY, encodeJson(this.#keyring.export()));
-    return epoch;
+    if (rotation) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([rotation.echoed, new Promise((resolve) => (timer = setTimeout(resolve, REVOKE_CONFIRM_MS)))]);
+      clearTimeout(timer);
+      return rotation.epoch;
+    }
+    return this.#keyring.writeEpoch ?? this.#keyring.newest;
   }
 
   /**
@@ -544,10 +577,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   async vouchFor(device: DeviceId): Promise<void> {
     if (this.#link.state !== 'ready') throw new Error('vouching needs a connection to the relay');
     if (this.#vouchWaiter) throw new Error('one vouch at a time');
-    const target = this.#certs.find((c) => c.device === device);
-    if (!target || !this.#peers.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
+    const target = this.#book.certificatesOf(device)[0];
+    if (!target || !this.#book.view().live.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
     const { user, device: me } = this.identity;
     const cert = certifyDevice(user, me, fromB64(target.deviceKey), Date.now());
+    this.#addRecords({ certs: [cert] });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#vouchWaiter = undefined;
@@ -563,35 +597,111 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     });
   }
 
-  /** A device is revoked: it stays an author of what it wrote before, never a recipient again. */
-  #forgetDevice(device: DeviceId): void {
-    const cert = this.#certs.find((c) => c.device === device);
-    this.#certs = this.#certs.filter((c) => c.device !== device);
-    if (cert && !this.#revokedCerts.some((c) => c.device === device)) this.#revokedCerts = [...this.#revokedCerts, cert];
-    this.#verifyPeers();
+  /**
+   * Adds what verifies to the trust book (nothing is ever removed), then, if it changed: persists
+   * it, freezes newly revoked authors in open documents, announces the live devices and picks the
+   * epoch to write under again (rotating when none is clean). Returns whether anything was new.
+   */
+  #addRecords(records: Parameters<TrustBook['add']>[0], chooseEpoch = true): boolean {
+    const { changed, overflow } = this.#book.add(records);
+    if (overflow > 0) {
+      this.emit('error', [{ code: ErrorCode.LIMIT_EXCEEDED, message: `${overflow} verified device records did not fit in the trust book (at most ${WireLimits.maxCertificates} of each)` }]);
+    }
+    if (!changed) return false;
+    const view = this.#book.view();
+    this.#persist(TRUST_KEY, () => this.#book.toStored(), 'the trust book');
+    for (const sync of this.#docs.values()) void sync.freezeAuthors(view.nonLive);
+    const live = this.#liveKey(view);
+    if (live !== this.#announcedLive) {
+      this.#announcedLive = live;
+      this.emit('devices', [this.devices()]);
+    }
+    if (chooseEpoch) this.#chooseWriteEpoch();
+    return true;
   }
 
-  /** Opens the epoch records sealed to this device; returns true if any was new. */
+  #liveKey(view: TrustView): string {
+    return [...view.live.keys()].sort().join(' ');
+  }
+
+  /** Writes `what()` under `key` after every earlier trust write (so the last state wins). */
+  #persist(key: readonly string[], what: () => unknown, name: string): void {
+    this.#trustWrite = this.#trustWrite
+      .then(() => this.#store.save([...key], encodeJson(what())))
+      .catch((error: unknown) => {
+        this.emit('error', [{ code: 'INTERNAL', message: `cannot store ${name}: ${error instanceof Error ? error.message : String(error)}` }]);
+      });
+  }
+
+  /**
+   * Writes go under the newest clean epoch this device holds (no holder known revoked). With
+   * none, this device rotates once it has something to write (or revokes): a new epoch sealed
+   * only to live devices (and the recovery key), used once the relay echoed it; until then
+   * local changes stay pending. Rotating lazily lets the revoking device's epoch arrive first,
+   * instead of every device racing it for the same number.
+   */
+  #chooseWriteEpoch(): void {
+    const before = this.#keyring.writeEpoch;
+    const epoch = chooseWriteEpoch(this.#keyring.held(), this.#book.view());
+    this.#keyring.useForWriting(epoch);
+    if (epoch === undefined) {
+      if ([...this.#docs.values()].some((d) => d.hasPending)) this.#rotate();
+      return;
+    }
+    if (epoch === before) return;
+    // Changes that waited for a clean key go out now.
+    for (const sync of this.#docs.values()) if (sync.hasPending) this.#dispatcher.write(sync.docId, this.#priorityOf(sync), sync.pendingBytes);
+    if (this.#flushRequested) void this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
+  }
+
+  #rotate(): void {
+    if (this.#rotation || this.#link.state !== 'ready' || this.#closed) return;
+    const { user, device: me, recoveryKey } = this.identity;
+    const view = this.#book.view();
+    const epoch = Math.max(this.#keyring.newest, this.#epochHigh) + 1;
+    // Live devices only (this one always); more than a record can name is refused by the relay anyway.
+    const recipients = new Map([...view.live].slice(0, MAX_EPOCH_RECIPIENTS));
+    recipients.set(me.deviceId, me.publicKey);
+    const record = createEpochRecord(user.userId, epoch, me, generateEpochSecret(), recipients, Date.now(), recoveryKey);
+    let done = () => {};
+    const echoed = new Promise<void>((resolve) => (done = resolve));
+    this.#rotation = { epoch, sig: record.sig, echoed, done };
+    this.#epochHigh = Math.max(this.#epochHigh, epoch);
+    this.#link.send({ type: 'epoch', record });
+  }
+
+  /**
+   * Takes the verified epoch records: opens those sealed to this device (any verified epoch may
+   * be read), records who holds each, and settles a rotation the relay echoed. Returns true if
+   * a secret was new.
+   */
   #adoptEpochs(records: readonly EpochRecord[]): boolean {
     let adopted = false;
+    let described = false;
     for (const record of records) {
-      if (this.#keyring.has(record.epoch)) continue;
-      // Records of since-revoked issuers count: the relay took them only from a live device.
-      const issuerKey = this.#authors.get(record.issuer);
-      if (!issuerKey || record.user !== this.identity.user.userId || !verifyEpochRecord(record, issuerKey)) {
+      // Records of since-revoked issuers count for reading; their holders make them dirty for writing.
+      if (!this.#book.verifiesEpoch(record)) {
         this.emit('error', [{ code: 'BAD_SIGNATURE', message: `key epoch ${record.epoch} is not signed by a device of this user` }]);
         continue;
       }
-      this.#epochHigh = Math.max(this.#epochHigh, record.epoch);
+      // A revoked issuer's number is not taken as the floor for the next rotation: a relay could
+      // show a thief's record numbered at the schema's maximum, leaving no number to rotate to.
+      if (!this.#book.view().nonLive.has(record.issuer)) this.#epochHigh = Math.max(this.#epochHigh, record.epoch);
+      const rotation = this.#rotation;
       const opened = openEpochRecord(record, this.identity.device);
-      if (!opened.ok) continue;
-      adopted = this.#keyring.add(record.epoch, opened.value) || adopted;
+      if (opened.ok) {
+        const meta = epochMetaOf(record);
+        if (this.#keyring.add(record.epoch, opened.value, meta)) adopted = true;
+        else described = this.#keyring.describe(record.epoch, opened.value, meta) || described;
+      }
+      // Ours came back (or another device took that number first): the rotation is over.
+      if (rotation && record.epoch === rotation.epoch) {
+        this.#rotation = undefined;
+        rotation.done();
+      }
     }
-    if (adopted) {
-      void this.#store.save(EPOCHS_KEY, encodeJson(this.#keyring.export())).catch((error: unknown) => {
-        this.emit('error', [{ code: 'INTERNAL', message: `cannot store key epochs: ${error instanceof Error ? error.message : String(error)}` }]);
-      });
-    }
+    if (adopted || described) this.#persist(EPOCHS_KEY, () => this.#keyring.toStored(), 'key epochs');
+    this.#chooseWriteEpoch();
     return adopted;
   }
 
@@ -670,9 +780,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
     this.#maxFrameBytes = frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes;
-    this.#certs = frame.certs;
-    this.#revokedCerts = frame.revokedCerts ?? [];
-    this.#verifyPeers();
+    // A rotation the last connection did not see echoed is decided again from what this one says.
+    const unconfirmed = this.#rotation;
+    this.#rotation = undefined;
+    unconfirmed?.done();
+    // Only additions: the relay's lists never remove a device or lift a revocation.
+    this.#addRecords({ certs: [...frame.certs, ...(frame.revokedCerts ?? [])], revocations: frame.revocations ?? [], reset: frame.reset }, false);
     this.#adoptEpochs(frame.epochs ?? []);
     this.#applyTier(frame.tier, true);
     const docs = [...this.#docs.values()];
@@ -712,20 +825,6 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (tier.policy.conflictResolution === 'automatic') {
       for (const d of this.#docs.values()) if (d.staged > 0) void d.acceptStaged();
     }
-  }
-
-  /**
-   * Verifies the certificates (live and revoked, so chains through a revoked issuer still
-   * resolve; recovery-enrolled devices with this identity's recovery key): every verified device
-   * is an author, the live ones are peers.
-   */
-  #verifyPeers(): void {
-    const self = this.identity.device;
-    const verified = verifyCertificateChain([...this.#certs, ...this.#revokedCerts], this.identity.user.userId, this.identity.recoveryKey);
-    verified.set(self.deviceId, self.publicKey);
-    const live = new Set(this.#certs.map((c) => c.device));
-    this.#authors = verified;
-    this.#peers = new Map([...verified].filter(([id]) => id === self.deviceId || live.has(id)));
   }
 
   #onFrame(frame: RelayFrame): void {
@@ -780,16 +879,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.#applyTier(frame.tier);
         return;
       case 'device':
-        // A new device, or a kept one a recovery reset reinstated.
-        this.#certs = [...this.#certs.filter((c) => c.device !== frame.cert.device), frame.cert];
-        this.#revokedCerts = this.#revokedCerts.filter((c) => c.device !== frame.cert.device);
-        this.#verifyPeers();
-        this.emit('devices', [this.devices()]);
+        // A new device or a vouch: added if it verifies; it never lifts a revocation (only a verified reset keeping the device does).
+        this.#addRecords({ certs: [frame.cert] });
         return;
       case 'revoked':
-        this.#forgetDevice(frame.device);
-        this.#revokeWaiters.get(frame.device)?.();
-        this.emit('devices', [this.devices()]);
+        this.#onRevoked(frame);
         return;
       case 'vouched':
         if (this.#vouchWaiter?.device === frame.cert.device && frame.cert.issuer === this.identity.device.deviceId) {
@@ -813,6 +907,19 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       case 'ready':
       case 'recovery-found':
         return;
+    }
+  }
+
+  /**
+   * Believes a `revoked` frame only for its signed record. One that claims a device this device
+   * holds live without a record that verifies is reported and changes nothing.
+   */
+  #onRevoked(frame: Extract<RelayFrame, { type: 'revoked' }>): void {
+    this.#addRecords({ revocations: frame.revocation ? [frame.revocation] : [], reset: frame.reset });
+    // Only a hint for timing: our own revocation's cascade was announced.
+    this.#revokeWaiters.get(frame.device)?.();
+    if (this.#book.view().live.has(frame.device) && frame.device !== this.identity.device.deviceId) {
+      this.emit('error', [{ code: ErrorCode.BAD_SIGNATURE, message: `the relay says ${frame.device} is revoked, with no signed record that shows it` }]);
     }
   }
 
@@ -850,6 +957,7 @@ export const createClient = async (options: KeelClientOptions): Promise<KeelClie
   const stored = await options.storage.load(TIER_KEY);
   const tier = stored ? TierStateSchema.safeParse(decodeJson(stored)) : undefined;
   const epochs = await options.storage.load(EPOCHS_KEY);
+  const trust = await options.storage.load(TRUST_KEY);
   const keptRelay = await loadRelayPin(options.storage);
   const upFront = pinnedUpFront(options);
   // Kept, so the pin survives a later start that passes neither the option nor that identity.
@@ -857,8 +965,9 @@ export const createClient = async (options: KeelClientOptions): Promise<KeelClie
   const client = new KeelClient(
     options,
     tier?.success ? tier.data : UNKNOWN_TIER,
-    epochs ? StoredEpochsSchema.parse(decodeJson(epochs)) : {},
+    epochs ? parseStoredEpochs(decodeJson(epochs)) : {},
     keptRelay,
+    trust ? decodeJson(trust) : undefined,
   );
   await client.watchCrisisMode();
   return client;

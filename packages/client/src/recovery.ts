@@ -1,7 +1,6 @@
 import {
   CloseCode,
   type ClientFrame,
-  type DeviceCertificate,
   type DeviceId,
   type DeviceKeys,
   type EpochRecord,
@@ -185,9 +184,10 @@ const runReset = (
       if (opened.ok) epochs[String(record.epoch)] = toB64(opened.value);
     }
 
-    // The new epoch: the live devices the relay lists that this device can verify, and itself.
-    const live = new Set(ready.certs.map((c: DeviceCertificate) => c.device));
-    const recipients = new Map([...known].filter(([id]) => live.has(id) || id === device.deviceId));
+    // The new epoch: the devices the reset keeps (that this device can verify), and itself —
+    // never what the relay calls live, so a relay cannot slip a thief in among the recipients.
+    const kept = new Set<DeviceId>(hello.recovery?.keep ?? []);
+    const recipients = new Map([...known].filter(([id]) => kept.has(id) || id === device.deviceId));
     const epoch = last + 1;
     const secret = generateEpochSecret();
     const record: EpochRecord = createEpochRecord(user, epoch, device, secret, recipients, Date.now(), recovery.publicKey);

@@ -31,6 +31,7 @@ export const open = async (identity: Identity, peers: readonly Identity[], store
     identity,
     keys: { current: () => ({ epoch: 0, key }), get: (epoch) => (epoch === 0 ? key : undefined) },
     peerKey: (device) => keys.get(device),
+    nonLive: () => new Set<DeviceId>(),
     onPending: () => {},
     shouldStage: () => false,
     compress: () => false,

@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  certifyDevice,
   certifyFirstDevice,
   cryptoReady,
   deriveDocId,
@@ -13,6 +14,7 @@ import {
   generateDeviceKeys,
   generateRootKey,
   sealEnvelope,
+  signRevocation,
   toB64,
 } from '@keel/engine';
 import Database from 'better-sqlite3';
@@ -109,6 +111,44 @@ describe('sqlite relay store on disk', () => {
       expect(() => openSqliteStore({ path: join(dir, 'missing.db'), readonly: true })).toThrow();
     } finally {
       await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('migrates a database from before revocation records: devices revoked then have none, revocations after are kept', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'relay.db');
+    try {
+      // The schema before revocation records (migrations 1–9): a user with one revoked device and one live.
+      const old = new Database(path);
+      old.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
+      const records = MIGRATIONS.findIndex((m) => m.includes('CREATE TABLE revocations'));
+      expect(records).toBe(9);
+      for (const migration of MIGRATIONS.slice(0, records)) old.exec(migration);
+      old.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?)`).run(String(records));
+      const user = deriveUserKeys(generateRootKey());
+      const [phone, gone, laptop] = [generateDeviceKeys(), generateDeviceKeys(), generateDeviceKeys()];
+      old.prepare(`INSERT INTO users (user_id, user_key, created_at) VALUES (?, ?, 1)`).run(user.userId, Buffer.from(user.userPublicKey));
+      const insert = old.prepare(`INSERT INTO devices VALUES (?, ?, ?, ?, 1, ?, 1, ?)`);
+      insert.run(phone.deviceId, user.userId, Buffer.from(phone.publicKey), null, Buffer.from(fromB64(certifyFirstDevice(user, phone, 1).sig)), null);
+      for (const [device, revokedAt] of [[gone, 5], [laptop, null]] as const) {
+        insert.run(device.deviceId, user.userId, Buffer.from(device.publicKey), phone.deviceId, Buffer.from(fromB64(certifyDevice(user, phone, device.publicKey, 1).sig)), revokedAt);
+      }
+      old.close();
+
+      const store = openSqliteStore({ path });
+      try {
+        expect((await store.getDevice(gone.deviceId))?.revokedAt).toBe(5);
+        expect(await store.revocationRecords(gone.deviceId)).toEqual({});
+        expect(await store.listRevocations(user.userId, 10)).toEqual([]);
+        const revocation = signRevocation(user.userId, laptop.deviceId, phone, 10);
+        expect((await store.revokeDevice(revocation, 10)).ok).toBe(true);
+        expect(await store.revocationRecords(laptop.deviceId)).toEqual({ revocation });
+        expect(await store.listRevocations(user.userId, 10)).toEqual([revocation]);
+      } finally {
+        await store.close();
+      }
+    } finally {
       await rm(dir, { recursive: true, force: true });
     }
   });

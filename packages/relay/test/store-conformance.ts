@@ -1,10 +1,12 @@
 import {
   type DeviceCertificate,
+  type DeviceId,
   type DeviceKeys,
   type DocId,
   type Envelope,
   ErrorCode,
   type RecoveryKeys,
+  type UserId,
   type UserKeys,
   asSeq,
   certifyByRecovery,
@@ -22,6 +24,7 @@ import {
   sealEnvelope,
   sealRootKeyEscrow,
   signRecoveryReset,
+  signRevocation,
 } from '@keel/engine';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { GENESIS_HASH, verifyAuditRows } from '../src/audit/audit-chain.js';
@@ -131,6 +134,9 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
       expect(result.ok).toBe(true);
       return account;
     };
+
+    /** Revokes `device` of `user` by a revocation `by` signed at `at`. */
+    const revoke = (user: UserId, device: DeviceId, by: DeviceKeys, at: number) => store().revokeDevice(signRevocation(user, device, by, at), at);
 
     const docOf = (account: Account, docName = 'journal'): DocId => deriveDocId(account.keys.docIdKey, 'mood', docName);
 
@@ -267,7 +273,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
       it('keeps the recovery key the first certificate names, generation 0 and the escrow; finds the user by it', async () => {
         const a = await registerRecovering();
         const recovery = await store().getRecovery(a.keys.userId);
-        expect(recovery).toEqual({ userId: a.keys.userId, userKey: a.keys.userPublicKey, recoveryKey: a.recovery.publicKey, gen: 0, escrow: a.escrow });
+        expect(recovery).toEqual({ userId: a.keys.userId, userKey: a.keys.userPublicKey, recoveryKey: a.recovery.publicKey, gen: 0, escrow: a.escrow, reset: null });
         expect(await store().findRecoveryUser(a.recovery.publicKey)).toEqual(recovery);
         expect(await store().findRecoveryUser(deriveRecoveryKeys(createRecoverySecret().entropy).publicKey)).toBeUndefined();
         // The certificate comes back exactly as signed, recovery key included.
@@ -305,8 +311,8 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const laptop = await link(a, a.device);
         const thief = await link(a, a.device);
         // The thief revokes the owner's devices (the thief's own device is never cascaded).
-        expect((await store().revokeDevice(a.keys.userId, a.device.deviceId, T0 + 2, thief.deviceId)).ok).toBe(true);
-        expect((await store().revokeDevice(a.keys.userId, laptop.deviceId, T0 + 2, thief.deviceId)).ok).toBe(true);
+        expect((await revoke(a.keys.userId, a.device.deviceId, thief, T0 + 2)).ok).toBe(true);
+        expect((await revoke(a.keys.userId, laptop.deviceId, thief, T0 + 2)).ok).toBe(true);
         expect(await liveIds(a)).toEqual(ids(thief));
 
         const reset = signRecoveryReset(a.keys.userId, [a.device.deviceId, laptop.deviceId], 1, a.recovery, T0 + 3);
@@ -326,7 +332,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         }
         expect(await liveIds(a)).toEqual(ids(a.device, laptop));
         // A revoked device cannot revoke anyone.
-        const byThief = await store().revokeDevice(a.keys.userId, laptop.deviceId, T0 + 5, thief.deviceId);
+        const byThief = await revoke(a.keys.userId, laptop.deviceId, thief, T0 + 5);
         expect(byThief.ok ? 'revoked' : byThief.error.code).toBe(ErrorCode.DEVICE_REVOKED);
         expect(await liveIds(a)).toEqual(ids(a.device, laptop));
       });
@@ -377,7 +383,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const vouch = certifyDevice(a.keys, laptop, vouched.publicKey, T0 + 2);
         expect(await store().putVouch(vouch, T0 + 2, 32)).toEqual({ ok: true, value: vouch });
 
-        const revoked = await store().revokeDevice(a.keys.userId, thief.deviceId, T0 + 3, a.device.deviceId);
+        const revoked = await revoke(a.keys.userId, thief.deviceId, a.device, T0 + 3);
         if (!revoked.ok) throw new Error(revoked.error.message);
         expect(revoked.value[0]!.deviceId).toBe(thief.deviceId);
         expect(revoked.value.map((d) => d.deviceId).sort()).toEqual(ids(thief, orphan, grandchild, x, y));
@@ -392,13 +398,13 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const n = generateDeviceKeys();
         expect((await store().registerDevice(certifyByRecovery(a.keys, a.recovery, n.publicKey, T0), n.publicKey, a.keys.userPublicKey, T0, LIMITS)).ok).toBe(true);
         // The laptop retires the phone that linked it: the laptop and what it linked stay.
-        const revoked = await store().revokeDevice(a.keys.userId, a.device.deviceId, T0 + 2, laptop.deviceId);
+        const revoked = await revoke(a.keys.userId, a.device.deviceId, laptop, T0 + 2);
         expect(revoked.ok && revoked.value.map((d) => d.deviceId)).toEqual([a.device.deviceId]);
         expect(await liveIds(a)).toEqual(ids(laptop, tablet, n));
-        const again = await store().revokeDevice(a.keys.userId, n.deviceId, T0 + 3, laptop.deviceId);
+        const again = await revoke(a.keys.userId, n.deviceId, laptop, T0 + 3);
         expect(again.ok && again.value.map((d) => d.deviceId)).toEqual([n.deviceId]);
         expect(await liveIds(a)).toEqual(ids(laptop, tablet));
-        const unknown = await store().revokeDevice(a.keys.userId, generateDeviceKeys().deviceId, T0 + 4, laptop.deviceId);
+        const unknown = await revoke(a.keys.userId, generateDeviceKeys().deviceId, laptop, T0 + 4);
         expect(unknown.ok ? 'revoked' : unknown.error.code).toBe(ErrorCode.UNKNOWN_DEVICE);
       });
 
@@ -422,7 +428,7 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
         const stranger = generateDeviceKeys();
         const wrongKey = { ...certifyDevice(a.keys, vouchers[2]!, stranger.publicKey, T0), device: subject.deviceId };
         const unknownSubject = certifyDevice(a.keys, vouchers[2]!, stranger.publicKey, T0);
-        await store().revokeDevice(a.keys.userId, vouchers[2]!.deviceId, T0 + 3, a.device.deviceId);
+        await revoke(a.keys.userId, vouchers[2]!.deviceId, a.device, T0 + 3);
         const byRevoked = certifyDevice(a.keys, vouchers[2]!, vouchers[0]!.publicKey, T0);
         const byUnknown = certifyDevice(a.keys, stranger, subject.publicKey, T0);
         for (const [cert, code] of [
@@ -435,6 +441,114 @@ export const runRelayStoreConformance = (name: string, open: () => Promise<Relay
           expect(refused.ok ? 'stored' : refused.error.code).toBe(code);
         }
         expect(await store().listVouches(a.keys.userId)).toHaveLength(2);
+      });
+
+      it('keeps each signed revocation with what it cut off, the cascade included, one record per device', async () => {
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const thief = await link(a, a.device);
+        const orphan = await link(a, thief);
+        const other = await registerRecovering();
+        const user = a.keys.userId;
+
+        const first = signRevocation(user, thief.deviceId, a.device, T0 + 3);
+        const revoked = await store().revokeDevice(first, T0 + 3);
+        expect(revoked.ok && revoked.value.map((d) => d.deviceId)).toEqual([thief.deviceId, orphan.deviceId]);
+        // The cascaded device stands on the revocation of the device it hung from.
+        expect(await store().revocationRecords(thief.deviceId)).toEqual({ revocation: first });
+        expect(await store().revocationRecords(orphan.deviceId)).toEqual({ revocation: first });
+        for (const live of [a.device, laptop]) expect(await store().revocationRecords(live.deviceId)).toEqual({});
+        expect(await store().revocationRecords(generateDeviceKeys().deviceId)).toEqual({});
+        // Listed once, though kept for two devices.
+        expect(await store().listRevocations(user, 10)).toEqual([first]);
+
+        // The target revoked again: its record is replaced (one per device); the cascade keeps its own.
+        const second = signRevocation(user, thief.deviceId, laptop, T0 + 4);
+        expect((await store().revokeDevice(second, T0 + 4)).ok).toBe(true);
+        expect(await store().revocationRecords(thief.deviceId)).toEqual({ revocation: second });
+        expect(await store().revocationRecords(orphan.deviceId)).toEqual({ revocation: first });
+        const third = signRevocation(user, laptop.deviceId, a.device, T0 + 5);
+        expect((await store().revokeDevice(third, T0 + 5)).ok).toBe(true);
+        expect(await store().listRevocations(user, 10)).toEqual([first, second, third]);
+        // Past the limit the newest are kept, oldest first.
+        expect(await store().listRevocations(user, 2)).toEqual([second, third]);
+
+        // Refused revocations keep nothing: by a revoked device, of another user's device, of an unknown one.
+        const refusals = [
+          signRevocation(user, a.device.deviceId, thief, T0 + 6),
+          signRevocation(user, other.device.deviceId, a.device, T0 + 6),
+          signRevocation(user, generateDeviceKeys().deviceId, a.device, T0 + 6),
+        ];
+        for (const refused of refusals) expect((await store().revokeDevice(refused, T0 + 6)).ok).toBe(false);
+        expect(await store().revocationRecords(a.device.deviceId)).toEqual({});
+        expect(await store().revocationRecords(other.device.deviceId)).toEqual({});
+        expect(await store().listRevocations(user, 10)).toEqual([first, second, third]);
+        expect(await store().listRevocations(other.keys.userId, 10)).toEqual([]);
+      });
+
+      it('keeps the latest reset with the user, behind the devices revoked at or before it and never behind one it keeps', async () => {
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const thief = await link(a, a.device);
+        const user = a.keys.userId;
+        // The thief revokes the owner's phone; the owner's reset keeps the phone only.
+        const byThief = signRevocation(user, a.device.deviceId, thief, T0 + 2);
+        expect((await store().revokeDevice(byThief, T0 + 2)).ok).toBe(true);
+        const first = signRecoveryReset(user, [a.device.deviceId], 1, a.recovery, T0 + 3);
+        expect((await store().applyRecoveryReset(first, undefined, T0 + 3, LIMITS)).ok).toBe(true);
+        expect((await store().getRecovery(user))?.reset).toEqual(first);
+        // The phone is live again and the thief's revocation no longer kept for it — only for the
+        // laptop, which it took with it by cascade and the reset did not keep.
+        expect(await store().revocationRecords(a.device.deviceId)).toEqual({});
+        expect(await store().revocationRecords(laptop.deviceId)).toEqual({ revocation: byThief, reset: first });
+        expect(await store().revocationRecords(thief.deviceId)).toEqual({ reset: first });
+        expect(await store().listRevocations(user, 10)).toEqual([byThief]);
+
+        // A device linked after the reset and then revoked stands on its revocation alone.
+        const later = await link(a, a.device, T0 + 4);
+        const revocation = signRevocation(user, later.deviceId, a.device, T0 + 5);
+        expect((await store().revokeDevice(revocation, T0 + 5)).ok).toBe(true);
+        expect(await store().revocationRecords(later.deviceId)).toEqual({ revocation });
+
+        // The next reset replaces the first and stands behind every device it did not keep.
+        const second = signRecoveryReset(user, [a.device.deviceId, laptop.deviceId], 2, a.recovery, T0 + 6);
+        expect((await store().applyRecoveryReset(second, undefined, T0 + 6, LIMITS)).ok).toBe(true);
+        expect((await store().getRecovery(user))?.reset).toEqual(second);
+        expect(await store().revocationRecords(laptop.deviceId)).toEqual({});
+        expect(await store().revocationRecords(thief.deviceId)).toEqual({ reset: second });
+        expect(await store().revocationRecords(later.deviceId)).toEqual({ revocation, reset: second });
+        expect(await store().listRevocations(user, 10)).toEqual([revocation]);
+        // A refused reset (a replay) changes no record.
+        expect((await store().applyRecoveryReset(first, undefined, T0 + 7, LIMITS)).ok).toBe(false);
+        expect((await store().getRecovery(user))?.reset).toEqual(second);
+      });
+
+      it('keeps revocation records and the latest reset across close and reopen', async (ctx) => {
+        const reopen = harness?.reopen;
+        if (!reopen) {
+          ctx.skip();
+          return;
+        }
+        const a = await registerRecovering();
+        const laptop = await link(a, a.device);
+        const thief = await link(a, a.device);
+        const orphan = await link(a, thief);
+        const user = a.keys.userId;
+        const revocation = signRevocation(user, thief.deviceId, laptop, T0 + 2);
+        expect((await store().revokeDevice(revocation, T0 + 2)).ok).toBe(true);
+        const reset = signRecoveryReset(user, [a.device.deviceId, thief.deviceId], 1, a.recovery, T0 + 3);
+        expect((await store().applyRecoveryReset(reset, undefined, T0 + 3, LIMITS)).ok).toBe(true);
+
+        const first = store();
+        live = undefined;
+        await first.close();
+        live = await reopen();
+        expect((await store().getRecovery(user))?.reset).toEqual(reset);
+        // The thief was kept (its record dropped); the orphan it took with it was not.
+        expect(await store().revocationRecords(thief.deviceId)).toEqual({});
+        expect(await store().revocationRecords(orphan.deviceId)).toEqual({ revocation, reset });
+        expect(await store().revocationRecords(laptop.deviceId)).toEqual({ reset });
+        expect(await store().listRevocations(user, 10)).toEqual([revocation]);
       });
 
       it('keeps recovery keys, generations, escrows and vouches across close and reopen', async (ctx) => {

@@ -34,6 +34,11 @@ export const DocMetaSchema = z.strictObject({
   snapshotBase: z.number().int().min(0).default(0),
   /** This device's last snapshot number for the document (a counter space of its own). */
   snapshotCounter: z.number().int().min(0).default(0),
+  /**
+   * Authors this device learned are revoked (or cut off), each with the last counter applied
+   * from it then: nothing later of theirs is applied to this document (see DocSync.freezeAuthors).
+   */
+  frozen: z.record(z.string(), z.number().int().min(0)).default({}),
   /** With external document state: the state vector of everything Keel has recorded (base64url). */
   knownSV: z.string().optional(),
   logBase: z.number().int().min(0),
@@ -52,6 +57,7 @@ export const newDocMeta = (docClass: DocClass, name: string): DocMeta => ({
   withheldThrough: 0,
   authors: {},
   authorSeq: {},
+  frozen: {},
   maxLane: 1,
   snapshotBase: 0,
   snapshotCounter: 0,

@@ -64,7 +64,8 @@ export interface ExternalDocState {
 }
 
 export interface DocKeys {
-  current(): { readonly epoch: number; readonly key: Uint8Array };
+  /** The key new writes are sealed under; undefined while this device holds no clean epoch (writes wait). */
+  current(): { readonly epoch: number; readonly key: Uint8Array } | undefined;
   get(epoch: number): Uint8Array | undefined;
 }
 
@@ -77,6 +78,8 @@ export interface DocSyncDeps {
   readonly keys: DocKeys;
   /** Verified device keys of the user, by device id. */
   readonly peerKey: (device: DeviceId) => Uint8Array | undefined;
+  /** Authors known to be revoked or cut off (from the trust book). */
+  readonly nonLive: () => ReadonlySet<DeviceId>;
   /** Local updates of `bytes` were persisted and wait to be sealed. */
   readonly onPending: (sync: DocSync, bytes: number) => void;
   /**
@@ -184,6 +187,7 @@ export class DocSync {
     }
     // Counters are reserved by the outbox write, so the outbox bounds the counter from below.
     for (const counter of sync.#outbox.keys()) sync.#meta.counter = Math.max(sync.#meta.counter, counter);
+    if (sync.#freeze(deps.nonLive(), false)) await deps.store.save(k.meta, encodeJson(sync.#meta));
     sync.doc.on('update', (update: Uint8Array, origin: unknown) => {
       if (origin === REMOTE_ORIGIN || origin === LOAD_ORIGIN || sync.#closed) return;
       sync.#unpersisted.push(update);
@@ -391,8 +395,10 @@ export class DocSync {
         this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `an update of ${merged.length} bytes is larger than any relay frame limit allows`, doc: this.docId });
         return;
       }
-      const first = this.#meta.counter + 1;
       const keys = this.#deps.keys.current();
+      // No clean key epoch yet (a rotation is on its way): the changes stay pending, never sealed under a dirty key.
+      if (!keys) return;
+      const first = this.#meta.counter + 1;
       const header = { doc: this.docId, kind: 'update' as const, epoch: keys.epoch, device: this.#deps.identity.device.deviceId, lane };
       const options = { key: keys.key, signingKey: this.#deps.identity.device.secretKey, compress: this.#deps.compress() };
       const envs = Array.from({ length: count }, (_, index) =>
@@ -480,6 +486,8 @@ export class DocSync {
       if (error) {
         this.#deps.onError({ ...error, doc: this.docId });
         if (error.code === ErrorCode.COUNTER_GAP && this.#rewindFor(env.device)) rewound = true;
+        // Signed by its author, who is revoked: refused for good, so it does not hold the document back.
+        if (error.code === ErrorCode.DEVICE_REVOKED) markSeq(this.#meta, seq);
         continue;
       }
       const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!);
@@ -594,6 +602,7 @@ export class DocSync {
       // A snapshot holding crisis content travels (and is visible) as crisis content.
       const lane = Math.max(minLane, this.#meta.maxLane);
       const keys = this.#deps.keys.current();
+      if (!keys) return;
       sealed = sealEnvelope(
         { doc: this.docId, kind: 'snapshot', epoch: keys.epoch, device: self, counter, lane, base },
         encodeSnapshotPayload({ authors, state }),
@@ -613,7 +622,9 @@ export class DocSync {
   receiveSnapshot(env: Envelope): Promise<void> {
     const base = env.base ?? 0;
     if (env.kind !== 'snapshot' || base <= this.#meta.lastSeq) return Promise.resolve();
-    const error = this.#checkOrigin(env);
+    const error =
+      this.#checkOrigin(env) ??
+      (this.#meta.frozen[env.device] !== undefined ? { code: ErrorCode.DEVICE_REVOKED, message: `snapshot author ${env.device} is revoked` } : undefined);
     if (error) {
       this.#deps.onError({ ...error, doc: this.docId });
       return Promise.resolve();
@@ -696,6 +707,10 @@ export class DocSync {
     if (origin) return origin;
     const last = this.#meta.authors[env.device] ?? 0;
     if (env.counter <= last) return 'duplicate';
+    const frozen = this.#meta.frozen[env.device];
+    if (frozen !== undefined && env.counter > frozen) {
+      return { code: ErrorCode.DEVICE_REVOKED, message: `author ${env.device} is revoked: nothing it wrote after #${frozen} is applied here` };
+    }
     // Our own envelopes come back in catch-up (an ack was lost, or content is being rebuilt);
     // the relay enforced their order when it stored them, so no gap check is needed for them.
     // A part's update starts at (counter − index): that must be the author's next counter.
@@ -720,6 +735,40 @@ export class DocSync {
   /** The relay finished catch-up up to `seq`; synced once every seq up to it is here. */
   markSynced(seq: number): void {
     this.#syncTarget = seq;
+    // Caught up: from now on what a revoked author sends is new, never something this device missed.
+    if (this.#freeze(this.#deps.nonLive(), true)) void this.#saveMeta();
+  }
+
+  /**
+   * The trust book changed: freezes every newly non-live author at the counter applied from it
+   * (only in a document this device already held; a new one freezes once caught up, so content
+   * such an author wrote before still reaches a brand-new device), and thaws authors a reset
+   * reinstated.
+   */
+  freezeAuthors(nonLive: ReadonlySet<DeviceId>): Promise<void> {
+    return this.#freeze(nonLive, false) ? this.#saveMeta() : Promise.resolve();
+  }
+
+  #freeze(nonLive: ReadonlySet<DeviceId>, caughtUp: boolean): boolean {
+    let changed = false;
+    for (const device of Object.keys(this.#meta.frozen)) {
+      if (nonLive.has(device as DeviceId)) continue;
+      delete this.#meta.frozen[device];
+      changed = true;
+    }
+    if (!caughtUp && this.#meta.lastSeq === 0) return changed;
+    for (const device of nonLive) {
+      if (this.#meta.frozen[device] !== undefined) continue;
+      this.#meta.frozen[device] = this.#meta.authors[device] ?? 0;
+      changed = true;
+    }
+    return changed;
+  }
+
+  #saveMeta(): Promise<void> {
+    return this.#enqueue(async () => {
+      await this.#deps.store.batch([{ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) }]);
+    });
   }
 
   /**

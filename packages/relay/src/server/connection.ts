@@ -38,6 +38,7 @@ import { setFrameLimit } from './frame-limit.js';
 import { Ingest } from './ingest.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { PairingRegistry } from './pairing.js';
+import { type RevokedFrame, revokedNotice } from './revoked-notice.js';
 import type { WorkOwner, WorkQueue } from './work-queue.js';
 
 /** How long a closed socket may take to finish the close handshake before it is cut. */
@@ -69,10 +70,13 @@ export interface ConnectionContext {
   readonly pairings: PairingRegistry<PairingPeer>;
   /** Sends a frame to every authenticated connection of a user but `except`. */
   toUser(user: UserId, frame: RelayFrame, lane: number, except?: RelayConnection): void;
-  /** Closes every connection of a revoked device of `user` at once. */
-  disconnectDevice(user: UserId, device: DeviceId): void;
-  /** Devices of `user` were revoked: each is cut off (4003) and the user's other connections told, in order. */
-  devicesRevoked(user: UserId, devices: readonly DeviceId[]): void;
+  /** Cuts off every connection of a revoked device of `user` at once (4003), each after `notice` when there is one. */
+  cutOffDevice(user: UserId, device: DeviceId, notice: RevokedFrame | undefined): void;
+  /**
+   * Devices of `user` were revoked: each is sent its notice (the signed record it stands on) and
+   * cut off (4003), and the user's other connections get the same notices, in order.
+   */
+  devicesRevoked(user: UserId, notices: readonly RevokedFrame[]): void;
 }
 
 /** An authenticated device and what serves it. */
@@ -202,6 +206,20 @@ export class RelayConnection implements PairingPeer {
     this.#teardown();
   }
 
+  /**
+   * This connection's device was revoked: it is sent `notice` (the signed records its revocation
+   * stands on, so it can believe the close) and then closed with 4003. Without a notice (revoked
+   * before the relay kept records) it gets the close alone.
+   */
+  cutOff(notice: RevokedFrame | undefined): void {
+    if (this.#state.kind === 'closed') return;
+    const close = () => this.#closeSocket(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED);
+    // Straight to the socket, past frames still queued: they are no use to a revoked device.
+    if (notice) this.#ws.send(encodeFrame(notice), close);
+    else close();
+    this.#teardown();
+  }
+
   /** Sends the sealed grant to a joining device, then ends its pairing connection. */
   grantAndClose(frame: Extract<RelayFrame, { type: 'pair-grant' }>): void {
     if (this.#state.kind !== 'pairing') return;
@@ -312,10 +330,9 @@ export class RelayConnection implements PairingPeer {
     let pending: readonly VerifiedCertificate[] = [];
     if (known) {
       if (known.userId !== hello.user) return this.#authFailed(hello, 'device belongs to another user');
-      // A reset that keeps a revoked device reinstates it (a thief revoked the owner's phone).
-      if (known.revokedAt !== null && !reset) {
-        return this.#fail({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' }, CloseCode.DEVICE_REVOKED);
-      }
+      // A revoked device is challenged too: once it proves its key it is told why it is refused
+      // (#refuseRevoked), and nobody else learns that of a device id. A reset that keeps a revoked
+      // device reinstates it (a thief revoked the owner's phone).
       publicKey = known.publicKey;
     } else if (hello.cert) {
       if (reset && hello.cert.issuer !== 'recovery') {
@@ -356,7 +373,8 @@ export class RelayConnection implements PairingPeer {
       }
     }
     const device = await store.getDevice(hello.device);
-    if (!device || device.revokedAt !== null) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
+    if (!device) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
+    if (device.revokedAt !== null) return this.#refuseRevoked(state, device);
     const tier = await this.#ctx.entitlements.tierOf(hello.user);
     await this.#ctx.quota.warm(hello.user);
     const devices = await store.listDevices(hello.user);
@@ -364,7 +382,9 @@ export class RelayConnection implements PairingPeer {
     // Revoked devices' certificates too: what they wrote before their revocation still verifies.
     const revokedCerts = devices.filter((d) => d.revokedAt !== null).map((d) => d.cert);
     const epochs = await store.listEpochs(hello.user, READY_EPOCHS);
-    const escrow = (await store.getRecovery(hello.user))?.escrow ?? null;
+    const revocations = await store.listRevocations(hello.user, WireLimits.maxCertificates);
+    const userRecovery = await store.getRecovery(hello.user);
+    const escrow = userRecovery?.escrow ?? null;
     // The socket may have closed during the awaits above.
     if (this.#state !== state) return;
     clearTimeout(this.#authTimer);
@@ -388,11 +408,26 @@ export class RelayConnection implements PairingPeer {
         limits: { maxFrameBytes: config.maxPayloadBytes },
         ...(revokedCerts.length > 0 ? { revokedCerts: revokedCerts.slice(-WireLimits.maxCertificates) } : {}),
         ...(escrow !== null ? { escrow } : {}),
+        // The signed records behind every revocation, so devices believe them, not the certificate lists.
+        ...(revocations.length > 0 ? { revocations } : {}),
+        ...(userRecovery?.reset ? { reset: userRecovery.reset } : {}),
       },
       10,
     );
     for (const registered of registeredNow) this.#ctx.announceDevice(this, registered);
     this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
+  }
+
+  /**
+   * A revoked device that proved its key: it is sent the signed records its revocation stands on
+   * (when the relay keeps them), then the close (4003) — never `ready`.
+   */
+  async #refuseRevoked(state: Extract<State, { kind: 'challenged' }>, device: DeviceRecord): Promise<void> {
+    const notice = revokedNotice(device.deviceId, await this.#ctx.store.revocationRecords(device.deviceId));
+    if (this.#state !== state) return;
+    this.#ctx.log.log('info', 'revoked device refused', { user: device.userId, device: device.deviceId, records: notice !== undefined });
+    if (notice) this.#ws.send(encodeFrame(notice));
+    this.#fail({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' }, CloseCode.DEVICE_REVOKED);
   }
 
   /**
@@ -433,7 +468,7 @@ export class RelayConnection implements PairingPeer {
       [{ actor: 'recovery', op: 'recovery.reset', userId: hello.user, outcome: 'applied', detail: { gen: reset.gen, kept: kept.length, revoked: revoked.length } }],
       now,
     );
-    this.#ctx.devicesRevoked(hello.user, revoked.map((gone) => gone.deviceId));
+    this.#ctx.devicesRevoked(hello.user, revoked.map((gone): RevokedFrame => ({ type: 'revoked', device: gone.deviceId, reset })));
     // Kept devices online (none, usually) learn which devices are live again.
     return [...(enrolled ? [enrolled] : []), ...kept.filter((d) => d.deviceId !== hello.device)];
   }
@@ -514,8 +549,8 @@ export class RelayConnection implements PairingPeer {
       abuse,
       announceDevice: (registered) => ctx.announceDevice(this, registered),
       toUser: (frame, lane) => ctx.toUser(user, frame, lane),
-      disconnectDevice: (id) => ctx.disconnectDevice(user, id),
-      devicesRevoked: (ids) => ctx.devicesRevoked(user, ids),
+      cutOffDevice: (id, notice) => ctx.cutOffDevice(user, id, notice),
+      devicesRevoked: (notices) => ctx.devicesRevoked(user, notices),
     });
     session = { user, device, tier, ingest, delivery, admin };
     return session;

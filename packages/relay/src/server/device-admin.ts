@@ -19,6 +19,7 @@ import type { RelayConfig } from '../config.js';
 import type { Logger } from '../log.js';
 import type { DeviceLimits, DeviceRecord, RelayStore } from '../storage/relay-store.js';
 import type { PairingRegistry } from './pairing.js';
+import { type RevokedFrame, revokedNotice } from './revoked-notice.js';
 
 /** The other end of a pairing: the connection that opened a code, or the new device that joined with it. */
 export interface PairingPeer {
@@ -43,9 +44,10 @@ export interface DeviceAdminDeps {
   /** A device was registered: tell the user's other connections. */
   announceDevice(device: DeviceRecord): void;
   toUser(frame: RelayFrame, lane: number): void;
-  disconnectDevice(device: DeviceId): void;
-  /** These devices of the user were revoked: cut them off and tell the user's other connections, in order. */
-  devicesRevoked(devices: readonly DeviceId[]): void;
+  /** Cuts off every connection of a revoked device of the user (4003), after `notice` when there is one. */
+  cutOffDevice(device: DeviceId, notice: RevokedFrame | undefined): void;
+  /** Devices of the user were revoked: each gets its notice and is cut off, and the user's other connections are told, in order. */
+  devicesRevoked(notices: readonly RevokedFrame[]): void;
 }
 
 /** The registration bounds of this relay. */
@@ -129,15 +131,19 @@ export class DeviceAdmin {
       this.#deps.abuse();
       return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'a revocation must be signed by this device, for its own user' });
     }
-    const revoked = await this.#deps.store.revokeDevice(user, revocation.device, this.#deps.now(), device.deviceId);
+    const revoked = await this.#deps.store.revokeDevice(revocation, this.#deps.now());
     if (!revoked.ok) {
-      if (revoked.error.code === ErrorCode.DEVICE_REVOKED) this.#deps.disconnectDevice(device.deviceId);
+      if (revoked.error.code === ErrorCode.DEVICE_REVOKED) {
+        // This device was revoked while its frames waited in the queue.
+        this.#deps.cutOffDevice(device.deviceId, revokedNotice(device.deviceId, await this.#deps.store.revocationRecords(device.deviceId)));
+      }
       return this.#deps.badFrame(revoked.error);
     }
     const [target, ...cascade] = revoked.value;
     this.#deps.log.log('info', 'device revoked', { user, device: revocation.device, by: device.deviceId, cascade: cascade.length });
-    // The cascade first, the target last: a device that waits for the target's frame has seen them all.
-    this.#deps.devicesRevoked([...cascade, target!].map((gone) => gone.deviceId));
+    // The cascade first, the target last: a device that waits for the target's frame has seen
+    // them all. Each carries this revocation: a cascaded device's chain ends at its target.
+    this.#deps.devicesRevoked([...cascade, target!].map((gone): RevokedFrame => ({ type: 'revoked', device: gone.deviceId, revocation })));
   }
 
   /**

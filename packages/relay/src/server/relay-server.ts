@@ -131,15 +131,15 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     toUser(user, frame, lane, except) {
       for (const conn of byUser.get(user) ?? []) if (conn !== except) conn.send(frame, lane);
     },
-    disconnectDevice(user, device) {
+    cutOffDevice(user, device, notice) {
       // Closing takes a connection out of the set being iterated, which a Set allows.
-      for (const conn of byUser.get(user) ?? []) if (conn.device === device) conn.close(CloseCode.DEVICE_REVOKED, 'DEVICE_REVOKED');
+      for (const conn of byUser.get(user) ?? []) if (conn.device === device) conn.cutOff(notice);
     },
-    devicesRevoked(user, devices) {
+    devicesRevoked(user, notices) {
       // In order: a device that waits for the last one's frame has seen all the others.
-      for (const device of devices) {
-        context.disconnectDevice(user, device);
-        context.toUser(user, { type: 'revoked', device }, 10);
+      for (const notice of notices) {
+        context.cutOffDevice(user, notice.device, notice);
+        context.toUser(user, notice, 10);
       }
     },
   };

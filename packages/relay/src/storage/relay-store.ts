@@ -1,4 +1,4 @@
-import type { DeviceCertificate, DeviceId, DocId, Envelope, EpochRecord, KeelError, RecoveryReset, Result, Seq, TierName, UserId } from '@keel/engine';
+import type { DeviceCertificate, DeviceId, DocId, Envelope, EpochRecord, KeelError, RecoveryReset, Result, Revocation, Seq, TierName, UserId } from '@keel/engine';
 
 /** A registered device as the relay knows it. */
 export interface DeviceRecord {
@@ -137,6 +137,12 @@ export interface UserRecovery {
   readonly gen: number;
   /** The root key sealed to the recovery key (base64url), as the first device presented it. */
   readonly escrow: string | null;
+  /**
+   * The last reset applied, as the recovery key signed it (generation `gen`): devices believe a
+   * reset only from this record. Null before the first, and for resets applied before the relay
+   * kept them.
+   */
+  readonly reset: RecoveryReset | null;
 }
 
 /** A device enrolled by the recovery key as part of a reset. */
@@ -154,6 +160,12 @@ export interface ResetOutcome {
   readonly kept: DeviceRecord[];
   /** The device the reset enrolled, when it was new. */
   readonly enrolled?: DeviceRecord;
+}
+
+/** Signed records behind a device's revocation; see RelayStore.revocationRecords. */
+export interface RevocationRecords {
+  readonly revocation?: Revocation;
+  readonly reset?: RecoveryReset;
 }
 
 /** Bounds on a user's devices, checked in the same transaction as a registration. */
@@ -217,14 +229,27 @@ export interface RelayStore {
   /** The seq the latest snapshot covers (0 when none); cheap, reads no ciphertext. */
   snapshotBase(userId: UserId, docId: DocId): Promise<Seq>;
   /**
-   * Marks a device of `userId` revoked (idempotent); it is refused from then on. The revocation
-   * cascades, in the same transaction, to the live devices it registered, transitively — except
-   * those still vouched for (or registered) by a device that stays live, and `by`, the revoking
-   * device, which must itself be live (DEVICE_REVOKED otherwise). Devices enrolled by the user
-   * key or the recovery key are roots and never cascade. Resolves to the target, then every
-   * device revoked with it.
+   * Revokes `revocation.device` (idempotent), a device of `revocation.user`; it is refused from
+   * then on. The caller checked the signature against the key of `revocation.issuer`, which must
+   * itself be a live device of the user (DEVICE_REVOKED otherwise). The revocation cascades, in
+   * the same transaction, to the live devices the target registered, transitively — except those
+   * still vouched for (or registered) by a device that stays live, and the issuer. Devices
+   * enrolled by the user key or the recovery key are roots and never cascade. The signed record
+   * is kept in the same transaction as what it cut off: for the target (replacing any record it
+   * had) and for each device revoked with it, one record per device. Resolves to the target,
+   * then every device revoked with it.
    */
-  revokeDevice(userId: UserId, deviceId: DeviceId, now: number, by?: DeviceId): Promise<Result<DeviceRecord[]>>;
+  revokeDevice(revocation: Revocation, now: number): Promise<Result<DeviceRecord[]>>;
+  /**
+   * The signed records a revoked device's revocation stands on, for it to believe: the revocation
+   * that cut it off (its own, or for a device a revocation took with it by cascade, the one of
+   * the device it hung from) and the user's latest reset if it was revoked at or before that
+   * reset (which did not keep it). Empty for live devices and devices revoked before the relay
+   * kept records.
+   */
+  revocationRecords(deviceId: DeviceId): Promise<RevocationRecords>;
+  /** The distinct signed revocations kept for the user's devices: the `limit` newest, oldest first. */
+  listRevocations(userId: UserId, limit: number): Promise<Revocation[]>;
   /** The user's recovery key, reset generation and escrow; undefined for unknown users and users without one. */
   getRecovery(userId: UserId): Promise<UserRecovery | undefined>;
   /** The user whose first device named this recovery public key, if any. */
@@ -233,7 +258,8 @@ export interface RelayStore {
    * Applies a reset whose signature the caller verified against the user's recovery key, in one
    * transaction: its generation must be the user's last + 1 (RECOVERY_REPLAYED), it registers
    * `enrol` (issuer 'recovery', one of `keep`) if new, within `limits`; every device in `keep`
-   * must be the user's (RECOVERY_INVALID) and is live afterwards; every other device is revoked.
+   * must be the user's (RECOVERY_INVALID) and is live afterwards (a revocation kept for it is
+   * dropped); every other device is revoked. The reset is kept with the user (`UserRecovery.reset`).
    */
   applyRecoveryReset(reset: RecoveryReset, enrol: RecoveryEnrolment | undefined, now: number, limits: DeviceLimits): Promise<Result<ResetOutcome>>;
   /**

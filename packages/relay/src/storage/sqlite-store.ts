@@ -8,7 +8,10 @@ import {
   EpochRecordSchema,
   ErrorCode,
   type RecoveryReset,
+  RecoveryResetSchema,
   type Result,
+  type Revocation,
+  RevocationSchema,
   type Seq,
   type TierName,
   type UserId,
@@ -282,6 +285,23 @@ export const MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX vouches_by_user ON vouches(user_id);
   `,
+  `
+  -- The signed records devices believe a revocation from (JSON, as signed): per revoked device,
+  -- the revocation that cut it off — its own, or for a cascade the one of the device it hung
+  -- from. One per device, so bounded by the user's registrations. Devices revoked before this
+  -- migration have none.
+  CREATE TABLE revocations (
+    device_id  TEXT PRIMARY KEY REFERENCES devices(device_id),
+    user_id    TEXT NOT NULL,
+    record     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX revocations_by_user ON revocations(user_id, created_at);
+  -- The last reset applied, as the recovery key signed it (JSON), and when the relay applied it:
+  -- the devices revoked by then and still revoked stand on it. NULL before the first.
+  ALTER TABLE users ADD COLUMN reset TEXT;
+  ALTER TABLE users ADD COLUMN reset_at INTEGER;
+  `,
 ];
 
 interface DeviceRow {
@@ -304,6 +324,7 @@ interface UserRecoveryRow {
   recovery_key: Buffer | null;
   recovery_gen: number;
   escrow: Buffer | null;
+  reset: string | null;
 }
 
 interface VouchRow {
@@ -358,6 +379,7 @@ const toUserRecovery = (row: UserRecoveryRow): UserRecovery | undefined =>
         recoveryKey: new Uint8Array(row.recovery_key),
         gen: row.recovery_gen,
         escrow: row.escrow === null ? null : toB64(row.escrow),
+        reset: row.reset === null ? null : RecoveryResetSchema.parse(JSON.parse(row.reset)),
       };
 
 const toVouch = (row: VouchRow): DeviceCertificate => ({
@@ -413,6 +435,13 @@ const cascadeOf = (
   }
   return [...line].filter((id) => !supported.has(id)) as DeviceId[];
 };
+
+/**
+ * Signed records as stored: exactly the signed fields, in one order, so the rows a revocation
+ * leaves for its target and its cascade hold the same text (listed once).
+ */
+const revocationJson = (r: Revocation): string => JSON.stringify({ user: r.user, device: r.device, issuer: r.issuer, at: r.at, sig: r.sig });
+const resetJson = (r: RecoveryReset): string => JSON.stringify({ user: r.user, keep: r.keep, gen: r.gen, at: r.at, sig: r.sig });
 
 const toLogEntry = (docId: DocId, row: LogRow): LogEntry => ({
   seq: row.seq as Seq,
@@ -516,11 +545,29 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     ),
     user: db.prepare<[string], { user_key: Buffer }>(`SELECT user_key FROM users WHERE user_id = ?`),
     insertUser: db.prepare(`INSERT INTO users (user_id, user_key, created_at, recovery_key, escrow) VALUES (?, ?, ?, ?, ?)`),
-    userRecovery: db.prepare<[string], UserRecoveryRow>(`SELECT user_id, user_key, recovery_key, recovery_gen, escrow FROM users WHERE user_id = ?`),
+    userRecovery: db.prepare<[string], UserRecoveryRow>(`SELECT user_id, user_key, recovery_key, recovery_gen, escrow, reset FROM users WHERE user_id = ?`),
     recoveryUser: db.prepare<[Uint8Array], UserRecoveryRow>(
-      `SELECT user_id, user_key, recovery_key, recovery_gen, escrow FROM users WHERE recovery_key = ?`,
+      `SELECT user_id, user_key, recovery_key, recovery_gen, escrow, reset FROM users WHERE recovery_key = ?`,
     ),
-    setRecoveryGen: db.prepare(`UPDATE users SET recovery_gen = ? WHERE user_id = ?`),
+    setReset: db.prepare(`UPDATE users SET recovery_gen = ?, reset = ?, reset_at = ? WHERE user_id = ?`),
+    putRevocation: db.prepare(
+      `INSERT INTO revocations (device_id, user_id, record, created_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (device_id) DO UPDATE SET record = excluded.record, created_at = excluded.created_at`,
+    ),
+    dropRevocation: db.prepare(`DELETE FROM revocations WHERE device_id = ? AND user_id = ?`),
+    // A reset stands behind the devices revoked at or before it: those it kept were reinstated
+    // (revoked_at NULL), and a device revoked again later has a later revoked_at.
+    revocationRecords: db.prepare<[string], { record: string | null; reset: string | null }>(
+      `SELECT r.record, CASE WHEN d.revoked_at <= u.reset_at THEN u.reset END AS reset
+       FROM devices d JOIN users u USING (user_id) LEFT JOIN revocations r USING (device_id)
+       WHERE d.device_id = ? AND d.revoked_at IS NOT NULL`,
+    ),
+    // A revocation kept for a target and its cascade is one record: listed once, at its newest.
+    revocationsOfUser: db.prepare<[string, number], { record: string }>(
+      `SELECT record FROM (
+         SELECT record, max(created_at) AS at FROM revocations WHERE user_id = ? GROUP BY record ORDER BY at DESC, record DESC LIMIT ?
+       ) ORDER BY at, record`,
+    ),
     reinstate: db.prepare(`UPDATE devices SET revoked_at = NULL WHERE device_id = ? AND user_id = ?`),
     vouchesOfUser: db.prepare<[string], VouchRow>(
       `SELECT v.device_id, v.issuer, v.user_id, v.issued_at, v.sig, u.user_key, d.device_key
@@ -741,16 +788,19 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     return vouchers;
   };
 
-  const revokeTx = db.transaction((userId: UserId, deviceId: DeviceId, now: number, by: DeviceId | undefined): Result<DeviceRecord[]> => {
+  const revokeTx = db.transaction((revocation: Revocation, now: number): Result<DeviceRecord[]> => {
+    const { user: userId, device: deviceId, issuer: by } = revocation;
     const target = stmt.device.get(deviceId);
     if (!target || target.user_id !== userId) return err(ErrorCode.UNKNOWN_DEVICE, 'no such device of this user');
-    if (by !== undefined) {
-      // A revoked device's frames may still be queued: it revokes nothing once it is out.
-      const actor = stmt.device.get(by);
-      if (!actor || actor.user_id !== userId || actor.revoked_at !== null) return err(ErrorCode.DEVICE_REVOKED, 'the revoking device is revoked');
-    }
+    // A revoked device's frames may still be queued: it revokes nothing once it is out.
+    const actor = stmt.device.get(by);
+    if (!actor || actor.user_id !== userId || actor.revoked_at !== null) return err(ErrorCode.DEVICE_REVOKED, 'the revoking device is revoked');
     const cascade = cascadeOf(deviceId, stmt.devicesOfUser.all(userId), vouchersOf(userId), by);
-    for (const id of [deviceId, ...cascade]) stmt.revoke.run(now, id, userId);
+    const record = revocationJson(revocation);
+    for (const id of [deviceId, ...cascade]) {
+      stmt.revoke.run(now, id, userId);
+      stmt.putRevocation.run(id, userId, record, now);
+    }
     return ok([deviceId, ...cascade].map((id) => toDeviceRecord(stmt.device.get(id)!)));
   });
 
@@ -789,13 +839,17 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     const revoked: DeviceRecord[] = [];
     for (const row of stmt.devicesOfUser.all(reset.user)) {
       if (keep.has(row.device_id)) {
-        if (row.revoked_at !== null) stmt.reinstate.run(row.device_id, reset.user);
+        if (row.revoked_at !== null) {
+          stmt.reinstate.run(row.device_id, reset.user);
+          // What revoked it no longer stands: the reset, later in the book of every device, keeps it.
+          stmt.dropRevocation.run(row.device_id, reset.user);
+        }
       } else if (row.revoked_at === null) {
         stmt.revoke.run(now, row.device_id, reset.user);
         revoked.push(toDeviceRecord(stmt.device.get(row.device_id)!));
       }
     }
-    stmt.setRecoveryGen.run(reset.gen, reset.user);
+    stmt.setReset.run(reset.gen, resetJson(reset), now, reset.user);
     const kept = reset.keep.map((id) => toDeviceRecord(stmt.device.get(id)!));
     return ok({ revoked, kept, ...(enrolled ? { enrolled } : {}) });
   });
@@ -869,7 +923,18 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       stmt.readLog.all(userId, docId, after, limit, maxBytes).map((row) => toLogEntry(docId, row)),
     lastCounter: async (userId, docId, deviceId) => stmt.lastCounter.get(userId, docId, deviceId)?.last_counter ?? 0,
     putSnapshot: async (req, now, retentionMs) => putSnapshotTx.immediate(req, now, retentionMs),
-    revokeDevice: async (userId, deviceId, now, by) => revokeTx.immediate(userId, deviceId, now, by),
+    revokeDevice: async (revocation, now) => revokeTx.immediate(revocation, now),
+    revocationRecords: async (deviceId) => {
+      const row = stmt.revocationRecords.get(deviceId);
+      if (!row) return {};
+      const reset = row.reset === null ? undefined : RecoveryResetSchema.parse(JSON.parse(row.reset));
+      return {
+        ...(row.record !== null ? { revocation: RevocationSchema.parse(JSON.parse(row.record)) } : {}),
+        // Never a reset that keeps the device (a safeguard: it would be reinstated, not revoked).
+        ...(reset && !reset.keep.includes(deviceId) ? { reset } : {}),
+      };
+    },
+    listRevocations: async (userId, limit) => stmt.revocationsOfUser.all(userId, limit).map((row) => RevocationSchema.parse(JSON.parse(row.record))),
     getRecovery: async (userId) => {
       const row = stmt.userRecovery.get(userId);
       return row && toUserRecovery(row);
