@@ -48,6 +48,7 @@ import type { ClientStore } from './storage/client-store.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
+import { ProofRequests } from './sync/proof-requests.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 import { type TrustView, TrustBook, chooseWriteEpoch, epochMetaOf } from './trust-book.js';
@@ -142,6 +143,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #documentState: ExternalDocState | undefined;
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
+  readonly #proofs: ProofRequests;
   readonly #keyring: KeyRing;
   readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   readonly #docs = new Map<DocId, DocSync>();
@@ -246,6 +248,13 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onError: (error) =>
         this.emit('error', [{ code: 'INTERNAL', message: `dispatch failed: ${error instanceof Error ? error.message : String(error)}` }]),
     });
+    this.#proofs = new ProofRequests({
+      subscribe: (sync, after) => this.#link.send({ type: 'sub', docs: [{ doc: sync.docId, after: after as Seq }] }),
+      doc: (docId) => this.#docs.get(docId),
+      urgent: () => this.#idleWaiters.length > 0,
+      // Acknowledged, yet not in the log a catch-up just read: resent (once per connection).
+      onUnproved: (sync, counters) => this.#dispatcher.resendOnce(sync, counters),
+    });
     // Offline too: a device that knows one of its epochs is dirty keeps new changes pending.
     this.#chooseWriteEpoch();
     this.#link.start();
@@ -253,6 +262,16 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   get status(): ClientStatus {
     return this.#status;
+  }
+
+  /**
+   * Local changes sealed but not yet proved in the relay's log: an acknowledgment alone does not
+   * count, only this device's envelope seen back in the log (or a snapshot covering it).
+   */
+  get unconfirmed(): number {
+    let count = 0;
+    for (const d of this.#docs.values()) count += d.unconfirmed;
+    return count;
   }
 
   /** The tier the relay enforces for this user (last known while offline). */
@@ -301,6 +320,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         onPending: (sync, bytes) => {
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
+          // A local change not yet proved: no longer synced.
+          this.#updateStatus();
           if (this.#keyring.writeEpoch === undefined) this.#rotate();
         },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
@@ -312,6 +333,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         overBudget: () => this.#link.reconnect(),
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
+        onRewind: (sync) => {
+          if (this.#link.state === 'ready') this.#subscribe([sync]);
+        },
         onError: (error) => this.emit('error', [error]),
       });
       this.#opening.set(docId, opening);
@@ -410,7 +434,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /**
    * Sends every pending change now, ignoring the tier's batch window (the relay still enforces
-   * bandwidth and data limits), and resolves when all of them are acknowledged. Waits while
+   * bandwidth and data limits), and resolves when all of them are proved in the relay's log
+   * (this device saw them come back; an ack alone is only the relay's claim). Waits while
    * offline; rejects if the relay refuses this device for good. The changes stay stored either way.
    */
   async flush(): Promise<void> {
@@ -424,7 +449,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /**
-   * Resolves once every open document has caught up with the relay on this connection.
+   * Resolves once every open document has caught up with the relay on this connection and every
+   * local change is proved in its log (status `synced`).
    * Rejects if the relay refuses this device for good (revoked, unknown, bad signature).
    */
   whenSynced(): Promise<void> {
@@ -456,6 +482,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#closed = true;
     this.#link.stop();
     this.#dispatcher.close();
+    this.#proofs.close();
     this.#rotation?.done();
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
     await this.#pinWrite;
@@ -745,10 +772,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (state !== 'ready') {
       for (const d of this.#docs.values()) d.resetSynced();
       this.#dispatcher.onLinkDown();
+      this.#proofs.onLinkDown();
     }
     this.#updateStatus();
   }
 
+  /** `synced` needs every document caught up and every local change proved; else `connected`. */
   #updateStatus(): void {
     const state = this.#link.state;
     if (this.#closed) return;
@@ -819,10 +848,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onFrame(frame: RelayFrame): void {
     switch (frame.type) {
       case 'ack':
+        // A claim: it lets the next write go, but the envelope stays until its proof is seen
+        // (the relay-chosen seq is never marked as received).
         for (const { doc, counter, seq, kind } of frame.acks) {
           if (kind === 'snapshot') continue;
           const sync = this.#docs.get(doc);
-          void sync?.acknowledge(counter, seq).then(() => this.#maybeSnapshot(sync));
+          if (sync?.claim(counter, seq)) this.#proofs.claimed(sync);
           this.#dispatcher.onAck(doc, counter);
         }
         return;
@@ -830,7 +861,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         // A refused snapshot costs nothing: the next one covers more.
         if (frame.kind === 'snapshot') return;
         // The envelope stays in the outbox: a refused write is reported, never dropped.
-        this.#dispatcher.onReject(frame.doc, frame.counter, frame.retryAfterMs);
+        this.#dispatcher.onReject(frame.doc, frame.counter, frame.code, frame.retryAfterMs);
         if (frame.retryAfterMs !== undefined) this.emit('deferred', [{ doc: frame.doc, code: frame.code, retryAfterMs: frame.retryAfterMs }]);
         else this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);
         return;
@@ -854,10 +885,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         if (sync) void sync.withhold(frame.seqs, frame.through).then(() => this.#checkProgress());
         return;
       }
-      case 'synced':
-        this.#docs.get(frame.doc)?.markSynced(frame.seq);
+      case 'synced': {
+        const sync = this.#docs.get(frame.doc);
+        sync?.markSynced(frame.seq);
+        // Judged once what arrived before it is applied: only then is an unproved claim false.
+        if (sync) void sync.settle().then(() => this.#proofs.onSynced(frame.doc));
         this.#checkProgress();
         return;
+      }
       case 'tier':
         this.#applyTier(frame.tier);
         return;

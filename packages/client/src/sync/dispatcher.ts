@@ -1,8 +1,23 @@
-import { type DocId, type Envelope, type Priority, type Scheduler, type TierPolicy, WireLimits, packByChars } from '@keel/engine';
+import { type DocId, type Envelope, ErrorCode, type Priority, type Scheduler, type TierPolicy, WireLimits, packByChars } from '@keel/engine';
 import type { DocSync } from './doc-sync.js';
 
 /** What a push frame adds around its envelopes, generously. */
 const ENVELOPE_OVERHEAD_CHARS = 512;
+
+/**
+ * The longest deferral honoured for a non-crisis document. The relay may name up to seven days;
+ * an honest one defers for a bandwidth window or until the daily quota resets, and a device
+ * that asks again after an hour costs it one refusal.
+ */
+export const MAX_DEFERRAL_MS = 60 * 60 * 1000;
+
+/** Why a document is held back, and until when. */
+interface Hold {
+  /** Time the hold ends by itself; +Infinity for a refusal (until reconnect or tier change). */
+  readonly until: number;
+  /** Lifted by the next reconnect whatever `until` says (refusals; any deferral of a crisis document). */
+  readonly untilReconnect: boolean;
+}
 
 /**
  * Packs envelopes, in order, into push frames of at most `maxFrameChars` characters and the
@@ -37,9 +52,19 @@ export class Dispatcher {
    * in parts); a dispatch is settled with the scheduler once, when its last counter is.
    */
   readonly #inflight = new Map<DocId, Set<number>[]>();
-  /** Documents the relay deferred (until a time) or refused (until reconnect or tier change). */
-  readonly #heldUntil = new Map<DocId, number>();
+  /**
+   * Documents the relay deferred (until a time) or refused (until reconnect or tier change).
+   * Only open documents are held, and each has at most one retry timer: a relay naming a
+   * million document ids grows neither.
+   */
+  readonly #held = new Map<DocId, Hold>();
   readonly #retryTimers = new Map<DocId, ReturnType<typeof setTimeout>>();
+  /**
+   * Counters resent on this connection because the relay reported a gap or an ack went unproved:
+   * each envelope is resent that way at most once per connection, so a relay that keeps
+   * answering COUNTER_GAP (or keeps lying) never drives a resend loop.
+   */
+  readonly #resent = new Map<DocId, Set<number>>();
   #wake: ReturnType<typeof setTimeout> | undefined;
   #wakeAt = Number.POSITIVE_INFINITY;
   #closed = false;
@@ -59,7 +84,7 @@ export class Dispatcher {
     if (this.#closed || !this.#deps.linkReady()) return;
     const { scheduler } = this.#deps;
     for (const dispatch of scheduler.take()) {
-      const held = this.#heldUntil.get(dispatch.docId);
+      const held = this.#held.get(dispatch.docId)?.until;
       if (held !== undefined && held > this.#deps.now()) {
         scheduler.requeue(dispatch, held);
         continue;
@@ -119,41 +144,69 @@ export class Dispatcher {
 
   /**
    * The relay refused an envelope. With `retryAfterMs` it is a deferral: the document's outbox
-   * is resent then. Without, it waits for a reconnect or a tier change. Never dropped.
+   * is resent then (a crisis document's at the next reconnect at the latest; others' after an
+   * hour at most). A counter gap is answered by resending what the relay lacks. Anything else
+   * waits for a reconnect or a tier change. Never dropped.
    */
-  onReject(docId: DocId, counter: number, retryAfterMs: number | undefined): void {
+  onReject(docId: DocId, counter: number, code: string, retryAfterMs: number | undefined): void {
     this.#settle(docId, counter, true);
+    const sync = this.#deps.doc(docId);
+    // Not an open document: nothing of ours to hold, and nothing to remember.
+    if (!sync) return this.pump();
+    if (code === ErrorCode.COUNTER_GAP && retryAfterMs === undefined) {
+      // The relay lacks an earlier envelope (an ack that was false, a push that was lost): it is
+      // still in the outbox, so resending in counter order fills the gap. Once per counter.
+      if (!this.#resent.get(docId)?.has(counter)) this.resendOnce(sync);
+      return this.pump();
+    }
     if (retryAfterMs === undefined) {
-      this.#heldUntil.set(docId, Number.POSITIVE_INFINITY);
+      this.#held.set(docId, { until: Number.POSITIVE_INFINITY, untilReconnect: true });
     } else {
-      const until = this.#deps.now() + retryAfterMs;
-      this.#heldUntil.set(docId, until);
+      const wait = Math.min(retryAfterMs, MAX_DEFERRAL_MS);
+      this.#held.set(docId, { until: this.#deps.now() + wait, untilReconnect: sync.crisis });
       clearTimeout(this.#retryTimers.get(docId));
       this.#retryTimers.set(
         docId,
         setTimeout(() => {
           this.#retryTimers.delete(docId);
-          this.#heldUntil.delete(docId);
+          this.#held.delete(docId);
           this.#deps.scheduler.release(docId);
-          const sync = this.#deps.doc(docId);
-          if (sync) this.resend([sync]);
+          const open = this.#deps.doc(docId);
+          if (open) this.resend([open]);
           this.pump();
-        }, retryAfterMs),
+        }, wait),
       );
     }
     this.pump();
+  }
+
+  /**
+   * Resends, in counter order, the outbox envelopes of `sync` (only `counters`, when given) not
+   * resent this way on this connection yet. Returns how many were sent.
+   */
+  resendOnce(sync: DocSync, counters?: readonly number[]): number {
+    if (!this.#deps.linkReady()) return 0;
+    const done = this.#resent.get(sync.docId) ?? new Set<number>();
+    this.#resent.set(sync.docId, done);
+    const only = counters && new Set(counters);
+    const envs = sync.outbox().filter((env) => !done.has(env.counter) && (!only || only.has(env.counter)));
+    for (const env of envs) done.add(env.counter);
+    sync.unclaim(envs.map((env) => env.counter));
+    this.#pushAll(envs);
+    return envs.length;
   }
 
   /** The link dropped: nothing is in flight any more; the outbox is resent on reconnect. */
   onLinkDown(): void {
     for (const [docId, list] of this.#inflight) for (const _ of list) this.#deps.scheduler.settle(docId);
     this.#inflight.clear();
+    this.#resent.clear();
     clearTimeout(this.#wake);
     this.#wake = undefined;
     this.#wakeAt = Number.POSITIVE_INFINITY;
   }
 
-  /** Authenticated again: resend every unacknowledged envelope, crisis documents first. */
+  /** Authenticated again: resend every unproved envelope, crisis documents first. */
   onLinkReady(): void {
     this.#release();
     this.resend([...this.#deps.docs()]);
@@ -174,7 +227,7 @@ export class Dispatcher {
 
   /** Seals and pushes every document's pending changes now, ignoring the batch window. */
   async flushNow(priorityOf: (sync: DocSync) => Priority): Promise<void> {
-    const docs = [...this.#deps.docs()].filter((d) => d.hasPending && !this.#heldUntil.has(d.docId));
+    const docs = [...this.#deps.docs()].filter((d) => d.hasPending && !this.#held.has(d.docId));
     docs.sort((a, b) => priorityOf(b) - priorityOf(a));
     for (const sync of docs) this.#pushAll(await sync.seal(priorityOf(sync)));
   }
@@ -186,23 +239,27 @@ export class Dispatcher {
     this.#retryTimers.clear();
   }
 
-  /** Lifts refusals (not timed deferrals); returns the documents released. */
+  /**
+   * Lifts refusals and crisis documents' deferrals (not other timed deferrals, which the
+   * hour cap bounds); returns the documents released.
+   */
   #release(): DocId[] {
     const released: DocId[] = [];
-    for (const [docId, until] of this.#heldUntil) {
-      if (until === Number.POSITIVE_INFINITY) {
-        this.#heldUntil.delete(docId);
-        this.#deps.scheduler.release(docId);
-        released.push(docId);
-      }
+    for (const [docId, hold] of this.#held) {
+      if (!hold.untilReconnect) continue;
+      this.#held.delete(docId);
+      clearTimeout(this.#retryTimers.get(docId));
+      this.#retryTimers.delete(docId);
+      this.#deps.scheduler.release(docId);
+      released.push(docId);
     }
     return released;
   }
 
-  /** Resends the unacknowledged envelopes of `docs`, crisis documents first (not those held back). */
+  /** Resends the unproved envelopes of `docs`, crisis documents first (not those held back). */
   resend(docs: DocSync[]): void {
     for (const sync of docs.sort((a, b) => b.baseLane - a.baseLane)) {
-      if ((this.#heldUntil.get(sync.docId) ?? 0) > this.#deps.now()) continue;
+      if ((this.#held.get(sync.docId)?.until ?? 0) > this.#deps.now()) continue;
       this.#pushAll(sync.outbox());
     }
   }

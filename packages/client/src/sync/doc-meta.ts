@@ -21,6 +21,11 @@ export const DocMetaSchema = z.strictObject({
   withheldThrough: z.number().int().min(0).default(0),
   /** Last counter applied per author device: the next one must be exactly one more. */
   authors: z.record(z.string(), z.number().int().min(0)),
+  /**
+   * Seq at which each author's last applied counter was received (a snapshot's base when it came
+   * from one): a counter gap of that author rewinds the received position here, not further.
+   */
+  authorSeq: z.record(z.string(), z.number().int().min(0)).default({}),
   /** Next index for the local update log and for pending (unsealed) local updates. */
   logNext: z.number().int().min(0),
   /** Highest lane of any entry this device sent or applied: a snapshot inherits it (crisis content stays crisis). */
@@ -51,6 +56,7 @@ export const newDocMeta = (docClass: DocClass, name: string): DocMeta => ({
   withheld: [],
   withheldThrough: 0,
   authors: {},
+  authorSeq: {},
   frozen: {},
   maxLane: 1,
   snapshotBase: 0,
@@ -59,6 +65,13 @@ export const newDocMeta = (docClass: DocClass, name: string): DocMeta => ({
   logBase: 0,
   pendingNext: 0,
 });
+
+/**
+ * Seqs kept per document above `lastSeq`, received or withheld. A relay can name any seq, so both
+ * lists are bounded; forgetting a received one costs a second download of it, forgetting a
+ * withheld one only the "synced" accounting — never content.
+ */
+export const MAX_KNOWN_SEQS = 4096;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -77,6 +90,18 @@ export const markSeq = (meta: DocMeta, seq: number): void => {
   while (meta.ahead.length > 0 && meta.ahead[0] === meta.lastSeq + 1) {
     meta.lastSeq = meta.ahead.shift()!;
   }
+  // The highest are dropped: they are the furthest from joining the contiguous prefix.
+  if (meta.ahead.length > MAX_KNOWN_SEQS) meta.ahead.length = MAX_KNOWN_SEQS;
+};
+
+/**
+ * Moves the received position back to `seq` (never forward) and forgets what was received out of
+ * order above it, so the next catch-up from `lastSeq` fetches all of it again. What was applied
+ * stays applied; what comes again is a duplicate and only marks its seq.
+ */
+export const rewindTo = (meta: DocMeta, seq: number): void => {
+  meta.lastSeq = Math.min(meta.lastSeq, seq);
+  meta.ahead = [];
 };
 
 /** Records seqs the relay withheld; they stop "synced" from waiting on them. */
@@ -85,6 +110,9 @@ export const markWithheld = (meta: DocMeta, seqs: readonly number[]): void => {
     if (seq > meta.lastSeq && !meta.ahead.includes(seq) && !meta.withheld.includes(seq)) meta.withheld.push(seq);
   }
   meta.withheld.sort((a, b) => a - b);
+  // Past the cap the oldest are forgotten: the device then waits on them for "synced" in vain
+  // until they arrive (the tier allows them) or a catch-up covers them.
+  if (meta.withheld.length > MAX_KNOWN_SEQS) meta.withheld.splice(0, meta.withheld.length - MAX_KNOWN_SEQS);
 };
 
 /** Highest seq up to which every seq is received or known to be withheld. */

@@ -22,7 +22,7 @@ import {
 import * as Y from 'yjs';
 import type { Identity } from '../identity.js';
 import { type ClientStore, type StorageOp, orderKey } from '../storage/client-store.js';
-import { type DocMeta, DocMetaSchema, decodeJson, encodeJson, markSeq, markWithheld, newDocMeta, seenThrough } from './doc-meta.js';
+import { type DocMeta, DocMetaSchema, decodeJson, encodeJson, markSeq, markWithheld, newDocMeta, rewindTo, seenThrough } from './doc-meta.js';
 
 /** Origin of updates applied from the relay; they are never sent back. */
 export const REMOTE_ORIGIN = Symbol('keel:remote');
@@ -110,6 +110,11 @@ export interface DocSyncDeps {
   readonly onStaged: (sync: DocSync, count: number) => void;
   /** Something in the outbox or pending set changed. */
   readonly onProgress: () => void;
+  /**
+   * The received position moved back (a counter gap showed a seq was marked for the wrong
+   * envelope): catch-up must be asked for again from `lastSeq`.
+   */
+  readonly onRewind: (sync: DocSync) => void;
   readonly onError: (error: KeelError & { doc: DocId }) => void;
 }
 
@@ -127,8 +132,12 @@ const keys = (docId: DocId) => ({
 
 /**
  * One open document: its live Y.Doc, local persistence, pending local updates, sealed but
- * unacknowledged envelopes (the outbox), and verification of what arrives from the relay.
+ * unproved envelopes (the outbox), and verification of what arrives from the relay.
  * All storage writes of a document go through one queue, in order.
+ *
+ * An `ack` is the relay's claim, not a fact: an envelope leaves the outbox only on proof — the
+ * device's own envelope, same signature, delivered back in the log at a seq, or a verified
+ * snapshot whose author counters cover it. A relay that acknowledges and drops loses nothing.
  */
 export class DocSync {
   readonly doc: Y.Doc;
@@ -142,6 +151,10 @@ export class DocSync {
   readonly #meta: DocMeta;
   readonly #pending = new Map<number, Uint8Array>();
   readonly #outbox = new Map<number, Envelope>();
+  /** Outbox counters the relay acknowledged (on this connection) and not proved yet, with the seq it named. */
+  readonly #claimed = new Map<number, number>();
+  /** (author, expected counter) gaps already answered by a rewind on this connection: never a loop. */
+  readonly #rewound = new Set<string>();
   /** Split updates being received, by author; applied once complete, never persisted half-done. */
   readonly #partial = new Map<DeviceId, PartialUpdate>();
   #staged = 0;
@@ -232,9 +245,39 @@ export class DocSync {
     return this.#meta.lastSeq;
   }
 
-  /** Caught up with the relay on the current connection (withheld entries count as seen). */
+  /**
+   * Caught up with the relay on the current connection (withheld entries count as seen) and every
+   * local change proved in its log.
+   */
   get synced(): boolean {
-    return this.#syncTarget !== undefined && seenThrough(this.#meta) >= this.#syncTarget;
+    return !this.busy && this.#syncTarget !== undefined && seenThrough(this.#meta) >= this.#syncTarget;
+  }
+
+  /** Local changes sealed but not yet proved in the relay's log (acknowledged or not). */
+  get unconfirmed(): number {
+    return this.#outbox.size;
+  }
+
+  /** Counters acknowledged by the relay on this connection and not proved since. */
+  claimed(): number[] {
+    return [...this.#claimed.keys()];
+  }
+
+  /**
+   * Where a catch-up that proves the claimed envelopes may start: just below the lowest seq the
+   * acks named, when everything from `lastSeq` up to there is here already (received or
+   * withheld), so entries that arrived live are not downloaded again; `lastSeq` otherwise. The
+   * named seqs are the relay's word: a wrong one costs at most a resend, never a seq marked.
+   */
+  proofAfter(): number {
+    const lowest = Math.min(...this.#claimed.values());
+    const floor = lowest - 1;
+    const { lastSeq, ahead, withheld } = this.#meta;
+    // More seqs to cover than are known above lastSeq: some are missing (or the seq is made up).
+    if (!Number.isFinite(floor) || floor <= lastSeq || floor - lastSeq > ahead.length + withheld.length) return lastSeq;
+    const known = new Set([...ahead, ...withheld]);
+    for (let seq = lastSeq + 1; seq <= floor; seq++) if (!known.has(seq)) return lastSeq;
+    return floor;
   }
 
   /** Remote updates waiting for the app to accept them (manual conflict resolution). */
@@ -249,7 +292,7 @@ export class DocSync {
     return bytes;
   }
 
-  /** True while any local update is not yet acknowledged by the relay. */
+  /** True while any local update is not yet proved in the relay's log. */
   get busy(): boolean {
     return this.#unpersisted.length > 0 || this.#ioScheduled || this.#pending.size > 0 || this.#outbox.size > 0;
   }
@@ -283,14 +326,19 @@ export class DocSync {
     });
   }
 
-  /** Sealed, unacknowledged envelopes in counter order: resent after every reconnect. */
+  /** Sealed, unproved envelopes in counter order: resent after every reconnect. */
   outbox(): Envelope[] {
     return [...this.#outbox.values()].sort((a, b) => a.counter - b.counter);
   }
 
-  /** Called when a new connection starts; catch-up must finish before the doc is synced again. */
+  /**
+   * Called when a new connection starts; catch-up must finish before the doc is synced again.
+   * Claims and answered gaps were this connection's: everything unproved is resent anyway.
+   */
   resetSynced(): void {
     this.#syncTarget = undefined;
+    this.#claimed.clear();
+    this.#rewound.clear();
   }
 
   #scheduleIO(): void {
@@ -389,45 +437,72 @@ export class DocSync {
     }).then(() => sealed);
   }
 
-  /** The relay committed our envelope `counter` at `seq`. */
-  acknowledge(counter: number, seq: number): Promise<void> {
-    return this.#enqueue(async () => {
-      if (!this.#outbox.has(counter)) return;
-      this.#outbox.delete(counter);
-      markSeq(this.#meta, seq);
-      this.#meta.authors[this.#deps.identity.device.deviceId] = Math.max(this.#meta.authors[this.#deps.identity.device.deviceId] ?? 0, counter);
-      await this.#deps.store.batch([
-        { op: 'remove', key: this.#keys.outbox(counter) },
-        { op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) },
-      ]);
-      this.#deps.onProgress();
-    });
+  /**
+   * The relay says it committed our envelope `counter`: a claim. The envelope stays in the outbox
+   * (durably) until proved; returns whether it was an unproved envelope not claimed before.
+   */
+  claim(counter: number, seq: number): boolean {
+    if (!this.#outbox.has(counter) || this.#claimed.has(counter)) return false;
+    this.#claimed.set(counter, seq);
+    return true;
+  }
+
+  /** Resent envelopes: their next ack is a new claim, to be proved again. */
+  unclaim(counters: readonly number[]): void {
+    for (const counter of counters) this.#claimed.delete(counter);
+  }
+
+  /**
+   * Our envelopes `counters` are in the relay's log — `seq` is where one was seen (absent when a
+   * snapshot proved them): they leave the outbox. Adds their removal to `ops`; the caller
+   * persists those with the meta.
+   */
+  #prove(ops: StorageOp[], counters: readonly number[], seq?: number): void {
+    const self = this.#deps.identity.device.deviceId;
+    for (const counter of counters) {
+      if (!this.#outbox.delete(counter)) continue;
+      this.#claimed.delete(counter);
+      ops.push({ op: 'remove', key: this.#keys.outbox(counter) });
+      if ((this.#meta.authors[self] ?? 0) < counter) {
+        this.#meta.authors[self] = counter;
+        if (seq !== undefined) this.#meta.authorSeq[self] = seq;
+      }
+    }
   }
 
   /**
    * Verifies and applies envelopes the relay delivered, in seq order. An envelope that fails
    * any check (wrong document, unknown author, bad signature, counter gap, decryption) is
    * reported and not applied, and its seq is not marked, so it is fetched again later.
+   *
+   * A counter gap of another author means an envelope of theirs is missing below: its seq may
+   * have been marked for something else (a relay can replay an old envelope at any seq). The
+   * received position then goes back to where that author's last counter was received, and
+   * catch-up is asked for again — once per (author, expected counter) per connection.
    */
   receive(items: readonly { seq: number; env: Envelope }[]): Promise<void> {
     const applied: Uint8Array[] = [];
     const staged: { seq: number; update: Uint8Array }[] = [];
+    const proofs: StorageOp[] = [];
     const manual = !this.crisis && this.#deps.shouldStage();
     const self = this.#deps.identity.device.deviceId;
     const perEnvelope = this.#deps.maxInflatedBytes();
     let inflateLeft = FRAME_INFLATE_LIMITS * perEnvelope;
+    let rewound = false;
     for (const { seq, env } of items) {
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
       // Signature first: nothing the relay could have forged may even mark a seq as received.
       const error = this.#check(env, self);
+      // Our own envelope in the log: the proof its ack only claimed.
+      const own = env.device === self && this.#outbox.get(env.counter)?.sig === env.sig;
       if (error === 'duplicate') {
         markSeq(this.#meta, seq);
-        // Our own envelope came back in catch-up: it was committed even if its ack was lost.
-        if (env.device === self && this.#outbox.get(env.counter)?.sig === env.sig) void this.acknowledge(env.counter, seq);
+        if (own) this.#prove(proofs, [env.counter], seq);
         continue;
       }
       if (error) {
         this.#deps.onError({ ...error, doc: this.docId });
+        if (error.code === ErrorCode.COUNTER_GAP && this.#rewindFor(env.device)) rewound = true;
         // Signed by its author, who is revoked: refused for good, so it does not hold the document back.
         if (error.code === ErrorCode.DEVICE_REVOKED) markSeq(this.#meta, seq);
         continue;
@@ -445,7 +520,7 @@ export class DocSync {
         continue;
       }
       inflateLeft -= opened.value.length;
-      if (env.device === self && this.#outbox.get(env.counter)?.sig === env.sig) void this.acknowledge(env.counter, seq);
+      if (own) this.#prove(proofs, [env.counter], seq);
       // A part waits for the rest of its update; only the whole update is applied, and only then
       // are its seqs marked received (so a restart half-way fetches the parts again).
       const whole = env.part ? this.#collectPart(env, seq, opened.value) : { update: opened.value, seqs: [seq], lane: env.lane, last: env.counter };
@@ -463,12 +538,15 @@ export class DocSync {
         }
         applied.push(whole.update);
       }
-      this.#meta.authors[env.device] = Math.max(this.#meta.authors[env.device] ?? 0, whole.last);
+      if ((this.#meta.authors[env.device] ?? 0) < whole.last) {
+        this.#meta.authors[env.device] = whole.last;
+        this.#meta.authorSeq[env.device] = Math.max(...whole.seqs);
+      }
       this.#meta.maxLane = Math.max(this.#meta.maxLane, whole.lane);
       for (const s of whole.seqs) markSeq(this.#meta, s);
     }
     return this.#enqueue(async () => {
-      const ops: StorageOp[] = [];
+      const ops: StorageOp[] = [...proofs];
       if (applied.length > 0) this.#stateOps(ops, applied.length === 1 ? applied[0]! : Y.mergeUpdates(applied));
       for (const { seq, update } of staged) ops.push({ op: 'save', key: this.#keys.staged(seq), data: update });
       ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
@@ -477,7 +555,25 @@ export class DocSync {
         this.#staged += staged.length;
         this.#deps.onStaged(this, this.#staged);
       }
+      if (proofs.length > 0) this.#deps.onProgress();
+      if (rewound) this.#deps.onRewind(this);
     });
+  }
+
+  /**
+   * Rewinds the received position for a counter gap of `author`: back to the seq at which its
+   * last applied counter arrived (the latest snapshot's base, or the start, when unknown).
+   * Returns false when this gap was answered already on this connection.
+   */
+  #rewindFor(author: DeviceId): boolean {
+    const expected = (this.#meta.authors[author] ?? 0) + 1;
+    const key = `${author} ${expected}`;
+    if (this.#rewound.has(key)) return false;
+    this.#rewound.add(key);
+    rewindTo(this.#meta, this.#meta.authorSeq[author] ?? this.#meta.snapshotBase);
+    // A split update half-collected from the wrong seqs starts over with the refetch.
+    this.#partial.delete(author);
+    return true;
   }
 
   /**
@@ -522,7 +618,8 @@ export class DocSync {
       const staged = await this.#deps.store.loadRange(this.#keys.stagedPrefix);
       const state = Y.mergeUpdates([Y.encodeStateAsUpdate(this.doc), ...staged.map((c) => c.data)]);
       const self = this.#deps.identity.device.deviceId;
-      const authors = { ...this.#meta.authors, [self]: Math.max(this.#meta.authors[self] ?? 0, this.#meta.counter) };
+      // Only proved counters: a reader of this snapshot takes it as proof that the log holds them.
+      const authors = { ...this.#meta.authors, [self]: this.#meta.authors[self] ?? 0 };
       const payload = encodeSnapshotPayload({ authors, state });
       // A snapshot travels as one envelope: one larger than a frame may hold is not taken (the
       // log stays as it is, which costs storage, never data).
@@ -574,15 +671,22 @@ export class DocSync {
       }
     }
     for (const [device, counter] of Object.entries(payload.value.authors)) {
-      this.#meta.authors[device] = Math.max(this.#meta.authors[device] ?? 0, counter);
+      if ((this.#meta.authors[device] ?? 0) >= counter) continue;
+      this.#meta.authors[device] = counter;
+      this.#meta.authorSeq[device] = base;
     }
+    // A verified snapshot whose author counters cover our envelopes proves them (its author applied them from the log).
+    const self = this.#deps.identity.device.deviceId;
+    const proofs: StorageOp[] = [];
+    const covered = payload.value.authors[self] ?? 0;
+    this.#prove(proofs, [...this.#outbox.keys()].filter((c) => c <= covered));
     this.#meta.lastSeq = base;
     this.#meta.ahead = this.#meta.ahead.filter((seq) => seq > base);
     this.#meta.withheld = this.#meta.withheld.filter((seq) => seq > base);
     while (this.#meta.ahead[0] === this.#meta.lastSeq + 1) this.#meta.lastSeq = this.#meta.ahead.shift()!;
     this.#meta.snapshotBase = Math.max(this.#meta.snapshotBase, base);
     return this.#enqueue(async () => {
-      const ops: StorageOp[] = [];
+      const ops: StorageOp[] = [...proofs];
       if (manual) ops.push({ op: 'save', key: this.#keys.staged(base), data: payload.value.state });
       else this.#stateOps(ops, payload.value.state);
       ops.push({ op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) });
@@ -591,6 +695,7 @@ export class DocSync {
         this.#staged += 1;
         this.#deps.onStaged(this, this.#staged);
       }
+      if (proofs.length > 0) this.#deps.onProgress();
     });
   }
 

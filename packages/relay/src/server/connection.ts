@@ -515,6 +515,7 @@ export class RelayConnection implements PairingPeer {
       quota: ctx.quota,
       crisis: ctx.crisis,
       work: ctx.work,
+      readsQueued: () => delivery.queuedSteps,
       owner,
       log: ctx.log,
       now: () => ctx.now(),

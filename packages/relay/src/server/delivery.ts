@@ -61,6 +61,8 @@ export class Delivery {
   /** Documents with catch-up left to do, served in turn. */
   readonly #catchUp = new Set<DocId>();
   #scheduled = false;
+  /** A catch-up step is in the work queue, waiting or running. */
+  #queued = false;
   #closed = false;
 
   constructor(deps: DeliveryDeps) {
@@ -69,6 +71,11 @@ export class Delivery {
 
   get subscriptions(): number {
     return this.#subs.size;
+  }
+
+  /** Catch-up steps of this connection in the work queue (waiting or running): 0 or 1. */
+  get queuedSteps(): number {
+    return this.#queued ? 1 : 0;
   }
 
   /** Starts (or restarts) delivery of each document after the given seq; duplicates count once. */
@@ -132,7 +139,15 @@ export class Delivery {
   #schedule(): void {
     if (this.#scheduled || this.#closed || this.#catchUp.size === 0) return;
     this.#scheduled = true;
-    this.#deps.work.enqueue(this.#deps.owner, () => this.#step());
+    this.#queued = true;
+    this.#deps.work.enqueue(this.#deps.owner, async () => {
+      try {
+        return await this.#step();
+      } finally {
+        // The next step (if any) was enqueued by #step itself, and set the flag again.
+        if (!this.#scheduled) this.#queued = false;
+      }
+    });
   }
 
   /** One bounded step of catch-up: one page of one document, then the next document's turn. */

@@ -36,6 +36,12 @@ export interface IngestDeps {
   readonly quota: QuotaGuard;
   readonly crisis: CrisisLane;
   readonly work: WorkQueue;
+  /**
+   * Tasks of this connection in the work queue that only read the log (catch-up): a crisis push
+   * may overtake them, since reads need no order with writes. Devices ask for catch-up after
+   * every ack (to see their envelope in the log), so counting them would close the fast path.
+   */
+  readonly readsQueued: () => number;
   readonly owner: WorkOwner;
   readonly log: Logger;
   readonly now: () => number;
@@ -103,7 +109,7 @@ export class Ingest {
   onPush(raw: RawFrame, chars: number): void {
     const { work, owner } = this.#deps;
     const crisis = claimsCrisisLane(raw);
-    if (crisis && work.pending(owner) === 0 && chars <= FAST_CHARS && envelopeCount(raw) <= FAST_ENVELOPES && this.#deps.crisis.takeFastPath(this.#deps.user, envelopeCount(raw))) {
+    if (crisis && work.pending(owner) - this.#deps.readsQueued() === 0 && chars <= FAST_CHARS && envelopeCount(raw) <= FAST_ENVELOPES && this.#deps.crisis.takeFastPath(this.#deps.user, envelopeCount(raw))) {
       // The immediate path: verified and committed now, ahead of everything queued.
       void this.#runNow(this.#job(raw, true)).catch((error: unknown) => this.#deps.internal(error));
       return;

@@ -1,0 +1,281 @@
+import { type ClientStatus, createIdentity, createMemoryStore, linkNewDevice } from '@keel/client';
+import { type ClientFrame, type DocId, type Envelope, ErrorCode, type RelayFrame, type Seq, encodeFrame } from '@keel/engine';
+import { describe, expect, it } from 'vitest';
+import { waitFor } from '../support/devices.js';
+import { startMaliciousRelay } from '../support/malicious-relay.js';
+import { connectRawDevice, docRef, mapUpdate, sealFor } from '../support/raw-device.js';
+import { useTestScope } from '../support/scope.js';
+
+/**
+ * Step 6, findings 3, 4 and 5: an acknowledgment is the relay's claim, not a fact. A real device
+ * (createNodeClient, real keys) talks to the real relay process through the man in the middle of
+ * test/support/malicious-relay.ts, which fakes acks, replays envelopes at other seqs and defers
+ * crisis pushes for a week; another device of the user talks to the relay directly and must get
+ * every change once the path is honest.
+ */
+
+const scope = useTestScope();
+const MOOD = { class: 'mood', name: 'today' } as const;
+const PLAN = { class: 'safety_plan', name: 'main' } as const;
+const WEEK_MS = 7 * 24 * 3600 * 1000;
+
+/** The push frames (of `doc`) a device sent through the man in the middle, over every connection. */
+const pushesOf = (frames: readonly ClientFrame[][], doc: DocId): Envelope[] =>
+  frames.flat().flatMap((f) => (f.type === 'push' ? f.envs.filter((e) => e.doc === doc && e.kind === 'update') : []));
+
+/** Waits until `count()` has not changed for `quietMs`; fails after `timeoutMs` (a loop never goes quiet). */
+const quiet = async (count: () => number, quietMs: number, timeoutMs: number): Promise<void> => {
+  const deadline = Date.now() + timeoutMs;
+  let last = count();
+  let since = Date.now();
+  while (Date.now() - since < quietMs) {
+    if (Date.now() > deadline) throw new Error(`still sending after ${timeoutMs} ms: a resend loop`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    if (count() !== last) {
+      last = count();
+      since = Date.now();
+    }
+  }
+};
+
+describe('the relay re-serves on a second sub', () => {
+  it('a sub of a document already subscribed on the connection is answered again from its `after`, own entries included', async () => {
+    const relay = await scope.relay();
+    const identity = await createIdentity();
+    const raw = await connectRawDevice(relay.url, identity);
+    scope.defer(() => raw.close());
+    const doc = docRef(identity, 'mood', 'today');
+    raw.sendFrame({ type: 'sub', docs: [{ doc: doc.id, after: 0 }] });
+    await raw.nextOf('synced');
+    raw.sendFrame({ type: 'push', envs: [sealFor(identity, doc, 1, mapUpdate('k', 1))] });
+    const ack = await raw.nextOf('ack');
+    expect(ack.acks[0]?.seq).toBe(1);
+    // Live, the relay never sends a device its own entries back: the proof is a second sub.
+    for (let round = 0; round < 2; round++) {
+      raw.sendFrame({ type: 'sub', docs: [{ doc: doc.id, after: 0 }] });
+      const updates = await raw.nextOf('updates');
+      expect(updates.items.map((i) => [i.seq, i.env.device, i.env.counter])).toEqual([[1, identity.device.deviceId, 1]]);
+      expect((await raw.nextOf('synced')).seq).toBe(1);
+    }
+  });
+});
+
+describe('finding 3: fake acknowledgments', () => {
+  it('a push acked and dropped by the relay in the middle still reaches the other device, and later writes flow', async () => {
+    const real = await scope.relay();
+    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
+    scope.defer(() => mitm.close());
+    const idA = await createIdentity();
+    const a = await scope.device(mitm.url, idA);
+    const b = await scope.device(real.url, await linkNewDevice(idA));
+    const docA = await a.client.open(MOOD);
+    const docB = await b.client.open(MOOD);
+    const doc = a.client.docId(MOOD);
+    await mitm.ready(1);
+    await a.client.whenSynced();
+
+    // The first push of the document is acknowledged (at a seq of the relay's choosing) and dropped.
+    let dropped = 0;
+    mitm.interceptDevice((frame) => {
+      if (frame.type !== 'push' || dropped > 0 || !frame.envs.some((e) => e.doc === doc)) return undefined;
+      dropped++;
+      mitm.toDevice({ type: 'ack', acks: frame.envs.map((e) => ({ doc, counter: e.counter, seq: 1 as Seq })) });
+      return [];
+    });
+    docA.getMap('m').set('first', 1);
+    // The acked change is not taken for delivered: the device finds it missing and sends it again.
+    await waitFor(() => docB.getMap('m').get('first') === 1, 5_000, 'the falsely acked change at B');
+    docA.getMap('m').set('second', 2);
+    await waitFor(() => docB.getMap('m').get('second') === 2, 5_000, 'the next write at B');
+    await a.client.whenSynced();
+    expect(a.client.unconfirmed).toBe(0);
+    expect(dropped).toBe(1);
+    expect([...a.errors, ...b.errors].filter((e) => e.code !== ErrorCode.COUNTER_GAP)).toEqual([]);
+  });
+
+  it('changes acked falsely on every push survive a restart and reach the other device once the path is honest', async () => {
+    const real = await scope.relay();
+    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
+    scope.defer(() => mitm.close());
+    const idA = await createIdentity();
+    const storeA = createMemoryStore();
+    const first = await scope.device(mitm.url, idA, storeA);
+    const b = await scope.device(real.url, await linkNewDevice(idA));
+    const docB = await b.client.open(MOOD);
+    const docA = await first.client.open(MOOD);
+    const doc = first.client.docId(MOOD);
+    await mitm.ready(1);
+    await first.client.whenSynced();
+
+    // Every push of the document: acked, never forwarded.
+    let lying = true;
+    mitm.interceptDevice((frame) => {
+      if (!lying || frame.type !== 'push' || !frame.envs.some((e) => e.doc === doc)) return undefined;
+      mitm.toDevice({ type: 'ack', acks: frame.envs.map((e) => ({ doc, counter: e.counter, seq: 1 as Seq })) });
+      return [];
+    });
+    const statuses: ClientStatus[] = [];
+    first.client.on('status', (s) => statuses.push(s));
+    docA.getMap('m').set('one', 1);
+    await waitFor(() => pushesOf(mitm.fromDevices, doc).length >= 2, 5_000, 'the unproved change resent once');
+    docA.getMap('m').set('two', 2);
+    await waitFor(() => pushesOf(mitm.fromDevices, doc).length >= 4, 5_000, 'the second change resent once');
+    // Bounded: each change is pushed, found unproved, resent once — and no more on this connection
+    // (the device goes quiet: no frame for 300 ms, within 5 s).
+    await quiet(() => mitm.fromDevices.flat().length, 300, 5_000);
+    expect(pushesOf(mitm.fromDevices, doc).map((e) => e.counter)).toEqual([1, 1, 2, 2]);
+    // Proof asked for at most twice per change (after the push, after the resend), plus the first sub.
+    expect(mitm.fromDevices.flat().filter((f) => f.type === 'sub').length).toBeLessThanOrEqual(1 + 2 * 2);
+    expect(first.client.unconfirmed).toBe(2);
+    expect(first.client.status).toBe('connected');
+    expect(statuses).not.toContain('synced');
+    expect(docB.getMap('m').size).toBe(0);
+    await first.client.close();
+
+    // A restart on the same storage, the path honest now: both changes arrive, and writes go on.
+    lying = false;
+    const again = await scope.device(mitm.url, idA, storeA);
+    const docA2 = await again.client.open(MOOD);
+    expect(again.client.unconfirmed).toBe(2);
+    await waitFor(() => docB.getMap('m').get('one') === 1 && docB.getMap('m').get('two') === 2, 5_000, 'both changes at B');
+    docA2.getMap('m').set('three', 3);
+    await waitFor(() => docB.getMap('m').get('three') === 3, 5_000, 'a later write at B');
+    await again.client.whenSynced();
+    expect(again.client.unconfirmed).toBe(0);
+    expect([...again.errors, ...b.errors]).toEqual([]);
+  });
+});
+
+describe('finding 4: seq poisoning', () => {
+  it('an old envelope replayed at a later seq, and an ack naming a seq of the relay’s choosing, block none of the other device’s later updates', async () => {
+    const real = await scope.relay();
+    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
+    scope.defer(() => mitm.close());
+    const idA = await createIdentity();
+    const a = await scope.device(mitm.url, idA);
+    const b = await scope.device(real.url, await linkNewDevice(idA));
+    const docA = await a.client.open(MOOD);
+    const docB = await b.client.open(MOOD);
+    const doc = a.client.docId(MOOD);
+    await mitm.ready(1);
+    await Promise.all([a.client.whenSynced(), b.client.whenSynced()]);
+
+    docB.getMap('m').set('b1', 1);
+    await waitFor(() => docA.getMap('m').get('b1') === 1, 5_000, 'B#1 at A');
+    const delivered = mitm.toDevices.flatMap((f) => (f.type === 'updates' && f.doc === doc ? f.items : []));
+    const old = delivered.find((i) => i.env.device === b.client.identity.device.deviceId)!;
+    // The relay in the middle replays B#1 at the next seqs, where B's next updates will be...
+    mitm.toDevice({ type: 'updates', doc, items: [2, 3, 4].map((seq) => ({ seq: seq as Seq, env: old.env })) });
+    // ...and acknowledges A's own write at a seq further on.
+    mitm.interceptRelay((frame: RelayFrame) =>
+      frame.type === 'ack' ? [{ ...frame, acks: frame.acks.map((ack) => ({ ...ack, seq: (ack.seq + 3) as Seq })) }] : undefined,
+    );
+    docA.getMap('m').set('a1', 1);
+    await waitFor(() => mitm.toDevices.some((f) => f.type === 'ack'), 5_000, 'the shifted ack');
+    mitm.interceptRelay(undefined);
+
+    // Honest from here: every later update of B arrives.
+    for (let i = 2; i <= 6; i++) {
+      docB.getMap('m').set(`b${i}`, i);
+      await b.client.flush();
+    }
+    await waitFor(() => [2, 3, 4, 5, 6].every((i) => docA.getMap('m').get(`b${i}`) === i), 5_000, 'B’s later updates at A');
+    await waitFor(() => docB.getMap('m').get('a1') === 1, 5_000, 'A’s write at B');
+    await a.client.whenSynced();
+    expect(a.client.unconfirmed).toBe(0);
+    // What A reported: the counter gap that showed the poisoned seq, nothing forged applied.
+    expect(new Set(a.errors.map((e) => e.code))).toEqual(new Set([ErrorCode.COUNTER_GAP]));
+  });
+});
+
+describe('finding 5: crisis data held back by a forged deferral', () => {
+  it('a crisis push deferred for seven days reaches the other device on the first honest reconnect; status never says synced meanwhile', async () => {
+    const real = await scope.relay();
+    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
+    scope.defer(() => mitm.close());
+    const idA = await createIdentity();
+    const a = await scope.device(mitm.url, idA);
+    const b = await scope.device(real.url, await linkNewDevice(idA));
+    const docA = await a.client.open(PLAN);
+    const docB = await b.client.open(PLAN);
+    const doc = a.client.docId(PLAN);
+    await mitm.ready(1);
+    await a.client.whenSynced();
+
+    let deferring = true;
+    mitm.interceptDevice((frame) => {
+      if (!deferring || frame.type !== 'push' || !frame.envs.some((e) => e.doc === doc)) return undefined;
+      const counter = frame.envs.find((e) => e.doc === doc)!.counter;
+      mitm.toDevice({ type: 'reject', doc, counter, code: ErrorCode.QUOTA_EXCEEDED, message: 'come back next week', retryAfterMs: WEEK_MS });
+      return [];
+    });
+    const statuses: ClientStatus[] = [];
+    a.client.on('status', (s) => statuses.push(s));
+    const deferred: number[] = [];
+    a.client.on('deferred', (d) => deferred.push(d.retryAfterMs));
+    docA.getMap('plan').set('call', '988');
+    await waitFor(() => deferred.length > 0, 5_000, 'the forged deferral');
+    expect(a.client.unconfirmed).toBe(1);
+    expect(a.client.status).toBe('connected');
+
+    // The path turns honest and the connection drops: the first reconnect sends the crisis edit.
+    deferring = false;
+    const sessions = mitm.sessions;
+    mitm.dropDevices();
+    await mitm.ready(sessions + 1);
+    await waitFor(() => docB.getMap('plan').get('call') === '988', 5_000, 'the crisis edit at B');
+    await a.client.whenSynced();
+    expect(a.client.unconfirmed).toBe(0);
+    // "synced" first came after the crisis edit reached the log, never while it sat on A.
+    expect(statuses.slice(0, statuses.indexOf('synced'))).not.toContain('synced');
+    expect(deferred).toEqual([WEEK_MS]);
+  });
+});
+
+describe('what proof costs', () => {
+  it('measures the bytes downloaded per upload to prove it (printed)', async () => {
+    const real = await scope.relay();
+    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
+    scope.defer(() => mitm.close());
+    const idA = await createIdentity();
+    const a = await scope.device(mitm.url, idA);
+    const docA = await a.client.open(MOOD);
+    const doc = a.client.docId(MOOD);
+    await mitm.ready(1);
+    await a.client.whenSynced();
+    const measure = async (label: string, write: () => Promise<void>) => {
+      const up0 = mitm.fromDevices.flat().length;
+      const down0 = mitm.toDevices.length;
+      await write();
+      await a.client.whenSynced();
+      const up = mitm.fromDevices.flat().slice(up0);
+      const down = mitm.toDevices.slice(down0);
+      const pushes = up.filter((f) => f.type === 'push');
+      const pushBytes = pushes.reduce((n, f) => n + encodeFrame(f).length, 0);
+      const ackBytes = down.filter((f) => f.type === 'ack').reduce((n, f) => n + encodeFrame(f).length, 0);
+      // What proof adds: the subs asking for it, and the catch-up answering them (own envelopes + synced).
+      const subBytes = up.filter((f) => f.type === 'sub').reduce((n, f) => n + encodeFrame(f).length, 0);
+      const proofBytes = down.filter((f) => (f.type === 'updates' && f.doc === doc) || f.type === 'synced').reduce((n, f) => n + encodeFrame(f).length, 0);
+      const envs = pushes.reduce((n, f) => n + (f.type === 'push' ? f.envs.length : 0), 0);
+      console.log(
+        `[proof cost] ${label}: ${envs} envelopes, pushed ${pushBytes} B (acks ${ackBytes} B); proof: +${proofBytes} B down (${(proofBytes / envs).toFixed(0)} B/envelope, ${((100 * proofBytes) / pushBytes).toFixed(0)}% of upload), +${subBytes} B up`,
+      );
+      return { pushBytes, proofBytes, envs };
+    };
+    const single = await measure('one edit at a time (flush each)', async () => {
+      for (let i = 0; i < 50; i++) {
+        docA.getMap('m').set(`k${i}`, 'x'.repeat(200));
+        await a.client.flush();
+      }
+    });
+    const burst = await measure('a burst of 200 edits', async () => {
+      for (let i = 0; i < 200; i++) {
+        docA.getMap('m').set(`b${i}`, 'y'.repeat(200));
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    });
+    // Proof downloads each envelope once, plus framing: never a multiple of what went up.
+    expect(single.proofBytes).toBeLessThan(1.5 * single.pushBytes);
+    expect(burst.proofBytes).toBeLessThan(1.5 * burst.pushBytes);
+  });
+});
