@@ -861,7 +861,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         // A refused snapshot costs nothing: the next one covers more.
         if (frame.kind === 'snapshot') return;
         // The envelope stays in the outbox: a refused write is reported, never dropped.
-        this.#dispatcher.onReject(frame.doc, frame.counter, frame.code, frame.retryAfterMs);
+        this.#dispatcher.onReject(frame.doc, frame.counter, frame.code, frame.retryAfterMs, frame.expected);
         if (frame.retryAfterMs !== undefined) this.emit('deferred', [{ doc: frame.doc, code: frame.code, retryAfterMs: frame.retryAfterMs }]);
         else this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);
         return;

@@ -65,6 +65,8 @@ export class Dispatcher {
    * answering COUNTER_GAP (or keeps lying) never drives a resend loop.
    */
   readonly #resent = new Map<DocId, Set<number>>();
+  /** Documents refilled on this connection (see onReject). */
+  readonly #refilled = new Set<DocId>();
   #wake: ReturnType<typeof setTimeout> | undefined;
   #wakeAt = Number.POSITIVE_INFINITY;
   #closed = false;
@@ -148,7 +150,7 @@ export class Dispatcher {
    * hour at most). A counter gap is answered by resending what the relay lacks. Anything else
    * waits for a reconnect or a tier change. Never dropped.
    */
-  onReject(docId: DocId, counter: number, code: string, retryAfterMs: number | undefined): void {
+  onReject(docId: DocId, counter: number, code: string, retryAfterMs: number | undefined, expected?: number): void {
     this.#settle(docId, counter, true);
     const sync = this.#deps.doc(docId);
     // Not an open document: nothing of ours to hold, and nothing to remember.
@@ -156,6 +158,24 @@ export class Dispatcher {
     if (code === ErrorCode.COUNTER_GAP && retryAfterMs === undefined) {
       // The relay lacks an earlier envelope (an ack that was false, a push that was lost): it is
       // still in the outbox, so resending in counter order fills the gap. Once per counter.
+      // When the relay names the counter it expects and this device no longer holds it (a false
+      // acknowledgment or a forged echo let it go), the counters from there are refilled and the
+      // whole document resealed after them: once per document per connection, whatever the relay
+      // names (a relay naming ever lower counters gets no more than one refill's work).
+      if (expected !== undefined && !this.#refilled.has(docId)) {
+        this.#refilled.add(docId);
+        void sync
+          .refillFrom(expected)
+          .then((n) => {
+            if (n === 0) return void this.resendOnce(sync);
+            const counters = Array.from({ length: n }, (_, i) => expected + i);
+            for (const c of counters) this.#resent.get(docId)?.delete(c);
+            this.resendOnce(sync, counters);
+            this.pump();
+          })
+          .catch(this.#deps.onError);
+        return this.pump();
+      }
       if (!this.#resent.get(docId)?.has(counter)) this.resendOnce(sync);
       return this.pump();
     }
@@ -201,6 +221,7 @@ export class Dispatcher {
     for (const [docId, list] of this.#inflight) for (const _ of list) this.#deps.scheduler.settle(docId);
     this.#inflight.clear();
     this.#resent.clear();
+    this.#refilled.clear();
     clearTimeout(this.#wake);
     this.#wake = undefined;
     this.#wakeAt = Number.POSITIVE_INFINITY;

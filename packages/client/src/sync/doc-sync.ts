@@ -29,6 +29,9 @@ export const REMOTE_ORIGIN = Symbol('keel:remote');
 /** Origin of updates replayed from local storage at open. */
 const LOAD_ORIGIN = Symbol('keel:load');
 
+/** A Yjs update that changes nothing: what fills a counter whose envelope is gone. */
+const EMPTY_UPDATE = Y.encodeStateAsUpdate(new Y.Doc());
+
 /** Local update log entries folded into one state snapshot. */
 const COMPACT_AFTER = 256;
 
@@ -435,6 +438,52 @@ export class DocSync {
       for (const env of envs) this.#outbox.set(env.counter, env);
       sealed = envs;
     }).then(() => sealed);
+  }
+
+  /**
+   * The relay expects our counter `expected` next, but this device sealed further and no longer
+   * holds every envelope from there on: an acknowledgment or an echo of our own envelope that was
+   * false let one go. Nothing is lost — all of it is in the document — so every counter from
+   * `expected` on is re-sealed as an empty update (a counter must be filled for the relay and the
+   * other devices to take the next one; a part of an update whose first part is gone would never
+   * complete), and the whole document becomes a pending update, sealed next. Resolves to how many
+   * counters were refilled (0: nothing was missing, or no clean key yet).
+   */
+  refillFrom(expected: number): Promise<number> {
+    let refilled = 0;
+    return this.#enqueue(async () => {
+      const last = this.#meta.counter;
+      let missing = false;
+      for (let c = expected; c <= last && !missing; c++) missing = !this.#outbox.has(c);
+      if (!missing) return;
+      const keys = this.#deps.keys.current();
+      if (!keys) return;
+      const self = this.#deps.identity.device.deviceId;
+      const header = { doc: this.docId, kind: 'update' as const, epoch: keys.epoch, device: self, lane: Math.max(this.baseLane, this.#meta.maxLane) as Lane };
+      const options = { key: keys.key, signingKey: this.#deps.identity.device.secretKey, pad: true };
+      const fillers: Envelope[] = [];
+      for (let c = Math.max(1, expected); c <= last; c++) {
+        fillers.push(sealEnvelope({ ...header, counter: c }, EMPTY_UPDATE, options));
+        // A long run of counters is signed a slice at a time, so one refill never holds the event loop.
+        if (fillers.length % 256 === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+      }
+      const whole = Y.encodeStateAsUpdate(this.doc);
+      const n = this.#meta.pendingNext++;
+      // What was taken as proved from `expected` on was not: the relay's own word is all we have below it.
+      this.#meta.authors[self] = Math.min(this.#meta.authors[self] ?? 0, expected - 1);
+      await this.#deps.store.batch([
+        ...fillers.map((env): StorageOp => ({ op: 'save', key: this.#keys.outbox(env.counter), data: encodeJson(env) })),
+        { op: 'save', key: this.#keys.pending(n), data: whole },
+        { op: 'save', key: this.#keys.meta, data: encodeJson(this.#meta) },
+      ]);
+      for (const env of fillers) {
+        this.#outbox.set(env.counter, env);
+        this.#claimed.delete(env.counter);
+      }
+      this.#pending.set(n, whole);
+      refilled = fillers.length;
+      this.#deps.onPending(this, whole.length);
+    }).then(() => refilled);
   }
 
   /**

@@ -267,6 +267,12 @@ export const RejectFrameSchema = z.strictObject({
   retryAfterMs: z.number().int().min(0).max(7 * 24 * 3600 * 1000).optional(),
   /** Refuses a snapshot (its own counter space). */
   kind: EnvelopeKindSchema.optional(),
+  /**
+   * With COUNTER_GAP: the counter the relay expects next from this device for the document, so
+   * a device whose earlier envelope is gone from its outbox (a false acknowledgment, a forged
+   * echo) can fill the gap instead of resending what the relay already refuses.
+   */
+  expected: CounterSchema.optional(),
 });
 export const UpdatesFrameSchema = z.strictObject({
   type: z.literal('updates'),

@@ -2,7 +2,8 @@ import { ErrorCode, type KeelError, type TierPolicy, type UserId, isCrisisLane }
 import type { RelayStore } from '../storage/relay-store.js';
 
 /** A refusal the device should retry later, or a refusal for good (no `retryAfterMs`). */
-export type QuotaRefusal = KeelError & { readonly retryAfterMs?: number };
+/** A refusal of one envelope: a deferral carries when to retry; a counter gap, the counter expected next. */
+export type QuotaRefusal = KeelError & { readonly retryAfterMs?: number; readonly expected?: number };
 
 /** Seconds of the tier's bandwidth a user may burst before being deferred. */
 const BURST_SECONDS = 2;

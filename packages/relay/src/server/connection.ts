@@ -573,7 +573,7 @@ export class RelayConnection implements PairingPeer {
 
   // ── refusals and endings ─────────────────────────────────────────────────────────────────
 
-  #reject(doc: DocId, counter: number, error: KeelError & { readonly retryAfterMs?: number }, kind?: 'update' | 'snapshot'): void {
+  #reject(doc: DocId, counter: number, error: KeelError & { readonly retryAfterMs?: number; readonly expected?: number }, kind?: 'update' | 'snapshot'): void {
     const deferral = error.retryAfterMs !== undefined;
     this.#ctx.log.log(deferral ? 'info' : 'warn', deferral ? 'envelope deferred' : 'envelope rejected', {
       user: this.user,
@@ -588,6 +588,7 @@ export class RelayConnection implements PairingPeer {
         code: error.code,
         message: error.message,
         ...(deferral ? { retryAfterMs: error.retryAfterMs! } : {}),
+        ...(error.expected !== undefined ? { expected: error.expected } : {}),
         ...(kind === 'snapshot' ? { kind } : {}),
       },
       10,

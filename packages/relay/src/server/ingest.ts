@@ -101,6 +101,9 @@ export class Ingest {
    */
   readonly #deferredUntil = new Map<DocId, { readonly until: number; readonly refusal: QuotaRefusal }>();
 
+  /** The push on the immediate path still being admitted, if any. */
+  #fast: Promise<void> | undefined;
+
   constructor(deps: IngestDeps) {
     this.#deps = deps;
   }
@@ -109,20 +112,50 @@ export class Ingest {
   onPush(raw: RawFrame, chars: number): void {
     const { work, owner } = this.#deps;
     const crisis = claimsCrisisLane(raw);
-    if (crisis && work.pending(owner) - this.#deps.readsQueued() === 0 && chars <= FAST_CHARS && envelopeCount(raw) <= FAST_ENVELOPES && this.#deps.crisis.takeFastPath(this.#deps.user, envelopeCount(raw))) {
+    if (
+      crisis &&
+      this.#fast === undefined &&
+      work.pending(owner) - this.#deps.readsQueued() === 0 &&
+      chars <= FAST_CHARS &&
+      envelopeCount(raw) <= FAST_ENVELOPES &&
+      this.#deps.crisis.takeFastPath(this.#deps.user, envelopeCount(raw))
+    ) {
       // The immediate path: verified and committed now, ahead of everything queued.
-      void this.#runNow(this.#job(raw, true)).catch((error: unknown) => this.#deps.internal(error));
+      const fast = this.#runNow(this.#job(raw, true))
+        .catch((error: unknown) => this.#deps.internal(error))
+        .finally(() => {
+          if (this.#fast === fast) this.#fast = undefined;
+        });
+      this.#fast = fast;
       return;
     }
-    work.enqueue(owner, this.#job(raw, crisis), crisis ? 'urgent' : 'normal');
+    work.enqueue(owner, this.#behindFast(this.#job(raw, crisis)), crisis ? 'urgent' : 'normal');
   }
 
+  /**
+   * Runs a push at once, outside the queue, to the end: it is small (FAST_ENVELOPES, FAST_CHARS),
+   * so its steps are bounded — validation and one step per envelope at worst.
+   */
   async #runNow(job: Task): Promise<void> {
-    for (let steps = 0; steps < 4; steps++) {
+    for (let steps = 0; steps <= FAST_ENVELOPES + 1; steps++) {
       if ((await job()) !== 'again') return;
     }
-    // A small frame takes two steps; anything longer continues in the queue's urgent class.
-    this.#deps.work.enqueue(this.#deps.owner, job, 'urgent');
+  }
+
+  /**
+   * A push that arrived while one on the immediate path is still being admitted waits for it:
+   * pushes of a connection are admitted in the order they arrived, or a later counter would
+   * overtake an earlier one and be refused as a gap.
+   */
+  #behindFast(job: Task): Task {
+    let ahead = this.#fast;
+    return async () => {
+      if (ahead) {
+        await ahead;
+        ahead = undefined;
+      }
+      return job();
+    };
   }
 
   /** The bounded steps of one push: validation, then envelopes in slices. */
@@ -190,7 +223,7 @@ export class Ingest {
       this.#deps.reject(env.doc, env.counter, error!, env.kind);
       return;
     }
-    const refuse = (refusal: KeelError, abuse = false): void => {
+    const refuse = (refusal: QuotaRefusal, abuse = false): void => {
       this.#refund(meter, policy);
       if (abuse) this.#deps.abuse();
       this.#deps.reject(env.doc, env.counter, refusal, env.kind);
@@ -207,7 +240,7 @@ export class Ingest {
     }
     const expected = Math.max(await store.lastCounter(user, env.doc, device.deviceId), this.#inflight.get(env.doc) ?? 0) + 1;
     if (env.counter > expected) {
-      return refuse({ code: ErrorCode.COUNTER_GAP, message: `counter ${env.counter} skips ahead (expected ${expected})` });
+      return refuse({ code: ErrorCode.COUNTER_GAP, message: `counter ${env.counter} skips ahead (expected ${expected})`, expected });
     }
     if (env.counter === expected) {
       if (!this.#deps.verifier.envelope(env)) return refuse({ code: ErrorCode.BAD_SIGNATURE, message: `envelope #${env.counter} is not signed by this device` }, true);
