@@ -16,12 +16,6 @@ const PAGE_BYTES = 512 * 1024;
  * into frames small enough to pass quickly.
  */
 const FRAME_CHARS = 192 * 1024;
-/**
- * Characters of one `own` stub as it goes out, counted where an envelope counts its ciphertext:
- * `{"seq":…,"own":{"counter":…,"sig":…}}` with a 64-byte signature (86 base64url characters)
- * and numbers up to 2^53 is at most about 130.
- */
-const OWN_STUB_CHARS = 130;
 
 export interface DeliveryDeps {
   readonly store: RelayStore;
@@ -60,9 +54,12 @@ interface Outgoing {
   readonly lane: number;
 }
 
-/** Splits items into frames of at most PAGE_ENTRIES items and about FRAME_CHARS of ciphertext (a stub counts its own size). */
+/**
+ * Splits items into frames of at most PAGE_ENTRIES items and about FRAME_CHARS: an envelope counts
+ * its ciphertext, a stub what it is on the wire (~125 characters: a 64-byte signature and two numbers).
+ */
 const toFrames = (items: readonly Outgoing[]): Outgoing[][] =>
-  packByChars(items, ({ item }) => ('env' in item ? item.env.ct.length : OWN_STUB_CHARS), PAGE_ENTRIES, FRAME_CHARS);
+  packByChars(items, ({ item }) => ('env' in item ? item.env.ct.length : JSON.stringify(item).length), PAGE_ENTRIES, FRAME_CHARS);
 
 const maxLane = (items: readonly { lane: number }[]): number => items.reduce((m, i) => Math.max(m, i.lane), 1);
 
