@@ -249,7 +249,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.emit('error', [{ code: 'INTERNAL', message: `dispatch failed: ${error instanceof Error ? error.message : String(error)}` }]),
     });
     this.#proofs = new ProofRequests({
-      subscribe: (sync, after) => this.#link.send({ type: 'sub', docs: [{ doc: sync.docId, after: after as Seq }] }),
+      // `proof`: our own entries come back as stubs (counter, signature), not the ciphertext we hold.
+      subscribe: (sync, after) => this.#link.send({ type: 'sub', docs: [{ doc: sync.docId, after: after as Seq, proof: true }] }),
       doc: (docId) => this.#docs.get(docId),
       urgent: () => this.#idleWaiters.length > 0,
       // Acknowledged, yet not in the log a catch-up just read: resent (once per connection).
@@ -266,7 +267,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /**
    * Local changes sealed but not yet proved in the relay's log: an acknowledgment alone does not
-   * count, only this device's envelope seen back in the log (or a snapshot covering it).
+   * count, only this device's envelope seen back in the log — whole, or as a stub with its
+   * counter and signature — or a snapshot covering it.
    */
   get unconfirmed(): number {
     let count = 0;
@@ -333,7 +335,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         overBudget: () => this.#link.reconnect(),
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
-        onRewind: (sync) => {
+        onRefetch: (sync) => {
           if (this.#link.state === 'ready') this.#subscribe([sync]);
         },
         onError: (error) => this.emit('error', [error]),

@@ -19,12 +19,13 @@ import { DocSync } from '../src/sync/doc-sync.js';
 export interface Harness {
   readonly sync: DocSync;
   readonly errors: KeelError[];
-  readonly rewinds: number[];
+  /** `lastSeq` at each request to fetch the log again in full. */
+  readonly refetches: number[];
 }
 
 export const open = async (identity: Identity, peers: readonly Identity[], store: ClientStore, docId: DocId, key: Uint8Array, docClass: DocClass = 'safety_plan'): Promise<Harness> => {
   const errors: KeelError[] = [];
-  const rewinds: number[] = [];
+  const refetches: number[] = [];
   const keys = new Map<DeviceId, Uint8Array>(peers.map((p) => [p.device.deviceId, p.device.publicKey]));
   const sync = await DocSync.load(docId, docClass, 'main', {
     store,
@@ -40,10 +41,10 @@ export const open = async (identity: Identity, peers: readonly Identity[], store
     overBudget: () => {},
     onStaged: () => {},
     onProgress: () => {},
-    onRewind: (s) => rewinds.push(s.lastSeq),
+    onRefetch: (s) => refetches.push(s.lastSeq),
     onError: (error) => errors.push(error),
   });
-  return { sync, errors, rewinds };
+  return { sync, errors, refetches };
 };
 
 /** A self-contained update setting m[k] = v (its own Yjs client id). */

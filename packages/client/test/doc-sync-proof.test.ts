@@ -76,6 +76,117 @@ describe('an ack is a claim', () => {
   });
 });
 
+describe('a stub (own: counter, signature) in a proof catch-up', () => {
+  /** The same signature with one character changed: an envelope this device never sealed. */
+  const otherSig = (sig: string): string => sig.replace(/^./, (c) => (c === 'A' ? 'B' : 'A'));
+
+  it('with the counter and signature of an outbox envelope proves it, durably, and marks its seq', async () => {
+    const { a, b, docId, key } = await setup();
+    const store = createMemoryStore();
+    const h = await open(a, [a, b], store, docId, key);
+    const [env] = await writeAndSeal(h, 'call', '988');
+    h.sync.claim(env!.counter, 1);
+    await h.sync.receive([{ seq: 1, own: { counter: env!.counter, sig: env!.sig } }]);
+    h.sync.markSynced(1);
+    await h.sync.settle();
+    expect(h.sync.unconfirmed).toBe(0);
+    expect(h.sync.claimed()).toEqual([]);
+    expect(h.sync.lastSeq).toBe(1);
+    expect(h.sync.synced).toBe(true);
+    expect(h.refetches).toEqual([]);
+    await h.sync.close();
+    const again = await open(a, [a, b], store, docId, key);
+    expect(again.sync.unconfirmed).toBe(0);
+    expect(again.sync.lastSeq).toBe(1);
+    expect(again.sync.doc.getMap('m').get('call')).toBe('988');
+    await again.sync.close();
+  });
+
+  it('for a counter already proved only marks its seq', async () => {
+    const { a, b, docId, key } = await setup();
+    const h = await open(a, [a, b], createMemoryStore(), docId, key);
+    const [env] = await writeAndSeal(h, 'call', '988');
+    await h.sync.receive([{ seq: 1, env: env! }]);
+    // The same entry again (a second proof request, say): nothing left to prove, its seq is ours.
+    h.sync.resetSynced();
+    await h.sync.receive([{ seq: 2, own: { counter: env!.counter, sig: otherSig(env!.sig) } }]);
+    await h.sync.settle();
+    expect(h.sync.lastSeq).toBe(2);
+    expect(h.refetches).toEqual([]);
+    expect(h.errors).toEqual([]);
+    await h.sync.close();
+  });
+
+  it('with a signature this device does not hold proves and marks nothing, and asks for the log in full once per connection', async () => {
+    const { a, b, docId, key, sealBy } = await setup();
+    const store = createMemoryStore();
+    const h = await open(a, [a, b], store, docId, key);
+    const [env] = await writeAndSeal(h, 'call', '988');
+    h.sync.claim(env!.counter, 1);
+    // A relay making up a stub for our counter, then B's entry after it in the same frame.
+    await h.sync.receive([
+      { seq: 1, own: { counter: env!.counter, sig: otherSig(env!.sig) } },
+      { seq: 2, env: sealBy(b, 1, mapUpdate('b1', 1)) },
+    ]);
+    h.sync.markSynced(2);
+    await h.sync.settle();
+    expect(h.sync.unconfirmed).toBe(1);
+    expect(h.sync.claimed()).toEqual([env!.counter]);
+    // Seq 2 is received, seq 1 is not: the position stays before the stub.
+    expect(h.sync.lastSeq).toBe(0);
+    expect(h.sync.synced).toBe(false);
+    expect(h.refetches).toEqual([0]);
+    // Another one on this connection: still nothing, and no second request (no loop).
+    await h.sync.receive([{ seq: 3, own: { counter: env!.counter + 1, sig: env!.sig } }]);
+    await h.sync.settle();
+    expect(h.refetches).toEqual([0]);
+    expect(h.sync.lastSeq).toBe(0);
+    // The full catch-up: our envelope itself proves it, and the position moves on.
+    await h.sync.receive([{ seq: 1, env: env! }]);
+    await h.sync.settle();
+    expect(h.sync.unconfirmed).toBe(0);
+    expect(h.sync.lastSeq).toBe(2);
+    expect(h.sync.synced).toBe(true);
+    // A new connection may ask again.
+    h.sync.resetSynced();
+    await h.sync.receive([{ seq: 4, own: { counter: 9, sig: env!.sig } }]);
+    await h.sync.settle();
+    expect(h.refetches).toEqual([0, 2]);
+    expect(h.sync.lastSeq).toBe(2);
+    await h.sync.close();
+  });
+
+  it('for an entry of ours this device no longer holds (older storage) skips no content: the full catch-up brings it', async () => {
+    const { a, b, docId, key } = await setup();
+    // The device wrote #1 and #2 from storage it later lost; it comes back with an empty store.
+    const before = await open(a, [a, b], createMemoryStore(), docId, key);
+    const [one] = await writeAndSeal(before, 'one', 1);
+    const [two] = await writeAndSeal(before, 'two', 2);
+    await before.sync.close();
+    const h = await open(a, [a, b], createMemoryStore(), docId, key);
+    const [three] = await writeAndSeal(h, 'three', 3);
+    h.sync.claim(three!.counter, 3);
+    // Its third write reused counter 1 (the relay refuses it); the log holds the old #1 and #2.
+    await h.sync.receive([
+      { seq: 1, own: { counter: one!.counter, sig: one!.sig } },
+      { seq: 2, own: { counter: two!.counter, sig: two!.sig } },
+    ]);
+    await h.sync.settle();
+    expect(h.sync.lastSeq).toBe(0);
+    expect(h.refetches).toEqual([0]);
+    expect(h.sync.doc.getMap('m').toJSON()).toEqual({ three: 3 });
+    await h.sync.receive([
+      { seq: 1, env: one! },
+      { seq: 2, env: two! },
+    ]);
+    await h.sync.settle();
+    expect(h.sync.lastSeq).toBe(2);
+    expect(h.sync.doc.getMap('m').toJSON()).toEqual({ one: 1, two: 2, three: 3 });
+    expect(h.errors).toEqual([]);
+    await h.sync.close();
+  });
+});
+
 describe('the received position', () => {
   it('a counter gap of another author rewinds to where its last counter arrived, once per gap and connection', async () => {
     const { a, b, docId, key, sealBy } = await setup();
@@ -90,12 +201,12 @@ describe('the received position', () => {
     await h.sync.receive([{ seq: 3, env: b3 }]);
     await h.sync.settle();
     expect(h.errors.map((e) => e.code)).toEqual(['COUNTER_GAP']);
-    expect(h.rewinds).toEqual([1]);
+    expect(h.refetches).toEqual([1]);
     expect(h.sync.lastSeq).toBe(1);
     // The same gap again on this connection: reported, no second rewind (no loop).
     await h.sync.receive([{ seq: 3, env: b3 }]);
     await h.sync.settle();
-    expect(h.rewinds).toEqual([1]);
+    expect(h.refetches).toEqual([1]);
     // The honest log, served again from seq 1.
     await h.sync.receive([
       { seq: 2, env: b2 },
@@ -108,7 +219,7 @@ describe('the received position', () => {
     h.sync.resetSynced();
     await h.sync.receive([{ seq: 5, env: sealBy(b, 5, mapUpdate('b', 5)) }]);
     await h.sync.settle();
-    expect(h.rewinds).toEqual([1, 3]);
+    expect(h.refetches).toEqual([1, 3]);
     await h.sync.close();
   });
 

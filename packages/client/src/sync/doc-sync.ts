@@ -43,6 +43,12 @@ const COMPACT_AFTER = 256;
  */
 const FRAME_INFLATE_LIMITS = 2;
 
+/**
+ * One log entry as the relay delivered it: the envelope, or — in a catch-up asked with `proof` —
+ * a stub naming one of this device's own entries by counter and signature.
+ */
+export type ReceivedItem = { readonly seq: number; readonly env: Envelope } | { readonly seq: number; readonly own: { readonly counter: number; readonly sig: string } };
+
 /** The parts of one split update received so far from one author. */
 interface PartialUpdate {
   /** Counter of part 0. */
@@ -114,10 +120,11 @@ export interface DocSyncDeps {
   /** Something in the outbox or pending set changed. */
   readonly onProgress: () => void;
   /**
-   * The received position moved back (a counter gap showed a seq was marked for the wrong
-   * envelope): catch-up must be asked for again from `lastSeq`.
+   * Catch-up must be asked for again from `lastSeq`, with whole envelopes (no `proof`): the
+   * received position moved back (a counter gap showed a seq was marked for the wrong
+   * envelope), or a proof catch-up named an entry of ours this device cannot account for.
    */
-  readonly onRewind: (sync: DocSync) => void;
+  readonly onRefetch: (sync: DocSync) => void;
   readonly onError: (error: KeelError & { doc: DocId }) => void;
 }
 
@@ -139,8 +146,9 @@ const keys = (docId: DocId) => ({
  * All storage writes of a document go through one queue, in order.
  *
  * An `ack` is the relay's claim, not a fact: an envelope leaves the outbox only on proof — the
- * device's own envelope, same signature, delivered back in the log at a seq, or a verified
- * snapshot whose author counters cover it. A relay that acknowledges and drops loses nothing.
+ * device's own envelope, same signature, delivered back in the log at a seq (whole, or as a
+ * stub naming its counter and signature), or a verified snapshot whose author counters cover
+ * it. A relay that acknowledges and drops loses nothing.
  */
 export class DocSync {
   readonly doc: Y.Doc;
@@ -158,6 +166,8 @@ export class DocSync {
   readonly #claimed = new Map<number, number>();
   /** (author, expected counter) gaps already answered by a rewind on this connection: never a loop. */
   readonly #rewound = new Set<string>();
+  /** A stub this device could not account for already made it fetch the log in full on this connection. */
+  #refetched = false;
   /** Split updates being received, by author; applied once complete, never persisted half-done. */
   readonly #partial = new Map<DeviceId, PartialUpdate>();
   #staged = 0;
@@ -342,6 +352,7 @@ export class DocSync {
     this.#syncTarget = undefined;
     this.#claimed.clear();
     this.#rewound.clear();
+    this.#refetched = false;
   }
 
   #scheduleIO(): void {
@@ -528,8 +539,10 @@ export class DocSync {
    * have been marked for something else (a relay can replay an old envelope at any seq). The
    * received position then goes back to where that author's last counter was received, and
    * catch-up is asked for again — once per (author, expected counter) per connection.
+   *
+   * A stub (`own`) stands for one of our own entries: see #receiveOwn.
    */
-  receive(items: readonly { seq: number; env: Envelope }[]): Promise<void> {
+  receive(items: readonly ReceivedItem[]): Promise<void> {
     const applied: Uint8Array[] = [];
     const staged: { seq: number; update: Uint8Array }[] = [];
     const proofs: StorageOp[] = [];
@@ -537,9 +550,18 @@ export class DocSync {
     const self = this.#deps.identity.device.deviceId;
     const perEnvelope = this.#deps.maxInflatedBytes();
     let inflateLeft = FRAME_INFLATE_LIMITS * perEnvelope;
-    let rewound = false;
-    for (const { seq, env } of items) {
+    let refetch = false;
+    for (const item of items) {
+      const { seq } = item;
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
+      if ('own' in item) {
+        if (!this.#receiveOwn(proofs, seq, item.own) && !this.#refetched) {
+          this.#refetched = true;
+          refetch = true;
+        }
+        continue;
+      }
+      const { env } = item;
       // Signature first: nothing the relay could have forged may even mark a seq as received.
       const error = this.#check(env, self);
       // Our own envelope in the log: the proof its ack only claimed.
@@ -551,7 +573,7 @@ export class DocSync {
       }
       if (error) {
         this.#deps.onError({ ...error, doc: this.docId });
-        if (error.code === ErrorCode.COUNTER_GAP && this.#rewindFor(env.device)) rewound = true;
+        if (error.code === ErrorCode.COUNTER_GAP && this.#rewindFor(env.device)) refetch = true;
         // Signed by its author, who is revoked: refused for good, so it does not hold the document back.
         if (error.code === ErrorCode.DEVICE_REVOKED) markSeq(this.#meta, seq);
         continue;
@@ -605,8 +627,28 @@ export class DocSync {
         this.#deps.onStaged(this, this.#staged);
       }
       if (proofs.length > 0) this.#deps.onProgress();
-      if (rewound) this.#deps.onRewind(this);
+      if (refetch) this.#deps.onRefetch(this);
     });
+  }
+
+  /**
+   * A stub for one of our own entries at `seq`. It proves the outbox envelope with the same
+   * counter and signature (as that envelope itself would: we hold it, its signature binds the
+   * ciphertext), and one for a counter already proved only marks its seq — either way this device
+   * holds the content. Anything else (a signature we do not hold for a counter not yet proved: a
+   * device restored from older storage, or a relay making it up) proves and marks nothing, so
+   * `lastSeq` never passes content this device lacks; returns false, and the log is fetched again
+   * in full.
+   */
+  #receiveOwn(proofs: StorageOp[], seq: number, own: { readonly counter: number; readonly sig: string }): boolean {
+    const self = this.#deps.identity.device.deviceId;
+    if (this.#outbox.get(own.counter)?.sig === own.sig) {
+      this.#prove(proofs, [own.counter], seq);
+    } else if ((this.#meta.authors[self] ?? 0) < own.counter) {
+      return false;
+    }
+    markSeq(this.#meta, seq);
+    return true;
   }
 
   /**

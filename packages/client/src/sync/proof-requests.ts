@@ -21,9 +21,12 @@ export interface ProofRequestsDeps {
 
 /**
  * Asks for proof of what the relay acknowledged. An ack only claims that our envelope is in the
- * log; the proof is the envelope itself, delivered back by a catch-up from the received
- * position (the relay never sends a connection its own entries live). One request outstanding
- * per document; acks arriving meanwhile are proved by the next one, asked when it finishes.
+ * log; the proof is the log's entry read back by a catch-up from the received position (the
+ * relay never sends a connection its own entries live). The catch-up is asked with `proof`, so
+ * our own entries come as stubs — counter and signature — not as the ciphertext we hold: the
+ * signature binds it, so a stub proves what the envelope would, at ~130 bytes. One request
+ * outstanding per document; acks arriving meanwhile are proved by the next one, asked when it
+ * finishes.
  */
 export class ProofRequests {
   readonly #deps: ProofRequestsDeps;

@@ -104,7 +104,16 @@ export const DeviceCertificateSchema = z.strictObject({
 });
 export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;
 
-const SubscriptionSchema = z.strictObject({ doc: DocIdSchema, after: SeqSchema });
+const SubscriptionSchema = z.strictObject({
+  doc: DocIdSchema,
+  after: SeqSchema,
+  /**
+   * Asked for proof of this device's own pushes, not for their content: in this catch-up the
+   * relay sends the device's own entries as `own` stubs (counter and signature) instead of the
+   * envelopes, which the device still holds. Entries of other devices come as usual.
+   */
+  proof: z.literal(true).optional(),
+});
 
 /**
  * The user's tier as the relay enforces it: its name and the effective policy (operators may
@@ -274,10 +283,21 @@ export const RejectFrameSchema = z.strictObject({
    */
   expected: CounterSchema.optional(),
 });
+/** A log entry with its envelope. */
+const LogItemSchema = z.strictObject({ seq: SeqSchema, env: EnvelopeSchema });
+/**
+ * A log entry the receiving device wrote, in a catch-up it asked with `proof`: the counter and
+ * signature the relay reads back from its log, not the ciphertext. It proves what the envelope
+ * itself would: the device still holds the envelope, and the signature binds its ciphertext.
+ */
+const OwnItemSchema = z.strictObject({ seq: SeqSchema, own: z.strictObject({ counter: CounterSchema, sig: b64Exact(64) }) });
+export type LogItem = z.infer<typeof LogItemSchema>;
+export type OwnItem = z.infer<typeof OwnItemSchema>;
+export type UpdatesItem = LogItem | OwnItem;
 export const UpdatesFrameSchema = z.strictObject({
   type: z.literal('updates'),
   doc: DocIdSchema,
-  items: z.array(z.strictObject({ seq: SeqSchema, env: EnvelopeSchema })).min(1).max(WireLimits.maxEnvelopesPerFrame),
+  items: z.array(z.union([LogItemSchema, OwnItemSchema])).min(1).max(WireLimits.maxEnvelopesPerFrame),
 });
 export const SyncedFrameSchema = z.strictObject({ type: z.literal('synced'), doc: DocIdSchema, seq: SeqSchema });
 /**

@@ -508,7 +508,7 @@ export class RelayConnection implements PairingPeer {
     let session: Session;
     const visible = (entry: Pick<LogEntry, 'env'>): boolean =>
       session.tier.policy.crossDevice || isCrisisLane(entry.env.lane) || entry.env.device === device.deviceId;
-    const delivery = new Delivery({ store: ctx.store, work: ctx.work, owner, out: this.#out, user, maxSubscriptions: ctx.config.maxSubscriptions, visible, send });
+    const delivery = new Delivery({ store: ctx.store, work: ctx.work, owner, out: this.#out, user, device: device.deviceId, maxSubscriptions: ctx.config.maxSubscriptions, visible, send });
     const ingest = new Ingest({
       store: ctx.store,
       commits: ctx.commits,

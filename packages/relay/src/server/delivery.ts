@@ -1,9 +1,13 @@
-import { type DocId, ErrorCode, type RelayFrame, type Seq, type UserId, WireLimits, packByChars } from '@keel/engine';
+import { type DeviceId, type DocId, ErrorCode, type RelayFrame, type Seq, type UpdatesItem, type UserId, WireLimits, packByChars } from '@keel/engine';
 import type { LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { OutboundQueue } from './outbound-queue.js';
 import type { TaskResult, WorkOwner, WorkQueue } from './work-queue.js';
 
-/** Entries per catch-up read, and the most ciphertext one read may hold. */
+/**
+ * Entries per catch-up read, and the most ciphertext one read may hold. The read holds the
+ * ciphertext of the device's own entries too when it answers them as stubs, so this bound stays
+ * one of ciphertext: it is the relay's memory per read, not what goes on the wire.
+ */
 const PAGE_ENTRIES = WireLimits.maxEnvelopesPerFrame;
 const PAGE_BYTES = 512 * 1024;
 /**
@@ -19,6 +23,8 @@ export interface DeliveryDeps {
   readonly owner: WorkOwner;
   readonly out: OutboundQueue;
   readonly user: UserId;
+  /** The connection's device: its own entries are answered as stubs in a proof catch-up. */
+  readonly device: DeviceId;
   /** Documents one connection may be subscribed to at once. */
   readonly maxSubscriptions: number;
   /** Whether this device may receive an entry now (its tier, crisis lanes, its own entries). */
@@ -38,12 +44,24 @@ interface Subscription {
   fresh: boolean;
   /** An empty read was already retried for a live entry seen meanwhile. */
   rechecked: boolean;
+  /** Asked with `proof`: this catch-up sends the device's own entries as stubs, not envelopes. */
+  readonly proof: boolean;
 }
 
-/** Splits entries into frames of at most PAGE_ENTRIES entries and about FRAME_CHARS of ciphertext. */
-const toFrames = (entries: readonly LogEntry[]): LogEntry[][] => packByChars(entries, (e) => e.env.ct.length, PAGE_ENTRIES, FRAME_CHARS);
+/** An item to send and the lane of its entry (a stub keeps its entry's lane: proof of a crisis write is crisis traffic). */
+interface Outgoing {
+  readonly item: UpdatesItem;
+  readonly lane: number;
+}
 
-const maxLane = (entries: readonly { env: { lane: number } }[]): number => entries.reduce((m, e) => Math.max(m, e.env.lane), 1);
+/**
+ * Splits items into frames of at most PAGE_ENTRIES items and about FRAME_CHARS: an envelope counts
+ * its ciphertext, a stub what it is on the wire (~125 characters: a 64-byte signature and two numbers).
+ */
+const toFrames = (items: readonly Outgoing[]): Outgoing[][] =>
+  packByChars(items, ({ item }) => ('env' in item ? item.env.ct.length : JSON.stringify(item).length), PAGE_ENTRIES, FRAME_CHARS);
+
+const maxLane = (items: readonly { lane: number }[]): number => items.reduce((m, i) => Math.max(m, i.lane), 1);
 
 /**
  * What one connection receives: the documents it subscribed to, their catch-up from the log, and
@@ -78,15 +96,19 @@ export class Delivery {
     return this.#queued ? 1 : 0;
   }
 
-  /** Starts (or restarts) delivery of each document after the given seq; duplicates count once. */
-  subscribe(docs: readonly { readonly doc: DocId; readonly after: Seq }[]): void {
+  /**
+   * Starts (or restarts) delivery of each document after the given seq; duplicates count once.
+   * With `proof`, the catch-up answers the device's own entries with stubs (see OwnItem).
+   */
+  subscribe(docs: readonly { readonly doc: DocId; readonly after: Seq; readonly proof?: true | undefined }[]): void {
     const seen = new Set<DocId>();
-    for (const { doc, after } of docs) {
+    for (const { doc, after, proof = false } of docs) {
       if (seen.has(doc)) continue;
       seen.add(doc);
       const current = this.#subs.get(doc);
-      // Asking again for what is already on its way changes nothing.
-      if (current?.catchingUp && current.sent === after) continue;
+      // Asking again for what is already on its way changes nothing — unless it is on its way as
+      // stubs and the device now asks for the envelopes themselves.
+      if (current?.catchingUp && current.sent === after && (proof || !current.proof)) continue;
       if (!current && this.#subs.size >= this.#deps.maxSubscriptions) {
         this.#deps.send(
           { type: 'error', code: ErrorCode.LIMIT_EXCEEDED, message: `a connection may subscribe to at most ${this.#deps.maxSubscriptions} documents`, doc },
@@ -94,7 +116,7 @@ export class Delivery {
         );
         continue;
       }
-      this.#subs.set(doc, { sent: after, catchingUp: true, liveSeen: 0, fresh: true, rechecked: false });
+      this.#subs.set(doc, { sent: after, catchingUp: true, liveSeen: 0, fresh: true, rechecked: false, proof });
       this.#catchUp.delete(doc);
       this.#catchUp.add(doc);
     }
@@ -209,8 +231,17 @@ export class Delivery {
     if (fresh.length === 0) return;
     const visible = fresh.filter((e) => this.#deps.visible(e));
     const withheld = fresh.filter((e) => !this.#deps.visible(e)).map((e) => e.seq);
-    for (const page of toFrames(visible)) {
-      this.#deps.send({ type: 'updates', doc: docId, items: page.map((e) => ({ seq: e.seq, env: e.env })) }, maxLane(page));
+    // Stubs only in the catch-up a proof sub asked for; live entries (another connection of the
+    // same device) come whole, as the device may not hold them.
+    const stubs = sub.proof && sub.catchingUp;
+    const outgoing = visible.map(
+      (e): Outgoing => ({
+        item: stubs && e.env.device === this.#deps.device ? { seq: e.seq, own: { counter: e.env.counter, sig: e.env.sig } } : { seq: e.seq, env: e.env },
+        lane: e.env.lane,
+      }),
+    );
+    for (const page of toFrames(outgoing)) {
+      this.#deps.send({ type: 'updates', doc: docId, items: page.map((o) => o.item) }, maxLane(page));
     }
     for (let i = 0; i < withheld.length; i += PAGE_ENTRIES) {
       this.#deps.send({ type: 'withheld', doc: docId, seqs: withheld.slice(i, i + PAGE_ENTRIES) }, 1);
