@@ -3,7 +3,6 @@ import {
   type CrisisDetection,
   DEFAULT_TIERS,
   type DeviceCertificate,
-  type EpochRecord,
   type DeviceId,
   type DocClass,
   DocClassSchema,
@@ -23,26 +22,21 @@ import {
   detectCrisis,
   effectivePriority,
   ErrorCode,
-  MAX_EPOCH_RECIPIENTS,
   parseAssessment,
   certifyDevice,
   clampRelayFrameLimit,
-  createEpochRecord,
   createPairingCode,
   fromB64,
-  generateEpochSecret,
   inboundFrameBudget,
   maxPaddedPayloadBytes,
   maxPartPayloadBytes,
-  openEpochRecord,
   sealToDevice,
-  signRevocation,
   verifyPairingProof,
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
 import { type Identity, authorizeDevice } from './identity.js';
-import { type HeldEpochs, KeyRing, parseStoredEpochs } from './keyring.js';
+import { DeviceTrust, type StoredTrust } from './device-trust.js';
 import { encodeGrant } from './pairing.js';
 import type { ClientStore } from './storage/client-store.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
@@ -51,7 +45,6 @@ import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
 import { ProofRequests } from './sync/proof-requests.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
-import { type TrustView, TrustBook, chooseWriteEpoch, epochMetaOf } from './trust-book.js';
 
 export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
 
@@ -118,9 +111,6 @@ export interface KeelClientOptions {
 const TIER_KEY = ['client', 'tier'];
 /** The relay id this device pinned, kept next to the tier so a restart keeps the pin. */
 const RELAY_KEY = ['client', 'relay'];
-const EPOCHS_KEY = ['client', 'epochs'];
-/** The trust book: every certificate, revocation and reset this device verified (trust-book.ts). */
-const TRUST_KEY = ['client', 'trust'];
 /** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
 export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
 
@@ -144,20 +134,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
   readonly #proofs: ProofRequests;
-  readonly #keyring: KeyRing;
   readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   readonly #docs = new Map<DocId, DocSync>();
   readonly #opening = new Map<DocId, Promise<DocSync>>();
   /** What this device verified about its user's devices; liveness comes from it alone, never from the relay's lists. */
-  readonly #book: TrustBook;
-  /** The live devices last announced by a `devices` event (sorted ids), so one is emitted per change. */
-  #announcedLive = '';
-  /** Highest key epoch any verified record named, sealed to this device or not: the next one is above it. */
-  #epochHigh = 0;
-  /** A key epoch this device published and waits to see echoed by the relay before it seals with it. */
-  #rotation: { readonly epoch: number; readonly sig: string; readonly echoed: Promise<void>; readonly done: () => void } | undefined;
-  /** Persisting the trust book and the epochs, in order; close() waits for it. */
-  #trustWrite: Promise<void> = Promise.resolve();
+  /** Whom this device trusts and which key it writes under, from signed records only (docs/device-trust.md). */
+  readonly #trust: DeviceTrust;
   readonly #revokeWaiters = new Map<DeviceId, () => void>();
   #vouchWaiter: { device: DeviceId; resolve: () => void; reject: (e: Error) => void } | undefined;
   #tier: TierState;
@@ -181,9 +163,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   constructor(
     options: KeelClientOptions,
     initialTier: TierState = UNKNOWN_TIER,
-    storedEpochs: HeldEpochs = {},
+    storedTrust?: StoredTrust,
     storedRelay?: RelayId,
-    storedTrust?: unknown,
   ) {
     super();
     this.identity = options.identity;
@@ -192,14 +173,26 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#tier = initialTier;
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
     this.#compress = options.compress ?? false;
-    const granted = Object.fromEntries(Object.entries(options.identity.epochs ?? {}).map(([epoch, secret]) => [epoch, { secret }]));
-    this.#keyring = new KeyRing(options.identity.user.rootKey, { ...granted, ...storedEpochs });
-    this.#epochHigh = this.#keyring.newest;
-    const { user, device, recoveryKey } = options.identity;
-    this.#book = TrustBook.restore({ user: user.userId, self: device, recoveryKey }, storedTrust);
-    // The identity's own chain: this device verifies its issuers even before the relay answers.
-    this.#book.add({ certs: [...options.identity.chain, options.identity.cert] });
-    this.#announcedLive = this.#liveKey(this.#book.view());
+    this.#trust = new DeviceTrust(
+      {
+        identity: options.identity,
+        store: options.storage,
+        send: (frame) => this.#link.send(frame),
+        online: () => this.#link.state === 'ready' && !this.#closed,
+        hasPending: () => [...this.#docs.values()].some((d) => d.hasPending),
+        onDevices: () => this.emit('devices', [this.devices()]),
+        onNonLive: (devices) => {
+          for (const sync of this.#docs.values()) void sync.freezeAuthors(devices);
+        },
+        onWriteKey: () => {
+          // Changes that waited for a clean key go out now.
+          for (const sync of this.#docs.values()) if (sync.hasPending) this.#dispatcher.write(sync.docId, this.#priorityOf(sync), sync.pendingBytes);
+          if (this.#flushRequested) void this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
+        },
+        onError: (error) => this.emit('error', [error]),
+      },
+      storedTrust,
+    );
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: new (url: string) => unknown }).WebSocket;
     if (!Impl) throw new Error('no WebSocket implementation: pass one as options.WebSocket (in Node: the ws package)');
     const factory: WebSocketFactory = (url) => new Impl(url) as WebSocketLike;
@@ -211,12 +204,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onError: (error) => {
         // Another device published that epoch number first (both saw the same revocation): its
         // record reaches this device too, and the next decision takes it or rotates above it.
-        if (!error.final && error.code === ErrorCode.UNKNOWN_EPOCH && this.#rotation) {
-          const refused = this.#rotation;
-          this.#rotation = undefined;
-          refused.done();
-          return;
-        }
+        if (!error.final && error.code === ErrorCode.UNKNOWN_EPOCH && this.#trust.rotationRefused()) return;
         // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
         if (!error.final && this.#vouchWaiter) {
           this.#vouchWaiter.reject(toError(error));
@@ -230,7 +218,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       },
       // A 4003 close is final only once this device holds a verified record that revokes it
       // (sent by the relay just before the close, or kept in the trust book from earlier).
-      holdsOwnRevocation: () => this.#book.view().selfRevoked,
+      holdsOwnRevocation: () => this.#trust.selfRevoked,
       onPin: (relay) => {
         this.#pinWrite = this.#store.save(RELAY_KEY, encodeJson(relay)).catch((error: unknown) => {
           this.emit('error', [{ code: 'INTERNAL', message: `cannot store the relay pin: ${error instanceof Error ? error.message : String(error)}` }]);
@@ -257,7 +245,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       onUnproved: (sync, counters) => this.#dispatcher.resendOnce(sync, counters),
     });
     // Offline too: a device that knows one of its epochs is dirty keeps new changes pending.
-    this.#chooseWriteEpoch();
+    this.#trust.chooseWriteEpoch();
     this.#link.start();
   }
 
@@ -316,15 +304,15 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         store: this.#store,
         ...(this.#documentState ? { docState: this.#documentState } : {}),
         identity: this.identity,
-        keys: this.#keyring.forDoc(docId),
-        peerKey: (device) => this.#book.view().authors.get(device),
-        nonLive: () => this.#book.view().nonLive,
+        keys: this.#trust.keysFor(docId),
+        peerKey: (device) => this.#trust.view.authors.get(device),
+        nonLive: () => this.#trust.view.nonLive,
         onPending: (sync, bytes) => {
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
           // A local change not yet proved: no longer synced.
           this.#updateStatus();
-          if (this.#keyring.writeEpoch === undefined) this.#rotate();
+          if (!this.#trust.canWrite) this.#trust.rotate();
         },
         shouldStage: () => this.#tier.policy.conflictResolution === 'manual',
         // The app's choice only: what the relay says (its tier) never turns compression on.
@@ -347,7 +335,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (!this.#docs.has(docId)) {
       this.#docs.set(docId, sync);
       if (sync.hasPending) this.#dispatcher.write(docId, this.#priorityOf(sync), sync.pendingBytes);
-      if (sync.hasPending && this.#keyring.writeEpoch === undefined) this.#rotate();
+      if (sync.hasPending && !this.#trust.canWrite) this.#trust.rotate();
       if (this.#link.state === 'ready') this.#startDoc(sync);
       this.#updateStatus();
     }
@@ -485,10 +473,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#link.stop();
     this.#dispatcher.close();
     this.#proofs.close();
-    this.#rotation?.done();
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
     await this.#pinWrite;
-    await this.#trustWrite;
+    await this.#trust.close();
     this.#docs.clear();
     this.#setStatus('closed');
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
@@ -496,13 +483,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /** The user's live devices as this device verified them (one certificate each), this one included. */
   devices(): DeviceCertificate[] {
-    const view = this.#book.view();
-    const out: DeviceCertificate[] = [];
-    for (const device of view.live.keys()) {
-      const cert = device === this.identity.device.deviceId ? this.identity.cert : this.#book.certificatesOf(device)[0];
-      if (cert) out.push(cert);
-    }
-    return out;
+    return this.#trust.devices();
   }
 
   /**
@@ -544,11 +525,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       return;
     }
     const grant = authorizeDevice(this.identity, deviceKey);
-    this.#addRecords({ certs: [grant.cert] });
+    this.#trust.add({ certs: [grant.cert] });
     this.#link.send({ type: 'register', cert: grant.cert });
     // The new device pins the deployment this one trusts, not whatever relay it first meets.
     const relayId = this.#link.relayId;
-    const payload = encodeGrant({ ...grant, epochs: this.#keyring.export(), ...(relayId ? { relayId } : {}) });
+    const payload = encodeGrant({ ...grant, epochs: this.#trust.exportEpochs(), ...(relayId ? { relayId } : {}) });
     const sealed = sealToDevice(payload, deviceKey, pending.secret, frame.id);
     this.#link.send({ type: 'pair-grant', id: frame.id, ...sealed });
     pending.resolve(grant.cert);
@@ -561,7 +542,6 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    */
   async revokeDevice(device: DeviceId): Promise<number> {
     if (this.#link.state !== 'ready') throw new Error('revocation needs a connection to the relay');
-    const { user, device: me } = this.identity;
     // The relay announces the devices the revocation took with it before the target itself;
     // the trust book computes the same cascade, and waiting lets vouches the relay knows arrive.
     const announced = new Promise<void>((resolve) => {
@@ -571,13 +551,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         resolve();
       });
     });
-    const revocation = signRevocation(user.userId, device, me, Date.now());
-    this.#link.send({ type: 'revoke', revocation });
     // Our own signed record, believed at once: the book computes the cascade, the epochs the
     // revoked devices held turn dirty, and a rotation to the remaining live devices starts.
-    this.#addRecords({ revocations: [revocation] });
-    if (this.#keyring.writeEpoch === undefined) this.#rotate();
-    const rotation = this.#rotation;
+    const rotation = this.#trust.revoke(device);
     await announced;
     this.#revokeWaiters.delete(device);
     if (rotation) {
@@ -586,7 +562,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       clearTimeout(timer);
       return rotation.epoch;
     }
-    return this.#keyring.writeEpoch ?? this.#keyring.newest;
+    return this.#trust.writeEpoch;
   }
 
   /**
@@ -597,11 +573,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   async vouchFor(device: DeviceId): Promise<void> {
     if (this.#link.state !== 'ready') throw new Error('vouching needs a connection to the relay');
     if (this.#vouchWaiter) throw new Error('one vouch at a time');
-    const target = this.#book.certificatesOf(device)[0];
-    if (!target || !this.#book.view().live.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
+    const target = this.#trust.certificateOf(device);
+    if (!target || !this.#trust.view.live.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
     const { user, device: me } = this.identity;
     const cert = certifyDevice(user, me, fromB64(target.deviceKey), Date.now());
-    this.#addRecords({ certs: [cert] });
+    this.#trust.add({ certs: [cert] });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#vouchWaiter = undefined;
@@ -615,114 +591,6 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       this.#vouchWaiter = { device, resolve: () => done(), reject: (error) => done(error) };
       this.#link.send({ type: 'vouch', cert });
     });
-  }
-
-  /**
-   * Adds what verifies to the trust book (nothing is ever removed), then, if it changed: persists
-   * it, freezes newly revoked authors in open documents, announces the live devices and picks the
-   * epoch to write under again (rotating when none is clean). Returns whether anything was new.
-   */
-  #addRecords(records: Parameters<TrustBook['add']>[0], chooseEpoch = true): boolean {
-    const { changed, overflow } = this.#book.add(records);
-    if (overflow > 0) {
-      this.emit('error', [{ code: ErrorCode.LIMIT_EXCEEDED, message: `${overflow} verified device records did not fit in the trust book (at most ${WireLimits.maxCertificates} of each)` }]);
-    }
-    if (!changed) return false;
-    const view = this.#book.view();
-    this.#persist(TRUST_KEY, () => this.#book.toStored(), 'the trust book');
-    for (const sync of this.#docs.values()) void sync.freezeAuthors(view.nonLive);
-    const live = this.#liveKey(view);
-    if (live !== this.#announcedLive) {
-      this.#announcedLive = live;
-      this.emit('devices', [this.devices()]);
-    }
-    if (chooseEpoch) this.#chooseWriteEpoch();
-    return true;
-  }
-
-  #liveKey(view: TrustView): string {
-    return [...view.live.keys()].sort().join(' ');
-  }
-
-  /** Writes `what()` under `key` after every earlier trust write (so the last state wins). */
-  #persist(key: readonly string[], what: () => unknown, name: string): void {
-    this.#trustWrite = this.#trustWrite
-      .then(() => this.#store.save([...key], encodeJson(what())))
-      .catch((error: unknown) => {
-        this.emit('error', [{ code: 'INTERNAL', message: `cannot store ${name}: ${error instanceof Error ? error.message : String(error)}` }]);
-      });
-  }
-
-  /**
-   * Writes go under the newest clean epoch this device holds (no holder known revoked). With
-   * none, this device rotates once it has something to write (or revokes): a new epoch sealed
-   * only to live devices (and the recovery key), used once the relay echoed it; until then
-   * local changes stay pending. Rotating lazily lets the revoking device's epoch arrive first,
-   * instead of every device racing it for the same number.
-   */
-  #chooseWriteEpoch(): void {
-    const before = this.#keyring.writeEpoch;
-    const epoch = chooseWriteEpoch(this.#keyring.held(), this.#book.view());
-    this.#keyring.useForWriting(epoch);
-    if (epoch === undefined) {
-      if ([...this.#docs.values()].some((d) => d.hasPending)) this.#rotate();
-      return;
-    }
-    if (epoch === before) return;
-    // Changes that waited for a clean key go out now.
-    for (const sync of this.#docs.values()) if (sync.hasPending) this.#dispatcher.write(sync.docId, this.#priorityOf(sync), sync.pendingBytes);
-    if (this.#flushRequested) void this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
-  }
-
-  #rotate(): void {
-    if (this.#rotation || this.#link.state !== 'ready' || this.#closed) return;
-    const { user, device: me, recoveryKey } = this.identity;
-    const view = this.#book.view();
-    const epoch = Math.max(this.#keyring.newest, this.#epochHigh) + 1;
-    // Live devices only (this one always); more than a record can name is refused by the relay anyway.
-    const recipients = new Map([...view.live].slice(0, MAX_EPOCH_RECIPIENTS));
-    recipients.set(me.deviceId, me.publicKey);
-    const record = createEpochRecord(user.userId, epoch, me, generateEpochSecret(), recipients, Date.now(), recoveryKey);
-    let done = () => {};
-    const echoed = new Promise<void>((resolve) => (done = resolve));
-    this.#rotation = { epoch, sig: record.sig, echoed, done };
-    this.#epochHigh = Math.max(this.#epochHigh, epoch);
-    this.#link.send({ type: 'epoch', record });
-  }
-
-  /**
-   * Takes the verified epoch records: opens those sealed to this device (any verified epoch may
-   * be read), records who holds each, and settles a rotation the relay echoed. Returns true if
-   * a secret was new.
-   */
-  #adoptEpochs(records: readonly EpochRecord[]): boolean {
-    let adopted = false;
-    let described = false;
-    for (const record of records) {
-      // Records of since-revoked issuers count for reading; their holders make them dirty for writing.
-      if (!this.#book.verifiesEpoch(record)) {
-        this.emit('error', [{ code: 'BAD_SIGNATURE', message: `key epoch ${record.epoch} is not signed by a device of this user` }]);
-        continue;
-      }
-      // A revoked issuer's number is not taken as the floor for the next rotation: a relay could
-      // show a thief's record numbered at the schema's maximum, leaving no number to rotate to.
-      if (!this.#book.view().nonLive.has(record.issuer)) this.#epochHigh = Math.max(this.#epochHigh, record.epoch);
-      const rotation = this.#rotation;
-      const opened = openEpochRecord(record, this.identity.device);
-      if (opened.ok) {
-        const meta = epochMetaOf(record);
-        if (this.#keyring.add(record.epoch, opened.value, meta)) adopted = true;
-        else described = this.#keyring.describe(record.epoch, opened.value, meta) || described;
-      }
-      // Ours came back (or another device took that number first): the rotation is over.
-      if (rotation && record.epoch === rotation.epoch) {
-        this.#rotation = undefined;
-        rotation.done();
-      }
-    }
-    if (adopted || described) this.#persist(EPOCHS_KEY, () => this.#keyring.toStored(), 'key epochs');
-    this.#chooseWriteEpoch();
-    return adopted;
   }
 
   /** Internal: begins watching the crisis-mode document. */
@@ -800,13 +668,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
     this.#maxFrameBytes = clampRelayFrameLimit(frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes);
-    // A rotation the last connection did not see echoed is decided again from what this one says.
-    const unconfirmed = this.#rotation;
-    this.#rotation = undefined;
-    unconfirmed?.done();
+    this.#trust.onReady();
     // Only additions: the relay's lists never remove a device or lift a revocation.
-    this.#addRecords({ certs: [...frame.certs, ...(frame.revokedCerts ?? [])], revocations: frame.revocations ?? [], reset: frame.reset }, false);
-    this.#adoptEpochs(frame.epochs ?? []);
+    this.#trust.add({ certs: [...frame.certs, ...(frame.revokedCerts ?? [])], revocations: frame.revocations ?? [], reset: frame.reset }, false);
+    this.#trust.adoptEpochs(frame.epochs ?? []);
     this.#applyTier(frame.tier, true);
     const docs = [...this.#docs.values()];
     for (const d of docs) d.resetSynced();
@@ -900,7 +765,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         return;
       case 'device':
         // A new device or a vouch: added if it verifies; it never lifts a revocation (only a verified reset keeping the device does).
-        this.#addRecords({ certs: [frame.cert] });
+        this.#trust.add({ certs: [frame.cert] });
         return;
       case 'revoked':
         this.#onRevoked(frame);
@@ -912,7 +777,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         }
         return;
       case 'epoch':
-        if (this.#adoptEpochs([frame.record])) this.#subscribe([...this.#docs.values()]);
+        if (this.#trust.adoptEpochs([frame.record])) this.#subscribe([...this.#docs.values()]);
         return;
       case 'pair-request':
         this.#answerPairing(frame);
@@ -935,10 +800,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * holds live without a record that verifies is reported and changes nothing.
    */
   #onRevoked(frame: Extract<RelayFrame, { type: 'revoked' }>): void {
-    this.#addRecords({ revocations: frame.revocation ? [frame.revocation] : [], reset: frame.reset });
+    this.#trust.add({ revocations: frame.revocation ? [frame.revocation] : [], reset: frame.reset });
     // Only a hint for timing: our own revocation's cascade was announced.
     this.#revokeWaiters.get(frame.device)?.();
-    if (this.#book.view().live.has(frame.device) && frame.device !== this.identity.device.deviceId) {
+    if (this.#trust.view.live.has(frame.device) && frame.device !== this.identity.device.deviceId) {
       this.emit('error', [{ code: ErrorCode.BAD_SIGNATURE, message: `the relay says ${frame.device} is revoked, with no signed record that shows it` }]);
     }
   }
@@ -976,8 +841,7 @@ export const createClient = async (options: KeelClientOptions): Promise<KeelClie
   await cryptoReady();
   const stored = await options.storage.load(TIER_KEY);
   const tier = stored ? TierStateSchema.safeParse(decodeJson(stored)) : undefined;
-  const epochs = await options.storage.load(EPOCHS_KEY);
-  const trust = await options.storage.load(TRUST_KEY);
+  const trust = await DeviceTrust.load(options.storage);
   const keptRelay = await loadRelayPin(options.storage);
   const upFront = pinnedUpFront(options);
   // Kept, so the pin survives a later start that passes neither the option nor that identity.
@@ -985,9 +849,8 @@ export const createClient = async (options: KeelClientOptions): Promise<KeelClie
   const client = new KeelClient(
     options,
     tier?.success ? tier.data : UNKNOWN_TIER,
-    epochs ? parseStoredEpochs(decodeJson(epochs)) : {},
+    trust,
     keptRelay,
-    trust ? decodeJson(trust) : undefined,
   );
   await client.watchCrisisMode();
   return client;
