@@ -2,7 +2,7 @@ import { type ClientStatus, createIdentity, createMemoryStore, linkNewDevice } f
 import { type ClientFrame, type DocId, type Envelope, ErrorCode, type RelayFrame, type Seq, encodeFrame } from '@keel/engine';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../support/devices.js';
-import { startMaliciousRelay } from '../support/malicious-relay.js';
+import { acrossTheMiddle, startMaliciousRelay } from '../support/malicious-relay.js';
 import { type FrameOf, connectRawDevice, docRef, mapUpdate, sealFor } from '../support/raw-device.js';
 import { useTestScope } from '../support/scope.js';
 
@@ -153,16 +153,7 @@ describe('the relay re-serves on a second sub', () => {
 
 describe('finding 3: fake acknowledgments', () => {
   it('a push acked and dropped by the relay in the middle still reaches the other device, and later writes flow', async () => {
-    const real = await scope.relay();
-    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
-    scope.defer(() => mitm.close());
-    const idA = await createIdentity();
-    const a = await scope.device(mitm.url, idA);
-    const b = await scope.device(real.url, await linkNewDevice(idA));
-    const docA = await a.client.open(MOOD);
-    const docB = await b.client.open(MOOD);
-    const doc = a.client.docId(MOOD);
-    await mitm.ready(1);
+    const { mitm, a, b, docA, docB, doc } = await acrossTheMiddle(scope, MOOD);
     await a.client.whenSynced();
 
     // The first push of the document is acknowledged (at a seq of the relay's choosing) and dropped.
@@ -237,16 +228,7 @@ describe('finding 3: fake acknowledgments', () => {
   });
 
   it('a push the relay in the middle acks, echoes back as if logged, and drops: the honest relay’s COUNTER_GAP names the counter it expects, and the device refills it from the document', async () => {
-    const real = await scope.relay();
-    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
-    scope.defer(() => mitm.close());
-    const idA = await createIdentity();
-    const a = await scope.device(mitm.url, idA);
-    const b = await scope.device(real.url, await linkNewDevice(idA));
-    const docA = await a.client.open(PLAN);
-    const docB = await b.client.open(PLAN);
-    const doc = a.client.docId(PLAN);
-    await mitm.ready(1);
+    const { mitm, a, b, docA, docB, doc } = await acrossTheMiddle(scope, PLAN);
     await a.client.whenSynced();
 
     // The first two pushes of the document: acked, then echoed back in `updates` at the acked seq
@@ -294,16 +276,7 @@ describe('finding 3: fake acknowledgments', () => {
 
 describe('finding 4: seq poisoning', () => {
   it('an old envelope replayed at a later seq, and an ack naming a seq of the relay’s choosing, block none of the other device’s later updates', async () => {
-    const real = await scope.relay();
-    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
-    scope.defer(() => mitm.close());
-    const idA = await createIdentity();
-    const a = await scope.device(mitm.url, idA);
-    const b = await scope.device(real.url, await linkNewDevice(idA));
-    const docA = await a.client.open(MOOD);
-    const docB = await b.client.open(MOOD);
-    const doc = a.client.docId(MOOD);
-    await mitm.ready(1);
+    const { mitm, a, b, docA, docB, doc } = await acrossTheMiddle(scope, MOOD);
     await Promise.all([a.client.whenSynced(), b.client.whenSynced()]);
 
     docB.getMap('m').set('b1', 1);
@@ -336,16 +309,7 @@ describe('finding 4: seq poisoning', () => {
 
 describe('finding 5: crisis data held back by a forged deferral', () => {
   it('a crisis push deferred for seven days reaches the other device on the first honest reconnect; status never says synced meanwhile', async () => {
-    const real = await scope.relay();
-    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
-    scope.defer(() => mitm.close());
-    const idA = await createIdentity();
-    const a = await scope.device(mitm.url, idA);
-    const b = await scope.device(real.url, await linkNewDevice(idA));
-    const docA = await a.client.open(PLAN);
-    const docB = await b.client.open(PLAN);
-    const doc = a.client.docId(PLAN);
-    await mitm.ready(1);
+    const { mitm, a, docA, docB, doc } = await acrossTheMiddle(scope, PLAN);
     await a.client.whenSynced();
 
     let deferring = true;

@@ -1,7 +1,7 @@
 import { createIdentity, linkNewDevice } from '@keel/client';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../support/devices.js';
-import { startMaliciousRelay } from '../support/malicious-relay.js';
+import { acrossTheMiddle, startMaliciousRelay } from '../support/malicious-relay.js';
 import { useTestScope } from '../support/scope.js';
 
 /**
@@ -31,15 +31,7 @@ describe('the malicious relay, honest (controls)', () => {
   });
 
   it('in the middle: a pinned device authenticates through it to the real relay and converges with a direct device', async () => {
-    const real = await scope.relay();
-    const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
-    scope.defer(() => mitm.close());
-    const idA = await createIdentity();
-    const a = await scope.device(mitm.url, idA);
-    const b = await scope.device(real.url, await linkNewDevice(idA));
-    const docA = await a.client.open(SPEC);
-    const docB = await b.client.open(SPEC);
-    await mitm.ready(1);
+    const { mitm, a, b, docA, docB } = await acrossTheMiddle(scope, SPEC);
     docA.getMap('plan').set('call', '988');
     await waitFor(() => docB.getMap('plan').get('call') === '988', 5_000, 'A’s edit at B');
     docB.getMap('plan').set('walk', 'park');

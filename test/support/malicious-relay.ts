@@ -20,8 +20,10 @@ import {
   parseRelayFrame,
   verifyChallenge,
 } from '@keel/engine';
+import { type ClientStore, type DocSpec, createIdentity, linkNewDevice } from '@keel/client';
 import { WebSocket, WebSocketServer, type ServerOptions } from 'ws';
 import { waitFor } from './devices.js';
+import type { TestScope } from './scope.js';
 
 /**
  * A malicious relay for tests of what a device must not believe. Two modes:
@@ -297,4 +299,22 @@ export const startMaliciousRelay = async (options: StandaloneOptions | MiddleOpt
       await new Promise<void>((resolve) => wss.close(() => resolve()));
     },
   };
+};
+
+/**
+ * The usual stage of a man-in-the-middle test: device A of a new user connects through the
+ * relay in the middle, in front of a real relay process; B, another device of the user,
+ * connects to the real relay directly; both have `spec` open and A is past `ready`.
+ */
+export const acrossTheMiddle = async (scope: TestScope, spec: DocSpec, storeA?: ClientStore) => {
+  const real = await scope.relay();
+  const mitm = await startMaliciousRelay({ mode: 'mitm', upstream: real.url });
+  scope.defer(() => mitm.close());
+  const idA = await createIdentity();
+  const a = await scope.device(mitm.url, idA, storeA);
+  const b = await scope.device(real.url, await linkNewDevice(idA));
+  const docA = await a.client.open(spec);
+  const docB = await b.client.open(spec);
+  await mitm.ready(1);
+  return { real, mitm, idA, a, b, docA, docB, doc: a.client.docId(spec) };
 };
