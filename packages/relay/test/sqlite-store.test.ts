@@ -34,6 +34,15 @@ runRelayStoreConformance('sqlite (file, WAL)', async () => {
   };
 });
 
+
+/** A database file as the relay left it after its first `version` migrations (an older release). */
+const databaseAt = (path: string, version: number): Database.Database => {
+  const old = new Database(path);
+  old.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
+  for (const migration of MIGRATIONS.slice(0, version)) old.exec(migration);
+  old.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?)`).run(String(version));
+  return old;
+};
 describe('sqlite relay store on disk', () => {
   beforeAll(async () => {
     await cryptoReady();
@@ -120,12 +129,9 @@ describe('sqlite relay store on disk', () => {
     const path = join(dir, 'relay.db');
     try {
       // The schema before revocation records (migrations 1–9): a user with one revoked device and one live.
-      const old = new Database(path);
-      old.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
       const records = MIGRATIONS.findIndex((m) => m.includes('CREATE TABLE revocations'));
       expect(records).toBe(9);
-      for (const migration of MIGRATIONS.slice(0, records)) old.exec(migration);
-      old.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?)`).run(String(records));
+      const old = databaseAt(path, records);
       const user = deriveUserKeys(generateRootKey());
       const [phone, gone, laptop] = [generateDeviceKeys(), generateDeviceKeys(), generateDeviceKeys()];
       old.prepare(`INSERT INTO users (user_id, user_key, created_at) VALUES (?, ?, 1)`).run(user.userId, Buffer.from(user.userPublicKey));
@@ -158,12 +164,9 @@ describe('sqlite relay store on disk', () => {
     const path = join(dir, 'relay.db');
     try {
       // The schema as it was before namespaces (migrations 1–5), with one user's data in it.
-      const old = new Database(path);
-      old.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
       const namespaces = MIGRATIONS.findIndex((m) => m.includes('docs_v2'));
       expect(namespaces).toBeGreaterThan(0);
-      for (const migration of MIGRATIONS.slice(0, namespaces)) old.exec(migration);
-      old.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?)`).run(String(namespaces));
+      const old = databaseAt(path, namespaces);
       const user = deriveUserKeys(generateRootKey());
       const device = generateDeviceKeys();
       const doc = deriveDocId(user.docIdKey, 'mood', 'today');
