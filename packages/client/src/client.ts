@@ -41,7 +41,7 @@ import { encodeGrant } from './pairing.js';
 import type { ClientStore } from './storage/client-store.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { Dispatcher } from './sync/dispatcher.js';
-import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
+import { DocSync, type ExternalDocState, createPartsBudget } from './sync/doc-sync.js';
 import { ProofRequests } from './sync/proof-requests.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
@@ -136,6 +136,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #proofs: ProofRequests;
   readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   readonly #docs = new Map<DocId, DocSync>();
+  /** What all documents together hold of split updates waiting for their last part. */
+  readonly #parts = createPartsBudget();
   readonly #opening = new Map<DocId, Promise<DocSync>>();
   /** What this device verified about its user's devices; liveness comes from it alone, never from the relay's lists. */
   /** Whom this device trusts and which key it writes under, from signed records only (docs/device-trust.md). */
@@ -321,6 +323,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         partBytes: () => maxPaddedPayloadBytes(maxPartPayloadBytes(this.#maxFrameBytes)),
         maxInflatedBytes: () => inboundFrameBudget(this.#maxFrameBytes),
         overBudget: () => this.#link.reconnect(),
+        parts: this.#parts,
         onStaged: (sync, count) => this.emit('staged', [{ doc: sync.docId, count }]),
         onProgress: () => this.#checkProgress(),
         onRefetch: (sync) => {

@@ -13,7 +13,7 @@ import {
 import * as Y from 'yjs';
 import { type Identity, createIdentity, linkNewDevice } from '../src/identity.js';
 import type { ClientStore } from '../src/storage/client-store.js';
-import { DocSync } from '../src/sync/doc-sync.js';
+import { DocSync, type PartsBudget, createPartsBudget } from '../src/sync/doc-sync.js';
 
 /** One open DocSync with real keys and a real store; the relay's side is played by the test. */
 export interface Harness {
@@ -23,7 +23,15 @@ export interface Harness {
   readonly refetches: number[];
 }
 
-export const open = async (identity: Identity, peers: readonly Identity[], store: ClientStore, docId: DocId, key: Uint8Array, docClass: DocClass = 'safety_plan'): Promise<Harness> => {
+export const open = async (
+  identity: Identity,
+  peers: readonly Identity[],
+  store: ClientStore,
+  docId: DocId,
+  key: Uint8Array,
+  docClass: DocClass = 'safety_plan',
+  parts: PartsBudget = createPartsBudget(),
+): Promise<Harness> => {
   const errors: KeelError[] = [];
   const refetches: number[] = [];
   const keys = new Map<DeviceId, Uint8Array>(peers.map((p) => [p.device.deviceId, p.device.publicKey]));
@@ -39,6 +47,7 @@ export const open = async (identity: Identity, peers: readonly Identity[], store
     partBytes: () => 1 << 20,
     maxInflatedBytes: () => 2 << 20,
     overBudget: () => {},
+    parts,
     onStaged: () => {},
     onProgress: () => {},
     onRefetch: (s) => refetches.push(s.lastSeq),

@@ -58,7 +58,41 @@ interface PartialUpdate {
   readonly seqs: number[];
   received: number;
   lane: number;
+  /** Payload bytes held, taken from the device's budget for split updates. */
+  bytes: number;
 }
+
+/**
+ * Bytes of split updates a device holds, waiting for their last parts, across all its documents:
+ * taken part by part, given back when an update completes or is dropped.
+ */
+export interface PartsBudget {
+  take(bytes: number): boolean;
+  give(bytes: number): void;
+  /** Bytes held now. */
+  readonly held: number;
+}
+
+/**
+ * A device's budget for split updates: room for two of the largest updates a device seals
+ * (WireLimits.maxUpdateBytes) arriving at once, by default.
+ */
+export const createPartsBudget = (limit = 2 * WireLimits.maxUpdateBytes): PartsBudget => {
+  let held = 0;
+  return {
+    take(bytes) {
+      if (held + bytes > limit) return false;
+      held += bytes;
+      return true;
+    },
+    give(bytes) {
+      held = Math.max(0, held - bytes);
+    },
+    get held() {
+      return held;
+    },
+  };
+};
 
 const concat = (chunks: readonly Uint8Array[]): Uint8Array => {
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
@@ -115,6 +149,8 @@ export interface DocSyncDeps {
    * (reported as LIMIT_EXCEEDED) and stays unmarked; reconnecting fetches it again from there.
    */
   readonly overBudget: () => void;
+  /** The device's budget for split updates held until complete (see PartsBudget). */
+  readonly parts: PartsBudget;
   /** Remote updates were staged; `count` are waiting for the app. */
   readonly onStaged: (sync: DocSync, count: number) => void;
   /** Something in the outbox or pending set changed. */
@@ -415,13 +451,20 @@ export class DocSync {
     let sealed: Envelope[] = [];
     return this.#enqueue(async () => {
       if (this.#pending.size === 0) return;
-      const entries = [...this.#pending.entries()].sort((a, b) => a[0] - b[0]);
+      // The oldest pending changes, up to one update's worth (a long offline spell goes out as several).
+      const entries: [number, Uint8Array][] = [];
+      let taken = 0;
+      for (const entry of [...this.#pending.entries()].sort((a, b) => a[0] - b[0])) {
+        if (entries.length > 0 && taken + entry[1].length > WireLimits.maxUpdateBytes) break;
+        entries.push(entry);
+        taken += entry[1].length;
+      }
       const merged = entries.length === 1 ? entries[0]![1] : Y.mergeUpdates(entries.map((e) => e[1]));
       const partBytes = this.#deps.partBytes();
       const count = Math.max(1, Math.ceil(merged.length / partBytes));
-      if (count > WireLimits.maxPartsPerUpdate) {
+      if (count > WireLimits.maxPartsPerUpdate || merged.length > WireLimits.maxUpdateBytes) {
         // Kept pending (never dropped); the app hears why it does not leave.
-        this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `an update of ${merged.length} bytes is larger than any relay frame limit allows`, doc: this.docId });
+        this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `one change of ${merged.length} bytes is larger than an update may be (${WireLimits.maxUpdateBytes} bytes, ${WireLimits.maxPartsPerUpdate} parts)`, doc: this.docId });
         return;
       }
       const keys = this.#deps.keys.current();
@@ -595,6 +638,7 @@ export class DocSync {
       // A part waits for the rest of its update; only the whole update is applied, and only then
       // are its seqs marked received (so a restart half-way fetches the parts again).
       const whole = env.part ? this.#collectPart(env, seq, opened.value) : { update: opened.value, seqs: [seq], lane: env.lane, last: env.counter };
+      // Waiting for more parts, or dropped past the budget (its seqs stay unmarked: fetched again later).
       if (!whole) continue;
       // Crisis lanes merge at once even under manual resolution (a crisis assessment, say).
       if (manual && !isCrisisLane(whole.lane)) {
@@ -663,7 +707,7 @@ export class DocSync {
     this.#rewound.add(key);
     rewindTo(this.#meta, this.#meta.authorSeq[author] ?? this.#meta.snapshotBase);
     // A split update half-collected from the wrong seqs starts over with the refetch.
-    this.#partial.delete(author);
+    this.#dropPartial(author);
     return true;
   }
 
@@ -677,18 +721,38 @@ export class DocSync {
     const first = env.counter - index;
     let partial = this.#partial.get(env.device);
     if (!partial || partial.first !== first || partial.count !== count) {
-      partial = { first, count, payloads: Array.from({ length: count }), seqs: [], received: 0, lane: 1 };
+      this.#dropPartial(env.device);
+      partial = { first, count, payloads: Array.from({ length: count }), seqs: [], received: 0, lane: 1, bytes: 0 };
       this.#partial.set(env.device, partial);
     }
     if (partial.payloads[index] === undefined) {
+      // Held until the last part: within the device's budget, or the whole update is let go.
+      if (!this.#deps.parts.take(payload.length)) {
+        this.#dropPartial(env.device);
+        this.#deps.onError({
+          code: ErrorCode.LIMIT_EXCEEDED,
+          message: `a split update of ${env.device} (${count} parts) does not fit what this device holds of unfinished updates; dropped, fetched again later`,
+          doc: this.docId,
+        });
+        return undefined;
+      }
+      partial.bytes += payload.length;
       partial.payloads[index] = payload;
       partial.received++;
       partial.seqs.push(seq);
       partial.lane = Math.max(partial.lane, env.lane);
     }
     if (partial.received < count) return undefined;
-    this.#partial.delete(env.device);
+    this.#dropPartial(env.device);
     return { update: concat(partial.payloads as Uint8Array[]), seqs: partial.seqs, lane: partial.lane, last: first + count - 1 };
+  }
+
+  /** Lets go of an author's unfinished split update and what it held of the budget. */
+  #dropPartial(author: DeviceId): void {
+    const partial = this.#partial.get(author);
+    if (!partial) return;
+    this.#partial.delete(author);
+    this.#deps.parts.give(partial.bytes);
   }
 
   /** Log entries received since the last snapshot this device knows of. */
@@ -907,6 +971,7 @@ export class DocSync {
   async close(): Promise<void> {
     await this.settle();
     this.#closed = true;
+    for (const author of this.#partial.keys()) this.#dropPartial(author);
     if (this.#deps.docState) await this.#deps.docState.detach(this.doc);
     this.doc.destroy();
   }

@@ -23,6 +23,12 @@ export const WireLimits = {
   maxCiphertextBytes: 64 * 1024 * 1024,
   /** Parts one update may be split into (each its own envelope), so no frame passes the relay's limit. */
   maxPartsPerUpdate: 4096,
+  /**
+   * The largest update (all its parts) a device seals in one: more pending changes go out as
+   * several updates. A receiving device holds split updates in memory until their last part, so
+   * this is also what one author can make it hold at once.
+   */
+  maxUpdateBytes: 64 * 1024 * 1024,
   /** The relay's frame limit after authentication unless configured; a device assumes it until `ready` says. */
   defaultMaxFrameBytes: 1024 * 1024,
   /**
