@@ -45,6 +45,26 @@ import type { WorkOwner, WorkQueue } from './work-queue.js';
 const CLOSE_GRACE_MS = 1_000;
 /** Key epochs sent in `ready`: the most recent ones (older ones protect only older writes). */
 const READY_EPOCHS = 64;
+/**
+ * Characters of epoch records one `ready` carries at most. A device reads at most 1 MiB before
+ * `ready` (WireLimits.defaultMaxFrameBytes); the rest of a `ready` — certificates, revoked
+ * certificates, revocations, 256 of each at most — stays under ~300 KiB, so the records get what
+ * is left with room to spare. An epoch sealed to many devices is large (~260 characters per
+ * wrap): with 256 devices per user only the newest few fit.
+ */
+const READY_EPOCH_CHARS = 512 * 1024;
+
+/** The newest records (in epoch order) that fit READY_EPOCH_CHARS. */
+const fitEpochs = <T>(records: readonly T[]): T[] => {
+  const kept: T[] = [];
+  let chars = 0;
+  for (let i = records.length - 1; i >= 0; i--) {
+    chars += JSON.stringify(records[i]).length;
+    if (chars > READY_EPOCH_CHARS) break;
+    kept.unshift(records[i]!);
+  }
+  return kept;
+};
 
 /** What a connection needs from the relay around it. */
 export interface ConnectionContext {
@@ -381,7 +401,7 @@ export class RelayConnection implements PairingPeer {
     const certs = devices.filter((d) => d.revokedAt === null).map((d) => d.cert);
     // Revoked devices' certificates too: what they wrote before their revocation still verifies.
     const revokedCerts = devices.filter((d) => d.revokedAt !== null).map((d) => d.cert);
-    const epochs = await store.listEpochs(hello.user, READY_EPOCHS);
+    const epochs = fitEpochs(await store.listEpochs(hello.user, READY_EPOCHS));
     const revocations = await store.listRevocations(hello.user, WireLimits.maxCertificates);
     const userRecovery = await store.getRecovery(hello.user);
     const escrow = userRecovery?.escrow ?? null;
