@@ -13,7 +13,8 @@ import {
 import * as Y from 'yjs';
 import { type Identity, createIdentity, linkNewDevice } from '../src/identity.js';
 import type { ClientStore } from '../src/storage/client-store.js';
-import { DocSync, type PartsBudget, createPartsBudget } from '../src/sync/doc-sync.js';
+import { DocSync } from '../src/sync/doc-sync.js';
+import { type PartsBudget, createPartsBudget } from '../src/sync/split-updates.js';
 
 /** One open DocSync with real keys and a real store; the relay's side is played by the test. */
 export interface Harness {

@@ -2,7 +2,7 @@ import { type Envelope, WireLimits, sealEnvelope } from '@keel/engine';
 import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
 import { createMemoryStore } from '../src/storage/memory-store.js';
-import { createPartsBudget } from '../src/sync/doc-sync.js';
+import { createPartsBudget } from '../src/sync/split-updates.js';
 import { open, setup } from './doc-harness.js';
 
 /**

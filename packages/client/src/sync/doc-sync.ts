@@ -22,6 +22,7 @@ import {
 import * as Y from 'yjs';
 import type { Identity } from '../identity.js';
 import { type ClientStore, type StorageOp, orderKey } from '../storage/client-store.js';
+import { type PartsBudget, SplitUpdates } from './split-updates.js';
 import { type DocMeta, DocMetaSchema, decodeJson, encodeJson, markSeq, markWithheld, newDocMeta, rewindTo, seenThrough } from './doc-meta.js';
 
 /** Origin of updates applied from the relay; they are never sent back. */
@@ -48,61 +49,6 @@ const FRAME_INFLATE_LIMITS = 2;
  * a stub naming one of this device's own entries by counter and signature.
  */
 export type ReceivedItem = { readonly seq: number; readonly env: Envelope } | { readonly seq: number; readonly own: { readonly counter: number; readonly sig: string } };
-
-/** The parts of one split update received so far from one author. */
-interface PartialUpdate {
-  /** Counter of part 0. */
-  readonly first: number;
-  readonly count: number;
-  readonly payloads: (Uint8Array | undefined)[];
-  readonly seqs: number[];
-  received: number;
-  lane: number;
-  /** Payload bytes held, taken from the device's budget for split updates. */
-  bytes: number;
-}
-
-/**
- * Bytes of split updates a device holds, waiting for their last parts, across all its documents:
- * taken part by part, given back when an update completes or is dropped.
- */
-export interface PartsBudget {
-  take(bytes: number): boolean;
-  give(bytes: number): void;
-  /** Bytes held now. */
-  readonly held: number;
-}
-
-/**
- * A device's budget for split updates: room for two of the largest updates a device seals
- * (WireLimits.maxUpdateBytes) arriving at once, by default.
- */
-export const createPartsBudget = (limit = 2 * WireLimits.maxUpdateBytes): PartsBudget => {
-  let held = 0;
-  return {
-    take(bytes) {
-      if (held + bytes > limit) return false;
-      held += bytes;
-      return true;
-    },
-    give(bytes) {
-      held = Math.max(0, held - bytes);
-    },
-    get held() {
-      return held;
-    },
-  };
-};
-
-const concat = (chunks: readonly Uint8Array[]): Uint8Array => {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
-};
 
 /**
  * Keeps a document's content somewhere other than the ClientStore (in browsers: y-indexeddb).
@@ -205,7 +151,7 @@ export class DocSync {
   /** A stub this device could not account for already made it fetch the log in full on this connection. */
   #refetched = false;
   /** Split updates being received, by author; applied once complete, never persisted half-done. */
-  readonly #partial = new Map<DeviceId, PartialUpdate>();
+  readonly #parts: SplitUpdates;
   #staged = 0;
   #unpersisted: Uint8Array[] = [];
   #io: Promise<void> = Promise.resolve();
@@ -223,6 +169,7 @@ export class DocSync {
     this.#deps = deps;
     this.#keys = keys(docId);
     this.#meta = meta;
+    this.#parts = new SplitUpdates(deps.parts);
   }
 
   /** Opens a document from local storage (or creates it). */
@@ -637,9 +584,17 @@ export class DocSync {
       if (own) this.#prove(proofs, [env.counter], seq);
       // A part waits for the rest of its update; only the whole update is applied, and only then
       // are its seqs marked received (so a restart half-way fetches the parts again).
-      const whole = env.part ? this.#collectPart(env, seq, opened.value) : { update: opened.value, seqs: [seq], lane: env.lane, last: env.counter };
-      // Waiting for more parts, or dropped past the budget (its seqs stay unmarked: fetched again later).
-      if (!whole) continue;
+      const whole = env.part ? this.#parts.collect(env, seq, opened.value) : { update: opened.value, seqs: [seq], lane: env.lane, last: env.counter };
+      if (whole === 'dropped') {
+        this.#deps.onError({
+          code: ErrorCode.LIMIT_EXCEEDED,
+          message: `a split update of ${env.device} (${env.part!.count} parts) does not fit what this device holds of unfinished updates; dropped, fetched again later`,
+          doc: this.docId,
+        });
+        continue;
+      }
+      // Waiting for more parts (dropped ones too: their seqs stay unmarked, fetched again later).
+      if (whole === 'waiting') continue;
       // Crisis lanes merge at once even under manual resolution (a crisis assessment, say).
       if (manual && !isCrisisLane(whole.lane)) {
         // Verified and decrypted, kept aside until the app accepts it.
@@ -707,52 +662,8 @@ export class DocSync {
     this.#rewound.add(key);
     rewindTo(this.#meta, this.#meta.authorSeq[author] ?? this.#meta.snapshotBase);
     // A split update half-collected from the wrong seqs starts over with the refetch.
-    this.#dropPartial(author);
+    this.#parts.drop(author);
     return true;
-  }
-
-  /**
-   * Keeps a verified, decrypted part; returns the whole update once its last part is here. Parts
-   * of an author arrive in counter order (the relay checks it, and #check refuses gaps), so a
-   * part that starts another update replaces an unfinished one the relay never completed.
-   */
-  #collectPart(env: Envelope, seq: number, payload: Uint8Array): { update: Uint8Array; seqs: number[]; lane: number; last: number } | undefined {
-    const { index, count } = env.part!;
-    const first = env.counter - index;
-    let partial = this.#partial.get(env.device);
-    if (!partial || partial.first !== first || partial.count !== count) {
-      this.#dropPartial(env.device);
-      partial = { first, count, payloads: Array.from({ length: count }), seqs: [], received: 0, lane: 1, bytes: 0 };
-      this.#partial.set(env.device, partial);
-    }
-    if (partial.payloads[index] === undefined) {
-      // Held until the last part: within the device's budget, or the whole update is let go.
-      if (!this.#deps.parts.take(payload.length)) {
-        this.#dropPartial(env.device);
-        this.#deps.onError({
-          code: ErrorCode.LIMIT_EXCEEDED,
-          message: `a split update of ${env.device} (${count} parts) does not fit what this device holds of unfinished updates; dropped, fetched again later`,
-          doc: this.docId,
-        });
-        return undefined;
-      }
-      partial.bytes += payload.length;
-      partial.payloads[index] = payload;
-      partial.received++;
-      partial.seqs.push(seq);
-      partial.lane = Math.max(partial.lane, env.lane);
-    }
-    if (partial.received < count) return undefined;
-    this.#dropPartial(env.device);
-    return { update: concat(partial.payloads as Uint8Array[]), seqs: partial.seqs, lane: partial.lane, last: first + count - 1 };
-  }
-
-  /** Lets go of an author's unfinished split update and what it held of the budget. */
-  #dropPartial(author: DeviceId): void {
-    const partial = this.#partial.get(author);
-    if (!partial) return;
-    this.#partial.delete(author);
-    this.#deps.parts.give(partial.bytes);
   }
 
   /** Log entries received since the last snapshot this device knows of. */
@@ -971,7 +882,7 @@ export class DocSync {
   async close(): Promise<void> {
     await this.settle();
     this.#closed = true;
-    for (const author of this.#partial.keys()) this.#dropPartial(author);
+    this.#parts.clear();
     if (this.#deps.docState) await this.#deps.docState.detach(this.doc);
     this.doc.destroy();
   }
