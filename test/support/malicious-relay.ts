@@ -167,6 +167,10 @@ export const startMaliciousRelay = async (options: StandaloneOptions | MiddleOpt
       case 'epoch':
         for (const other of live) down(other, { type: 'epoch', record: frame.record });
         return;
+      case 'ping':
+        // Answered, so a device's liveness check does not take this relay for a dead link.
+        deliver(ws, { type: 'pong', id: frame.id });
+        return;
       default:
         return;
     }

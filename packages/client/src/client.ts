@@ -45,7 +45,7 @@ import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
 import { createPartsBudget } from './sync/split-updates.js';
 import { ProofRequests } from './sync/proof-requests.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
-import { type LinkState, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
+import { DEFAULT_LIVENESS, type LinkState, type LivenessOptions, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 
 export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
 
@@ -107,6 +107,12 @@ export interface KeelClientOptions {
    * on only where bandwidth matters more than that.
    */
   readonly compress?: boolean;
+  /**
+   * How the client notices a dead link by itself: a ping every `intervalMs` after the relay
+   * accepted the device, and the link counts as dead (status `offline`, error `LINK_DEAD`,
+   * reconnect with backoff) when no pong comes within `timeoutMs`. Default 4 s and 3 s.
+   */
+  readonly liveness?: Partial<LivenessOptions>;
 }
 
 const TIER_KEY = ['client', 'tier'];
@@ -227,7 +233,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
           this.emit('error', [{ code: 'INTERNAL', message: `cannot store the relay pin: ${error instanceof Error ? error.message : String(error)}` }]);
         });
       },
-    }, pinned);
+    }, pinned, { ...DEFAULT_LIVENESS, ...options.liveness });
     this.#dispatcher = new Dispatcher({
       scheduler: createScheduler({ clock: { now: () => Date.now() }, policy: initialTier.policy }),
       doc: (docId) => this.#docs.get(docId),
@@ -265,6 +271,15 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     let count = 0;
     for (const d of this.#docs.values()) count += d.unconfirmed;
     return count;
+  }
+
+  /**
+   * When the relay last answered this device (any frame; the link pings it every few seconds),
+   * as milliseconds since the epoch; undefined before the first answer. An app shows how old its
+   * last confirmed contact is from this.
+   */
+  get lastContactAt(): number | undefined {
+    return this.#link.lastContactAt;
   }
 
   /** The tier the relay enforces for this user (last known while offline). */

@@ -24,7 +24,7 @@ export { orderKey } from './storage/client-store.js';
 export type { ClientStore, StorageKey, StorageChunk, StorageOp } from './storage/client-store.js';
 export { createBackoff } from './transport/backoff.js';
 export type { BackoffOptions } from './transport/backoff.js';
-export type { WebSocketLike } from './transport/relay-link.js';
+export type { LivenessOptions, WebSocketLike } from './transport/relay-link.js';
 export { joinWithPairingCode, PairingError } from './pairing.js';
 export type { JoinOptions } from './pairing.js';
 export { createSessionHandoff, SessionHandoff, PRESENCE_DOC } from './handoff.js';

@@ -60,6 +60,19 @@ const OPEN = 1;
 const WS_FRAME_TOO_LARGE = 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH';
 
 /**
+ * How the link notices a dead connection on its own: after `ready` it sends a `ping` every
+ * `intervalMs` and takes the link for dead when no `pong` comes back within `timeoutMs`. A
+ * half-open socket (a proxy that drops traffic silently) is found within their sum.
+ */
+export interface LivenessOptions {
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+}
+
+/** Found within 7 s (a ping every 4 s, 3 s to answer): a crisis edit never sits behind a dead link for longer. */
+export const DEFAULT_LIVENESS: LivenessOptions = { intervalMs: 4_000, timeoutMs: 3_000 };
+
+/**
  * One authenticated connection to the relay that comes back by itself: connect, hello,
  * answer the challenge, then pass frames up. Reconnects with backoff until stopped or until
  * the relay closes with a final code (refused; revoked only when this device holds the proof).
@@ -92,14 +105,38 @@ export class RelayLink {
    * backoff, so a relay that authenticates and then floods gets slower and slower reconnects.
    */
   #penalized = false;
+  readonly #liveness: LivenessOptions;
+  /** Sends the next ping on the current authenticated socket. */
+  #probe: ReturnType<typeof setInterval> | undefined;
+  /** The ping waiting for its pong, and when the link counts as dead without it. */
+  #awaiting: { readonly id: number; readonly deadline: ReturnType<typeof setTimeout> } | undefined;
+  #pingId = 0;
+  #lastContact: number | undefined;
+  /** The platform's connectivity events (browsers), removed on stop. */
+  readonly #unlisten: () => void;
 
-  constructor(url: string, identity: Identity, createSocket: WebSocketFactory, backoff: Backoff, handlers: LinkHandlers, pinned?: RelayId) {
+  constructor(
+    url: string,
+    identity: Identity,
+    createSocket: WebSocketFactory,
+    backoff: Backoff,
+    handlers: LinkHandlers,
+    pinned?: RelayId,
+    liveness: LivenessOptions = DEFAULT_LIVENESS,
+  ) {
     this.#url = url;
     this.#identity = identity;
     this.#createSocket = createSocket;
     this.#backoff = backoff;
     this.#handlers = handlers;
     this.#pinned = pinned;
+    this.#liveness = liveness;
+    this.#unlisten = this.#listenToPlatform();
+  }
+
+  /** When the relay last answered this device (any frame, a pong included); undefined before the first. */
+  get lastContactAt(): number | undefined {
+    return this.#lastContact;
   }
 
   get state(): LinkState {
@@ -132,6 +169,8 @@ export class RelayLink {
   stop(): void {
     this.#setState('stopped');
     clearTimeout(this.#retry);
+    this.#stopProbe();
+    this.#unlisten();
     const socket = this.#socket;
     this.#socket = undefined;
     this.#authenticated = false;
@@ -174,6 +213,7 @@ export class RelayLink {
     };
     socket.onmessage = (event) => {
       if (this.#socket !== socket) return;
+      this.#lastContact = Date.now();
       const data = typeof event.data === 'string' ? event.data : new Uint8Array(0);
       const parsed = parseRelayFrame(data, this.#inboundBudget);
       if (!parsed.ok) {
@@ -199,6 +239,7 @@ export class RelayLink {
     };
     socket.onclose = (event) => {
       if (this.#socket !== socket) return;
+      this.#stopProbe();
       this.#socket = undefined;
       this.#authenticated = false;
       if (this.#state === 'stopped') return;
@@ -252,7 +293,15 @@ export class RelayLink {
       if (this.#penalized) this.#penalized = false;
       else this.#backoff.reset();
       this.#setState('ready');
+      this.#startProbe(socket);
       this.#handlers.onReady(frame);
+      return;
+    }
+    if (frame.type === 'pong') {
+      if (this.#awaiting?.id === frame.id) {
+        clearTimeout(this.#awaiting.deadline);
+        this.#awaiting = undefined;
+      }
       return;
     }
     if (frame.type === 'error' && !frame.doc) this.#handlers.onError({ code: frame.code, message: frame.message });
@@ -271,6 +320,7 @@ export class RelayLink {
    * relay need not answer a close handshake); the link reconnects with backoff.
    */
   #dropForBudget(socket: WebSocketLike, code: ErrorCode, message: string): void {
+    this.#stopProbe();
     this.#socket = undefined;
     this.#authenticated = false;
     this.#penalized = true;
@@ -283,6 +333,7 @@ export class RelayLink {
 
   /** Another deployment's challenge: no answer, no retry — reconnecting would meet the same relay. */
   #refuseRelay(socket: WebSocketLike, named: RelayId, pinned: RelayId): void {
+    this.#stopProbe();
     this.#socket = undefined;
     socket.close(1000, 'relay id mismatch');
     this.#handlers.onError({
@@ -291,6 +342,73 @@ export class RelayLink {
       final: true,
     });
     this.#setState('stopped');
+  }
+
+  #startProbe(socket: WebSocketLike): void {
+    this.#stopProbe();
+    this.#probe = setInterval(() => {
+      if (this.#socket !== socket || this.#awaiting || socket.readyState !== OPEN) return;
+      const id = (this.#pingId = (this.#pingId + 1) % 0x7fff_ffff);
+      const deadline = setTimeout(() => this.#linkDead(socket), this.#liveness.timeoutMs);
+      this.#awaiting = { id, deadline };
+      socket.send(encodeFrame({ type: 'ping', id }));
+    }, this.#liveness.intervalMs);
+  }
+
+  #stopProbe(): void {
+    clearInterval(this.#probe);
+    this.#probe = undefined;
+    if (this.#awaiting) clearTimeout(this.#awaiting.deadline);
+    this.#awaiting = undefined;
+  }
+
+  /**
+   * No pong in time: the socket is given up at once — a close handshake on a dead link would
+   * wait for an answer that never comes — and the link reconnects with backoff.
+   */
+  #linkDead(socket: WebSocketLike): void {
+    if (this.#socket !== socket) return;
+    this.#abandon(socket, 'link dead');
+    this.#handlers.onError({ code: ErrorCode.LINK_DEAD, message: `the relay did not answer a ping within ${this.#liveness.timeoutMs} ms; reconnecting` });
+    this.#setState('offline');
+    this.#scheduleRetry();
+  }
+
+  #abandon(socket: WebSocketLike, reason: string): void {
+    this.#stopProbe();
+    this.#socket = undefined;
+    this.#authenticated = false;
+    if (socket.terminate) socket.terminate();
+    else socket.close(1000, reason);
+  }
+
+  /**
+   * A browser's `offline` event drops the link at once (nothing it sends would arrive) and
+   * `online` reconnects at once instead of waiting out the backoff. Where the platform has no
+   * such events (Node), nothing is listened to.
+   */
+  #listenToPlatform(): () => void {
+    const target = globalThis as { addEventListener?: (type: string, listener: () => void) => void; removeEventListener?: (type: string, listener: () => void) => void };
+    if (typeof target.addEventListener !== 'function' || typeof target.removeEventListener !== 'function') return () => {};
+    const offline = () => {
+      const socket = this.#socket;
+      if (!socket || this.#state === 'stopped') return;
+      this.#abandon(socket, 'platform offline');
+      this.#setState('offline');
+      this.#scheduleRetry();
+    };
+    const online = () => {
+      if (this.#state !== 'offline') return;
+      clearTimeout(this.#retry);
+      this.#backoff.reset();
+      this.#connect();
+    };
+    target.addEventListener('offline', offline);
+    target.addEventListener('online', online);
+    return () => {
+      target.removeEventListener?.('offline', offline);
+      target.removeEventListener?.('online', online);
+    };
   }
 
   #scheduleRetry(): void {

@@ -27,6 +27,8 @@ export const ErrorCode = {
   PAIRING_REFUSED: 'PAIRING_REFUSED',
   /** Final, raised by a device: the relay's challenge names another deployment than the one pinned. */
   RELAY_MISMATCH: 'RELAY_MISMATCH',
+  /** The relay did not answer a liveness ping in time: the link is taken for dead and rebuilt (device-side). */
+  LINK_DEAD: 'LINK_DEAD',
   /** Not 12 BIP39 English words with a valid checksum, nor a `keel-recovery:` code. */
   RECOVERY_PHRASE_INVALID: 'RECOVERY_PHRASE_INVALID',
   /** No user of this relay has this recovery key (or the user was created before recovery keys). */

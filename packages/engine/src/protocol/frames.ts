@@ -207,7 +207,15 @@ export const PushFrameSchema = z.strictObject({
   envs: z.array(EnvelopeSchema).min(1).max(WireLimits.maxEnvelopesPerFrame),
 });
 
+/**
+ * A liveness probe after authentication: the relay answers `pong` with the same id at once.
+ * Browsers cannot send WebSocket pings, and a half-open socket (a proxy that silently drops
+ * traffic) looks healthy to both ends until something is sent and not answered.
+ */
+export const PingFrameSchema = z.strictObject({ type: z.literal('ping'), id: z.number().int().min(0).max(0x7fff_ffff) });
+
 export const ClientFrameSchema = z.discriminatedUnion('type', [
+  PingFrameSchema,
   HelloFrameSchema,
   AuthFrameSchema,
   SubscribeFrameSchema,
@@ -362,7 +370,11 @@ export const RecoveryFoundFrameSchema = z.strictObject({
 /** A vouch was stored (to every connection of the user, the vouching one included). */
 export const VouchedFrameSchema = z.strictObject({ type: z.literal('vouched'), cert: DeviceCertificateSchema });
 
+/** The answer to `ping`. */
+export const PongFrameSchema = z.strictObject({ type: z.literal('pong'), id: z.number().int().min(0).max(0x7fff_ffff) });
+
 export const RelayFrameSchema = z.discriminatedUnion('type', [
+  PongFrameSchema,
   PairOpenedFrameSchema,
   PairRequestFrameSchema,
   PairGrantFrameSchema,

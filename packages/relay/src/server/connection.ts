@@ -262,6 +262,9 @@ export class RelayConnection implements PairingPeer {
     if (!parsed.ok) return this.#badFrame(parsed.error);
     const frame = parsed.value;
     switch (frame.type) {
+      case 'ping':
+        // Answered at once, ahead of bulk frames: it measures the link, not the queue.
+        return this.send({ type: 'pong', id: frame.id }, 10);
       case 'sub':
         return session.delivery.subscribe(frame.docs);
       case 'unsub':
