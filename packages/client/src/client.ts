@@ -110,7 +110,8 @@ export interface KeelClientOptions {
   /**
    * How the client notices a dead link by itself: a ping every `intervalMs` after the relay
    * accepted the device, and the link counts as dead (status `offline`, error `LINK_DEAD`,
-   * reconnect with backoff) when no pong comes within `timeoutMs`. Default 4 s and 3 s.
+   * reconnect with backoff) when nothing at all comes back within `timeoutMs` after one.
+   * Default 2.5 s and 5 s: a half-open link is found within 7.5 s.
    */
   readonly liveness?: Partial<LivenessOptions>;
 }

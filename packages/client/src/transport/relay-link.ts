@@ -61,16 +61,21 @@ const WS_FRAME_TOO_LARGE = 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH';
 
 /**
  * How the link notices a dead connection on its own: after `ready` it sends a `ping` every
- * `intervalMs` and takes the link for dead when no `pong` comes back within `timeoutMs`. A
- * half-open socket (a proxy that drops traffic silently) is found within their sum.
+ * `intervalMs` and takes the link for dead when nothing at all — the `pong`, or any other
+ * frame — comes back within `timeoutMs`. A half-open socket (a proxy that drops traffic
+ * silently) is found within their sum.
  */
 export interface LivenessOptions {
   readonly intervalMs: number;
   readonly timeoutMs: number;
 }
 
-/** Found within 7 s (a ping every 4 s, 3 s to answer): a crisis edit never sits behind a dead link for longer. */
-export const DEFAULT_LIVENESS: LivenessOptions = { intervalMs: 4_000, timeoutMs: 3_000 };
+/**
+ * Found within 7.5 s (a ping every 2.5 s, 5 s of silence after it): a crisis edit never sits
+ * behind a dead link for longer, and a relay busy enough to take seconds to read a ping is not
+ * taken for dead while its other frames keep arriving.
+ */
+export const DEFAULT_LIVENESS: LivenessOptions = { intervalMs: 2_500, timeoutMs: 5_000 };
 
 /**
  * One authenticated connection to the relay that comes back by itself: connect, hello,
@@ -214,6 +219,9 @@ export class RelayLink {
     socket.onmessage = (event) => {
       if (this.#socket !== socket) return;
       this.#lastContact = Date.now();
+      // Anything from the relay shows the link alive: a busy relay's pong may wait behind the
+      // frames it is sending (or behind this device's own pushes, which it reads in turn).
+      this.#heardFrom(socket);
       const data = typeof event.data === 'string' ? event.data : new Uint8Array(0);
       const parsed = parseRelayFrame(data, this.#inboundBudget);
       if (!parsed.ok) {
@@ -297,13 +305,7 @@ export class RelayLink {
       this.#handlers.onReady(frame);
       return;
     }
-    if (frame.type === 'pong') {
-      if (this.#awaiting?.id === frame.id) {
-        clearTimeout(this.#awaiting.deadline);
-        this.#awaiting = undefined;
-      }
-      return;
-    }
+    if (frame.type === 'pong') return;
     if (frame.type === 'error' && !frame.doc) this.#handlers.onError({ code: frame.code, message: frame.message });
     // Before `ready` the relay has not shown it is the pinned one: nothing it says goes further —
     // except, once the pinned relay's challenge is answered, a `revoked` frame about this device:
@@ -355,6 +357,13 @@ export class RelayLink {
     }, this.#liveness.intervalMs);
   }
 
+  /** A frame arrived: the ping waiting for an answer has one (whichever frame it is). */
+  #heardFrom(socket: WebSocketLike): void {
+    if (this.#socket !== socket || !this.#awaiting) return;
+    clearTimeout(this.#awaiting.deadline);
+    this.#awaiting = undefined;
+  }
+
   #stopProbe(): void {
     clearInterval(this.#probe);
     this.#probe = undefined;
@@ -369,7 +378,7 @@ export class RelayLink {
   #linkDead(socket: WebSocketLike): void {
     if (this.#socket !== socket) return;
     this.#abandon(socket, 'link dead');
-    this.#handlers.onError({ code: ErrorCode.LINK_DEAD, message: `the relay did not answer a ping within ${this.#liveness.timeoutMs} ms; reconnecting` });
+    this.#handlers.onError({ code: ErrorCode.LINK_DEAD, message: `nothing came from the relay within ${this.#liveness.timeoutMs} ms of a ping; reconnecting` });
     this.#setState('offline');
     this.#scheduleRetry();
   }
