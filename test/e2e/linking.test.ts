@@ -6,6 +6,7 @@ import * as Y from 'yjs';
 import { type Device, waitFor } from '../support/devices.js';
 import { lastStoredEnvelope } from '../support/raw-device.js';
 import type { RelayProcess } from '../support/relay-process.js';
+import { startProxy } from '../support/proxy.js';
 import { useTestScope } from '../support/scope.js';
 
 const scope = useTestScope();
@@ -108,5 +109,33 @@ describe('device revocation', () => {
     const again = await scope.device(relay.url, idC);
     await expect(again.client.whenSynced()).rejects.toThrow(/DEVICE_REVOKED|AUTH_FAILED/);
     expect([...a.errors, ...b.errors]).toEqual([]);
+  });
+});
+
+describe('pairing at any moment', () => {
+  it('startPairing right after start waits for the link, and returns the code only once the relay holds the session: a device joining at once is linked', async () => {
+    const relay = await startRelay();
+    const a = await device(relay.url, await createIdentity());
+    // Not connected yet: the link is still connecting.
+    expect(a.client.status).not.toBe('synced');
+    const { code, linked } = await a.client.startPairing({ ttlMs: 30_000 });
+    const joined = await joinWithPairingCode({ url: relay.url, code, WebSocket });
+    expect((await linked).device).toBe(joined.device.deviceId);
+    expect(a.errors).toEqual([]);
+  });
+
+  it('a session opened before the link dropped is opened again on the next connection, so the code still works', async () => {
+    const relay = await startRelay();
+    const proxy = await startProxy(relay.port);
+    scope.defer(() => proxy.close());
+    const a = await device(proxy.url, await createIdentity());
+    await a.client.whenSynced();
+    const { code, linked } = await a.client.startPairing({ ttlMs: 30_000 });
+    proxy.setOffline(true);
+    await waitFor(() => a.client.status === 'offline', 5_000, 'the link down');
+    proxy.setOffline(false);
+    await waitFor(() => a.client.status === 'synced', 10_000, 'the link back');
+    const joined = await joinWithPairingCode({ url: relay.url, code, WebSocket });
+    expect((await linked).device).toBe(joined.device.deviceId);
   });
 });

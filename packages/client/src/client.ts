@@ -142,7 +142,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
   readonly #proofs: ProofRequests;
-  readonly #pairings = new Map<string, { secret: Uint8Array; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
+  readonly #pairings = new Map<
+    string,
+    { secret: Uint8Array; expiresAt: number; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }
+  >();
+  /** Pairing sessions sent to the relay and not yet confirmed by `pair-opened`. */
+  readonly #pairOpens = new Map<string, { resolve: () => void; reject: (e: Error) => void }>();
   readonly #docs = new Map<DocId, DocSync>();
   /** What all documents together hold of split updates waiting for their last part. */
   readonly #parts = createPartsBudget();
@@ -215,6 +220,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         // Another device published that epoch number first (both saw the same revocation): its
         // record reaches this device too, and the next decision takes it or rotates above it.
         if (!error.final && error.code === ErrorCode.UNKNOWN_EPOCH && this.#trust.rotationRefused()) return;
+        // A refused pairing session (too many open, say) is answered with an error frame.
+        const opening = this.#pairOpens.values().next().value;
+        if (!error.final && opening && (error.code === ErrorCode.LIMIT_EXCEEDED || error.code.startsWith('PAIRING_'))) {
+          opening.reject(toError(error));
+        }
         // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
         if (!error.final && this.#vouchWaiter) {
           this.#vouchWaiter.reject(toError(error));
@@ -512,16 +522,18 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * (this device certifies it, registers it with the relay and seals the root key to it).
    */
   async startPairing(options: { ttlMs?: number } = {}): Promise<{ code: string; linked: Promise<DeviceCertificate>; cancel: () => void }> {
-    if (this.#link.state !== 'ready') throw new Error('pairing needs a connection to the relay');
     const ttlMs = options.ttlMs ?? 120_000;
+    // Called before the link is up (right after start, say): it waits for it, within the code's lifetime.
+    await this.#whenLinkReady(ttlMs);
     const pairing = createPairingCode();
+    const expiresAt = Date.now() + ttlMs;
     let cancel = () => {};
     const linked = new Promise<DeviceCertificate>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pairings.delete(pairing.id);
         reject(Object.assign(new Error('PAIRING_EXPIRED: no device joined in time'), { code: 'PAIRING_EXPIRED' }));
       }, ttlMs);
-      this.#pairings.set(pairing.id, { secret: pairing.secret, resolve, reject, timer });
+      this.#pairings.set(pairing.id, { secret: pairing.secret, expiresAt, resolve, reject, timer });
       cancel = () => {
         clearTimeout(timer);
         this.#pairings.delete(pairing.id);
@@ -529,8 +541,57 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       };
     });
     linked.catch(() => {});
-    this.#link.send({ type: 'pair-open', id: pairing.id, ttlMs });
+    // The code is shown only once the relay holds the session: a device joining at once finds it.
+    try {
+      await this.#openPairing(pairing.id, ttlMs);
+    } catch (error) {
+      cancel();
+      throw error;
+    }
     return { code: pairing.code, linked, cancel };
+  }
+
+  /** Sends `pair-open` and waits for the relay's `pair-opened` (a refusal, a lost link or 5 s: rejected). */
+  #openPairing(id: string, ttlMs: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => fail(new Error('TIMEOUT: the relay did not confirm the pairing session')), REVOKE_CONFIRM_MS);
+      const done = () => {
+        clearTimeout(timer);
+        this.#pairOpens.delete(id);
+      };
+      const fail = (error: Error) => {
+        done();
+        reject(error);
+      };
+      this.#pairOpens.set(id, { resolve: () => (done(), resolve()), reject: fail });
+      if (!this.#link.send({ type: 'pair-open', id, ttlMs })) fail(new Error('pairing needs a connection to the relay'));
+    });
+  }
+
+  /** Resolves once the link is authenticated; rejects after `timeoutMs`, on a final error, or when the client closes. */
+  #whenLinkReady(timeoutMs: number): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error('client is closed'));
+    if (this.#link.state === 'ready') return Promise.resolve();
+    if (this.#finalError) return Promise.reject(toError(this.#finalError));
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => finish(new Error('TIMEOUT: no connection to the relay')), timeoutMs);
+      const onStatus = (status: ClientStatus) => {
+        if (this.#link.state === 'ready') finish();
+        else if (status === 'closed') finish(new Error('client closed'));
+      };
+      const onError = (error: ClientError) => {
+        if (error.final) finish(toError(error));
+      };
+      const finish = (error?: Error) => {
+        clearTimeout(timer);
+        this.off('status', onStatus);
+        this.off('error', onError);
+        if (error) reject(error);
+        else resolve();
+      };
+      this.on('status', onStatus);
+      this.on('error', onError);
+    });
   }
 
   #answerPairing(frame: Extract<RelayFrame, { type: 'pair-request' }>): void {
@@ -660,6 +721,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   #onLinkState(state: LinkState): void {
     if (state !== 'ready') {
+      // The relay keeps pairing sessions per connection: one not yet confirmed is gone with it.
+      for (const waiter of this.#pairOpens.values()) waiter.reject(new Error('the connection to the relay dropped before it confirmed the pairing session'));
       for (const d of this.#docs.values()) d.resetSynced();
       this.#dispatcher.onLinkDown();
       this.#proofs.onLinkDown();
@@ -689,6 +752,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onReady(frame: Extract<RelayFrame, { type: 'ready' }>): void {
     this.#maxFrameBytes = clampRelayFrameLimit(frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes);
     this.#trust.onReady();
+    // Pairing sessions opened on the last connection died with it: opened again for what is left of their time.
+    for (const [id, pairing] of this.#pairings) {
+      const left = pairing.expiresAt - Date.now();
+      if (left >= 1_000 && !this.#pairOpens.has(id)) this.#link.send({ type: 'pair-open', id, ttlMs: left });
+    }
     // Only additions: the relay's lists never remove a device or lift a revocation.
     this.#trust.add({ certs: [...frame.certs, ...(frame.revokedCerts ?? [])], revocations: frame.revocations ?? [], reset: frame.reset }, false);
     this.#trust.adoptEpochs(frame.epochs ?? []);
@@ -803,6 +871,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.#answerPairing(frame);
         return;
       case 'pair-opened':
+        this.#pairOpens.get(frame.id)?.resolve();
+        return;
       case 'pair-grant':
         return;
       case 'error':
