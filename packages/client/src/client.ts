@@ -122,8 +122,8 @@ const RELAY_KEY = ['client', 'relay'];
 /** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
 export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
 
-/** How long revoking waits for the relay to announce what the revocation took with it. */
-const REVOKE_CONFIRM_MS = 5_000;
+/** How long the client waits for the relay to confirm a revocation, a vouch or a pairing session. */
+const RELAY_CONFIRM_MS = 5_000;
 
 /** Until the relay says otherwise, a device assumes the free tier. */
 const UNKNOWN_TIER: TierState = { name: 'trial', policy: DEFAULT_TIERS.trial, since: 0 };
@@ -476,20 +476,29 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   whenSynced(): Promise<void> {
     if (this.#status === 'synced') return Promise.resolve();
     if (this.#finalError) return Promise.reject(toError(this.#finalError));
-    return new Promise((resolve, reject) => {
+    return this.#untilStatus((status) => (status === 'synced' ? true : undefined));
+  }
+
+  /**
+   * Waits for a status change after which `settle` says the wait is over (true: resolves; an
+   * Error: rejects with it); a final error rejects, and so does `timeoutMs` when given.
+   */
+  #untilStatus(settle: (status: ClientStatus) => true | Error | undefined, timeoutMs?: number, timeoutMessage = 'TIMEOUT'): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => finish(new Error(timeoutMessage)), timeoutMs);
       const onStatus = (status: ClientStatus) => {
-        if (status !== 'synced') return;
-        cleanup();
-        resolve();
+        const outcome = settle(status);
+        if (outcome !== undefined) finish(outcome === true ? undefined : outcome);
       };
       const onError = (error: ClientError) => {
-        if (!error.final) return;
-        cleanup();
-        reject(toError(error));
+        if (error.final) finish(toError(error));
       };
-      const cleanup = () => {
+      const finish = (error?: Error) => {
+        clearTimeout(timer);
         this.off('status', onStatus);
         this.off('error', onError);
+        if (error) reject(error);
+        else resolve();
       };
       this.on('status', onStatus);
       this.on('error', onError);
@@ -554,7 +563,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   /** Sends `pair-open` and waits for the relay's `pair-opened` (a refusal, a lost link or 5 s: rejected). */
   #openPairing(id: string, ttlMs: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => fail(new Error('TIMEOUT: the relay did not confirm the pairing session')), REVOKE_CONFIRM_MS);
+      const timer = setTimeout(() => fail(new Error('TIMEOUT: the relay did not confirm the pairing session')), RELAY_CONFIRM_MS);
       const done = () => {
         clearTimeout(timer);
         this.#pairOpens.delete(id);
@@ -573,25 +582,11 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     if (this.#closed) return Promise.reject(new Error('client is closed'));
     if (this.#link.state === 'ready') return Promise.resolve();
     if (this.#finalError) return Promise.reject(toError(this.#finalError));
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => finish(new Error('TIMEOUT: no connection to the relay')), timeoutMs);
-      const onStatus = (status: ClientStatus) => {
-        if (this.#link.state === 'ready') finish();
-        else if (status === 'closed') finish(new Error('client closed'));
-      };
-      const onError = (error: ClientError) => {
-        if (error.final) finish(toError(error));
-      };
-      const finish = (error?: Error) => {
-        clearTimeout(timer);
-        this.off('status', onStatus);
-        this.off('error', onError);
-        if (error) reject(error);
-        else resolve();
-      };
-      this.on('status', onStatus);
-      this.on('error', onError);
-    });
+    return this.#untilStatus(
+      (status) => (this.#link.state === 'ready' ? true : status === 'closed' ? new Error('client closed') : undefined),
+      timeoutMs,
+      'TIMEOUT: no connection to the relay',
+    );
   }
 
   #answerPairing(frame: Extract<RelayFrame, { type: 'pair-request' }>): void {
@@ -626,7 +621,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     // The relay announces the devices the revocation took with it before the target itself;
     // the trust book computes the same cascade, and waiting lets vouches the relay knows arrive.
     const announced = new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, REVOKE_CONFIRM_MS);
+      const timer = setTimeout(resolve, RELAY_CONFIRM_MS);
       this.#revokeWaiters.set(device, () => {
         clearTimeout(timer);
         resolve();
@@ -639,7 +634,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#revokeWaiters.delete(device);
     if (rotation) {
       let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([rotation.echoed, new Promise((resolve) => (timer = setTimeout(resolve, REVOKE_CONFIRM_MS)))]);
+      await Promise.race([rotation.echoed, new Promise((resolve) => (timer = setTimeout(resolve, RELAY_CONFIRM_MS)))]);
       clearTimeout(timer);
       return rotation.epoch;
     }
@@ -663,7 +658,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       const timer = setTimeout(() => {
         this.#vouchWaiter = undefined;
         reject(new Error('TIMEOUT: the relay did not confirm the vouch'));
-      }, REVOKE_CONFIRM_MS);
+      }, RELAY_CONFIRM_MS);
       const done = (error?: Error) => {
         clearTimeout(timer);
         if (error) reject(error);
