@@ -322,15 +322,9 @@ export class RelayLink {
    * relay need not answer a close handshake); the link reconnects with backoff.
    */
   #dropForBudget(socket: WebSocketLike, code: ErrorCode, message: string): void {
-    this.#stopProbe();
-    this.#socket = undefined;
-    this.#authenticated = false;
     this.#penalized = true;
-    if (socket.terminate) socket.terminate();
-    else socket.close(1000, 'frame over budget');
     this.#handlers.onError({ code, message: `relay sent a frame over budget, reconnecting: ${message}` });
-    this.#setState('offline');
-    this.#scheduleRetry();
+    this.#abandon(socket, 'frame over budget');
   }
 
   /** Another deployment's challenge: no answer, no retry — reconnecting would meet the same relay. */
@@ -377,18 +371,22 @@ export class RelayLink {
    */
   #linkDead(socket: WebSocketLike): void {
     if (this.#socket !== socket) return;
-    this.#abandon(socket, 'link dead');
     this.#handlers.onError({ code: ErrorCode.LINK_DEAD, message: `nothing came from the relay within ${this.#liveness.timeoutMs} ms of a ping; reconnecting` });
-    this.#setState('offline');
-    this.#scheduleRetry();
+    this.#abandon(socket, 'link dead');
   }
 
+  /**
+   * Gives the socket up at once — no close handshake, which a dead or hostile relay need not
+   * answer — and reconnects with backoff.
+   */
   #abandon(socket: WebSocketLike, reason: string): void {
     this.#stopProbe();
     this.#socket = undefined;
     this.#authenticated = false;
     if (socket.terminate) socket.terminate();
     else socket.close(1000, reason);
+    this.#setState('offline');
+    this.#scheduleRetry();
   }
 
   /**
@@ -403,8 +401,6 @@ export class RelayLink {
       const socket = this.#socket;
       if (!socket || this.#state === 'stopped') return;
       this.#abandon(socket, 'platform offline');
-      this.#setState('offline');
-      this.#scheduleRetry();
     };
     const online = () => {
       if (this.#state !== 'offline') return;
