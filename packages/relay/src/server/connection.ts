@@ -1,4 +1,5 @@
 import {
+  type AwarenessFrame,
   type ClientFrame,
   CloseCode,
   type DeviceId,
@@ -24,6 +25,7 @@ import {
 } from '@keel/engine';
 import type { WebSocket } from 'ws';
 import { createDeviceVerifier } from '../auth/ed25519.js';
+import { type AwarenessDrop, type AwarenessLimits, AwarenessGate } from './awareness-gate.js';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
 import type { ServingConfig } from '../config.js';
 import type { CrisisLane } from '../entitlements/crisis-lane.js';
@@ -85,6 +87,15 @@ export interface ConnectionContext {
   leftPreAuth(conn: RelayConnection): void;
   /** Newly committed entries of a user's document, for that user's other connections. */
   fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]): void;
+  /**
+   * An awareness frame this connection's device sent (validated, its own, for a document it is
+   * subscribed to): for the user's other devices subscribed to that document. Never stored.
+   */
+  forwardAwareness(origin: RelayConnection, doc: DocId, frame: string): void;
+  /** Awareness bounds (rate per connection, recipient queue). */
+  readonly awarenessLimits: AwarenessLimits;
+  /** An awareness frame was dropped: counted in memory, never logged one by one. */
+  awarenessDropped(reason: AwarenessDrop): void;
   /** A device was registered; tell the user's other connections. */
   announceDevice(origin: RelayConnection, device: DeviceRecord): void;
   readonly pairings: PairingRegistry<PairingPeer>;
@@ -107,6 +118,7 @@ interface Session {
   readonly ingest: Ingest;
   readonly delivery: Delivery;
   readonly admin: DeviceAdmin;
+  readonly awareness: AwarenessGate;
 }
 
 type State =
@@ -215,6 +227,22 @@ export class RelayConnection implements PairingPeer {
     this.#out.enqueue(lane, encodeFrame(frame));
   }
 
+  /** Whether this connection's device is subscribed to `doc` now. */
+  isSubscribed(doc: DocId): boolean {
+    return this.#state.kind === 'ready' && this.#state.session.delivery.has(doc);
+  }
+
+  /**
+   * Offers an awareness frame (already encoded) to this connection: lowest lane, and dropped
+   * rather than queued when the connection is backed up or its tier has no cross-device sync.
+   * False when it was dropped.
+   */
+  offerAwareness(frame: string): AwarenessDrop | undefined {
+    if (this.#state.kind !== 'ready') return 'BACKED_UP';
+    if (!this.#state.session.tier.policy.crossDevice) return 'TIER';
+    return this.#out.offer(1, frame, this.#ctx.awarenessLimits.maxRecipientQueueChars) ? undefined : 'BACKED_UP';
+  }
+
   /** Live entries of a document this connection may be subscribed to. */
   deliver(docId: DocId, entries: readonly LogEntry[]): void {
     if (this.#state.kind === 'ready') this.#state.session.delivery.deliver(docId, entries);
@@ -258,6 +286,8 @@ export class RelayConnection implements PairingPeer {
     const { session } = state;
     // A push is only read here; its validation and checks wait for their turn in the queue.
     if (raw.value.type === 'push') return session.ingest.onPush(raw.value, data.length);
+    // Awareness over its rate is dropped before its schema is checked: a flood costs a parse each, no more.
+    if (raw.value.type === 'awareness' && !session.awareness.admit(data.length)) return this.#ctx.awarenessDropped('RATE_LIMITED');
     const parsed = validateClientFrame(raw.value);
     if (!parsed.ok) return this.#badFrame(parsed.error);
     const frame = parsed.value;
@@ -265,6 +295,8 @@ export class RelayConnection implements PairingPeer {
       case 'ping':
         // Answered at once, ahead of bulk frames: it measures the link, not the queue.
         return this.send({ type: 'pong', id: frame.id }, 10);
+      case 'awareness':
+        return this.#onAwareness(session, frame);
       case 'sub':
         return session.delivery.subscribe(frame.docs);
       case 'unsub':
@@ -289,6 +321,23 @@ export class RelayConnection implements PairingPeer {
       default:
         return assertNever(frame);
     }
+  }
+
+  /**
+   * Awareness from this device: its own, for a document it is subscribed to, on a tier with
+   * cross-device sync (presence must not open a path between devices that the tier closes, and
+   * a cursor points into content the other device would not have). Forwarded as it came, never
+   * stored; what is refused is counted and dropped, with no answer (it is ephemeral).
+   */
+  #onAwareness(session: Session, frame: AwarenessFrame): void {
+    const { doc, device } = frame.aw;
+    if (device !== session.device.deviceId) {
+      return this.#badFrame({ code: ErrorCode.WRONG_AUTHOR, message: 'awareness must be sealed by the device that sends it' });
+    }
+    if (!session.delivery.has(doc)) return this.#ctx.awarenessDropped('NOT_SUBSCRIBED');
+    if (!session.tier.policy.crossDevice) return this.#ctx.awarenessDropped('TIER');
+    // Encoded again from the validated frame: exactly its schema's fields go on.
+    this.#ctx.forwardAwareness(this, doc, encodeFrame(frame));
   }
 
   /**
@@ -575,7 +624,8 @@ export class RelayConnection implements PairingPeer {
       cutOffDevice: (id, notice) => ctx.cutOffDevice(user, id, notice),
       devicesRevoked: (notices) => ctx.devicesRevoked(user, notices),
     });
-    session = { user, device, tier, ingest, delivery, admin };
+    const awareness = new AwarenessGate(ctx.awarenessLimits, () => ctx.now());
+    session = { user, device, tier, ingest, delivery, admin, awareness };
     return session;
   }
 
