@@ -1,6 +1,8 @@
 // @keel/client — the SDK apps embed (browser and Node).
 export { KeelClient, createClient } from './client.js';
 export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientOptions } from './client.js';
+export type { KeelProvider, ProviderEvents, ProviderStatus } from './provider.js';
+export { RELAY_AWARENESS_ORIGIN } from './sync/awareness-sync.js';
 export {
   createIdentity,
   createDeviceKeys,
