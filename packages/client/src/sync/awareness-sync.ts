@@ -149,7 +149,7 @@ class DocAwareness {
       key: current.key,
       signingKey: this.#deps.identity.device.secretKey,
     });
-    if (b64ByteLength(aw.ct.length) > WireLimits.maxAwarenessBytes) {
+    if (b64ByteLength(aw.ct.length) > WireLimits.maxAwarenessBytes + 16) {
       this.#deps.onError({ code: ErrorCode.LIMIT_EXCEEDED, message: `awareness state of ${update.length} bytes is above ${WireLimits.maxAwarenessBytes}; not sent`, doc: this.#docId });
       return;
     }

@@ -41,7 +41,10 @@ export const WireLimits = {
   maxCertificates: 256,
   /** Issuer certificates a new device may present with its own. */
   maxChain: 8,
-  /** Sealed bytes of one awareness update (cursors, presence): far above any honest state. */
+  /**
+   * Padded bytes of one sealed awareness update (cursors, presence), far above any honest state:
+   * its ciphertext is this plus the 16-byte AEAD tag at most, so updates up to 64 KiB − 2 fit.
+   */
   maxAwarenessBytes: 64 * 1024,
   /**
    * Awareness older than this (by the timestamp its author sealed into it) is dropped: y-protocols'
@@ -154,7 +157,7 @@ export const AwarenessEnvelopeSchema = z.strictObject({
   device: DeviceIdSchema,
   at: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   nonce: b64Exact(24),
-  ct: b64Max(WireLimits.maxAwarenessBytes).min(b64Length(17)),
+  ct: b64Max(WireLimits.maxAwarenessBytes + 16).min(b64Length(17)),
   sig: b64Exact(64),
 });
 export type AwarenessEnvelope = z.infer<typeof AwarenessEnvelopeSchema>;
