@@ -174,4 +174,21 @@ describe('awareness through the relay', () => {
     const refused = await raw.next((f) => f.type === 'error' && f.code === 'WRONG_AUTHOR');
     expect(refused.type).toBe('error');
   });
+
+  it('is not forwarded on a tier without cross-device sync (presence opens no path the tier closes)', async () => {
+    const relay = await scope.relay({ defaultTier: 'trial' });
+    const idA = await createIdentity();
+    const idSender = await linkNewDevice(idA);
+    const sender = await rawSubscribed(scope, relay.url, idSender);
+    const watcher = await rawSubscribed(scope, relay.url, await linkNewDevice(idA));
+    const plan = docRef(idA, 'safety_plan', 'main');
+    watcher.sendFrame({ type: 'sub', docs: [{ doc: plan.id, after: 0 }] });
+    await watcher.next((f) => f.type === 'synced' && f.doc === plan.id);
+    // Awareness first, then a crisis update (which crosses on every tier), on one socket: had the
+    // relay forwarded the awareness, the watcher would hold it before the update arrives.
+    sender.sendFrame({ type: 'awareness', aw: sealAs(idSender, awarenessUpdate({ cursor: 'trial' }, 99, 1)) });
+    sender.sendFrame({ type: 'push', envs: [sealFor(idSender, plan, 1, Y.encodeStateAsUpdate(new Y.Doc()))] });
+    await watcher.next((f) => f.type === 'updates' && f.doc === plan.id, 5_000);
+    expect(awarenessFrames(watcher)).toEqual([]);
+  });
 });
