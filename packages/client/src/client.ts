@@ -277,6 +277,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       send: (frame) => this.#link.send(frame),
       liveKey: (device) => this.#trust.view.live.get(device),
       now: () => Date.now(),
+      crossDevice: () => this.#tier.policy.crossDevice,
       onError: (error) => this.emit('error', [error]),
     });
     this.#providers = new ProviderRegistry({

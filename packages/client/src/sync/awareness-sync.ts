@@ -39,6 +39,11 @@ export interface AwarenessSyncDeps {
   /** The verified key of a LIVE device of the user (revoked devices' cursors are never shown). */
   readonly liveKey: (device: DeviceId) => Uint8Array | undefined;
   readonly now: () => number;
+  /**
+   * Whether the tier lets anything cross between devices: without it the relay forwards no
+   * awareness, so none is sent (the states stay local, for this device's tabs).
+   */
+  readonly crossDevice: () => boolean;
   readonly onError: (error: KeelError & { readonly doc: DocId }) => void;
   readonly coalesceMs?: number;
   readonly timers?: AwarenessTimers;
@@ -103,11 +108,14 @@ class DocAwareness {
     this.#timers = deps.timers ?? GLOBAL_TIMERS;
     this.#coalesceMs = deps.coalesceMs ?? DEFAULT_COALESCE_MS;
     this.#onUpdate = ({ added, updated, removed }, origin) => {
-      for (const id of removed) if (this.#remote.has(id)) this.#remote.delete(id);
+      // Other devices' clients are never ours to send, whatever the origin (y-protocols times
+      // them out itself, origin 'timeout'); a removed one is forgotten.
+      const ours = [...added, ...updated, ...removed].filter((id) => !this.#remote.has(id));
+      for (const id of removed) this.#remote.delete(id);
       // What the relay brought is never sent back; every other origin (this tab, other tabs of
-      // this device, y-protocols' own renewals and timeouts of local clients) is ours to send.
+      // this device, y-protocols' renewals and timeouts of this device's clients) is ours to send.
       if (origin === RELAY_AWARENESS_ORIGIN) return;
-      for (const id of [...added, ...updated, ...removed]) if (!this.#remote.has(id)) this.#dirty.add(id);
+      for (const id of ours) this.#dirty.add(id);
       if (this.#dirty.size > 0) this.#schedule();
     };
     this.awareness.on('update', this.#onUpdate);
@@ -136,6 +144,7 @@ class DocAwareness {
   }
 
   #send(ids: readonly number[]): void {
+    if (!this.#deps.crossDevice()) return;
     const known = ids.filter((id) => this.awareness.meta.has(id));
     if (known.length === 0) return;
     const current = this.#keys.current();
