@@ -1,9 +1,9 @@
 import { type AwarenessFrame, type DocId, type KeelError, cryptoReady, deriveDocId, deriveDocKey, deriveEpochZeroSecret } from '@keel/engine';
-import { applyAwarenessUpdate, encodeAwarenessUpdate } from 'y-protocols/awareness';
+import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate } from 'y-protocols/awareness';
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
 import { type Identity, createIdentity, linkNewDevice } from '../src/identity.js';
-import { AwarenessSync, RELAY_AWARENESS_ORIGIN } from '../src/sync/awareness-sync.js';
+import { AwarenessSync } from '../src/sync/awareness-sync.js';
 
 beforeAll(async () => {
   await cryptoReady();
@@ -93,7 +93,6 @@ describe('awareness sync', () => {
     const { a, b, time } = await pair();
     // A state applied from another tab of device A (what the tab coordinator does).
     const tab = new Y.Doc();
-    const { Awareness } = await import('y-protocols/awareness');
     const tabAwareness = new Awareness(tab);
     tabAwareness.setLocalStateField('cursor', { head: 5 });
     applyAwarenessUpdate(a.awareness, encodeAwarenessUpdate(tabAwareness, [tab.clientID]), 'tab');
