@@ -169,6 +169,11 @@ class DocAwareness {
 
   /** An awareness envelope for this document from the relay: applied only if it verifies, opens and is fresh. */
   receive(aw: AwarenessEnvelope): void {
+    // From a device not live here (revoked, or linked a moment ago and its certificate not here
+    // yet), or under an epoch not adopted yet: dropped without an error. Those are races of
+    // ephemeral frames around a revocation or a rotation, not tampering; the device's next
+    // frame (a change, or the renewal within 15 s) shows it once it is known.
+    if (!this.#deps.liveKey(aw.device) || !this.#keys.get(aw.epoch)) return;
     const refused = this.#refusal(aw);
     if (refused) return this.#deps.onError({ ...refused, doc: this.#docId });
     const authorKey = this.#deps.liveKey(aw.device)!;
@@ -202,8 +207,6 @@ class DocAwareness {
 
   #refusal(aw: AwarenessEnvelope): KeelError | undefined {
     if (aw.device === this.#deps.identity.device.deviceId) return { code: ErrorCode.NOT_AUTHORIZED, message: 'the relay sent this device its own awareness' };
-    if (!this.#deps.liveKey(aw.device)) return { code: ErrorCode.UNKNOWN_DEVICE, message: `awareness from ${aw.device}, not a live device of this user` };
-    if (!this.#keys.get(aw.epoch)) return { code: ErrorCode.UNKNOWN_EPOCH, message: `this device has no key for epoch ${aw.epoch}` };
     if (isAwarenessStale(aw.at, this.#deps.now())) return { code: ErrorCode.STALE, message: `awareness of ${aw.device} sealed at ${aw.at} is outside ${WireLimits.awarenessMaxAgeMs} ms of now` };
     const last = this.#lastAt.get(aw.device);
     if (last !== undefined && aw.at <= last) return { code: ErrorCode.STALE, message: `awareness of ${aw.device} is not newer than the last applied (a replay)` };
