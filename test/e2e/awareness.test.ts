@@ -1,6 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type KeelProvider, createIdentity, linkNewDevice } from '@keel/client';
 import { type AwarenessEnvelope, type RelayFrame, fromB64 } from '@keel/engine';
+import { RelayConfigSchema, openSqliteStore, silentLogger, startRelay } from '@keel/relay';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
@@ -190,5 +193,32 @@ describe('awareness through the relay', () => {
     sender.sendFrame({ type: 'push', envs: [sealFor(idSender, plan, 1, Y.encodeStateAsUpdate(new Y.Doc()))] });
     await watcher.next((f) => f.type === 'updates' && f.doc === plan.id, 5_000);
     expect(awarenessFrames(watcher)).toEqual([]);
+  });
+
+  it('counts what it drops: past the rate, for a document the sender did not subscribe to', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keel-awareness-'));
+    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
+    const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db'), defaultTier: 'premium' });
+    const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger });
+    scope.defer(() => relay.close());
+    const idA = await createIdentity();
+    const idFlood = await linkNewDevice(idA);
+    const flooder = await rawSubscribed(scope, relay.url, idFlood);
+    const watcher = await rawSubscribed(scope, relay.url, await linkNewDevice(idA));
+    // 300 small frames at once: a burst of 60 passes, the rest is dropped and counted.
+    for (let i = 1; i <= 300; i++) flooder.sendFrame({ type: 'awareness', aw: sealAs(idFlood, awarenessUpdate({ cursor: i }, 5, i), Date.now() + i) });
+    // A frame for a document the flooder never subscribed to (after the bucket refilled a little).
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const other = docRef(idA, 'mood', 'elsewhere');
+    const sealed = sealAs(idFlood, awarenessUpdate({ cursor: 'x' }));
+    flooder.sendFrame({ type: 'awareness', aw: { ...sealed, doc: other.id } });
+    await waitFor(() => relay.awarenessCounts().dropped.NOT_SUBSCRIBED === 1, 5_000, 'NOT_SUBSCRIBED counted');
+    const counts = relay.awarenessCounts();
+    expect(counts.forwarded).toBeGreaterThanOrEqual(60);
+    expect(counts.forwarded).toBeLessThan(70);
+    expect(counts.dropped.RATE_LIMITED).toBe(300 - counts.forwarded);
+    await waitFor(() => awarenessFrames(watcher).length === counts.forwarded, 5_000, 'forwarded frames at the watcher');
+    // Nothing dropped was an error the flooder hears about: awareness is ephemeral.
+    expect(flooder.received.filter((f) => f.type === 'error')).toEqual([]);
   });
 });

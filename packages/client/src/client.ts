@@ -484,7 +484,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   #maybeSnapshot(sync: DocSync | undefined): void {
-    if (!sync || this.#snapshotEvery <= 0 || sync.sinceSnapshot < this.#snapshotEvery) return;
+    // A document closed meanwhile (its last provider went) is snapshotted once it is open again.
+    if (!sync || this.#docs.get(sync.docId) !== sync || this.#snapshotEvery <= 0 || sync.sinceSnapshot < this.#snapshotEvery) return;
     if (this.#snapshotting.has(sync.docId) || this.#link.state !== 'ready') return;
     this.#snapshotting.add(sync.docId);
     sync
