@@ -351,7 +351,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    */
   async provider(spec: DocSpec): Promise<KeelProvider> {
     const sync = await this.#openSync(spec);
-    return this.#providers.create(sync.docId, sync.doc, this.#awareness.get(sync.docId)!);
+    return this.#providers.create(sync.docId, sync.doc, this.#awareness.use(sync.docId)!);
   }
 
   /**

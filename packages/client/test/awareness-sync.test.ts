@@ -53,7 +53,10 @@ const deviceOn = (identity: Identity, peers: Map<string, Uint8Array>, time: Retu
     timers: time.timers,
   });
   const doc = new Y.Doc();
-  const awareness = sync.attach(docId, doc, { current: () => ({ epoch: 0, key }), get: (epoch) => (epoch === 0 ? key : undefined) });
+  sync.attach(docId, doc, { current: () => ({ epoch: 0, key }), get: (epoch) => (epoch === 0 ? key : undefined) });
+  // What a provider does: the app shows cursors of this document. The announcement goes nowhere yet.
+  const awareness = sync.use(docId)!;
+  sent.splice(0);
   return { sync, doc, awareness, sent, errors, docId };
 };
 
@@ -65,7 +68,10 @@ const pair = async () => {
     [idB.device.deviceId, idB.device.publicKey],
   ]);
   const time = fakeTime();
-  return { a: deviceOn(idA, peers, time), b: deviceOn(idB, peers, time), time };
+  const devices = { a: deviceOn(idA, peers, time), b: deviceOn(idB, peers, time), time };
+  // Past the coalescing window of the announcements.
+  time.advance(100);
+  return devices;
 };
 
 describe('awareness sync', () => {
@@ -96,7 +102,9 @@ describe('awareness sync', () => {
     const tabAwareness = new Awareness(tab);
     tabAwareness.setLocalStateField('cursor', { head: 5 });
     applyAwarenessUpdate(a.awareness, encodeAwarenessUpdate(tabAwareness, [tab.clientID]), 'tab');
+    b.awareness.setLocalStateField('user', { name: 'phone' });
     time.advance(100);
+    b.sent.splice(0);
     expect(a.sent).toHaveLength(1);
     b.sync.receive(a.sent[0]!.aw);
     expect(b.errors).toEqual([]);
@@ -153,5 +161,31 @@ describe('awareness sync', () => {
     b.sync.receive(a.sent.at(-1)!.aw);
     expect(b.awareness.getStates().has(a.awareness.clientID)).toBe(false);
     expect(b.errors).toEqual([]);
+  });
+
+  it('announces on subscribe only documents a provider handed out, so documents without cursors cost no frames', async () => {
+    const idA = await createIdentity();
+    const time = fakeTime();
+    const sent: AwarenessFrame[] = [];
+    const sync = new AwarenessSync({
+      identity: idA,
+      send: (frame) => (sent.push(frame), true),
+      liveKey: () => undefined,
+      now: time.now,
+      crossDevice: () => true,
+      onError: () => {},
+      timers: time.timers,
+    });
+    const ids = ['crisis', 'journal'].map((name) => deriveDocId(idA.user.docIdKey, 'mood', name));
+    for (const docId of ids) {
+      const key = deriveDocKey(deriveEpochZeroSecret(idA.user.rootKey), docId, 0);
+      sync.attach(docId, new Y.Doc(), { current: () => ({ epoch: 0, key }), get: () => key });
+    }
+    sync.subscribed(ids);
+    expect(sent).toEqual([]);
+    sync.use(ids[1]!);
+    sync.subscribed(ids);
+    expect(sent.map((f) => f.aw.doc)).toEqual([ids[1], ids[1]]);
+    sync.close();
   });
 });

@@ -98,6 +98,7 @@ class DocAwareness {
   #timer: unknown;
   #lastSentAt = Number.NEGATIVE_INFINITY;
   #lastSealedAt = 0;
+  #inUse = false;
   readonly #onUpdate: (change: { added: number[]; updated: number[]; removed: number[] }, origin: unknown) => void;
 
   constructor(docId: DocId, doc: Y.Doc, keys: DocKeys, deps: AwarenessSyncDeps) {
@@ -139,8 +140,29 @@ class DocAwareness {
 
   /** Sends every local state this device holds (its own and its other tabs'): on subscribe, and to a newly seen device. */
   sendAll(): void {
-    const ids = [...this.awareness.states.keys()].filter((id) => !this.#remote.has(id));
+    // Not the empty state every Awareness starts with (clock 0): y-protocols never applies it
+    // elsewhere, and a client with a hundred documents open would spend its rate on nothing.
+    const ids = [...this.awareness.states.keys()].filter((id) => !this.#remote.has(id) && (this.awareness.meta.get(id)?.clock ?? 0) > 0);
     this.#send(ids);
+  }
+
+  /**
+   * The app uses this awareness (a provider handed it out): from now on this device announces
+   * itself on every subscribe, even with nothing set yet, so the other devices answer with
+   * their cursors at once. Documents nobody shows cursors for (crisis mode, assessments) never do.
+   */
+  use(): Awareness {
+    if (!this.#inUse) {
+      this.#inUse = true;
+      this.announce();
+    }
+    return this.awareness;
+  }
+
+  /** Subscribed (again): documents in use announce every local state, the empty one included; others send only what is set. */
+  announce(): void {
+    if (!this.#inUse) return this.sendAll();
+    this.#send([...this.awareness.states.keys()].filter((id) => !this.#remote.has(id)));
   }
 
   #send(ids: readonly number[]): void {
@@ -265,8 +287,9 @@ export class AwarenessSync {
     return entry.awareness;
   }
 
-  get(docId: DocId): Awareness | undefined {
-    return this.#docs.get(docId)?.awareness;
+  /** The awareness of an open document for the app (a provider): see DocAwareness.use. */
+  use(docId: DocId): Awareness | undefined {
+    return this.#docs.get(docId)?.use();
   }
 
   /** The document closes: its states leave the other devices, and its awareness is destroyed. */
@@ -279,7 +302,7 @@ export class AwarenessSync {
 
   /** Subscribed to these documents (after connecting, or on opening one): send our full states. */
   subscribed(docIds: readonly DocId[]): void {
-    for (const docId of docIds) this.#docs.get(docId)?.sendAll();
+    for (const docId of docIds) this.#docs.get(docId)?.announce();
   }
 
   receive(aw: AwarenessEnvelope): void {
