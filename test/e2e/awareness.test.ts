@@ -221,4 +221,22 @@ describe('awareness through the relay', () => {
     // Nothing dropped was an error the flooder hears about: awareness is ephemeral.
     expect(flooder.received.filter((f) => f.type === 'error')).toEqual([]);
   });
+
+  it('shows an unchanged cursor again after the relay restarts (both links dropped and came back)', async () => {
+    const relay = await scope.relay();
+    const idA = await createIdentity();
+    const fast = { liveness: { intervalMs: 200, timeoutMs: 500 } };
+    const a = await scope.device(relay.url, idA, undefined, fast);
+    const b = await scope.device(relay.url, await linkNewDevice(idA), undefined, fast);
+    const [pA, pB] = [await providerOn(a), await providerOn(b)];
+    pA.awareness.setLocalStateField('cursor', { anchor: 2, head: 2 });
+    await waitFor(() => remoteStates(pB).length === 1, 5_000, "A's cursor on B");
+    const port = relay.port;
+    await relay.stop();
+    // B's link is down: A's cursor is not current any more.
+    await waitFor(() => remoteStates(pB).length === 0, 10_000, "A's cursor gone while offline");
+    await scope.relay({ dir: relay.dir, port });
+    // A announces its (unchanged) state on subscribe; B shows it again without waiting for a change.
+    await waitFor(() => remoteStates(pB).some(([, st]) => st.cursor?.head === 2), 10_000, "A's cursor back on B");
+  });
 });

@@ -151,6 +151,18 @@ describe('awareness sync', () => {
     expect(b.awareness.getStates().has(a.awareness.clientID)).toBe(true);
     b.sync.gone(a.sent.at(-1)!.aw.device);
     expect(b.awareness.getStates().has(a.awareness.clientID)).toBe(false);
+    // A's link comes back: it announces its unchanged state (same clock), and B shows it again.
+    time.advance(100);
+    a.sync.subscribed([a.docId]);
+    b.sync.receive(a.sent.at(-1)!.aw);
+    expect(b.awareness.getStates().get(a.awareness.clientID)).toEqual({ cursor: { head: 1 } });
+    // Likewise after B's own link dropped.
+    b.sync.onLinkDown();
+    expect(b.awareness.getStates().has(a.awareness.clientID)).toBe(false);
+    time.advance(100);
+    a.sync.subscribed([a.docId]);
+    b.sync.receive(a.sent.at(-1)!.aw);
+    expect(b.awareness.getStates().get(a.awareness.clientID)).toEqual({ cursor: { head: 1 } });
     // A comes back, then closes its document: the last frame removes its state on B.
     a.awareness.setLocalStateField('cursor', { head: 2 });
     time.advance(100);

@@ -240,7 +240,17 @@ class DocAwareness {
     this.#answered.delete(device);
     const ids = [...this.#remote].filter(([, from]) => from === device).map(([id]) => id);
     for (const id of ids) this.#remote.delete(id);
+    this.#drop(ids);
+  }
+
+  /**
+   * Removes other devices' clients entirely: their states and their clocks. y-protocols keeps a
+   * removed client's clock, and would then ignore the same state announced again when the device
+   * (or this one) reconnects. Replays stay refused by the timestamp check, not by the clock.
+   */
+  #drop(ids: number[]): void {
     if (ids.length > 0) removeAwarenessStates(this.awareness, ids, RELAY_AWARENESS_ORIGIN);
+    for (const id of ids) this.awareness.meta.delete(id);
   }
 
   /** The link went down: other devices' states are not current any more; they come back with the next frames. */
@@ -248,7 +258,7 @@ class DocAwareness {
     this.#answered.clear();
     const ids = [...this.#remote.keys()];
     this.#remote.clear();
-    if (ids.length > 0) removeAwarenessStates(this.awareness, ids, RELAY_AWARENESS_ORIGIN);
+    this.#drop(ids);
   }
 
   /** The document closes: other devices are told this device's states are gone, then nothing more is sent. */
