@@ -263,12 +263,12 @@ class DocAwareness {
 
   /** The document closes: other devices are told this device's states are gone, then nothing more is sent. */
   close(): void {
-    this.#timers.clearTimeout(this.#timer);
-    this.#timer = undefined;
     const local = [...this.awareness.states.keys()].filter((id) => !this.#remote.has(id));
+    // Removing them schedules a frame like any change; it goes now instead, the last one.
     if (local.length > 0) removeAwarenessStates(this.awareness, local, 'keel-close');
     this.#timers.clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#dirty.clear();
     this.#send(local);
     this.awareness.off('update', this.#onUpdate);
     this.awareness.destroy();

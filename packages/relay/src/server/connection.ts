@@ -25,7 +25,6 @@ import {
 } from '@keel/engine';
 import type { WebSocket } from 'ws';
 import { createDeviceVerifier } from '../auth/ed25519.js';
-import { type AwarenessDrop, type AwarenessLimits, AwarenessGate } from './awareness-gate.js';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
 import type { ServingConfig } from '../config.js';
 import type { CrisisLane } from '../entitlements/crisis-lane.js';
@@ -33,6 +32,7 @@ import type { Entitlements } from '../entitlements/entitlements.js';
 import type { QuotaGuard } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import { type AwarenessDrop, type AwarenessLimits, AwarenessGate } from './awareness-gate.js';
 import type { CommitQueue } from './commit-queue.js';
 import { Delivery } from './delivery.js';
 import { DeviceAdmin, type PairingPeer, deviceLimits } from './device-admin.js';
@@ -235,7 +235,7 @@ export class RelayConnection implements PairingPeer {
   /**
    * Offers an awareness frame (already encoded) to this connection: lowest lane, and dropped
    * rather than queued when the connection is backed up or its tier has no cross-device sync.
-   * False when it was dropped.
+   * Returns why it was dropped, or undefined once it is queued.
    */
   offerAwareness(frame: string): AwarenessDrop | undefined {
     if (this.#state.kind !== 'ready') return 'BACKED_UP';
