@@ -80,6 +80,20 @@ describe('client.provider: a y-websocket-shaped handle', () => {
     expect([...a.errors, ...b.errors]).toEqual([]);
   });
 
+  it('a handle on a document already caught up reports status and sync right after it is created', async () => {
+    const relay = await scope.relay();
+    const a = await scope.device(relay.url, await createIdentity());
+    const first = await a.client.provider(JOURNAL);
+    scope.defer(() => first.destroy());
+    await waitFor(() => first.synced, 5_000, 'first handle synced');
+    const second = await a.client.provider(JOURNAL);
+    scope.defer(() => second.destroy());
+    const events = record(second);
+    await waitFor(() => events.includes('synced:true'), 2_000, 'synced on the second handle');
+    expect(events).toEqual(['status:connected', 'sync:true', 'synced:true']);
+    expect(second.synced).toBe(true);
+  });
+
   it('keeps a document the app opened with open() open when its providers are destroyed', async () => {
     const relay = await scope.relay();
     const a = await scope.device(relay.url, await createIdentity());

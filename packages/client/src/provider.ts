@@ -51,7 +51,14 @@ export class KeelProvider extends ObservableV2<ProviderEvents> {
     this.awareness = awareness;
     this.#registry = registry;
     this.#status = providerStatus(host.status());
-    this.#synced = host.caughtUp(docId);
+    // y-websocket's provider is built synchronously and reports its status and first sync a
+    // moment later; a handle on a document already caught up does the same on the next turn, so
+    // listeners attached right after `await client.provider()` hear it.
+    setTimeout(() => {
+      if (this.#destroyed) return;
+      this.emit('status', [{ status: this.#status }]);
+      this.refresh(host);
+    }, 0);
   }
 
   /** Caught up with the relay on the current connection (y-websocket's `synced`). */
