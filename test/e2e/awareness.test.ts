@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
 import { JOURNAL, awarenessUpdate, rawSubscribed, sealAs } from '../support/awareness.js';
 import { type Device, waitFor } from '../support/devices.js';
-import { type RawSocket, docRef, flipBit, sealFor } from '../support/raw-device.js';
+import { type RawSocket, connectRawDevice, docRef, flipBit, sealFor } from '../support/raw-device.js';
 import type { RelayProcess } from '../support/relay-process.js';
 import { useTestScope } from '../support/scope.js';
 
@@ -56,6 +56,11 @@ describe('awareness through the relay', () => {
     // A raw device of the user, to see the sealed frames the relay forwards; and one of the stranger.
     const rawA = await rawSubscribed(scope, relay.url, await linkNewDevice(idA));
     const rawS = await rawSubscribed(scope, relay.url, await linkNewDevice(stranger));
+    // And a stranger's device subscribed to the very id of A's document (ids live in per-user namespaces).
+    const squatter = await connectRawDevice(relay.url, await linkNewDevice(stranger));
+    scope.defer(() => squatter.close());
+    squatter.sendFrame({ type: 'sub', docs: [{ doc: docRef(idA, JOURNAL.class, JOURNAL.name).id, after: 0 }] });
+    await squatter.nextOf('synced');
     await Promise.all([a.client.whenSynced(), b.client.whenSynced(), s.client.whenSynced()]);
     const before = rowCounts(relay.dbPath);
 
@@ -71,6 +76,7 @@ describe('awareness through the relay', () => {
     // The stranger's devices got nothing of A's, and A's devices nothing of the stranger's.
     expect(remoteStates(pS)).toEqual([]);
     expect(awarenessFrames(rawS).every((f) => f.aw.device === s.client.identity.device.deviceId)).toBe(true);
+    expect(awarenessFrames(squatter)).toEqual([]);
     expect(remoteStates(pA).some(([, st]) => st.user?.name === 'stranger')).toBe(false);
     expect(remoteStates(pB).some(([, st]) => st.user?.name === 'stranger')).toBe(false);
 
