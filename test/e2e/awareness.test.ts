@@ -42,6 +42,16 @@ const databaseBytes = (r: RelayProcess): Buffer =>
 
 
 
+/** A relay in this process (to read its awareness counters) on a temporary SQLite file; closed after the test. */
+const inProcessRelay = async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'keel-awareness-'));
+  scope.defer(() => rmSync(dir, { recursive: true, force: true }));
+  const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db'), defaultTier: 'premium' });
+  const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger });
+  scope.defer(() => relay.close());
+  return relay;
+};
+
 const awarenessFrames = (raw: RawSocket) => raw.received.filter((f): f is Extract<RelayFrame, { type: 'awareness' }> => f.type === 'awareness');
 
 describe('awareness through the relay', () => {
@@ -202,11 +212,7 @@ describe('awareness through the relay', () => {
   });
 
   it('counts what it drops: past the rate, for a document the sender did not subscribe to', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'keel-awareness-'));
-    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
-    const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db'), defaultTier: 'premium' });
-    const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger });
-    scope.defer(() => relay.close());
+    const relay = await inProcessRelay();
     const idA = await createIdentity();
     const idFlood = await linkNewDevice(idA);
     const flooder = await rawSubscribed(scope, relay.url, idFlood);
@@ -244,5 +250,18 @@ describe('awareness through the relay', () => {
     await scope.relay({ dir: relay.dir, port });
     // A announces its (unchanged) state on subscribe; B shows it again without waiting for a change.
     await waitFor(() => remoteStates(pB).some(([, st]) => st.cursor?.head === 2), 10_000, "A's cursor back on B");
+  });
+
+  it('closes a connection that floods awareness written otherwise than Keel writes it (each one costs the relay a parse)', async () => {
+    const relay = await inProcessRelay();
+    const idA = await createIdentity();
+    const idFlood = await linkNewDevice(idA);
+    const flooder = await rawSubscribed(scope, relay.url, idFlood);
+    const sealed = sealAs(idFlood, awarenessUpdate({ cursor: 1 }));
+    // `aw` before `type`: the relay cannot drop it by its first bytes, so it reads it, then counts it.
+    for (let i = 0; i < 200 && flooder.isOpen; i++) flooder.send(JSON.stringify({ aw: { ...sealed, at: sealed.at + i }, type: 'awareness' }));
+    const closed = await flooder.expectClose(5_000);
+    expect(closed.code).toBe(4000);
+    expect(relay.awarenessCounts().dropped.RATE_LIMITED).toBeGreaterThanOrEqual(32);
   });
 });

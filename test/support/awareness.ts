@@ -1,7 +1,6 @@
 import type { Identity } from '@keel/client';
 import { type AwarenessEnvelope, type DocClass, sealAwareness } from '@keel/engine';
-import { Awareness, encodeAwarenessUpdate } from 'y-protocols/awareness';
-import * as Y from 'yjs';
+import * as encoding from 'lib0/encoding';
 import { type RawSocket, connectRawDevice, docRef } from './raw-device.js';
 import type { TestScope } from './scope.js';
 
@@ -17,18 +16,17 @@ export const rawSubscribed = async (scope: TestScope, url: string, identity: Ide
   return raw;
 };
 
-/** An awareness update for one client at `clock`, as y-protocols encodes it (with a throwaway Awareness). */
+/**
+ * An awareness update for one client at `clock`, in y-protocols' encoding (a count, then per
+ * client its id, clock and JSON state), written directly so a flood costs the test little.
+ */
 export const awarenessUpdate = (state: Record<string, unknown>, clientID = 4242, clock = 1): Uint8Array => {
-  const doc = new Y.Doc();
-  doc.clientID = clientID;
-  const aw = new Awareness(doc);
-  // A fresh Awareness starts at clock 0 with a null state; each setLocalState adds one.
-  for (let i = 1; i < clock; i++) aw.setLocalState({ i });
-  aw.setLocalState(state);
-  const update = encodeAwarenessUpdate(aw, [clientID]);
-  aw.destroy();
-  doc.destroy();
-  return update;
+  const encoder = encoding.createEncoder();
+  encoding.writeVarUint(encoder, 1);
+  encoding.writeVarUint(encoder, clientID);
+  encoding.writeVarUint(encoder, clock);
+  encoding.writeVarString(encoder, JSON.stringify(state));
+  return encoding.toUint8Array(encoder);
 };
 
 /** Seals an awareness update for the journal as `identity`'s device would, at `at`. */

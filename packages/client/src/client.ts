@@ -816,9 +816,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     const docs = [...this.#docs.values()];
     for (const d of docs) d.resetSynced();
     this.#subscribe(docs);
-    this.#awareness.subscribed(docs.map((d) => d.docId));
     this.#dispatcher.onLinkReady();
     if (this.#flushRequested) void this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
+    // After the resends: on the wire, presence never goes ahead of a crisis change.
+    this.#awareness.subscribed(docs.map((d) => d.docId));
     this.#updateStatus();
   }
 
@@ -832,9 +833,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #startDoc(sync: DocSync): void {
     sync.resetSynced();
     this.#subscribe([sync]);
-    this.#awareness.subscribed([sync.docId]);
     this.#dispatcher.resend([sync]);
     this.#dispatcher.pump();
+    this.#awareness.subscribed([sync.docId]);
   }
 
   /** Adopts the relay's tier; on `ready` the reconnect path resends, so only the policy changes here. */

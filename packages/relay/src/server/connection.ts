@@ -43,6 +43,9 @@ import type { PairingRegistry } from './pairing.js';
 import { type RevokedFrame, revokedNotice } from './revoked-notice.js';
 import type { WorkOwner, WorkQueue } from './work-queue.js';
 
+/** How every awareness frame of Keel's client begins (JSON.stringify of `{ type: 'awareness', aw }`). */
+const AWARENESS_PREFIX = Buffer.from('{"type":"awareness"');
+
 /** How long a closed socket may take to finish the close handshake before it is cut. */
 const CLOSE_GRACE_MS = 1_000;
 /** Key epochs sent in `ready`: the most recent ones (older ones protect only older writes). */
@@ -155,6 +158,8 @@ export class RelayConnection implements PairingPeer {
   #helloSeen = false;
   #authSeen = false;
   #closeTimer: NodeJS.Timeout | undefined;
+  /** The frame being read is awareness already admitted by the rate check on its raw bytes. */
+  #admitted = false;
   /** This connection as a source of queued work; its group is its user once authenticated. */
   #owner: WorkOwner;
 
@@ -176,6 +181,7 @@ export class RelayConnection implements PairingPeer {
     this.#owner = this.#ownerFor(this);
     ws.on('message', (data, isBinary) => {
       try {
+        if (!isBinary && this.#awarenessOverRate(data as Buffer)) return;
         this.#onMessage(isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString('utf8'));
       } catch (error) {
         this.#internal(error);
@@ -277,7 +283,25 @@ export class RelayConnection implements PairingPeer {
 
   // ── reading frames ───────────────────────────────────────────────────────────────────────
 
+  /**
+   * Awareness past the connection's rate is dropped (and counted) before its bytes are even
+   * decoded: Keel's client writes `{"type":"awareness"` first, so a flood costs a prefix
+   * comparison per frame, not a parse. One within the rate goes on to be read and validated.
+   */
+  #awarenessOverRate(data: Buffer): boolean {
+    if (this.#state.kind !== 'ready' || !data.subarray(0, AWARENESS_PREFIX.length).equals(AWARENESS_PREFIX)) return false;
+    if (this.#state.session.awareness.admit(data.length)) {
+      this.#admitted = true;
+      return false;
+    }
+    this.#ctx.awarenessDropped('RATE_LIMITED');
+    return true;
+  }
+
   #onMessage(data: string | Uint8Array): void {
+    // Taken for this frame only, whatever becomes of it.
+    const admitted = this.#admitted;
+    this.#admitted = false;
     const state = this.#state;
     if (state.kind === 'closed') return;
     if (state.kind !== 'ready') return this.#onPreAuth(data, state);
@@ -286,8 +310,14 @@ export class RelayConnection implements PairingPeer {
     const { session } = state;
     // A push is only read here; its validation and checks wait for their turn in the queue.
     if (raw.value.type === 'push') return session.ingest.onPush(raw.value, data.length);
-    // Awareness over its rate is dropped before its schema is checked: a flood costs a parse each, no more.
-    if (raw.value.type === 'awareness' && !session.awareness.admit(data.length)) return this.#ctx.awarenessDropped('RATE_LIMITED');
+    if (raw.value.type === 'awareness' && !admitted) {
+      // Awareness not written the way Keel's client writes it (`type` first) and over the rate:
+      // it cost a parse, so it counts against the bad-frame budget too.
+      if (!session.awareness.admit(data.length)) {
+        this.#ctx.awarenessDropped('RATE_LIMITED');
+        return this.#countAbuse();
+      }
+    }
     const parsed = validateClientFrame(raw.value);
     if (!parsed.ok) return this.#badFrame(parsed.error);
     const frame = parsed.value;
