@@ -14,7 +14,8 @@ const DISTINCT = 200;
  * A live device of a user floods awareness (presence is never stored or metered, so it is the
  * obvious free channel) from its own process: ~40 KiB states padded to the 64 KiB cap, as fast
  * as TCP takes them. The relay drops what passes the per-connection rate before decoding it,
- * forwards the rest at the lowest lane, and another user's crisis edits are timed meanwhile.
+ * stops reading the socket a second after every 60 drops in a row, forwards the rest at the
+ * lowest lane, and another user's crisis edits are timed meanwhile.
  */
 describe('awareness flood', () => {
   const scope = useTestScope();
@@ -57,11 +58,11 @@ describe('awareness flood', () => {
     expect(crisis.received).toBeGreaterThan(20);
     expect(crisis.p99).toBeLessThan(200);
     // The user's own other device got the rate (a burst, then 30 frames and 128 KiB a second), not the flood.
-    expect(report.sent).toBeGreaterThan(DISTINCT);
+    expect(report.sent).toBeGreaterThan(60 + 30 * (FLOOD_MS / 1000));
     expect(applied).toBeGreaterThan(0);
     expect(applied).toBeLessThanOrEqual(60 + Math.ceil(30 * (FLOOD_MS / 1000 + 1)));
-    // Nothing of it piles up in the relay: its memory grew by far less than what was sent.
-    expect(after.peakMiB - before.rssMiB).toBeLessThan(Math.min(150, sentMiB / 2));
+    // Nothing of it piles up in the relay (the flood waits in TCP buffers while the relay does not read it).
+    expect(after.peakMiB - before.rssMiB).toBeLessThan(64);
     expect(isAlive(relay.pid)).toBe(true);
   });
 });

@@ -40,6 +40,26 @@ describe('awareness rate per connection', () => {
   });
 });
 
+describe('awareness floods', () => {
+  it('tells a flood (60 drops in a row) from a burst, once per run of drops', () => {
+    let now = 0;
+    const gate = new AwarenessGate(DEFAULT_AWARENESS_LIMITS, () => now);
+    for (let i = 0; i < DEFAULT_AWARENESS_LIMITS.frameBurst; i++) expect(gate.admit(100)).toBe(true);
+    // A burst a little past the budget is not a flood.
+    for (let i = 0; i < 10; i++) expect(gate.admit(100)).toBe(false);
+    expect(gate.flooding()).toBe(false);
+    // An admitted frame ends the run.
+    now += 100;
+    expect(gate.admit(100)).toBe(true);
+    let floods = 0;
+    for (let i = 0; i < 130; i++) {
+      gate.admit(100);
+      if (gate.flooding()) floods++;
+    }
+    expect(floods).toBe(2);
+  });
+});
+
 describe('awareness in the outbound queue', () => {
   it('is dropped, not queued, once a connection is backed up, and never counts as a slow consumer', () => {
     const socket = new StuckSocket();

@@ -16,6 +16,14 @@ export interface AwarenessLimits {
   readonly charBurst: number;
   /** Characters queued for a recipient past which an awareness frame is dropped for it, not queued. */
   readonly maxRecipientQueueChars: number;
+  /**
+   * Frames dropped in a row past which the peer counts as flooding, not bursting: its socket is
+   * then paused for `floodPauseMs`, so the rest waits in its TCP buffers instead of costing the
+   * relay the reading (unmasking, decoding) of every frame. An honest client never gets there:
+   * it sends at most one frame per 80 ms per document.
+   */
+  readonly floodAfterDrops: number;
+  readonly floodPauseMs: number;
 }
 
 export const DEFAULT_AWARENESS_LIMITS: AwarenessLimits = {
@@ -24,6 +32,8 @@ export const DEFAULT_AWARENESS_LIMITS: AwarenessLimits = {
   charsPerSecond: 128 * 1024,
   charBurst: 256 * 1024,
   maxRecipientQueueChars: 256 * 1024,
+  floodAfterDrops: 60,
+  floodPauseMs: 1_000,
 };
 
 /** Why the relay dropped an awareness frame; counted, never logged one by one. */
@@ -40,6 +50,7 @@ export class AwarenessGate {
   #frames: number;
   #chars: number;
   #at: number;
+  #dropsInARow = 0;
 
   constructor(limits: AwarenessLimits, now: () => number) {
     this.#limits = limits;
@@ -57,9 +68,20 @@ export class AwarenessGate {
     const l = this.#limits;
     this.#frames = Math.min(l.frameBurst, this.#frames + elapsed * l.framesPerSecond);
     this.#chars = Math.min(l.charBurst, this.#chars + elapsed * l.charsPerSecond);
-    if (this.#frames < 1 || this.#chars < chars) return false;
+    if (this.#frames < 1 || this.#chars < chars) {
+      this.#dropsInARow++;
+      return false;
+    }
+    this.#dropsInARow = 0;
     this.#frames -= 1;
     this.#chars -= chars;
+    return true;
+  }
+
+  /** Whether the peer floods (see floodAfterDrops): true once per that many drops in a row. */
+  flooding(): boolean {
+    if (this.#dropsInARow < this.#limits.floodAfterDrops) return false;
+    this.#dropsInARow = 0;
     return true;
   }
 }

@@ -160,6 +160,10 @@ export class RelayConnection implements PairingPeer {
   #closeTimer: NodeJS.Timeout | undefined;
   /** The frame being read is awareness already admitted by the rate check on its raw bytes. */
   #admitted = false;
+  /** Reading is paused by this many holders (the work queue's backlog, an awareness flood). */
+  #pauses = 0;
+  /** Ends the pause of an awareness flood. */
+  #floodTimer: NodeJS.Timeout | undefined;
   /** This connection as a source of queued work; its group is its user once authenticated. */
   #owner: WorkOwner;
 
@@ -203,8 +207,26 @@ export class RelayConnection implements PairingPeer {
   }
 
   #ownerFor(group: unknown): WorkOwner {
-    const ws = this.#ws;
-    return { group, pause: () => ws.pause(), resume: () => ws.resume() };
+    return { group, pause: () => this.#pauseReading(), resume: () => this.#resumeReading() };
+  }
+
+  #pauseReading(): void {
+    if (this.#pauses++ === 0) this.#ws.pause();
+  }
+
+  #resumeReading(): void {
+    if (this.#pauses > 0 && --this.#pauses === 0) this.#ws.resume();
+  }
+
+  /** Awareness past the rate: counted; a peer that keeps at it has its socket paused a while. */
+  #awarenessOverRateDropped(session: Session): void {
+    this.#ctx.awarenessDropped('RATE_LIMITED');
+    if (this.#floodTimer !== undefined || !session.awareness.flooding()) return;
+    this.#pauseReading();
+    this.#floodTimer = setTimeout(() => {
+      this.#floodTimer = undefined;
+      this.#resumeReading();
+    }, this.#ctx.awarenessLimits.floodPauseMs);
   }
 
   get user(): UserId | undefined {
@@ -294,7 +316,7 @@ export class RelayConnection implements PairingPeer {
       this.#admitted = true;
       return false;
     }
-    this.#ctx.awarenessDropped('RATE_LIMITED');
+    this.#awarenessOverRateDropped(this.#state.session);
     return true;
   }
 
@@ -314,7 +336,7 @@ export class RelayConnection implements PairingPeer {
       // Awareness not written the way Keel's client writes it (`type` first) and over the rate:
       // it cost a parse, so it counts against the bad-frame budget too.
       if (!session.awareness.admit(data.length)) {
-        this.#ctx.awarenessDropped('RATE_LIMITED');
+        this.#awarenessOverRateDropped(session);
         return this.#countAbuse();
       }
     }
@@ -752,6 +774,7 @@ export class RelayConnection implements PairingPeer {
     if (state.kind === 'closed') return;
     this.#state = { kind: 'closed' };
     clearTimeout(this.#authTimer);
+    clearTimeout(this.#floodTimer);
     this.#out.close();
     this.#ctx.work.forget(this.#owner);
     for (const session of this.#ctx.pairings.dropAll(this)) {
