@@ -14,7 +14,7 @@ const DISTINCT = 200;
  * A live device of a user floods awareness (presence is never stored or metered, so it is the
  * obvious free channel) from its own process: ~40 KiB states padded to the 64 KiB cap, as fast
  * as TCP takes them. The relay drops what passes the per-connection rate before decoding it,
- * stops reading the socket a second after every 60 drops in a row, forwards the rest at the
+ * stops reading the socket for a second after every 256 KiB dropped in a row, forwards the rest at the
  * lowest lane, and another user's crisis edits are timed meanwhile.
  */
 describe('awareness flood', () => {
@@ -42,9 +42,11 @@ describe('awareness flood', () => {
     const attacker = await startAttacker(scope, {
       url: relay.url,
       sockets: [{ auth: serializeIdentity(idFlood), frames: [sub, ...frames], rounds: 50, hold: true }],
-      durationMs: FLOOD_MS,
+      durationMs: FLOOD_MS + 10_000,
     });
-    const report = await attacker.done;
+    // The relay pauses the flooder's socket, so its plan would outlast the flood: cut it when the time is up.
+    await new Promise((resolve) => setTimeout(resolve, FLOOD_MS));
+    const report = await attacker.stop();
     const after = memoryOf(relay.pid);
     const crisis = await probe.stop();
     const sentMiB = (report.sent * 88 * 1024) / 2 ** 20;
@@ -58,7 +60,8 @@ describe('awareness flood', () => {
     expect(crisis.received).toBeGreaterThan(20);
     expect(crisis.p99).toBeLessThan(200);
     // The user's own other device got the rate (a burst, then 30 frames and 128 KiB a second), not the flood.
-    expect(report.sent).toBeGreaterThan(60 + 30 * (FLOOD_MS / 1000));
+    // The flooder got into its socket what TCP let it (the relay stops reading it), most of it dropped.
+    expect(report.sent).toBeGreaterThan(3 * applied);
     expect(applied).toBeGreaterThan(0);
     expect(applied).toBeLessThanOrEqual(60 + Math.ceil(30 * (FLOOD_MS / 1000 + 1)));
     // Nothing of it piles up in the relay (the flood waits in TCP buffers while the relay does not read it).

@@ -58,6 +58,20 @@ describe('awareness floods', () => {
     }
     expect(floods).toBe(2);
   });
+
+  it('counts a flood of large frames by characters: a few 64 KiB frames in a row are enough', () => {
+    let now = 0;
+    const gate = new AwarenessGate(DEFAULT_AWARENESS_LIMITS, () => now);
+    let admitted = 0;
+    while (gate.admit(88_000)) admitted++;
+    expect(admitted).toBe(2);
+    let drops = 1;
+    while (!gate.flooding()) {
+      gate.admit(88_000);
+      drops++;
+    }
+    expect(drops).toBe(3);
+  });
 });
 
 describe('awareness in the outbound queue', () => {

@@ -17,10 +17,10 @@ export interface AwarenessLimits {
   /** Characters queued for a recipient past which an awareness frame is dropped for it, not queued. */
   readonly maxRecipientQueueChars: number;
   /**
-   * Frames dropped in a row past which the peer counts as flooding, not bursting: its socket is
-   * then paused for `floodPauseMs`, so the rest waits in its TCP buffers instead of costing the
-   * relay the reading (unmasking, decoding) of every frame. An honest client never gets there:
-   * it sends at most one frame per 80 ms per document.
+   * Frames dropped in a row (or `charBurst` characters of them) past which the peer counts as
+   * flooding, not bursting: its socket is then paused for `floodPauseMs`, so the rest waits in
+   * its TCP buffers instead of costing the relay the reading (unmasking) of every frame. An
+   * honest client never gets there: it sends at most one frame per 80 ms per document.
    */
   readonly floodAfterDrops: number;
   readonly floodPauseMs: number;
@@ -51,6 +51,7 @@ export class AwarenessGate {
   #chars: number;
   #at: number;
   #dropsInARow = 0;
+  #droppedCharsInARow = 0;
 
   constructor(limits: AwarenessLimits, now: () => number) {
     this.#limits = limits;
@@ -70,18 +71,21 @@ export class AwarenessGate {
     this.#chars = Math.min(l.charBurst, this.#chars + elapsed * l.charsPerSecond);
     if (this.#frames < 1 || this.#chars < chars) {
       this.#dropsInARow++;
+      this.#droppedCharsInARow += chars;
       return false;
     }
     this.#dropsInARow = 0;
+    this.#droppedCharsInARow = 0;
     this.#frames -= 1;
     this.#chars -= chars;
     return true;
   }
 
-  /** Whether the peer floods (see floodAfterDrops): true once per that many drops in a row. */
+  /** Whether the peer floods (see floodAfterDrops): true once per run of that many drops (or characters) in a row. */
   flooding(): boolean {
-    if (this.#dropsInARow < this.#limits.floodAfterDrops) return false;
+    if (this.#dropsInARow < this.#limits.floodAfterDrops && this.#droppedCharsInARow < this.#limits.charBurst) return false;
     this.#dropsInARow = 0;
+    this.#droppedCharsInARow = 0;
     return true;
   }
 }
