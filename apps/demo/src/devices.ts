@@ -17,6 +17,14 @@ export const renderDevices = (client: DemoClient, onSignOut: () => Promise<void>
   const latency = h('dd', { 'data-testid': 'latency' });
   const devices = h('ul', { 'data-testid': 'device-list' });
   const saved = h('p', { class: 'hint', role: 'status', 'data-testid': 'sync-now-result' });
+  const problems = h('ul', { 'data-testid': 'sync-errors' });
+  const problemsBox = h('details', { hidden: true }, h('summary', {}, 'Sync problems on this device'), problems);
+  client.on('error', (error) => {
+    problemsBox.hidden = false;
+    problems.append(h('li', { 'data-code': error.code }, `${new Date().toLocaleTimeString()} ${error.code}: ${error.message}`));
+    // The newest 20 are enough to tell what is going on.
+    while (problems.children.length > 20) problems.firstElementChild?.remove();
+  });
 
   const renderStatus = () => {
     status.textContent = `${client.status}${client.unconfirmed ? ` · ${client.unconfirmed} change(s) not yet confirmed` : ''}`;
@@ -117,5 +125,6 @@ export const renderDevices = (client: DemoClient, onSignOut: () => Promise<void>
     h('div', { class: 'inline-form' }, syncNow, pair, signOut),
     saved,
     pairingArea,
+    problemsBox,
   );
 };
