@@ -34,7 +34,8 @@ export default defineConfig({
   },
   webServer: {
     // A real relay on a temporary database (removed on SIGTERM), grace periods of 14 days as in production.
-    command: `node server.mjs --port ${port} --relay-port 0`,
+    // The demo is built first, so the tests always run against the current source.
+    command: `node node_modules/vite/bin/vite.js build --logLevel warn && node server.mjs --port ${port} --relay-port 0`,
     url: `http://127.0.0.1:${port}/config.json`,
     reuseExistingServer: false,
     timeout: 30_000,

@@ -8,7 +8,7 @@
 // Without --db the relay's database lives in a temporary directory that is removed on exit.
 // SIGTERM / SIGINT stop the relay, wait for it, remove temporary files and exit.
 import { spawn } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -119,7 +119,8 @@ const stripeEvent = (type, object) => ({
   type,
   data: { object },
 });
-const subscriptionId = (user) => `sub_dev_${user.slice(0, 40)}`;
+// Stripe ids are letters, digits and _: a digest of the user id names the user's one subscription.
+const subscriptionId = (user) => `sub_dev_${createHash('sha256').update(user).digest('hex').slice(0, 24)}`;
 const subscription = (user, status) => ({
   id: subscriptionId(user),
   object: 'subscription',
