@@ -36,11 +36,11 @@ export const renderJournal = async (client: DemoClient, deviceLabel: string): Pr
     provider.awareness.setLocalStateField('user', { name: deviceLabel, color });
   }
   const mount = h('div', { class: 'journal-editor', 'data-testid': 'journal' });
-  const view = new EditorView(mount, {
+  // The view lives as long as the page; y-prosemirror keeps it and the Y.XmlFragment in step.
+  new EditorView(mount, {
     state: EditorState.create({ schema, plugins }),
     attributes: { 'aria-label': 'Journal', 'aria-multiline': 'true', role: 'textbox', class: 'prose' },
   });
-  void view;
   const cursors = h('p', { class: 'hint', 'data-testid': 'journal-cursors' });
   cursors.textContent = provider
     ? 'Your other devices’ cursors appear in the text while they write.'
