@@ -31,12 +31,12 @@ test('handoff: a breathing exercise started on A continues on B at the same phas
   await breathB.scrollIntoViewIfNeeded();
   await a.page.getByTestId('breathing-start').click();
   await expect(breathA).toHaveAttribute('data-state', 'running');
-  await shot(testInfo, a, 'handoff-1-a-running');
+  await shot(testInfo, a, 'handoff-1-a-running', '#breathing');
   // B is offered the running exercise.
   await expect(b.page.getByTestId('breathing-continue')).toBeVisible({ timeout: 3_000 });
   // Let it get past the first phase, so "the same phase" means something.
   await expect.poll(() => breathA.evaluate((el) => Number((el as HTMLElement).dataset.elapsed)), { timeout: 10_000 }).toBeGreaterThan(5_000);
-  await shot(testInfo, b, 'handoff-2-b-offered');
+  await shot(testInfo, b, 'handoff-2-b-offered', '#breathing');
 
   await b.page.getByTestId('breathing-continue').click();
   await expect(breathB).toHaveAttribute('data-state', 'running');
@@ -50,7 +50,7 @@ test('handoff: a breathing exercise started on A continues on B at the same phas
   expect(Math.abs(atB.elapsed - expected)).toBeLessThan(500);
   const phase = phaseIndexAt(expected);
   if (phase.toBoundary > 500) expect(atB.index).toBe(phase.index);
-  await shot(testInfo, a, 'handoff-3-a-handed-off');
-  await shot(testInfo, b, 'handoff-4-b-continues');
+  await shot(testInfo, a, 'handoff-3-a-handed-off', '#breathing');
+  await shot(testInfo, b, 'handoff-4-b-continues', '#breathing');
   await closeAll(a, b);
 });

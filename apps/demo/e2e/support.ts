@@ -61,9 +61,11 @@ export const webhook = async (device: Device, event: 'upgrade' | 'payment_failed
 
 export const expectTier = (device: Device, tier: string, timeout = 5_000) => expect(device.page.getByTestId('tier')).toHaveAttribute('data-tier', tier, { timeout });
 
-/** Saves a screenshot of a device's page under this test's output directory. */
-export const shot = async (testInfo: TestInfo, device: Device, name: string): Promise<void> => {
-  await device.page.screenshot({ path: testInfo.outputPath(`${name}.png`), fullPage: false });
+/** Saves a screenshot of a device's page (or of one element of it) under this test's output directory. */
+export const shot = async (testInfo: TestInfo, device: Device, name: string, selector?: string): Promise<void> => {
+  const path = testInfo.outputPath(`${name}.png`);
+  if (selector) await device.page.locator(selector).screenshot({ path });
+  else await device.page.screenshot({ path, fullPage: false });
 };
 
 /** Types at the end of a safety-plan field (crisis class: syncs at once on every tier). */
