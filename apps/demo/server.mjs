@@ -177,18 +177,21 @@ const sendJson = (res, status, body) => {
   res.end(JSON.stringify(body));
 };
 
+/**
+ * The body, at most MAX_BODY bytes. A larger one is read to its end without being kept (so the
+ * client can read the 413) up to DRAIN_LIMIT, past which the connection is cut.
+ */
+const DRAIN_LIMIT = 1024 * 1024;
 const readBody = (req) =>
   new Promise((resolvePromise, reject) => {
     let size = 0;
     const chunks = [];
     req.on('data', (chunk) => {
       size += chunk.length;
-      if (size > MAX_BODY) {
-        reject(Object.assign(new Error('body too large'), { status: 413 }));
-        req.destroy();
-      } else chunks.push(chunk);
+      if (size <= MAX_BODY) chunks.push(chunk);
+      else if (size > DRAIN_LIMIT) req.destroy();
     });
-    req.on('end', () => resolvePromise(Buffer.concat(chunks).toString('utf8')));
+    req.on('end', () => (size > MAX_BODY ? reject(Object.assign(new Error('body too large'), { status: 413 })) : resolvePromise(Buffer.concat(chunks).toString('utf8'))));
     req.on('error', reject);
   });
 
@@ -249,7 +252,7 @@ const main = async () => {
   });
   const relayUrl = `ws://127.0.0.1:${relay.port}`;
   const relayHttp = `http://127.0.0.1:${relay.port}`;
-  say(`relay: ${relayUrl}  (database ${tempDir ? 'temporary, removed on exit' : dbPath})`);
+  say(`relay: ${relayUrl}  (database ${tempDir ? `temporary in ${tempDir}, removed on exit` : dbPath})`);
   if (options.relayOnly) {
     say('relay only (--relay-only); stop with Ctrl-C');
     return;
@@ -263,6 +266,11 @@ const main = async () => {
       }
       if (path === '/dev/webhook') {
         if (req.method !== 'POST') return sendJson(res, 405, { error: 'METHOD_NOT_ALLOWED' });
+        // Only the demo's own page: another site could otherwise post a "simple" cross-origin
+        // form here. JSON forces a CORS preflight (never allowed), and a foreign Origin is refused.
+        const origin = req.headers.origin;
+        if (!String(req.headers['content-type'] ?? '').startsWith('application/json')) return sendJson(res, 415, { error: 'UNSUPPORTED_MEDIA_TYPE' });
+        if (origin !== undefined && origin !== `http://${req.headers.host}`) return sendJson(res, 403, { error: 'FOREIGN_ORIGIN' });
         let input;
         try {
           input = DevWebhookSchema.safeParse(JSON.parse(await readBody(req)));
