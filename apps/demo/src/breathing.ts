@@ -1,4 +1,4 @@
-import { type SessionHandoff } from '@keel/client';
+import type { SessionHandoff } from '@keel/client';
 import { h, section } from './dom.js';
 
 type PhaseKind = 'inhale' | 'hold' | 'exhale' | 'rest';
