@@ -1,6 +1,4 @@
 import {
-  type Assessment,
-  type CrisisDetection,
   DEFAULT_TIERS,
   type DeviceCertificate,
   type DeviceId,
@@ -19,10 +17,8 @@ import {
   createScheduler,
   cryptoReady,
   deriveDocId,
-  detectCrisis,
   effectivePriority,
   ErrorCode,
-  parseAssessment,
   certifyDevice,
   clampRelayFrameLimit,
   createPairingCode,
@@ -35,6 +31,7 @@ import {
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
+import { CRISIS_MODE_DOC, CrisisMode, type RecordedAssessment, isCrisisAssessment } from './crisis-mode.js';
 import { type Identity, authorizeDevice } from './identity.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
 import { encodeGrant } from './pairing.js';
@@ -114,13 +111,18 @@ export interface KeelClientOptions {
    * Default 2.5 s and 5 s: a half-open link is found within 7.5 s.
    */
   readonly liveness?: Partial<LivenessOptions>;
+  /**
+   * Wall clock, ms since the epoch; default `Date.now`. The client's own timestamps and timers
+   * (scheduling, pairing lifetimes, crisis and assessment records) read it, so tests can drive
+   * time. Every device must use real time: timestamps are compared across devices.
+   */
+  readonly now?: () => number;
 }
 
 const TIER_KEY = ['client', 'tier'];
 /** The relay id this device pinned, kept next to the tier so a restart keeps the pin. */
 const RELAY_KEY = ['client', 'relay'];
-/** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
-export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
+export { CRISIS_MODE_DOC };
 
 /** How long the client waits for the relay to confirm a revocation, a vouch or a pairing session. */
 const RELAY_CONFIRM_MS = 5_000;
@@ -158,7 +160,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #revokeWaiters = new Map<DeviceId, () => void>();
   #vouchWaiter: { device: DeviceId; resolve: () => void; reject: (e: Error) => void } | undefined;
   #tier: TierState;
-  #crisisMode = false;
+  readonly #crisis: CrisisMode;
+  readonly #now: () => number;
   #sessionActive = false;
   #compacting = false;
   readonly #snapshotEvery: number;
@@ -188,6 +191,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#tier = initialTier;
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
     this.#compress = options.compress ?? false;
+    this.#now = options.now ?? Date.now;
+    this.#crisis = new CrisisMode({ open: (spec) => this.open(spec), now: this.#now, onChange: (active) => this.emit('crisis', [active]) });
     this.#trust = new DeviceTrust(
       {
         identity: options.identity,
@@ -246,13 +251,13 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       },
     }, pinned, { ...DEFAULT_LIVENESS, ...options.liveness });
     this.#dispatcher = new Dispatcher({
-      scheduler: createScheduler({ clock: { now: () => Date.now() }, policy: initialTier.policy }),
+      scheduler: createScheduler({ clock: { now: this.#now }, policy: initialTier.policy }),
       doc: (docId) => this.#docs.get(docId),
       docs: () => this.#docs.values(),
       push: (envs) => this.#link.send({ type: 'push', envs }),
       maxFrameChars: () => this.#maxFrameBytes,
       linkReady: () => this.#link.state === 'ready',
-      now: () => Date.now(),
+      now: this.#now,
       onError: (error) =>
         this.emit('error', [{ code: 'INTERNAL', message: `dispatch failed: ${error instanceof Error ? error.message : String(error)}` }]),
     });
@@ -305,7 +310,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /** Whether the user is in crisis mode (on any of their devices). */
   get crisisMode(): boolean {
-    return this.#crisisMode;
+    return this.#crisis.active;
   }
 
   /** The opaque id a document has on the relay. */
@@ -381,36 +386,18 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /** Turns crisis mode on or off for every device of the user; syncs at crisis priority. */
-  async setCrisisMode(active: boolean, source = 'user'): Promise<void> {
-    const doc = await this.open(CRISIS_MODE_DOC);
-    doc.transact(() => {
-      const state = doc.getMap('crisis');
-      state.set('active', active);
-      state.set('since', Date.now());
-      state.set('source', source);
-    });
+  setCrisisMode(active: boolean, source = 'user'): Promise<void> {
+    return this.#crisis.set(active, source);
   }
 
   /**
-   * Records a PHQ-9 or GAD-7 assessment in its own document. One that crosses a crisis threshold
-   * (PHQ-9 ≥ 20 or item 9 > 0, GAD-7 ≥ 15) syncs as a crisis assessment and turns crisis mode on.
+   * Records a PHQ-9 or GAD-7 form, complete or partial (`null` = not answered yet), in its own
+   * document. PHQ-9 item 9 above 0 is a crisis as soon as it is given; the totals (PHQ-9 ≥ 20,
+   * GAD-7 ≥ 15) count on complete forms. A crisis syncs as a crisis assessment and turns crisis
+   * mode on. See crisis-mode.ts.
    */
-  async recordAssessment(name: string, input: unknown): Promise<CrisisDetection & { readonly assessment: Assessment }> {
-    const parsed = parseAssessment(input);
-    if (!parsed.ok) throw Object.assign(new Error(`${parsed.error.code}: ${parsed.error.message}`), { code: parsed.error.code });
-    const result = detectCrisis(parsed.value);
-    const doc = await this.open({ class: 'assessment', name });
-    doc.transact(() => {
-      const map = doc.getMap('assessment');
-      map.set('kind', parsed.value.kind);
-      map.set('answers', [...parsed.value.answers]);
-      map.set('total', result.total);
-      map.set('crisis', result.crisis);
-      map.set('reasons', [...result.reasons]);
-      map.set('at', Date.now());
-    });
-    if (result.crisis) await this.setCrisisMode(true, 'assessment');
-    return { ...result, assessment: parsed.value };
+  recordAssessment(name: string, input: unknown): Promise<RecordedAssessment> {
+    return this.#crisis.recordAssessment(name, input);
   }
 
   /** Remote changes waiting for acceptance in a document (tiers with manual conflict resolution). */
@@ -535,7 +522,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     // Called before the link is up (right after start, say): it waits for it, within the code's lifetime.
     await this.#whenLinkReady(ttlMs);
     const pairing = createPairingCode();
-    const expiresAt = Date.now() + ttlMs;
+    const expiresAt = this.#now() + ttlMs;
     let cancel = () => {};
     const linked = new Promise<DeviceCertificate>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -652,7 +639,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     const target = this.#trust.certificateOf(device);
     if (!target || !this.#trust.view.live.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
     const { user, device: me } = this.identity;
-    const cert = certifyDevice(user, me, fromB64(target.deviceKey), Date.now());
+    const cert = certifyDevice(user, me, fromB64(target.deviceKey), this.#now());
     this.#trust.add({ certs: [cert] });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -670,16 +657,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /** Internal: begins watching the crisis-mode document. */
-  async watchCrisisMode(): Promise<void> {
-    const doc = await this.open(CRISIS_MODE_DOC);
-    const read = () => {
-      const active = doc.getMap('crisis').get('active') === true;
-      if (active === this.#crisisMode) return;
-      this.#crisisMode = active;
-      this.emit('crisis', [active]);
-    };
-    doc.getMap('crisis').observe(read);
-    read();
+  watchCrisisMode(): Promise<void> {
+    return this.#crisis.watch();
   }
 
   /**
@@ -708,9 +687,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       docClass: sync.docClass,
       tier: this.#tier.name,
       policy: this.#tier.policy,
-      crisisMode: this.#crisisMode,
+      crisisMode: this.#crisis.active,
       sessionActive: this.#sessionActive,
-      crisisAssessment: sync.docClass === 'assessment' && sync.doc.getMap('assessment').get('crisis') === true,
+      crisisAssessment: sync.docClass === 'assessment' && isCrisisAssessment(sync.doc),
     });
   }
 
@@ -749,7 +728,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#trust.onReady();
     // Pairing sessions opened on the last connection died with it: opened again for what is left of their time.
     for (const [id, pairing] of this.#pairings) {
-      const left = pairing.expiresAt - Date.now();
+      const left = pairing.expiresAt - this.#now();
       if (left >= 1_000 && !this.#pairOpens.has(id)) this.#link.send({ type: 'pair-open', id, ttlMs: left });
     }
     // Only additions: the relay's lists never remove a device or lift a revocation.
