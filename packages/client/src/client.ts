@@ -41,6 +41,7 @@ import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
 import { createPartsBudget } from './sync/split-updates.js';
 import { ProofRequests } from './sync/proof-requests.js';
+import { type SyncStats, SyncStatsTracker } from './sync/sync-stats.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { DEFAULT_LIVENESS, type LinkState, type LivenessOptions, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 
@@ -161,6 +162,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #vouchWaiter: { device: DeviceId; resolve: () => void; reject: (e: Error) => void } | undefined;
   #tier: TierState;
   readonly #crisis: CrisisMode;
+  readonly #stats: SyncStatsTracker;
   readonly #now: () => number;
   #sessionActive = false;
   #compacting = false;
@@ -192,6 +194,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
     this.#compress = options.compress ?? false;
     this.#now = options.now ?? Date.now;
+    this.#stats = new SyncStatsTracker({ now: this.#now, classOf: (doc) => this.#docs.get(doc)?.docClass });
     this.#crisis = new CrisisMode({ open: (spec) => this.open(spec), now: this.#now, onChange: (active) => this.emit('crisis', [active]) });
     this.#trust = new DeviceTrust(
       {
@@ -254,7 +257,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       scheduler: createScheduler({ clock: { now: this.#now }, policy: initialTier.policy }),
       doc: (docId) => this.#docs.get(docId),
       docs: () => this.#docs.values(),
-      push: (envs) => this.#link.send({ type: 'push', envs }),
+      push: (envs) => {
+        this.#stats.pushed(envs);
+        return this.#link.send({ type: 'push', envs });
+      },
       maxFrameChars: () => this.#maxFrameBytes,
       linkReady: () => this.#link.state === 'ready',
       now: this.#now,
@@ -296,6 +302,13 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    */
   get lastContactAt(): number | undefined {
     return this.#link.lastContactAt;
+  }
+
+  /** Outbox depth and, per document class, the last time from a local change to the relay's ack (sync/sync-stats.ts). */
+  stats(): SyncStats {
+    let queued = 0;
+    for (const d of this.#docs.values()) queued += d.queued;
+    return this.#stats.stats(queued);
   }
 
   /** The tier the relay enforces for this user (last known while offline). */
@@ -342,6 +355,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         peerKey: (device) => this.#trust.view.authors.get(device),
         nonLive: () => this.#trust.view.nonLive,
         onPending: (sync, bytes) => {
+          this.#stats.changed(sync.docId);
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
           // A local change not yet proved: no longer synced.
@@ -783,6 +797,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
           if (kind === 'snapshot') continue;
           const sync = this.#docs.get(doc);
           if (sync?.claim(counter, seq)) this.#proofs.claimed(sync);
+          this.#stats.acked(doc, counter);
           this.#dispatcher.onAck(doc, counter);
         }
         return;

@@ -1,6 +1,8 @@
 // @keel/client — the SDK apps embed (browser and Node).
 export { KeelClient, createClient } from './client.js';
 export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientOptions } from './client.js';
+export type { SyncStats } from './sync/sync-stats.js';
+export type { RecordedAssessment } from './crisis-mode.js';
 export {
   createIdentity,
   createDeviceKeys,
