@@ -36,6 +36,7 @@ import { type Identity, authorizeDevice } from './identity.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
 import { encodeGrant } from './pairing.js';
 import type { ClientStore } from './storage/client-store.js';
+import { type LocalData, clearStore } from './storage/local-data.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
@@ -118,6 +119,13 @@ export interface KeelClientOptions {
    * time. Every device must use real time: timestamps are compared across devices.
    */
   readonly now?: () => number;
+  /**
+   * How `signOut({ wipe: true })` removes this client's local stores (storage/local-data.ts).
+   * Default: every entry of `storage` is removed (the store object is the app's and stays open).
+   */
+  readonly localData?: LocalData;
+  /** What the platform answered when asked to keep the data (`navigator.storage.persist()`); see `storagePersisted`. */
+  readonly storagePersisted?: boolean | undefined;
 }
 
 const TIER_KEY = ['client', 'tier'];
@@ -163,6 +171,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #tier: TierState;
   readonly #crisis: CrisisMode;
   readonly #stats: SyncStatsTracker;
+  readonly #localData: LocalData;
+  readonly #storagePersisted: boolean | undefined;
   readonly #now: () => number;
   #sessionActive = false;
   #compacting = false;
@@ -194,6 +204,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#snapshotEvery = options.snapshotEvery ?? 1000;
     this.#compress = options.compress ?? false;
     this.#now = options.now ?? Date.now;
+    this.#localData = options.localData ?? clearStore(options.storage);
+    this.#storagePersisted = options.storagePersisted;
     this.#stats = new SyncStatsTracker({ now: this.#now, classOf: (doc) => this.#docs.get(doc)?.docClass });
     this.#crisis = new CrisisMode({ open: (spec) => this.open(spec), now: this.#now, onChange: (active) => this.emit('crisis', [active]) });
     this.#trust = new DeviceTrust(
@@ -309,6 +321,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     let queued = 0;
     for (const d of this.#docs.values()) queued += d.queued;
     return this.#stats.stats(queued);
+  }
+
+  /**
+   * Whether the browser agreed to keep this origin's data under storage pressure (asked by
+   * `createBrowserClient`); undefined where it was not asked or cannot answer (Node).
+   */
+  get storagePersisted(): boolean | undefined {
+    return this.#storagePersisted;
   }
 
   /** The tier the relay enforces for this user (last known while offline). */
@@ -519,6 +539,17 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#docs.clear();
     this.#setStatus('closed');
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
+  }
+
+  /**
+   * Signs this device out: closes the client (local writes settle first). With `wipe`, then
+   * removes every local store of it — Keel's state (outbox, counters, key epochs, trust book)
+   * and every document's content — and resolves once they are gone. The identity is the app's:
+   * it removes that itself (README: "Where to keep the identity").
+   */
+  async signOut(options: { readonly wipe?: boolean } = {}): Promise<void> {
+    await this.close();
+    if (options.wipe) await this.#localData.wipe();
   }
 
   /** The user's live devices as this device verified them (one certificate each), this one included. */
