@@ -21,20 +21,17 @@ import {
   ErrorCode,
   certifyDevice,
   clampRelayFrameLimit,
-  createPairingCode,
   fromB64,
   inboundFrameBudget,
   maxPaddedPayloadBytes,
   maxPartPayloadBytes,
-  sealToDevice,
-  verifyPairingProof,
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
 import { CRISIS_MODE_DOC, CrisisMode, type RecordedAssessment, isCrisisAssessment } from './crisis-mode.js';
-import { type Identity, authorizeDevice } from './identity.js';
+import type { Identity } from './identity.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
-import { encodeGrant } from './pairing.js';
+import { type PairingOffer, PairingHost } from './pairing-host.js';
 import type { ClientStore } from './storage/client-store.js';
 import { type LocalData, clearStore } from './storage/local-data.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
@@ -153,12 +150,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
   readonly #proofs: ProofRequests;
-  readonly #pairings = new Map<
-    string,
-    { secret: Uint8Array; expiresAt: number; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }
-  >();
-  /** Pairing sessions sent to the relay and not yet confirmed by `pair-opened`. */
-  readonly #pairOpens = new Map<string, { resolve: () => void; reject: (e: Error) => void }>();
+  readonly #pairing: PairingHost;
   readonly #docs = new Map<DocId, DocSync>();
   /** What all documents together hold of split updates waiting for their last part. */
   readonly #parts = createPartsBudget();
@@ -241,10 +233,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         // record reaches this device too, and the next decision takes it or rotates above it.
         if (!error.final && error.code === ErrorCode.UNKNOWN_EPOCH && this.#trust.rotationRefused()) return;
         // A refused pairing session (too many open, say) is answered with an error frame.
-        const opening = this.#pairOpens.values().next().value;
-        if (!error.final && opening && (error.code === ErrorCode.LIMIT_EXCEEDED || error.code.startsWith('PAIRING_'))) {
-          opening.reject(toError(error));
-        }
+        this.#pairing.onRelayError(error);
         // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
         if (!error.final && this.#vouchWaiter) {
           this.#vouchWaiter.reject(toError(error));
@@ -265,6 +254,15 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         });
       },
     }, pinned, { ...DEFAULT_LIVENESS, ...options.liveness });
+    this.#pairing = new PairingHost({
+      identity: options.identity,
+      trust: this.#trust,
+      send: (frame) => this.#link.send(frame),
+      whenLinkReady: (timeoutMs) => this.#whenLinkReady(timeoutMs),
+      relayId: () => this.#link.relayId,
+      now: this.#now,
+      confirmMs: RELAY_CONFIRM_MS,
+    });
     this.#dispatcher = new Dispatcher({
       scheduler: createScheduler({ clock: { now: this.#now }, policy: initialTier.policy }),
       doc: (docId) => this.#docs.get(docId),
@@ -561,52 +559,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * Offers a single-use pairing code for a new device, valid for `ttlMs`. Show `code` to the
    * person (text or QR); `linked` resolves with the new device's certificate once it joined
    * (this device certifies it, registers it with the relay and seals the root key to it).
+   * Waits for the link when called before it is up; see pairing-host.ts.
    */
-  async startPairing(options: { ttlMs?: number } = {}): Promise<{ code: string; linked: Promise<DeviceCertificate>; cancel: () => void }> {
-    const ttlMs = options.ttlMs ?? 120_000;
-    // Called before the link is up (right after start, say): it waits for it, within the code's lifetime.
-    await this.#whenLinkReady(ttlMs);
-    const pairing = createPairingCode();
-    const expiresAt = this.#now() + ttlMs;
-    let cancel = () => {};
-    const linked = new Promise<DeviceCertificate>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pairings.delete(pairing.id);
-        reject(Object.assign(new Error('PAIRING_EXPIRED: no device joined in time'), { code: 'PAIRING_EXPIRED' }));
-      }, ttlMs);
-      this.#pairings.set(pairing.id, { secret: pairing.secret, expiresAt, resolve, reject, timer });
-      cancel = () => {
-        clearTimeout(timer);
-        this.#pairings.delete(pairing.id);
-        reject(Object.assign(new Error('PAIRING_REFUSED: cancelled'), { code: 'PAIRING_REFUSED' }));
-      };
-    });
-    linked.catch(() => {});
-    // The code is shown only once the relay holds the session: a device joining at once finds it.
-    try {
-      await this.#openPairing(pairing.id, ttlMs);
-    } catch (error) {
-      cancel();
-      throw error;
-    }
-    return { code: pairing.code, linked, cancel };
-  }
-
-  /** Sends `pair-open` and waits for the relay's `pair-opened` (a refusal, a lost link or 5 s: rejected). */
-  #openPairing(id: string, ttlMs: number): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => fail(new Error('TIMEOUT: the relay did not confirm the pairing session')), RELAY_CONFIRM_MS);
-      const done = () => {
-        clearTimeout(timer);
-        this.#pairOpens.delete(id);
-      };
-      const fail = (error: Error) => {
-        done();
-        reject(error);
-      };
-      this.#pairOpens.set(id, { resolve: () => (done(), resolve()), reject: fail });
-      if (!this.#link.send({ type: 'pair-open', id, ttlMs })) fail(new Error('pairing needs a connection to the relay'));
-    });
+  startPairing(options: { ttlMs?: number } = {}): Promise<PairingOffer> {
+    return this.#pairing.start(options);
   }
 
   /** Resolves once the link is authenticated; rejects after `timeoutMs`, on a final error, or when the client closes. */
@@ -619,28 +575,6 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       timeoutMs,
       'TIMEOUT: no connection to the relay',
     );
-  }
-
-  #answerPairing(frame: Extract<RelayFrame, { type: 'pair-request' }>): void {
-    const pending = this.#pairings.get(frame.id);
-    if (!pending) return;
-    this.#pairings.delete(frame.id);
-    clearTimeout(pending.timer);
-    const deviceKey = fromB64(frame.deviceKey);
-    if (!verifyPairingProof(pending.secret, frame.id, deviceKey, frame.proof)) {
-      this.#link.send({ type: 'pair-refuse', id: frame.id, reason: 'the joining device does not hold the code' });
-      pending.reject(Object.assign(new Error('PAIRING_REFUSED: a device without the code tried to join'), { code: 'PAIRING_REFUSED' }));
-      return;
-    }
-    const grant = authorizeDevice(this.identity, deviceKey);
-    this.#trust.add({ certs: [grant.cert] });
-    this.#link.send({ type: 'register', cert: grant.cert });
-    // The new device pins the deployment this one trusts, not whatever relay it first meets.
-    const relayId = this.#link.relayId;
-    const payload = encodeGrant({ ...grant, epochs: this.#trust.exportEpochs(), ...(relayId ? { relayId } : {}) });
-    const sealed = sealToDevice(payload, deviceKey, pending.secret, frame.id);
-    this.#link.send({ type: 'pair-grant', id: frame.id, ...sealed });
-    pending.resolve(grant.cert);
   }
 
   /**
@@ -741,7 +675,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   #onLinkState(state: LinkState): void {
     if (state !== 'ready') {
       // The relay keeps pairing sessions per connection: one not yet confirmed is gone with it.
-      for (const waiter of this.#pairOpens.values()) waiter.reject(new Error('the connection to the relay dropped before it confirmed the pairing session'));
+      this.#pairing.onLinkDown();
       for (const d of this.#docs.values()) d.resetSynced();
       this.#dispatcher.onLinkDown();
       this.#proofs.onLinkDown();
@@ -772,10 +706,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#maxFrameBytes = clampRelayFrameLimit(frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes);
     this.#trust.onReady();
     // Pairing sessions opened on the last connection died with it: opened again for what is left of their time.
-    for (const [id, pairing] of this.#pairings) {
-      const left = pairing.expiresAt - this.#now();
-      if (left >= 1_000 && !this.#pairOpens.has(id)) this.#link.send({ type: 'pair-open', id, ttlMs: left });
-    }
+    this.#pairing.onReady();
     // Only additions: the relay's lists never remove a device or lift a revocation.
     this.#trust.add({ certs: [...frame.certs, ...(frame.revokedCerts ?? [])], revocations: frame.revocations ?? [], reset: frame.reset }, false);
     this.#trust.adoptEpochs(frame.epochs ?? []);
@@ -888,10 +819,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         if (this.#trust.adoptEpochs([frame.record])) this.#subscribe([...this.#docs.values()]);
         return;
       case 'pair-request':
-        this.#answerPairing(frame);
+        this.#pairing.onRequest(frame);
         return;
       case 'pair-opened':
-        this.#pairOpens.get(frame.id)?.resolve();
+        this.#pairing.onOpened(frame.id);
         return;
       case 'pair-grant':
         return;

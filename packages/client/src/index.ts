@@ -2,6 +2,7 @@
 export { KeelClient, createClient } from './client.js';
 export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientOptions } from './client.js';
 export type { SyncStats } from './sync/sync-stats.js';
+export type { PairingOffer } from './pairing-host.js';
 export type { LocalData } from './storage/local-data.js';
 export type { RecordedAssessment } from './crisis-mode.js';
 export {
