@@ -19,9 +19,7 @@ import {
   deriveDocId,
   effectivePriority,
   ErrorCode,
-  certifyDevice,
   clampRelayFrameLimit,
-  fromB64,
   inboundFrameBudget,
   maxPaddedPayloadBytes,
   maxPartPayloadBytes,
@@ -30,6 +28,7 @@ import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
 import { CRISIS_MODE_DOC, CrisisMode, type RecordedAssessment, isCrisisAssessment } from './crisis-mode.js';
 import type { Identity } from './identity.js';
+import { DeviceAdmin } from './device-admin.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
 import { type PairingOffer, PairingHost } from './pairing-host.js';
 import type { ClientStore } from './storage/client-store.js';
@@ -158,8 +157,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   /** What this device verified about its user's devices; liveness comes from it alone, never from the relay's lists. */
   /** Whom this device trusts and which key it writes under, from signed records only (docs/device-trust.md). */
   readonly #trust: DeviceTrust;
-  readonly #revokeWaiters = new Map<DeviceId, () => void>();
-  #vouchWaiter: { device: DeviceId; resolve: () => void; reject: (e: Error) => void } | undefined;
+  readonly #admin: DeviceAdmin;
   #tier: TierState;
   readonly #crisis: CrisisMode;
   readonly #stats: SyncStatsTracker;
@@ -235,10 +233,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         // A refused pairing session (too many open, say) is answered with an error frame.
         this.#pairing.onRelayError(error);
         // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
-        if (!error.final && this.#vouchWaiter) {
-          this.#vouchWaiter.reject(toError(error));
-          this.#vouchWaiter = undefined;
-        }
+        this.#admin.onRelayError(error);
         if (error.final) {
           this.#finalError = error;
           for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(toError(error));
@@ -254,6 +249,15 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         });
       },
     }, pinned, { ...DEFAULT_LIVENESS, ...options.liveness });
+    this.#admin = new DeviceAdmin({
+      identity: options.identity,
+      trust: this.#trust,
+      send: (frame) => this.#link.send(frame),
+      online: () => this.#link.state === 'ready',
+      now: this.#now,
+      confirmMs: RELAY_CONFIRM_MS,
+      onError: (error) => this.emit('error', [error]),
+    });
     this.#pairing = new PairingHost({
       identity: options.identity,
       trust: this.#trust,
@@ -578,61 +582,17 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /**
-   * Revokes another device of this user: the relay disconnects and refuses it at once — with
-   * the devices it registered that no live device vouched for — and a new key epoch, sealed
-   * only to the devices that remain (and to the recovery key), protects everything written next.
+   * Revokes another device of this user: the relay refuses it (with what only it vouched for)
+   * and a new key epoch, sealed to the devices that remain, protects what is written next.
+   * Resolves to that epoch. See device-admin.ts.
    */
-  async revokeDevice(device: DeviceId): Promise<number> {
-    if (this.#link.state !== 'ready') throw new Error('revocation needs a connection to the relay');
-    // The relay announces the devices the revocation took with it before the target itself;
-    // the trust book computes the same cascade, and waiting lets vouches the relay knows arrive.
-    const announced = new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, RELAY_CONFIRM_MS);
-      this.#revokeWaiters.set(device, () => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-    // Our own signed record, believed at once: the book computes the cascade, the epochs the
-    // revoked devices held turn dirty, and a rotation to the remaining live devices starts.
-    const rotation = this.#trust.revoke(device);
-    await announced;
-    this.#revokeWaiters.delete(device);
-    if (rotation) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([rotation.echoed, new Promise((resolve) => (timer = setTimeout(resolve, RELAY_CONFIRM_MS)))]);
-      clearTimeout(timer);
-      return rotation.epoch;
-    }
-    return this.#trust.writeEpoch;
+  revokeDevice(device: DeviceId): Promise<number> {
+    return this.#admin.revoke(device);
   }
 
-  /**
-   * Vouches for another live device of this user: signs a certificate for it as a second
-   * issuer, so it stays live if the device that registered it is revoked (a stolen device
-   * takes down only what nobody else vouched for). Resolves once the relay stored it.
-   */
-  async vouchFor(device: DeviceId): Promise<void> {
-    if (this.#link.state !== 'ready') throw new Error('vouching needs a connection to the relay');
-    if (this.#vouchWaiter) throw new Error('one vouch at a time');
-    const target = this.#trust.certificateOf(device);
-    if (!target || !this.#trust.view.live.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
-    const { user, device: me } = this.identity;
-    const cert = certifyDevice(user, me, fromB64(target.deviceKey), this.#now());
-    this.#trust.add({ certs: [cert] });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#vouchWaiter = undefined;
-        reject(new Error('TIMEOUT: the relay did not confirm the vouch'));
-      }, RELAY_CONFIRM_MS);
-      const done = (error?: Error) => {
-        clearTimeout(timer);
-        if (error) reject(error);
-        else resolve();
-      };
-      this.#vouchWaiter = { device, resolve: () => done(), reject: (error) => done(error) };
-      this.#link.send({ type: 'vouch', cert });
-    });
+  /** Vouches for another live device of this user as a second issuer; resolves once the relay stored it (device-admin.ts). */
+  vouchFor(device: DeviceId): Promise<void> {
+    return this.#admin.vouch(device);
   }
 
   /** Internal: begins watching the crisis-mode document. */
@@ -807,13 +767,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.#trust.add({ certs: [frame.cert] });
         return;
       case 'revoked':
-        this.#onRevoked(frame);
+        this.#admin.onRevoked(frame);
         return;
       case 'vouched':
-        if (this.#vouchWaiter?.device === frame.cert.device && frame.cert.issuer === this.identity.device.deviceId) {
-          this.#vouchWaiter.resolve();
-          this.#vouchWaiter = undefined;
-        }
+        this.#admin.onVouched(frame);
         return;
       case 'epoch':
         if (this.#trust.adoptEpochs([frame.record])) this.#subscribe([...this.#docs.values()]);
@@ -833,19 +790,6 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       case 'ready':
       case 'recovery-found':
         return;
-    }
-  }
-
-  /**
-   * Believes a `revoked` frame only for its signed record. One that claims a device this device
-   * holds live without a record that verifies is reported and changes nothing.
-   */
-  #onRevoked(frame: Extract<RelayFrame, { type: 'revoked' }>): void {
-    this.#trust.add({ revocations: frame.revocation ? [frame.revocation] : [], reset: frame.reset });
-    // Only a hint for timing: our own revocation's cascade was announced.
-    this.#revokeWaiters.get(frame.device)?.();
-    if (this.#trust.view.live.has(frame.device) && frame.device !== this.identity.device.deviceId) {
-      this.emit('error', [{ code: ErrorCode.BAD_SIGNATURE, message: `the relay says ${frame.device} is revoked, with no signed record that shows it` }]);
     }
   }
 
