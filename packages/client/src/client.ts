@@ -36,6 +36,7 @@ import { type LocalData, clearStore } from './storage/local-data.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
+import { SnapshotUploads } from './sync/snapshot-uploads.js';
 import { createPartsBudget } from './sync/split-updates.js';
 import { ProofRequests } from './sync/proof-requests.js';
 import { type SyncStats, SyncStatsTracker } from './sync/sync-stats.js';
@@ -166,8 +167,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #now: () => number;
   #sessionActive = false;
   #compacting = false;
-  readonly #snapshotEvery: number;
-  readonly #snapshotting = new Set<DocId>();
+  readonly #snapshots: SnapshotUploads;
   /** A flush() waits: on reconnect, send everything at once instead of by the batch window. */
   #flushRequested = false;
   #status: ClientStatus = 'connecting';
@@ -191,7 +191,12 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#store = options.storage;
     this.#documentState = options.documentState;
     this.#tier = initialTier;
-    this.#snapshotEvery = options.snapshotEvery ?? 1000;
+    this.#snapshots = new SnapshotUploads({
+      every: options.snapshotEvery ?? 1000,
+      online: () => this.#link.state === 'ready',
+      push: (env) => this.#link.send({ type: 'push', envs: [env] }),
+      onError: (error) => this.emit('error', [error]),
+    });
     this.#compress = options.compress ?? false;
     this.#now = options.now ?? Date.now;
     this.#localData = options.localData ?? clearStore(options.storage);
@@ -445,28 +450,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * Uploads a snapshot of a document now (normally automatic, see `snapshotEvery`); resolves
    * to the seq it covers, or undefined when there is nothing new to cover or no connection.
    */
-  async snapshot(spec: DocSpec): Promise<number | undefined> {
-    const sync = this.#docs.get(this.docId(spec));
-    if (!sync || this.#link.state !== 'ready') return undefined;
-    const env = await sync.snapshot(sync.baseLane);
-    if (!env) return undefined;
-    this.#link.send({ type: 'push', envs: [env] });
-    return env.base;
-  }
-
-  #maybeSnapshot(sync: DocSync | undefined): void {
-    if (!sync || this.#snapshotEvery <= 0 || sync.sinceSnapshot < this.#snapshotEvery) return;
-    if (this.#snapshotting.has(sync.docId) || this.#link.state !== 'ready') return;
-    this.#snapshotting.add(sync.docId);
-    sync
-      .snapshot(sync.baseLane)
-      .then((env) => {
-        if (env) this.#link.send({ type: 'push', envs: [env] });
-      })
-      .catch((error: unknown) => {
-        this.emit('error', [{ code: 'INTERNAL', message: `snapshot failed: ${error instanceof Error ? error.message : String(error)}`, doc: sync.docId }]);
-      })
-      .finally(() => this.#snapshotting.delete(sync.docId));
+  snapshot(spec: DocSpec): Promise<number | undefined> {
+    return this.#snapshots.now(this.#docs.get(this.docId(spec)));
   }
 
   /** Applies the staged changes from other devices to a document; resolves to how many. */
@@ -736,7 +721,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         if (sync) {
           void sync.receive(frame.items).then(() => {
             this.#checkProgress();
-            this.#maybeSnapshot(sync);
+            this.#snapshots.maybe(sync);
           });
         }
         return;
