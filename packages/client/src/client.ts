@@ -26,7 +26,7 @@ import {
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
-import { CRISIS_MODE_DOC, CrisisMode, type RecordedAssessment, isCrisisAssessment } from './crisis-mode.js';
+import { CRISIS_MODE_DOC, CrisisMode, type AssessmentResult, isCrisisAssessment } from './crisis-mode.js';
 import type { Identity } from './identity.js';
 import { DeviceAdmin } from './device-admin.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
@@ -194,6 +194,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#snapshots = new SnapshotUploads({
       every: options.snapshotEvery ?? 1000,
       online: () => this.#link.state === 'ready',
+      isOpen: (sync) => this.#docs.get(sync.docId) === sync,
       push: (env) => this.#link.send({ type: 'push', envs: [env] }),
       onError: (error) => this.emit('error', [error]),
     });
@@ -437,7 +438,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * GAD-7 ≥ 15) count on complete forms. A crisis syncs as a crisis assessment and turns crisis
    * mode on. See crisis-mode.ts.
    */
-  recordAssessment(name: string, input: unknown): Promise<RecordedAssessment> {
+  recordAssessment(name: string, input: unknown): Promise<AssessmentResult> {
     return this.#crisis.recordAssessment(name, input);
   }
 

@@ -24,7 +24,7 @@ export interface CrisisModeDeps {
   readonly onChange: (active: boolean) => void;
 }
 
-export type RecordedAssessment = CrisisDetection & { readonly assessment: Assessment };
+export type AssessmentResult = CrisisDetection & { readonly assessment: Assessment };
 
 /**
  * Whether the user is in crisis mode, read from the synced crisis-mode document, and the two
@@ -77,7 +77,7 @@ export class CrisisMode {
    * overwrites it. One that crosses a crisis threshold is flagged (it then syncs as a crisis
    * assessment) and turns crisis mode on. Bad input throws with code `SCHEMA`.
    */
-  async recordAssessment(name: string, input: unknown): Promise<RecordedAssessment> {
+  async recordAssessment(name: string, input: unknown): Promise<AssessmentResult> {
     const parsed = parseAssessment(input);
     if (!parsed.ok) throw Object.assign(new Error(`${parsed.error.code}: ${parsed.error.message}`), { code: parsed.error.code });
     const result = detectCrisis(parsed.value);

@@ -4,7 +4,7 @@ export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientOption
 export type { SyncStats } from './sync/sync-stats.js';
 export type { PairingOffer } from './pairing-host.js';
 export type { LocalData } from './storage/local-data.js';
-export type { RecordedAssessment } from './crisis-mode.js';
+export type { AssessmentResult } from './crisis-mode.js';
 export {
   createIdentity,
   createDeviceKeys,

@@ -6,6 +6,8 @@ export interface SnapshotUploadsDeps {
   readonly every: number;
   /** Whether the link is authenticated now. */
   readonly online: () => boolean;
+  /** Whether this DocSync is still the open one for its document (a document closed meanwhile is snapshotted once open again). */
+  readonly isOpen: (sync: DocSync) => boolean;
   /** Sends a snapshot envelope (in a push frame). */
   readonly push: (env: Envelope) => void;
   readonly onError: (error: KeelError & { readonly doc: DocId }) => void;
@@ -36,7 +38,7 @@ export class SnapshotUploads {
   /** After entries arrived: uploads one when enough came since the last snapshot. */
   maybe(sync: DocSync): void {
     const { every } = this.#deps;
-    if (every <= 0 || sync.sinceSnapshot < every) return;
+    if (every <= 0 || sync.sinceSnapshot < every || !this.#deps.isOpen(sync)) return;
     if (this.#running.has(sync.docId) || !this.#deps.online()) return;
     this.#running.add(sync.docId);
     sync
