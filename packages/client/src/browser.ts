@@ -25,7 +25,7 @@ export const createBrowserClient = async (options: BrowserClientOptions): Promis
   try {
     // Local data (storage/browser-local-data.ts): ask the browser to keep it; signOut({ wipe }) removes all of it.
     const storagePersisted = await requestPersistentStorage();
-    client = await createClient({ ...rest, storage, documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }), localData: browserLocalData(name, storage), storagePersisted });
+    client = await createClient({ ...rest, storage, documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }), localData: browserLocalData(name, { store: storage }), storagePersisted });
   } catch (error) {
     await storage.close();
     throw error;

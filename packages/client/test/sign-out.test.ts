@@ -147,7 +147,20 @@ describe('signOut({ wipe: true })', () => {
     for (const name of names) (await openIndexedDbStore(name, { indexedDB: factory, IDBKeyRange })).close();
     // An older browser: no databases().
     const legacy = Object.assign(Object.create(factory) as IDBFactory, { databases: undefined });
-    await browserLocalData('old', state, { indexedDB: legacy, IDBKeyRange }).wipe();
+    await browserLocalData('old', { store: state, indexedDB: legacy, IDBKeyRange }).wipe();
+    expect(await databaseNames(factory)).toEqual([]);
+  });
+
+  it('browser: a tab without a store of its own (a follower) wipes the same databases', async () => {
+    const relay = await startRelay();
+    const factory = fakeOrigin();
+    const client = await createBrowserClient({ name: 'tab', url: relay.url, identity: await createIdentity(), WebSocket: WS });
+    cleanups.push(() => client.close());
+    await client.open({ class: 'safety_plan', name: 'plan' });
+    await client.flush();
+    await client.close();
+    expect((await databaseNames(factory)).filter((n) => n.startsWith('keel-tab')).length).toBeGreaterThanOrEqual(2);
+    await browserLocalData('tab').wipe();
     expect(await databaseNames(factory)).toEqual([]);
   });
 });

@@ -29,11 +29,12 @@ const docIdsIn = async (store: ClientStore): Promise<string[]> => {
 
 /**
  * The documents the state database records. The client's store may be closed already (it closes
- * with the client): then a connection of our own reads them.
+ * with the client), or this tab has none (a follower tab): then a connection of our own reads them.
  */
-const recordedDocIds = async (stateDb: string, store: ClientStore, options: BrowserLocalDataOptions): Promise<string[]> => {
+const recordedDocIds = async (stateDb: string, options: BrowserLocalDataOptions): Promise<string[]> => {
   try {
-    return await docIdsIn(store);
+    if (!options.store) throw new Error('no store');
+    return await docIdsIn(options.store);
   } catch {
     const fresh = await openIndexedDbStore(stateDb, options);
     try {
@@ -45,6 +46,8 @@ const recordedDocIds = async (stateDb: string, store: ClientStore, options: Brow
 };
 
 export interface BrowserLocalDataOptions {
+  /** The client's open store of `keel-<name>`, closed before the databases are deleted; absent in a tab without one. */
+  readonly store?: ClientStore;
   /** IndexedDB implementation; defaults to the global `indexedDB`. */
   readonly indexedDB?: IDBFactory;
   /** Key ranges of the same implementation; defaults to the global `IDBKeyRange`. */
@@ -57,17 +60,17 @@ export interface BrowserLocalDataOptions {
  * where the browser has it, and from the state database's own records of its documents as well
  * (older browsers, or a document whose content database outlived its record).
  */
-export const browserLocalData = (name: string, store: ClientStore, options: BrowserLocalDataOptions = {}): LocalData => ({
+export const browserLocalData = (name: string, options: BrowserLocalDataOptions = {}): LocalData => ({
   wipe: async () => {
     const factory = options.indexedDB ?? (globalThis as { indexedDB?: IDBFactory }).indexedDB;
     if (!factory) throw new Error('no IndexedDB here: nothing to wipe with');
     const names = browserDatabaseNames(name);
     const targets = new Set<string>([names.state]);
-    for (const id of await recordedDocIds(names.state, store, { ...options, indexedDB: factory })) targets.add(names.docPrefix + id);
+    for (const id of await recordedDocIds(names.state, { ...options, indexedDB: factory })) targets.add(names.docPrefix + id);
     if (typeof factory.databases === 'function') {
       for (const db of await factory.databases()) if (db.name?.startsWith(names.docPrefix)) targets.add(db.name);
     }
-    await store.close();
+    await options.store?.close();
     await Promise.all([...targets].map((db) => deleteDatabase(factory, db)));
   },
 });
