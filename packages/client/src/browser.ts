@@ -23,8 +23,8 @@ export const createBrowserClient = async (options: BrowserClientOptions): Promis
   const storage = await openIndexedDbStore(`keel-${name}`);
   let client: KeelClient;
   try {
-    // Local data (storage/browser-local-data.ts): ask the browser to keep it; signOut({ wipe }) removes all of it.
-    const storagePersisted = await requestPersistentStorage();
+    // Local data (storage/browser-local-data.ts): ask the browser to keep it (not waiting for a prompt); signOut({ wipe }) removes all of it.
+    const storagePersisted = requestPersistentStorage();
     client = await createClient({ ...rest, storage, documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }), localData: browserLocalData(name, { store: storage }), storagePersisted });
   } catch (error) {
     await storage.close();

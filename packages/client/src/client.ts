@@ -121,8 +121,11 @@ export interface KeelClientOptions {
    * Default: every entry of `storage` is removed (the store object is the app's and stays open).
    */
   readonly localData?: LocalData;
-  /** What the platform answered when asked to keep the data (`navigator.storage.persist()`); see `storagePersisted`. */
-  readonly storagePersisted?: boolean | undefined;
+  /**
+   * The platform's answer to keeping the data (`navigator.storage.persist()`), when it comes: a
+   * browser may wait for the person to answer a prompt, so the client does not wait for it.
+   */
+  readonly storagePersisted?: Promise<boolean | undefined>;
 }
 
 const TIER_KEY = ['client', 'tier'];
@@ -163,7 +166,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   readonly #crisis: CrisisMode;
   readonly #stats: SyncStatsTracker;
   readonly #localData: LocalData;
-  readonly #storagePersisted: boolean | undefined;
+  #storagePersisted: boolean | undefined;
   readonly #now: () => number;
   #sessionActive = false;
   #compacting = false;
@@ -201,7 +204,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#compress = options.compress ?? false;
     this.#now = options.now ?? Date.now;
     this.#localData = options.localData ?? clearStore(options.storage);
-    this.#storagePersisted = options.storagePersisted;
+    void options.storagePersisted?.then((answer) => (this.#storagePersisted = answer));
     this.#stats = new SyncStatsTracker({ now: this.#now, classOf: (doc) => this.#docs.get(doc)?.docClass });
     this.#crisis = new CrisisMode({ open: (spec) => this.open(spec), now: this.#now, onChange: (active) => this.emit('crisis', [active]) });
     this.#trust = new DeviceTrust(
@@ -333,7 +336,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /**
    * Whether the browser agreed to keep this origin's data under storage pressure (asked by
-   * `createBrowserClient`); undefined where it was not asked or cannot answer (Node).
+   * `createBrowserClient`); undefined until it answered, and where it was not asked or cannot
+   * answer (Node, older browsers).
    */
   get storagePersisted(): boolean | undefined {
     return this.#storagePersisted;

@@ -135,7 +135,7 @@ describe('signOut({ wipe: true })', () => {
     const client = await createBrowserClient({ name: 'p', url: 'ws://127.0.0.1:9', identity: await createIdentity(), WebSocket: WS });
     cleanups.push(() => client.close());
     expect(asked).toBe(1);
-    expect(client.storagePersisted).toBe(false);
+    await waitFor(() => client.storagePersisted === false, 1_000, 'the answer');
   });
 
   it('browser: without indexedDB.databases(), the documents the state database records are found and deleted', async () => {

@@ -77,8 +77,9 @@ export const browserLocalData = (name: string, options: BrowserLocalDataOptions 
 
 /**
  * Asks the browser to keep this origin's data under storage pressure (`navigator.storage.persist()`),
- * so a safety plan written offline is not evicted. Resolves to the browser's answer, or
- * undefined where the API does not exist (Node, older browsers) or fails.
+ * so a safety plan written offline is not evicted. Resolves to the browser's answer (Firefox may
+ * first ask the person: do not wait on it), or undefined where the API does not exist (Node,
+ * older browsers) or fails.
  */
 export const requestPersistentStorage = async (): Promise<boolean | undefined> => {
   const storage = (globalThis as { navigator?: { storage?: { persist?: () => Promise<boolean> } } }).navigator?.storage;
