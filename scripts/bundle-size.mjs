@@ -24,7 +24,7 @@ const ENTRY = `
 import { createIdentity } from '@keel/client';
 import { createBrowserClient } from '@keel/client/browser';
 
-const { identity } = await createIdentity();
+const identity = await createIdentity();
 const client = await createBrowserClient({ name: 'app', url: 'wss://relay.example.org', identity });
 const doc = await client.open({ class: 'safety_plan', name: 'plan' });
 doc.getText('reasons').insert(0, 'my sister');
@@ -36,7 +36,7 @@ const NODE_ENTRY = `
 import { createIdentity } from '@keel/client';
 import { createNodeClient } from '@keel/client/node';
 
-const { identity } = await createIdentity();
+const identity = await createIdentity();
 const client = await createNodeClient({ url: 'wss://relay.example.org', identity, sqlitePath: 'device.db' });
 await client.open({ class: 'safety_plan', name: 'plan' });
 `;

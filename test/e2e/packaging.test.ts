@@ -9,7 +9,8 @@ import { useTestScope } from '../support/scope.js';
 
 const scope = useTestScope();
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const APP_SCRIPT = fileURLToPath(new URL('../fixtures/packaging-app/sync-prosemirror.mjs', import.meta.url));
+const FIXTURES = fileURLToPath(new URL('../fixtures/packaging-app/', import.meta.url));
+const TSC = join(ROOT, 'node_modules/.bin/tsc');
 
 /**
  * pnpm and the app run with a clean environment: variables pnpm sets for the vitest run it
@@ -92,6 +93,7 @@ describe('the packed @keel/engine and @keel/client in an app of their own', () =
     // A fresh app: the tarballs plus its own yjs, y-prosemirror and ProseMirror, ws for Node. No
     // better-sqlite3: it is an optional peer, and this app keeps its data in memory.
     const pins = demoPins();
+    const clientDev = z.object({ devDependencies: z.record(z.string(), z.string()) }).parse(JSON.parse(readFileSync(join(ROOT, 'packages/client/package.json'), 'utf8'))).devDependencies;
     writeFileSync(
       join(dir, 'package.json'),
       JSON.stringify({
@@ -104,6 +106,8 @@ describe('the packed @keel/engine and @keel/client in an app of their own', () =
           ws: '8.23.0',
           ...pins,
         },
+        // For the type check below: the versions @keel/client builds with.
+        devDependencies: { '@types/node': clientDev['@types/node'], '@types/ws': clientDev['@types/ws'] },
       }),
     );
     // @keel/client's `@keel/engine: ^0.7.0` would go to the registry: it is the tarball here.
@@ -111,8 +115,12 @@ describe('the packed @keel/engine and @keel/client in an app of their own', () =
     // The store already holds every package the workspace installed, so this links rather than downloads.
     await run('pnpm', ['install', '--prefer-offline', '--reporter=append-only'], dir);
 
+    // The declarations resolve through `exports` and type-check strictly in the app.
+    for (const file of ['check-types.ts', 'tsconfig.json']) copyFileSync(join(FIXTURES, file), join(dir, file));
+    await run(TSC, ['-p', '.'], dir);
+
     const relay = await scope.relay();
-    copyFileSync(APP_SCRIPT, join(dir, 'sync-prosemirror.mjs'));
+    copyFileSync(join(FIXTURES, 'sync-prosemirror.mjs'), join(dir, 'sync-prosemirror.mjs'));
     const { stdout, stderr } = await run(process.execPath, ['sync-prosemirror.mjs'], dir, { ...cleanEnv(), KEEL_RELAY_URL: relay.url }, 45_000);
     const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
     expect(line, `app output:\n${stdout}\n${stderr}`).toBeDefined();
