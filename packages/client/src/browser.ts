@@ -1,5 +1,6 @@
 // @keel/client/browser — a client wired to IndexedDB: Keel's own state and the documents' content.
 import { type KeelClient, type KeelClientOptions, createClient } from './client.js';
+import { browserLocalData, requestPersistentStorage } from './storage/browser-local-data.js';
 import { openIndexedDbStore } from './storage/indexeddb-store.js';
 import { createYIndexedDbState } from './storage/y-indexeddb-state.js';
 
@@ -22,7 +23,9 @@ export const createBrowserClient = async (options: BrowserClientOptions): Promis
   const storage = await openIndexedDbStore(`keel-${name}`);
   let client: KeelClient;
   try {
-    client = await createClient({ ...rest, storage, documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }) });
+    // Local data (storage/browser-local-data.ts): ask the browser to keep it (not waiting for a prompt); signOut({ wipe }) removes all of it.
+    const storagePersisted = requestPersistentStorage();
+    client = await createClient({ ...rest, storage, documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }), localData: browserLocalData(name, { store: storage }), storagePersisted });
   } catch (error) {
     await storage.close();
     throw error;
