@@ -18,6 +18,12 @@ test('on trial, a safety-plan edit appears on B within 1 s while a check-in stay
   await a.page.getByTestId('plan-coping').fill('cold water on my face');
   await expect(b.page.getByTestId('plan-coping')).toHaveValue('cold water on my face', { timeout: 1_000 });
   expect(Date.now() - typedAt).toBeLessThan(1_500);
+  // The device panel (contract 4): nothing left in A's outbox once flushed, and the crisis
+  // class's last latency from a local change to the relay's acknowledgement.
+  await syncNow(a.page);
+  await expect(a.page.getByTestId('outbox-depth')).toHaveText('0');
+  await expect(a.page.getByTestId('latency')).toContainText(/safety_plan \d+ ms/);
+  await expect(a.page.getByTestId('latency')).toContainText(/checkin \d+ ms/);
 
   // B is caught up with the relay (it already has the later crisis edit, and its own flush is
   // done), yet the check-in the relay has held since before did not cross on trial.

@@ -31,13 +31,12 @@ export const renderDevices = (client: DemoClient, onSignOut: () => Promise<void>
     status.dataset.status = client.status;
     const last = client.lastContactAt;
     contact.textContent = last === undefined ? 'never' : `${Math.max(0, Math.round((Date.now() - last) / 1000))} s ago`;
-    const stats = client.stats?.();
-    outbox.textContent = stats ? String(stats.outboxDepth) : 'not available in this build';
-    latency.textContent = stats
-      ? Object.entries(stats.lastLatencyMs)
-          .map(([cls, ms]) => `${cls} ${Math.round(ms ?? 0)} ms`)
-          .join(' · ') || 'no change synced yet'
-      : 'not available in this build';
+    const stats = client.stats();
+    outbox.textContent = String(stats.outboxDepth);
+    latency.textContent =
+      Object.entries(stats.lastLatencyMs)
+        .map(([cls, ms]) => `${cls} ${Math.round(ms ?? 0)} ms`)
+        .join(' · ') || 'no change synced yet';
   };
   const renderTier = () => {
     const t = client.tier;

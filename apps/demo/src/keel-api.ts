@@ -1,6 +1,6 @@
-// The client surface the demo uses, as the step-7 contracts define it (docs/architecture.md):
-// `provider()` (contract 2) and `stats()` (contract 4) land with the awareness and packaging
-// work; until then the demo says "not available in this build" instead of guessing.
+// The client surface the demo uses. `provider()` (contract 2: a y-websocket-shaped handle with
+// awareness) lands with the awareness work; until it is merged the journal runs without shared
+// cursors and says so, instead of guessing.
 import type { createBrowserClient } from '@keel/client/browser';
 import type * as Y from 'yjs';
 import type { Awareness } from 'y-protocols/awareness';
@@ -14,16 +14,9 @@ export interface KeelProvider {
   destroy(): void;
 }
 
-export interface ClientStats {
-  readonly outboxDepth: number;
-  readonly lastLatencyMs: Readonly<Record<string, number | undefined>>;
-}
-
 interface ContractMembers {
   provider(spec: { class: string; name: string }): Promise<KeelProvider>;
-  stats(): ClientStats;
-  signOut(options: { wipe: boolean }): Promise<void>;
 }
 
-/** The browser client, with the contract members that may not be in this build yet. */
+/** The browser client, with the contract member that may not be in this build yet. */
 export type DemoClient = Awaited<ReturnType<typeof createBrowserClient>> & Partial<ContractMembers>;

@@ -42,8 +42,8 @@ const startApp = async (config: DemoConfig, identity: Identity) => {
   handoff.announce({ active: true });
   const signOut = async () => {
     handoff.close();
-    if (client.signOut) await client.signOut({ wipe: true });
-    else await client.close();
+    // Closes the client and deletes this device's keys and every Keel store of this user here.
+    await client.signOut({ wipe: true });
     forgetIdentity();
     location.reload();
   };
