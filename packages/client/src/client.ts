@@ -692,7 +692,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     });
     if (onReady) this.#dispatcher.setPolicy(tier.policy);
     else this.#dispatcher.onTierChange(tier.policy);
-    if (previous.name !== tier.name || previous.since !== tier.since) this.emit('tier', [tier]);
+    if (previous.name !== tier.name || previous.since !== tier.since || previous.graceEndsAt !== tier.graceEndsAt) this.emit('tier', [tier]);
     // Entries the relay withheld under the old tier arrive once the new one allows them.
     if (!onReady && !previous.policy.crossDevice && tier.policy.crossDevice && this.#link.state === 'ready') this.#subscribe([...this.#docs.values()]);
     if (tier.policy.conflictResolution === 'automatic') {

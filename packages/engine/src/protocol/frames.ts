@@ -130,6 +130,11 @@ export const TierStateSchema = z.strictObject({
   policy: TierPolicySchema,
   /** When this tier took effect (ms since epoch). */
   since: z.number().int().min(0),
+  /**
+   * When the grace period ends (ms since epoch), sent while the tier is `grace_period` and the
+   * relay knows the end (one a payment failure started); the app shows it to the user.
+   */
+  graceEndsAt: z.number().int().min(0).optional(),
 });
 export type TierState = z.infer<typeof TierStateSchema>;
 
