@@ -1,13 +1,9 @@
 import {
-  type Assessment,
-  type CrisisDetection,
   DEFAULT_TIERS,
   type DeviceCertificate,
   type DeviceId,
-  type DocClass,
   DocClassSchema,
   type DocId,
-  type KeelError,
   type Priority,
   type RelayFrame,
   type RelayId,
@@ -35,6 +31,7 @@ import {
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
+import type { AssessmentResult, ClientError, ClientEvents, ClientStatus, DocSpec, KeelClientApi, PairingOffer } from './client-api.js';
 import { type Identity, authorizeDevice } from './identity.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
 import { encodeGrant } from './pairing.js';
@@ -47,32 +44,7 @@ import { ProofRequests } from './sync/proof-requests.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { DEFAULT_LIVENESS, type LinkState, type LivenessOptions, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 
-export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
-
-export type ClientError = KeelError & { readonly doc?: DocId; readonly final?: boolean };
-
-export type ClientEvents = {
-  /** Connection and sync state: connecting → connected → synced, offline between attempts. */
-  status: (status: ClientStatus) => void;
-  /** An integrity failure, a refusal by the relay, or a local storage fault. Nothing bad is applied. */
-  error: (error: ClientError) => void;
-  /** The relay deferred a document's changes (bandwidth or daily limit); they are resent later. */
-  deferred: (info: { readonly doc: DocId; readonly code: string; readonly retryAfterMs: number }) => void;
-  /** The user's tier changed (payment, operator); the next scheduling decision follows it. */
-  tier: (tier: TierState) => void;
-  /** Changes from another device wait for the app to accept them (manual conflict resolution). */
-  staged: (info: { readonly doc: DocId; readonly count: number }) => void;
-  /** Crisis mode turned on or off, on this device or another of the user's. */
-  crisis: (active: boolean) => void;
-  /** A device of the user was linked or revoked. */
-  devices: (devices: DeviceCertificate[]) => void;
-};
-
-export interface DocSpec {
-  readonly class: DocClass;
-  /** Free-form name within the class; never leaves the device in clear. */
-  readonly name: string;
-}
+export type { ClientError, ClientEvents, ClientStatus, DocSpec } from './client-api.js';
 
 export interface KeelClientOptions {
   /** Relay WebSocket URL, e.g. ws://127.0.0.1:8787. */
@@ -135,7 +107,7 @@ const toError = (e: ClientError): Error => Object.assign(new Error(`${e.code}: $
  * seals every local change and syncs it through the relay when the tier's scheduler says so
  * (crisis documents at once), and applies verified changes of the user's other devices.
  */
-export class KeelClient extends ObservableV2<ClientEvents> {
+export class KeelClient extends ObservableV2<ClientEvents> implements KeelClientApi {
   readonly identity: Identity;
   readonly #store: ClientStore;
   readonly #documentState: ExternalDocState | undefined;
@@ -395,7 +367,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * Records a PHQ-9 or GAD-7 assessment in its own document. One that crosses a crisis threshold
    * (PHQ-9 ≥ 20 or item 9 > 0, GAD-7 ≥ 15) syncs as a crisis assessment and turns crisis mode on.
    */
-  async recordAssessment(name: string, input: unknown): Promise<CrisisDetection & { readonly assessment: Assessment }> {
+  async recordAssessment(name: string, input: unknown): Promise<AssessmentResult> {
     const parsed = parseAssessment(input);
     if (!parsed.ok) throw Object.assign(new Error(`${parsed.error.code}: ${parsed.error.message}`), { code: parsed.error.code });
     const result = detectCrisis(parsed.value);
@@ -469,6 +441,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /**
+   * Resolves once every local change made so far is in local storage (not yet at the relay):
+   * the leader tab acknowledges a follower tab's edit only then.
+   */
+  async persisted(): Promise<void> {
+    await Promise.all([...this.#docs.values()].map((d) => d.settle()));
+  }
+
+  /**
    * Resolves once every open document has caught up with the relay on this connection and every
    * local change is proved in its log (status `synced`).
    * Rejects if the relay refuses this device for good (revoked, unknown, bad signature).
@@ -530,7 +510,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * person (text or QR); `linked` resolves with the new device's certificate once it joined
    * (this device certifies it, registers it with the relay and seals the root key to it).
    */
-  async startPairing(options: { ttlMs?: number } = {}): Promise<{ code: string; linked: Promise<DeviceCertificate>; cancel: () => void }> {
+  async startPairing(options: { ttlMs?: number } = {}): Promise<PairingOffer> {
     const ttlMs = options.ttlMs ?? 120_000;
     // Called before the link is up (right after start, say): it waits for it, within the code's lifetime.
     await this.#whenLinkReady(ttlMs);

@@ -1,6 +1,7 @@
 // @keel/client — the SDK apps embed (browser and Node).
 export { KeelClient, createClient } from './client.js';
-export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientOptions } from './client.js';
+export type { KeelClientOptions } from './client.js';
+export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientApi, PairingOffer, AssessmentResult } from './client-api.js';
 export {
   createIdentity,
   createDeviceKeys,
