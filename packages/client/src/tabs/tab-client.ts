@@ -1,0 +1,455 @@
+// One device per browser profile, any number of tabs: the client every tab's app holds. Exactly
+// one tab (the leader, elected by a lock) runs the real KeelClient; the others follow it over a
+// BroadcastChannel. The app cannot tell which it is, except through `isLeader` and `leader`.
+import { type DeviceCertificate, type DeviceId, type DocId, DocClassSchema, type RelayId, type TierState, DEFAULT_TIERS, cryptoReady, deriveDocId } from '@keel/engine';
+import { ObservableV2 } from 'lib0/observable';
+import * as Y from 'yjs';
+import type { AssessmentResult, ClientError, ClientEvents, ClientStatus, DocSpec, KeelClientApi, PairingOffer } from '../client-api.js';
+import type { KeelClient } from '../client.js';
+import type { Identity } from '../identity.js';
+import { Follower, type FollowerDoc, type PendingCall, callError } from './follower.js';
+import { LeaderHub, stateOf } from './leader-hub.js';
+import type { HeldLock, LeaderLock } from './leader-lock.js';
+import { CALLS, type CallMethod, type MirroredState, type TabEvent, type TabMessage } from './messages.js';
+import { BRIDGE_ORIGIN, TabOrigin } from './origins.js';
+import { type BroadcastChannelLike, type TabChannel, openTabChannel } from './tab-channel.js';
+
+export type TabClientEvents = ClientEvents & {
+  /** This tab became the leader: it now holds the relay link (the app may show it, tests wait for it). */
+  leader: () => void;
+};
+
+/** The real client a leading tab runs, and how to close it with its storage. */
+export interface LeaderClient {
+  readonly client: KeelClient;
+  close(): Promise<void>;
+}
+
+export interface TabClientOptions {
+  readonly identity: Identity;
+  /** The app's name: the lock is `keel-<name>-leader`, the channel `keel-<name>-tabs`. */
+  readonly name: string;
+  readonly lock: LeaderLock;
+  readonly channel: BroadcastChannelLike;
+  /** Creates the real client from the durable store, when this tab comes to lead. */
+  readonly createLeader: () => Promise<LeaderClient>;
+  /** How long `create` waits to learn its role before returning as a follower anyway. Default 2 s. */
+  readonly settleMs?: number;
+}
+
+interface Leading extends LeaderClient {
+  readonly hub: LeaderHub;
+  /** A promoted follower's own documents, kept for the app and bridged to the client's. */
+  readonly bridged: Map<DocId, { readonly doc: Y.Doc; readonly stop: () => void }>;
+  readonly stopEvents: () => void;
+}
+
+const UNKNOWN_STATE: MirroredState = {
+  status: 'connecting',
+  tier: { name: 'trial', policy: DEFAULT_TIERS.trial, since: 0 },
+  crisisMode: false,
+  devices: [],
+  unconfirmed: 0,
+};
+
+const FORWARDED = ['status', 'error', 'deferred', 'tier', 'staged', 'crisis', 'devices'] as const;
+
+const randomTabId = (): string => {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes);
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+};
+
+/**
+ * Keeps `tabDoc` (what the app holds) and `clientDoc` (the KeelClient's) equal both ways in-process.
+ * Changes of the app become the device's local changes under this tab's origin.
+ */
+const bridgeDocs = (tabDoc: Y.Doc, clientDoc: Y.Doc, origin: TabOrigin): (() => void) => {
+  // Anything the old leader never received becomes a local change of the device now.
+  Y.applyUpdate(clientDoc, Y.encodeStateAsUpdate(tabDoc, Y.encodeStateVector(clientDoc)), origin);
+  Y.applyUpdate(tabDoc, Y.encodeStateAsUpdate(clientDoc, Y.encodeStateVector(tabDoc)), BRIDGE_ORIGIN);
+  const toClient = (update: Uint8Array, from: unknown) => {
+    if (from !== BRIDGE_ORIGIN) Y.applyUpdate(clientDoc, update, origin);
+  };
+  const toTab = (update: Uint8Array, from: unknown) => {
+    if (from !== origin) Y.applyUpdate(tabDoc, update, BRIDGE_ORIGIN);
+  };
+  tabDoc.on('update', toClient);
+  clientDoc.on('update', toTab);
+  return () => {
+    tabDoc.off('update', toClient);
+    clientDoc.off('update', toTab);
+  };
+};
+
+export class TabClient extends ObservableV2<TabClientEvents> implements KeelClientApi {
+  readonly identity: Identity;
+  readonly tabId = randomTabId();
+  readonly #options: TabClientOptions;
+  readonly #channel: TabChannel;
+  readonly #lockAbort = new AbortController();
+  #held: HeldLock | undefined;
+  #follower: Follower | undefined;
+  #leading: Leading | undefined;
+  #promoting: Promise<void> | undefined;
+  #mirror: MirroredState = UNKNOWN_STATE;
+  readonly #staged = new Map<DocId, number>();
+  readonly #pairings = new Map<string, { resolve: (cert: DeviceCertificate) => void; reject: (error: Error) => void }>();
+  #closed = false;
+
+  private constructor(options: TabClientOptions) {
+    super();
+    this.identity = options.identity;
+    this.#options = options;
+    this.#channel = openTabChannel(options.channel, this.tabId, {
+      onMessage: (message) => this.#onMessage(message),
+      onInvalid: (reason) => this.emit('error', [{ code: 'SCHEMA', message: `dropped a message from another tab: ${reason}` }]),
+    });
+    this.#follower = this.#newFollower();
+  }
+
+  /**
+   * Joins the device's tabs: leads if no tab does, else follows. Resolves once the role is known
+   * (or after `settleMs`, as a follower still waiting for its leader).
+   */
+  static async create(options: TabClientOptions): Promise<TabClient> {
+    await cryptoReady();
+    const tab = new TabClient(options);
+    const known = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, options.settleMs ?? 2_000);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      tab.#whenRoleKnown = done;
+    });
+    tab.#requestLock();
+    await known;
+    tab.#whenRoleKnown = undefined;
+    if (tab.#promoting) await tab.#promoting;
+    return tab;
+  }
+
+  #whenRoleKnown: (() => void) | undefined;
+
+  /** Whether this tab holds the relay link now. */
+  get isLeader(): boolean {
+    return this.#leading !== undefined;
+  }
+
+  get status(): ClientStatus {
+    if (this.#closed) return 'closed';
+    return this.#leading ? this.#leading.client.status : this.#mirror.status;
+  }
+
+  get unconfirmed(): number {
+    return this.#leading ? this.#leading.client.unconfirmed : this.#mirror.unconfirmed;
+  }
+
+  get lastContactAt(): number | undefined {
+    return this.#leading ? this.#leading.client.lastContactAt : this.#mirror.lastContactAt;
+  }
+
+  get tier(): TierState {
+    return this.#leading ? this.#leading.client.tier : this.#mirror.tier;
+  }
+
+  get crisisMode(): boolean {
+    return this.#leading ? this.#leading.client.crisisMode : this.#mirror.crisisMode;
+  }
+
+  get relayId(): RelayId | undefined {
+    return this.#leading ? this.#leading.client.relayId : this.#mirror.relayId;
+  }
+
+  devices(): DeviceCertificate[] {
+    return this.#leading ? this.#leading.client.devices() : [...this.#mirror.devices];
+  }
+
+  /** The opaque id a document has on the relay. */
+  docId(spec: DocSpec): DocId {
+    return deriveDocId(this.identity.user.docIdKey, DocClassSchema.parse(spec.class), spec.name);
+  }
+
+  stagedCount(spec: DocSpec): number {
+    return this.#leading ? this.#leading.client.stagedCount(spec) : (this.#staged.get(this.docId(spec)) ?? 0);
+  }
+
+  async open(spec: DocSpec): Promise<Y.Doc> {
+    const docId = this.docId(spec);
+    const leading = await this.#settledRole();
+    if (leading) {
+      const bridged = leading.bridged.get(docId);
+      if (bridged) return bridged.doc;
+      const doc = await leading.client.open(spec);
+      leading.hub.watch(docId, doc);
+      return doc;
+    }
+    const follower = this.#follower;
+    if (!follower) throw callError('CLIENT_CLOSED', 'client is closed');
+    try {
+      return await follower.open(docId, spec);
+    } catch (error) {
+      // Promoted while opening: the leader's copy is the one to hand out.
+      if (this.#leading || this.#promoting) return this.open(spec);
+      throw error;
+    }
+  }
+
+  /**
+   * Resolves once this tab's edits are committed: in a follower, once the leader holds them
+   * (durably) and the leader's own flush resolved. Survives a change of leader.
+   */
+  async flush(): Promise<void> {
+    for (;;) {
+      const leading = await this.#settledRole();
+      if (leading) return leading.client.flush();
+      const follower = this.#follower;
+      if (!follower) throw callError('CLIENT_CLOSED', 'client is closed');
+      const generation = follower.generation;
+      await follower.whenAcknowledged();
+      await this.#call('flush', []);
+      // A flush answered by a leader that took over meanwhile may predate this tab's diff.
+      if (this.#follower !== follower || follower.generation === generation) return;
+    }
+  }
+
+  async whenSynced(): Promise<void> {
+    const leading = await this.#settledRole();
+    if (leading) return leading.client.whenSynced();
+    await this.#follower?.whenAcknowledged();
+    await this.#call('whenSynced', []);
+  }
+
+  async setCrisisMode(active: boolean, source?: string): Promise<void> {
+    await this.#call('setCrisisMode', source === undefined ? [active] : [active, source]);
+  }
+
+  async recordAssessment(name: string, input: unknown): Promise<AssessmentResult> {
+    return (await this.#call('recordAssessment', [name, input])) as AssessmentResult;
+  }
+
+  async revokeDevice(device: DeviceId): Promise<number> {
+    return (await this.#call('revokeDevice', [device])) as number;
+  }
+
+  async acceptStaged(spec: DocSpec): Promise<number> {
+    const count = (await this.#call('acceptStaged', [{ class: spec.class, name: spec.name }])) as number;
+    if (!this.#leading) this.#staged.set(this.docId(spec), 0);
+    return count;
+  }
+
+  async startPairing(options: { ttlMs?: number } = {}): Promise<PairingOffer> {
+    const leading = await this.#settledRole();
+    if (leading) return leading.client.startPairing(options);
+    const { code, pairing } = (await this.#call('startPairing', [options])) as { code: string; pairing: string };
+    const linked = new Promise<DeviceCertificate>((resolve, reject) => this.#pairings.set(pairing, { resolve, reject }));
+    linked.catch(() => {});
+    return { code, linked, cancel: () => void this.#call('cancelPairing', [pairing]).catch(() => {}) };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#lockAbort.abort();
+    this.#follower?.close();
+    this.#follower = undefined;
+    if (this.#promoting) await this.#promoting.catch(() => {});
+    const leading = this.#leading;
+    this.#leading = undefined;
+    if (leading) {
+      leading.hub.close();
+      leading.stopEvents();
+      for (const { stop } of leading.bridged.values()) stop();
+      await leading.close();
+    }
+    // Only now may another tab lead: this one's writes are done.
+    this.#held?.release();
+    this.#held = undefined;
+    this.#channel.close();
+    for (const pairing of this.#pairings.values()) pairing.reject(callError('CLIENT_CLOSED', 'client closed'));
+    this.#pairings.clear();
+    this.emit('status', ['closed']);
+  }
+
+  // ── roles ──────────────────────────────────────────────────────────────────────────────────
+
+  #newFollower(): Follower {
+    return new Follower(this.#channel, {
+      onState: (state) => this.#onMirror(state),
+      onEvent: (event) => this.#onTabEvent(event),
+      onLeader: () => {
+        this.#whenRoleKnown?.();
+        // The pairing session lived on the old leader's connection.
+        for (const pairing of this.#pairings.values()) pairing.reject(callError('LEADER_CHANGED', 'the leader tab holding the pairing session went away'));
+        this.#pairings.clear();
+      },
+    });
+  }
+
+  #requestLock(): void {
+    this.#options.lock.acquire(`keel-${this.#options.name}-leader`, this.#lockAbort.signal).then(
+      (held) => {
+        if (this.#closed) {
+          held.release();
+          return;
+        }
+        this.#held = held;
+        this.#promoting = this.#promote().finally(() => {
+          this.#promoting = undefined;
+        });
+        this.#whenRoleKnown?.();
+      },
+      () => {
+        // Aborted by close(): nothing to lead.
+      },
+    );
+  }
+
+  /** The leader role once any promotion in progress finished; undefined while following. */
+  async #settledRole(): Promise<Leading | undefined> {
+    if (this.#closed) throw callError('CLIENT_CLOSED', 'client is closed');
+    if (this.#promoting) await this.#promoting;
+    return this.#leading;
+  }
+
+  /**
+   * This tab leads now: creates the real client from the durable store, adopts the documents it
+   * followed (what the old leader never got becomes a local change), announces itself so the
+   * other followers resend their state, and runs the calls that were waiting.
+   */
+  async #promote(): Promise<void> {
+    const { docs, calls } = this.#follower?.promote() ?? { docs: [], calls: [] };
+    this.#follower = undefined;
+    let leader: LeaderClient;
+    try {
+      leader = await this.#options.createLeader();
+    } catch (error) {
+      const failure = callError('LEADER_FAILED', `this tab could not start the client: ${error instanceof Error ? error.message : String(error)}`);
+      for (const call of calls) call.reject(failure);
+      for (const entry of docs) entry.failOpen(failure);
+      this.emit('error', [{ code: 'INTERNAL', message: failure.message, final: true }]);
+      throw failure;
+    }
+    const { client } = leader;
+    const hub = new LeaderHub(client, this.#channel);
+    const origin = new TabOrigin(this.tabId);
+    const bridged = new Map<DocId, { doc: Y.Doc; stop: () => void }>();
+    for (const entry of docs) await this.#adopt(client, hub, entry, origin, bridged);
+    const listeners = FORWARDED.map((name) => {
+      const forward = (...args: unknown[]) => this.emit(name, args as never);
+      client.on(name, forward as never);
+      return () => client.off(name, forward as never);
+    });
+    const before = this.#mirror;
+    this.#leading = { ...leader, hub, bridged, stopEvents: () => listeners.forEach((stop) => stop()) };
+    if (this.#closed) return;
+    hub.announce();
+    this.#emitChanges(before, stateOf(client));
+    for (const call of calls) this.#runHandedOver(call);
+    this.emit('leader', []);
+  }
+
+  async #adopt(client: KeelClient, hub: LeaderHub, entry: FollowerDoc, origin: TabOrigin, bridged: Leading['bridged']): Promise<void> {
+    try {
+      const clientDoc = await client.open(entry.spec);
+      const docId = this.docId(entry.spec);
+      bridged.set(docId, { doc: entry.doc, stop: bridgeDocs(entry.doc, clientDoc, origin) });
+      hub.watch(docId, clientDoc);
+      entry.markOpened();
+    } catch (error) {
+      entry.failOpen(error instanceof Error ? error : new Error(String(error)));
+    }
+  }
+
+  /** A call the follower had pending when this tab took over: run here if that is safe. */
+  #runHandedOver(call: PendingCall): void {
+    if (call.sentTo !== undefined && !CALLS[call.method].idempotent) {
+      call.reject(callError('LEADER_CHANGED', `the leader tab went away during ${call.method}; it may or may not have happened`));
+      return;
+    }
+    this.#runLocal(call.method, call.args).then(call.resolve, call.reject);
+  }
+
+  async #call(method: CallMethod, args: unknown[]): Promise<unknown> {
+    const leading = await this.#settledRole();
+    if (leading) return this.#runLocal(method, args);
+    const follower = this.#follower;
+    if (!follower) throw callError('CLIENT_CLOSED', 'client is closed');
+    return follower.call(method, args);
+  }
+
+  async #runLocal(method: CallMethod, args: unknown[]): Promise<unknown> {
+    const leading = this.#leading;
+    if (!leading) throw callError('CLIENT_CLOSED', 'client is closed');
+    const client = leading.client;
+    switch (method) {
+      case 'flush':
+        return client.flush();
+      case 'whenSynced':
+        return client.whenSynced();
+      case 'setCrisisMode':
+        return client.setCrisisMode(args[0] as boolean, args[1] as string | undefined);
+      case 'recordAssessment':
+        return client.recordAssessment(args[0] as string, args[1]);
+      case 'revokeDevice':
+        return client.revokeDevice(args[0] as DeviceId);
+      case 'acceptStaged':
+        return client.acceptStaged(args[0] as DocSpec);
+      case 'startPairing':
+      case 'cancelPairing':
+        // A follower's pairing died with the old leader's connection.
+        throw callError('LEADER_CHANGED', 'the pairing session was on the leader tab that went away');
+    }
+  }
+
+  // ── channel ────────────────────────────────────────────────────────────────────────────────
+
+  #onMessage(message: TabMessage): void {
+    if (this.#leading) this.#leading.hub.handle(message);
+    else this.#follower?.handle(message);
+  }
+
+  #onMirror(state: MirroredState): void {
+    const before = this.#mirror;
+    this.#mirror = state;
+    this.#emitChanges(before, state);
+  }
+
+  #emitChanges(before: MirroredState, after: MirroredState): void {
+    if (before.status !== after.status) this.emit('status', [after.status]);
+    if (before.tier.name !== after.tier.name || before.tier.since !== after.tier.since) this.emit('tier', [after.tier]);
+    if (before.crisisMode !== after.crisisMode) this.emit('crisis', [after.crisisMode]);
+    const ids = (state: MirroredState) => state.devices.map((d) => `${d.device}:${d.issuer}`).join(',');
+    if (ids(before) !== ids(after)) this.emit('devices', [[...after.devices]]);
+  }
+
+  #onTabEvent(event: TabEvent): void {
+    switch (event.name) {
+      case 'error':
+      {
+        const { code, message, doc, final } = event.error;
+        // Codes come from another tab's Keel version: passed on as they are.
+        this.emit('error', [{ code: code as ClientError['code'], message, ...(doc !== undefined ? { doc } : {}), ...(final !== undefined ? { final } : {}) }]);
+      }
+        return;
+      case 'deferred':
+        this.emit('deferred', [{ doc: event.doc, code: event.code, retryAfterMs: event.retryAfterMs }]);
+        return;
+      case 'staged': {
+        const before = this.#staged.get(event.doc) ?? 0;
+        this.#staged.set(event.doc, event.count);
+        if (before !== event.count) this.emit('staged', [{ doc: event.doc, count: event.count }]);
+        return;
+      }
+      case 'linked':
+        this.#pairings.get(event.pairing)?.resolve(event.cert);
+        this.#pairings.delete(event.pairing);
+        return;
+      case 'pairing-failed':
+        this.#pairings.get(event.pairing)?.reject(callError(event.error.code, event.error.message));
+        this.#pairings.delete(event.pairing);
+        return;
+    }
+  }
+}
