@@ -177,23 +177,18 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
 
   async open(spec: DocSpec): Promise<Y.Doc> {
     const docId = this.docId(spec);
-    const leading = await this.#settledRole();
-    if (leading) {
-      const bridged = leading.bridged.get(docId);
-      if (bridged) return bridged.doc;
-      const doc = await leading.client.open(spec);
-      leading.hub.watch(docId, doc);
-      return doc;
+    let role = this.#roleNow();
+    while (role instanceof Promise) {
+      await role;
+      role = this.#roleNow();
     }
-    const follower = this.#follower;
-    if (!follower) throw callError('CLIENT_CLOSED', 'client is closed');
-    try {
-      return await follower.open(docId, spec);
-    } catch (error) {
-      // Promoted while opening: the leader's copy is the one to hand out.
-      if (this.#leading || this.#promoting) return this.open(spec);
-      throw error;
-    }
+    // A promotion that starts while the follower opens adopts the document it registered.
+    if (role instanceof Follower) return role.open(docId, spec);
+    const bridged = role.bridged.get(docId);
+    if (bridged) return bridged.doc;
+    const doc = await role.client.open(spec);
+    role.hub.watch(docId, doc);
+    return doc;
   }
 
   /**
@@ -202,10 +197,13 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
    */
   async flush(): Promise<void> {
     for (;;) {
-      const leading = await this.#settledRole();
-      if (leading) return leading.client.flush();
-      const follower = this.#follower;
-      if (!follower) throw callError('CLIENT_CLOSED', 'client is closed');
+      let role = this.#roleNow();
+      while (role instanceof Promise) {
+        await role;
+        role = this.#roleNow();
+      }
+      if (!(role instanceof Follower)) return role.client.flush();
+      const follower = role;
       const generation = follower.generation;
       await follower.whenAcknowledged();
       await this.#call('flush', []);
@@ -215,9 +213,13 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   }
 
   async whenSynced(): Promise<void> {
-    const leading = await this.#settledRole();
-    if (leading) return leading.client.whenSynced();
-    await this.#follower?.whenAcknowledged();
+    let role = this.#roleNow();
+    while (role instanceof Promise) {
+      await role;
+      role = this.#roleNow();
+    }
+    if (!(role instanceof Follower)) return role.client.whenSynced();
+    await role.whenAcknowledged();
     await this.#call('whenSynced', []);
   }
 
@@ -240,8 +242,12 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   }
 
   async startPairing(options: { ttlMs?: number } = {}): Promise<PairingOffer> {
-    const leading = await this.#settledRole();
-    if (leading) return leading.client.startPairing(options);
+    let role = this.#roleNow();
+    while (role instanceof Promise) {
+      await role;
+      role = this.#roleNow();
+    }
+    if (!(role instanceof Follower)) return role.client.startPairing(options);
     const { code, pairing } = (await this.#call('startPairing', [options])) as { code: string; pairing: string };
     const linked = new Promise<DeviceCertificate>((resolve, reject) => this.#pairings.set(pairing, { resolve, reject }));
     linked.catch(() => {});
@@ -306,11 +312,17 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     );
   }
 
-  /** The leader role once any promotion in progress finished; undefined while following. */
-  async #settledRole(): Promise<Leading | undefined> {
+  /**
+   * This tab's role once any promotion in progress finished. Callers act on it synchronously,
+   * before anything else runs: a promotion that starts later takes over what they registered
+   * with the follower (calls, opens, flush waits).
+   */
+  #roleNow(): Leading | Follower | Promise<unknown> {
     if (this.#closed) throw callError('CLIENT_CLOSED', 'client is closed');
-    if (this.#promoting) await this.#promoting;
-    return this.#leading;
+    if (this.#promoting) return this.#promoting.catch(() => {});
+    if (this.#leading) return this.#leading;
+    if (this.#follower) return this.#follower;
+    throw callError('LEADER_FAILED', 'this tab could not start the client when it came to lead');
   }
 
   /**
@@ -372,11 +384,14 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   }
 
   async #call(method: CallMethod, args: unknown[]): Promise<unknown> {
-    const leading = await this.#settledRole();
-    if (leading) return this.#runLocal(method, args);
-    const follower = this.#follower;
-    if (!follower) throw callError('CLIENT_CLOSED', 'client is closed');
-    return follower.call(method, args);
+    let role = this.#roleNow();
+    while (role instanceof Promise) {
+      await role;
+      role = this.#roleNow();
+    }
+    // Registered with the follower at once: a promotion after this hands the call over.
+    if (role instanceof Follower) return role.call(method, args);
+    return this.#runLocal(method, args);
   }
 
   async #runLocal(method: CallMethod, args: unknown[]): Promise<unknown> {
