@@ -44,7 +44,10 @@ export class Follower {
   readonly #hooks: FollowerHooks;
   readonly #docs = new Map<DocId, FollowerDoc>();
   readonly #calls = new Map<number, PendingCall>();
-  /** Changes (and opens with their diff) sent to the leader and not yet durable there, by id. */
+  /**
+   * Changes (and opens with their diff) sent to the leader and not yet durable there, by id. Ids
+   * only grow and a Set iterates in insertion order, so its first element is the oldest.
+   */
   readonly #unacked = new Set<number>();
   /** flush()/whenSynced() waiting for every id below `mark` to be acknowledged. */
   readonly #ackWaiters: { mark: number; resolve: () => void }[] = [];
@@ -116,7 +119,7 @@ export class Follower {
   /** Resolves once every change this tab made so far is durable in the leader's store. */
   whenAcknowledged(): Promise<void> {
     const mark = this.#nextId;
-    if (![...this.#unacked].some((id) => id < mark)) return Promise.resolve();
+    if (this.#allAckedBelow(mark)) return Promise.resolve();
     return new Promise((resolve) => this.#ackWaiters.push({ mark, resolve }));
   }
 
@@ -270,10 +273,15 @@ export class Follower {
     this.#channel.post({ type: 'update', to: this.#leader, id, doc: docId, update });
   }
 
+  #allAckedBelow(mark: number): boolean {
+    const oldest = this.#unacked.values().next();
+    return oldest.done === true || oldest.value >= mark;
+  }
+
   #settleAckWaiters(): void {
     for (let i = this.#ackWaiters.length - 1; i >= 0; i--) {
       const waiter = this.#ackWaiters[i]!;
-      if (![...this.#unacked].some((id) => id < waiter.mark)) {
+      if (this.#allAckedBelow(waiter.mark)) {
         this.#ackWaiters.splice(i, 1);
         waiter.resolve();
       }

@@ -146,12 +146,15 @@ export class LeaderHub {
       // Acknowledged all the same: resending bytes that do not apply would never end.
     }
     await this.#client.persisted().catch(() => {});
-    this.#channel.post({ type: 'ack', to: from, id });
+    // Closing: no ack, so the follower sends this change again to the next leader.
+    if (!this.#closed) this.#channel.post({ type: 'ack', to: from, id });
   }
 
   async #call(from: string, id: number, method: CallMethod, rawArgs: unknown[]): Promise<void> {
-    const answer = (outcome: { ok: true; value: unknown } | { ok: false; error: { code: string; message: string } }) =>
-      this.#channel.post({ type: 'result', to: from, id, outcome });
+    const answer = (outcome: { ok: true; value: unknown } | { ok: false; error: { code: string; message: string } }) => {
+      // Closing: unanswered, the call is retried on the next leader (or refused there if not idempotent).
+      if (!this.#closed) this.#channel.post({ type: 'result', to: from, id, outcome });
+    };
     const parsed = CALLS[method].args.safeParse(rawArgs);
     if (!parsed.success) {
       answer({ ok: false, error: { code: 'SCHEMA', message: `bad arguments for ${method}: ${parsed.error.message.slice(0, 500)}` } });
