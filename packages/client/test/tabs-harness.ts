@@ -44,6 +44,8 @@ export interface Tab {
    * and only then is its lock free, as the browser frees a dead tab's Web Lock.
    */
   kill(): Promise<void>;
+  /** Cuts this tab's relay link and keeps it down (the tab itself lives on). */
+  cutLink(): void;
   /** Closes the tab; for a killed one, stops what it still holds (timers, store), as the browser would have. */
   dispose(): Promise<void>;
 }
@@ -59,10 +61,11 @@ export interface TabOptions {
 
 export const openTab = async (options: TabOptions): Promise<Tab> => {
   let dead = false;
+  let offline = false;
   const sockets: RelayWebSocket[] = [];
   class TabSocket extends RelayWebSocket {
     constructor(url: string) {
-      super(dead ? NOWHERE : url);
+      super(dead || offline ? NOWHERE : url);
       sockets.push(this);
     }
   }
@@ -115,6 +118,10 @@ export const openTab = async (options: TabOptions): Promise<Tab> => {
       channel.close();
       if (led) await led.client.persisted();
       for (const h of held) h.release();
+    },
+    cutLink: () => {
+      offline = true;
+      for (const socket of sockets) socket.terminate();
     },
     dispose: () => client.close(),
   };

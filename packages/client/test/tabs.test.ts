@@ -6,6 +6,8 @@ import { type Device, connectDevice, waitFor } from '../../../test/support/devic
 import { type RelayProcess, removeRelayDir, startRelayProcess } from '../../../test/support/relay-process.js';
 import type { DocSpec } from '../src/client-api.js';
 import { type Identity, createIdentity, linkNewDevice } from '../src/identity.js';
+import { RelayWebSocket } from '../src/node.js';
+import { joinWithPairingCode } from '../src/pairing.js';
 import { createMemoryLocks, type LeaderLock } from '../src/tabs/leader-lock.js';
 import { type Tab, installFakeIndexedDb, openTab } from './tabs-harness.js';
 
@@ -150,6 +152,41 @@ describe('tabs of one device', () => {
     await expect(b.client.revokeDevice('not-a-device' as never)).rejects.toMatchObject({ code: 'SCHEMA' });
     await within(b.client.whenSynced(), 10_000, 'whenSynced from a follower');
     expect(b.client.status).toBe('synced');
+    // Pairing offered by a follower tab: the leader holds the session, the follower gets `linked`.
+    const offer = await within(b.client.startPairing({ ttlMs: 30_000 }), 10_000, 'startPairing from a follower');
+    const joined = await joinWithPairingCode({ url: relay.url, code: offer.code, WebSocket: RelayWebSocket });
+    const cert = await within(offer.linked, 10_000, 'linked in the follower');
+    expect(cert.device).toBe(joined.device.deviceId);
+    await waitFor(() => b.client.devices().some((d) => d.device === joined.device.deviceId), 5_000, 'the new device mirrored');
+  });
+
+  it('a leader tab closed normally while followers flush: the next tab answers their flushes', async () => {
+    const { tabs, other } = await setup(3);
+    const [a, b, c] = tabs as [Tab, Tab, Tab];
+    const docB = await b.client.open(SPEC);
+    const docC = await c.client.open(SPEC);
+    const expected: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      docB.getArray<string>('items').push([`b${i}`]);
+      docC.getArray<string>('items').push([`c${i}`]);
+      expected.push(`b${i}`, `c${i}`);
+    }
+    // The leader cannot reach the relay: the followers' flushes wait at the leader.
+    a.cutLink();
+    const flushes = [b.client.flush(), c.client.flush()];
+    await waitFor(() => a.client.status === 'offline', 5_000, 'the leader offline');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    let settled = false;
+    void Promise.all(flushes).then(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(settled).toBe(false);
+    await a.client.close();
+    await within(Promise.all(flushes), 20_000, 'flushes started under the old leader');
+    expect(b.client.isLeader || c.client.isLeader).toBe(true);
+    const docOther = await other.client.open(SPEC);
+    await waitFor(() => items(docOther).length >= expected.length, 10_000, 'everything on the other device');
+    expect([...items(docOther)].sort()).toEqual([...expected].sort());
+    expect(codesOf(tabs, other)).not.toContain('COUNTER_REUSED');
   });
 
   it('malformed channel messages are dropped and reported; the tabs keep working', async () => {
