@@ -211,7 +211,11 @@ describe('tabs of one device', () => {
     for (const message of bad) hostile.postMessage(message);
     // Well-formed but hostile: bytes that are no Yjs update, sent to the leader as a change.
     hostile.postMessage({ v: 1, type: 'update', from: 'x', to: leaderId, id: 7, doc: a.client.docId(SPEC), update: new Uint8Array([255, 255, 255, 1]) });
-    await waitFor(() => a.errors.length - before.a >= 8 && b.errors.length - before.b >= 8, 5_000, 'reports of the dropped messages');
+    hostile.postMessage({ v: 1, type: 'awareness', from: 'x', to: leaderId, doc: a.client.docId(SPEC), update: new Uint8Array([255, 255]) });
+    await waitFor(() => a.errors.length - before.a >= 11 && b.errors.length - before.b >= 9, 5_000, 'reports of the dropped messages');
+    const reported = a.errors.slice(before.a).map((e) => e.message).join('\n');
+    expect(reported).toContain('an update that does not apply');
+    expect(reported).toContain('an awareness update that does not apply');
     expect(a.errors.slice(before.a).every((e) => e.code === 'SCHEMA')).toBe(true);
     // Still one working device.
     docB.getArray<string>('items').push(['after']);
@@ -219,5 +223,30 @@ describe('tabs of one device', () => {
     const docOther = await other.client.open(SPEC);
     await waitFor(() => items(docOther).includes('after'), 10_000, 'the edit reaches the other device');
     expect(a.client.isLeader).toBe(true);
+  });
+
+  it('provider handles in every tab share awareness through the leader, across a handover', async () => {
+    const { tabs } = await setup(3);
+    const [a, b, c] = tabs as [Tab, Tab, Tab];
+    const [pa, pb, pc] = [await a.client.provider(SPEC), await b.client.provider(SPEC), await c.client.provider(SPEC)];
+    expect(pb.doc).toBe(await b.client.open(SPEC));
+    pa.awareness.setLocalStateField('cursor', 'a');
+    pb.awareness.setLocalStateField('cursor', 'b');
+    pc.awareness.setLocalStateField('cursor', 'c');
+    const cursors = (p: { awareness: { getStates(): Map<number, Record<string, unknown>> } }) =>
+      [...p.awareness.getStates().values()].map((state) => state.cursor).filter((x) => x !== undefined).sort();
+    await waitFor(() => [pa, pb, pc].every((p) => cursors(p).join() === 'a,b,c'), 5_000, 'every tab sees every cursor');
+    // The provider reports the device's sync state.
+    await within(c.client.whenSynced(), 10_000, 'synced');
+    await waitFor(() => pc.synced, 5_000, 'the follower provider synced');
+    await a.kill();
+    await waitFor(() => b.client.isLeader, 10_000, 'b leads');
+    pc.awareness.setLocalStateField('cursor', 'c2');
+    await waitFor(() => cursors(pb).includes('c2'), 5_000, "c's new cursor reaches the new leader tab");
+    pb.awareness.setLocalStateField('cursor', 'b2');
+    await waitFor(() => cursors(pc).includes('b2'), 5_000, "the new leader tab's cursor reaches c");
+    // The last handle of b goes: b's cursor leaves c.
+    await pb.destroy();
+    await waitFor(() => !cursors(pc).includes('b2'), 5_000, "b's cursor removed in c");
   });
 });

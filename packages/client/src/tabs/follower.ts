@@ -2,8 +2,10 @@
 // calls forwarded to the leader. It never touches the Keel store and holds no relay link, so its
 // edits are sealed once, by the leader, under counters only the leader's store hands out.
 import type { DocId } from '@keel/engine';
+import { type Awareness, encodeAwarenessUpdate } from 'y-protocols/awareness';
 import * as Y from 'yjs';
 import type { DocSpec } from '../client-api.js';
+import { type AwarenessChange, applyTabAwareness, changedClients } from './awareness-bridge.js';
 import { CALLS, type CallMethod, type MirroredState, RESULTS, type TabEvent, type TabMessage } from './messages.js';
 import { BRIDGE_ORIGIN } from './origins.js';
 import type { TabChannel } from './tab-channel.js';
@@ -19,6 +21,8 @@ export interface FollowerDoc {
   markOpened: () => void;
   failOpen: (error: Error) => void;
   readonly stop: () => void;
+  /** This tab's awareness of the document, once a provider asked for it, and what stops its bridge. */
+  awareness: { readonly awareness: Awareness; readonly stop: () => void } | undefined;
 }
 
 export interface PendingCall {
@@ -88,7 +92,7 @@ export class Follower {
       });
       const onUpdate = (update: Uint8Array, origin: unknown) => this.#onLocalUpdate(docId, update, origin);
       doc.on('update', onUpdate);
-      entry = { spec, doc, ready: false, openId: undefined, opened, markOpened, failOpen, stop: () => doc.off('update', onUpdate) };
+      entry = { spec, doc, ready: false, openId: undefined, opened, markOpened, failOpen, stop: () => doc.off('update', onUpdate), awareness: undefined };
       this.#docs.set(docId, entry);
       this.#sendOpen(entry);
     }
@@ -103,6 +107,35 @@ export class Follower {
       throw error;
     }
     return doc;
+  }
+
+  /**
+   * Bridges this tab's awareness of an open document to the leader's: its own changes go to the
+   * leader, the leader's states (every tab's, every device's) come back. Returns what stops it.
+   */
+  attachAwareness(docId: DocId, awareness: Awareness): () => void {
+    const entry = this.#docs.get(docId);
+    if (!entry) throw new Error('attachAwareness needs an open document');
+    const onUpdate = (change: AwarenessChange, origin: unknown) => {
+      if (origin === BRIDGE_ORIGIN || this.#closed || !entry.ready || this.#leader === undefined) return;
+      this.#channel.post({ type: 'awareness', to: this.#leader, doc: docId, update: encodeAwarenessUpdate(awareness, changedClients(change)) });
+    };
+    awareness.on('update', onUpdate);
+    const stop = () => {
+      awareness.off('update', onUpdate);
+      if (entry.awareness?.awareness === awareness) entry.awareness = undefined;
+    };
+    entry.awareness = { awareness, stop };
+    if (entry.ready) this.#syncAwareness(docId, entry);
+    return stop;
+  }
+
+  /** Sends this tab's own awareness state to the leader and asks for all of the leader's. */
+  #syncAwareness(docId: DocId, entry: FollowerDoc): void {
+    if (!entry.awareness || this.#leader === undefined) return;
+    const { awareness } = entry.awareness;
+    this.#channel.post({ type: 'awareness', to: this.#leader, doc: docId, update: encodeAwarenessUpdate(awareness, [awareness.clientID]) });
+    this.#channel.post({ type: 'awareness-sync', to: this.#leader, doc: docId });
   }
 
   /** Calls a method on the leader; retried on a new leader when idempotent, else rejected with LEADER_CHANGED. */
@@ -141,6 +174,7 @@ export class Follower {
         this.#channel.post({ type: 'update', to: message.from, id: message.id, doc: message.doc, update: Y.encodeStateAsUpdate(entry.doc, message.sv) });
         entry.openId = undefined;
         entry.ready = true;
+        this.#syncAwareness(message.doc, entry);
         this.#hooks.onEvent({ name: 'staged', doc: message.doc, count: message.staged });
         entry.markOpened();
         return;
@@ -158,6 +192,17 @@ export class Follower {
           } catch {
             this.#hooks.onEvent({ name: 'error', error: { code: 'SCHEMA', message: 'the leader tab broadcast an update that does not apply', doc: message.doc } });
           }
+        }
+        return;
+      }
+      case 'awareness': {
+        const entry = this.#docs.get(message.doc);
+        // Our own state comes back too: y-protocols ignores what is not newer.
+        if (!entry?.awareness || message.from !== this.#leader) return;
+        try {
+          applyTabAwareness(entry.awareness.awareness, message.update, BRIDGE_ORIGIN);
+        } catch {
+          this.#hooks.onEvent({ name: 'error', error: { code: 'SCHEMA', message: 'the leader tab sent an awareness update that does not apply', doc: message.doc } });
         }
         return;
       }
@@ -193,6 +238,7 @@ export class Follower {
       case 'open':
       case 'update':
       case 'call':
+      case 'awareness-sync':
         // Meant for the leader.
         return;
     }

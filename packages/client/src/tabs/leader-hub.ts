@@ -1,9 +1,11 @@
 // The leading tab's service to the other tabs: their documents' changes in and out, their calls,
 // and the client's state mirrored to them.
-import type { DocId } from '@keel/engine';
+import { type DocId, ErrorCode } from '@keel/engine';
+import { Awareness, encodeAwarenessUpdate } from 'y-protocols/awareness';
 import * as Y from 'yjs';
 import type { ClientError, ClientEvents, DocSpec, PairingOffer } from '../client-api.js';
 import type { KeelClient } from '../client.js';
+import { type AwarenessChange, applyTabAwareness, changedClients, encodeAllStates } from './awareness-bridge.js';
 import { CALLS, type CallMethod, type MirroredState, type TabEvent, type TabMessage } from './messages.js';
 import { TabOrigin } from './origins.js';
 import type { TabChannel } from './tab-channel.js';
@@ -27,6 +29,13 @@ export const stateOf = (client: KeelClient): MirroredState => ({
   ...(client.relayId !== undefined ? { relayId: client.relayId } : {}),
 });
 
+/**
+ * Where the leader gets a document's awareness: the client's provider (contract 2), whose
+ * awareness the device shares with its other devices. Without one, the hub keeps an awareness
+ * per document that only this device's tabs share.
+ */
+export type AwarenessSource = (spec: DocSpec) => Promise<{ readonly awareness: Awareness }>;
+
 const stateKey = (state: MirroredState): string =>
   [state.status, state.tier.name, state.tier.since, state.crisisMode, state.devices.map((d) => `${d.device}:${d.issuer}`).join(','), state.unconfirmed, state.lastContactAt, state.relayId].join('|');
 
@@ -34,7 +43,10 @@ export class LeaderHub {
   readonly #client: KeelClient;
   readonly #channel: TabChannel;
   /** Documents whose every change is broadcast, with the listener to remove on close. */
-  readonly #watched = new Map<DocId, { doc: Y.Doc; stop: () => void }>();
+  readonly #watched = new Map<DocId, { spec: DocSpec; doc: Y.Doc; stop: () => void }>();
+  /** Each document's awareness as the leader holds it, with what stops its broadcast. */
+  readonly #awareness = new Map<DocId, Promise<{ awareness: Awareness; stop: () => void }>>();
+  readonly #awarenessSource: AwarenessSource | undefined;
   /** Pairing offers started by followers, by the id the follower refers to them with. */
   readonly #pairings = new Map<string, PairingOffer>();
   readonly #listeners: (() => void)[] = [];
@@ -43,9 +55,14 @@ export class LeaderHub {
   #closed = false;
   #pairingIds = 0;
 
-  constructor(client: KeelClient, channel: TabChannel) {
+  /** Reports a problem the hub itself found (a follower's bad input) to the leading tab's app. */
+  readonly #onProblem: (error: ClientError) => void;
+
+  constructor(client: KeelClient, channel: TabChannel, onProblem: (error: ClientError) => void, awarenessSource?: AwarenessSource) {
     this.#client = client;
     this.#channel = channel;
+    this.#onProblem = onProblem;
+    this.#awarenessSource = awarenessSource;
     const listen = <N extends keyof ClientEvents & string>(name: N, f: ClientEvents[N]) => {
       client.on(name, f);
       this.#listeners.push(() => client.off(name, f));
@@ -78,13 +95,39 @@ export class LeaderHub {
   }
 
   /** Broadcasts every change of `doc`, whoever made it, so every tab converges on the leader's copy. */
-  watch(docId: DocId, doc: Y.Doc): void {
+  watch(docId: DocId, spec: DocSpec, doc: Y.Doc): void {
     if (this.#watched.has(docId)) return;
     const onUpdate = (update: Uint8Array, origin: unknown) => {
       this.#channel.post({ type: 'doc-update', doc: docId, update, ...(origin instanceof TabOrigin ? { origin: origin.tab } : {}) });
     };
     doc.on('update', onUpdate);
-    this.#watched.set(docId, { doc, stop: () => doc.off('update', onUpdate) });
+    this.#watched.set(docId, { spec, doc, stop: () => doc.off('update', onUpdate) });
+  }
+
+  /**
+   * The leader's awareness of a watched document; every change of it (this tab's, a follower's,
+   * another device's) is broadcast to the tabs, tagged with the tab it came from.
+   */
+  awarenessOf(docId: DocId): Promise<Awareness> | undefined {
+    const watched = this.#watched.get(docId);
+    if (!watched) return undefined;
+    let entry = this.#awareness.get(docId);
+    if (!entry) {
+      const source = this.#awarenessSource;
+      entry = (async () => {
+        const awareness = source ? (await source(watched.spec)).awareness : new Awareness(watched.doc);
+        const onUpdate = (change: AwarenessChange, origin: unknown) => {
+          if (this.#closed) return;
+          const update = encodeAwarenessUpdate(awareness, changedClients(change));
+          this.#channel.post({ type: 'awareness', doc: docId, update, ...(origin instanceof TabOrigin ? { origin: origin.tab } : {}) });
+        };
+        awareness.on('update', onUpdate);
+        // A provider's awareness is the provider's to end; one the hub made, the hub ends.
+        return { awareness, stop: () => (awareness.off('update', onUpdate), source ? undefined : awareness.destroy()) };
+      })();
+      this.#awareness.set(docId, entry);
+    }
+    return entry.then((e) => e.awareness);
   }
 
   /** A message from a follower tab. Never throws: failures are answered or reported. */
@@ -102,6 +145,14 @@ export class LeaderHub {
         return;
       case 'call':
         void this.#call(message.from, message.id, message.method, message.args);
+        return;
+      case 'awareness':
+        if (message.to !== undefined) void this.#applyAwareness(message.from, message.doc, message.update);
+        return;
+      case 'awareness-sync':
+        void this.awarenessOf(message.doc)?.then((awareness) => {
+          if (!this.#closed) this.#channel.post({ type: 'awareness', to: message.from, doc: message.doc, update: encodeAllStates(awareness) });
+        });
         return;
       case 'leader':
       case 'opened':
@@ -121,7 +172,7 @@ export class LeaderHub {
     try {
       const doc = await this.#client.open(spec);
       const docId = this.#client.docId(spec);
-      this.watch(docId, doc);
+      this.watch(docId, spec, doc);
       let update: Uint8Array;
       try {
         update = Y.encodeStateAsUpdate(doc, sv);
@@ -142,12 +193,22 @@ export class LeaderHub {
     try {
       Y.applyUpdate(watched.doc, update, new TabOrigin(from));
     } catch (error) {
-      this.#event({ name: 'error', error: { code: 'SCHEMA', message: `a tab sent an update that does not apply: ${errorOf(error).message}`, doc: docId } });
+      this.#problem(`a tab sent an update that does not apply: ${errorOf(error).message}`, docId);
       // Acknowledged all the same: resending bytes that do not apply would never end.
     }
     await this.#client.persisted().catch(() => {});
     // Closing: no ack, so the follower sends this change again to the next leader.
     if (!this.#closed) this.#channel.post({ type: 'ack', to: from, id });
+  }
+
+  async #applyAwareness(from: string, docId: DocId, update: Uint8Array): Promise<void> {
+    const awareness = await this.awarenessOf(docId)?.catch(() => undefined);
+    if (!awareness || this.#closed) return;
+    try {
+      applyTabAwareness(awareness, update, new TabOrigin(from));
+    } catch (error) {
+      this.#problem(`a tab sent an awareness update that does not apply: ${errorOf(error).message}`, docId);
+    }
   }
 
   async #call(from: string, id: number, method: CallMethod, rawArgs: unknown[]): Promise<void> {
@@ -211,6 +272,13 @@ export class LeaderHub {
     }
   }
 
+  /** Bad input from a follower: dropped, reported in this tab and in every other. */
+  #problem(message: string, doc: DocId): void {
+    const error = { code: ErrorCode.SCHEMA, message, doc };
+    this.#onProblem(error);
+    this.#event({ name: 'error', error });
+  }
+
   #event(event: TabEvent): void {
     if (!this.#closed) this.#channel.post({ type: 'event', event });
   }
@@ -223,6 +291,8 @@ export class LeaderHub {
     for (const stop of this.#listeners.splice(0)) stop();
     for (const { stop } of this.#watched.values()) stop();
     this.#watched.clear();
+    for (const entry of this.#awareness.values()) void entry.then(({ stop }) => stop(), () => {});
+    this.#awareness.clear();
     for (const offer of this.#pairings.values()) offer.cancel();
     this.#pairings.clear();
   }

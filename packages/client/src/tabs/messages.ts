@@ -92,6 +92,10 @@ export const TabMessageSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('ack'), ...addressed, id: IdSchema }),
   /** Leader → all: every change of an open document, whoever made it (`origin`: the tab that did). */
   z.object({ type: z.literal('doc-update'), ...base, doc: DocIdSchema, update: bytes, origin: TabIdSchema.optional() }),
+  /** Awareness states: follower → leader (`to`), leader → all or one tab; `origin`: the tab they came from. */
+  z.object({ type: z.literal('awareness'), ...base, to: TabIdSchema.optional(), doc: DocIdSchema, update: bytes, origin: TabIdSchema.optional() }),
+  /** Follower → leader: send me every awareness state of this document. */
+  z.object({ type: z.literal('awareness-sync'), ...addressed, doc: DocIdSchema }),
   z.object({ type: z.literal('call'), ...addressed, id: IdSchema, method: CallMethodSchema, args: z.array(z.unknown()).max(4) }),
   z.object({
     type: z.literal('result'),

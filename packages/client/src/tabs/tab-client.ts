@@ -1,18 +1,21 @@
 // One device per browser profile, any number of tabs: the client every tab's app holds. Exactly
 // one tab (the leader, elected by a lock) runs the real KeelClient; the others follow it over a
 // BroadcastChannel. The app cannot tell which it is, except through `isLeader` and `leader`.
-import { type DeviceCertificate, type DeviceId, type DocId, DocClassSchema, type RelayId, type TierState, DEFAULT_TIERS, cryptoReady, deriveDocId } from '@keel/engine';
+import { type DeviceCertificate, type DeviceId, type DocId, DocClassSchema, ErrorCode, type RelayId, type TierState, DEFAULT_TIERS, cryptoReady, deriveDocId } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
+import { Awareness } from 'y-protocols/awareness';
 import * as Y from 'yjs';
 import type { AssessmentResult, ClientError, ClientEvents, ClientStatus, DocSpec, KeelClientApi, PairingOffer } from '../client-api.js';
 import type { KeelClient } from '../client.js';
 import type { Identity } from '../identity.js';
 import { Follower, type FollowerDoc, type PendingCall, callError } from './follower.js';
-import { LeaderHub, stateOf } from './leader-hub.js';
+import { bridgeAwareness } from './awareness-bridge.js';
+import { type AwarenessSource, LeaderHub, stateOf } from './leader-hub.js';
 import type { HeldLock, LeaderLock } from './leader-lock.js';
 import { CALLS, type CallMethod, type MirroredState, type TabEvent, type TabMessage } from './messages.js';
 import { BRIDGE_ORIGIN, TabOrigin } from './origins.js';
 import { type BroadcastChannelLike, type TabChannel, openTabChannel } from './tab-channel.js';
+import { TabProvider } from './tab-provider.js';
 
 export type TabClientEvents = ClientEvents & {
   /** This tab became the leader: it now holds the relay link (the app may show it, tests wait for it). */
@@ -22,7 +25,21 @@ export type TabClientEvents = ClientEvents & {
 /** The real client a leading tab runs, and how to close it with its storage. */
 export interface LeaderClient {
   readonly client: KeelClient;
+  /**
+   * The document awareness the device shares with its other devices (the client's provider,
+   * contract 2). Absent: awareness is shared between this device's tabs only.
+   */
+  readonly awareness?: AwarenessSource;
   close(): Promise<void>;
+}
+
+/** A document's awareness in this tab and the provider handles on it. */
+interface ProviderEntry {
+  readonly awareness: Awareness;
+  readonly handles: Set<TabProvider>;
+  /** How it is bridged: the leader's own (nothing to bridge), over the channel, or in-process. */
+  mode: 'leader' | 'channel' | 'in-process';
+  stop: () => void;
 }
 
 export interface TabClientOptions {
@@ -85,6 +102,9 @@ const bridgeDocs = (tabDoc: Y.Doc, clientDoc: Y.Doc, origin: TabOrigin): (() => 
 export class TabClient extends ObservableV2<TabClientEvents> implements KeelClientApi {
   readonly identity: Identity;
   readonly tabId = randomTabId();
+  /** The origin of this tab's changes in the leader's documents and awareness. */
+  readonly #origin = new TabOrigin(this.tabId);
+  readonly #providers = new Map<DocId, Promise<ProviderEntry>>();
   readonly #options: TabClientOptions;
   readonly #channel: TabChannel;
   readonly #lockAbort = new AbortController();
@@ -103,9 +123,12 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     this.#options = options;
     this.#channel = openTabChannel(options.channel, this.tabId, {
       onMessage: (message) => this.#onMessage(message),
-      onInvalid: (reason) => this.emit('error', [{ code: 'SCHEMA', message: `dropped a message from another tab: ${reason}` }]),
+      onInvalid: (reason) => this.emit('error', [{ code: ErrorCode.SCHEMA, message: `dropped a message from another tab: ${reason}` }]),
     });
     this.#follower = this.#newFollower();
+    this.on('status', (status) => {
+      for (const entry of this.#providers.values()) void entry.then((e) => e.handles.forEach((handle) => handle.refresh(status)), () => {});
+    });
   }
 
   /**
@@ -187,8 +210,61 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     const bridged = role.bridged.get(docId);
     if (bridged) return bridged.doc;
     const doc = await role.client.open(spec);
-    role.hub.watch(docId, doc);
+    role.hub.watch(docId, spec, doc);
     return doc;
+  }
+
+  /**
+   * A y-websocket-shaped handle on a document (contract 2). Handles of one document share its
+   * doc and awareness. In a follower the awareness is this tab's own, bridged to the leader's,
+   * so cursors of every tab and every device meet. The document itself stays open in the
+   * leader after the last handle is destroyed (other tabs may still use it) until the client closes.
+   */
+  async provider(spec: DocSpec): Promise<TabProvider> {
+    const doc = await this.open(spec);
+    const docId = this.docId(spec);
+    let pending = this.#providers.get(docId);
+    if (!pending) {
+      pending = this.#attachAwareness(docId, doc);
+      this.#providers.set(docId, pending);
+      pending.catch(() => this.#providers.delete(docId));
+    }
+    const entry = await pending;
+    const handle = new TabProvider(doc, entry.awareness, this.status, (p) => this.#dropProvider(docId, p));
+    entry.handles.add(handle);
+    return handle;
+  }
+
+  async #attachAwareness(docId: DocId, doc: Y.Doc): Promise<ProviderEntry> {
+    let role = this.#roleNow();
+    while (role instanceof Promise) {
+      await role;
+      role = this.#roleNow();
+    }
+    if (role instanceof Follower) {
+      const awareness = new Awareness(doc);
+      return { awareness, handles: new Set(), mode: 'channel', stop: role.attachAwareness(docId, awareness) };
+    }
+    const leaderAwareness = await role.hub.awarenessOf(docId);
+    if (!leaderAwareness) throw callError('CLIENT_CLOSED', 'the document is not open');
+    if (!role.bridged.has(docId)) return { awareness: leaderAwareness, handles: new Set(), mode: 'leader', stop: () => {} };
+    const awareness = new Awareness(doc);
+    return { awareness, handles: new Set(), mode: 'in-process', stop: bridgeAwareness(awareness, leaderAwareness, this.#origin, BRIDGE_ORIGIN) };
+  }
+
+  async #dropProvider(docId: DocId, handle: TabProvider): Promise<void> {
+    const entry = await this.#providers.get(docId);
+    if (!entry?.handles.delete(handle) || entry.handles.size > 0) return;
+    this.#providers.delete(docId);
+    this.#endAwareness(entry);
+  }
+
+  /** This tab's cursor leaves the other tabs and devices, then its awareness stops. */
+  #endAwareness(entry: ProviderEntry): void {
+    if (entry.mode === 'leader') return;
+    entry.awareness.setLocalState(null);
+    entry.stop();
+    entry.awareness.destroy();
   }
 
   /**
@@ -261,6 +337,11 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     this.#follower?.close();
     this.#follower = undefined;
     if (this.#promoting) await this.#promoting.catch(() => {});
+    for (const pending of this.#providers.values()) {
+      const entry = await pending.catch(() => undefined);
+      if (entry) this.#endAwareness(entry);
+    }
+    this.#providers.clear();
     const leading = this.#leading;
     this.#leading = undefined;
     if (leading) {
@@ -344,10 +425,18 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       throw failure;
     }
     const { client } = leader;
-    const hub = new LeaderHub(client, this.#channel);
-    const origin = new TabOrigin(this.tabId);
+    const hub = new LeaderHub(client, this.#channel, (error) => this.emit('error', [error]), leader.awareness);
     const bridged = new Map<DocId, { doc: Y.Doc; stop: () => void }>();
-    for (const entry of docs) await this.#adopt(client, hub, entry, origin, bridged);
+    for (const entry of docs) await this.#adopt(client, hub, entry, this.#origin, bridged);
+    // Awareness this tab bridged over the channel is bridged to the leader's in-process now.
+    for (const [docId, pending] of this.#providers) {
+      const entry = await pending.catch(() => undefined);
+      const leaderAwareness = entry?.mode === 'channel' ? await hub.awarenessOf(docId)?.catch(() => undefined) : undefined;
+      if (!entry || !leaderAwareness) continue;
+      entry.stop();
+      entry.mode = 'in-process';
+      entry.stop = bridgeAwareness(entry.awareness, leaderAwareness, this.#origin, BRIDGE_ORIGIN);
+    }
     const listeners = FORWARDED.map((name) => {
       const forward = (...args: unknown[]) => this.emit(name, args as never);
       client.on(name, forward as never);
@@ -367,7 +456,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       const clientDoc = await client.open(entry.spec);
       const docId = this.docId(entry.spec);
       bridged.set(docId, { doc: entry.doc, stop: bridgeDocs(entry.doc, clientDoc, origin) });
-      hub.watch(docId, clientDoc);
+      hub.watch(docId, entry.spec, clientDoc);
       entry.markOpened();
     } catch (error) {
       entry.failOpen(error instanceof Error ? error : new Error(String(error)));
