@@ -8,7 +8,7 @@ import type { Identity } from '../src/identity.js';
 import { openIndexedDbStore } from '../src/storage/indexeddb-store.js';
 import { createYIndexedDbState } from '../src/storage/y-indexeddb-state.js';
 import type { HeldLock, LeaderLock } from '../src/tabs/leader-lock.js';
-import { TabClient } from '../src/tabs/tab-client.js';
+import { type LeaderClient, TabClient } from '../src/tabs/tab-client.js';
 
 /** Nothing listens on the discard port: a dead tab's reconnects go nowhere. */
 const NOWHERE = 'ws://127.0.0.1:9';
@@ -78,7 +78,7 @@ export const openTab = async (options: TabOptions): Promise<Tab> => {
       return h;
     },
   };
-  let led: { client: KeelClient; close: () => Promise<void> } | undefined;
+  let led: LeaderClient | undefined;
   const errors: ClientError[] = [];
   const client = await TabClient.create({
     identity: options.identity,
@@ -98,6 +98,18 @@ export const openTab = async (options: TabOptions): Promise<Tab> => {
       });
       led = {
         client: keel,
+        // What contract 3's signOut does in a browser, for the tabs' part of it.
+        signOut: async ({ wipe }) => {
+          await keel.close();
+          await storage.close();
+          if (!wipe) return;
+          const names = (await indexedDB.databases()).map((d) => d.name ?? '').filter((n) => n === `keel-${options.name}` || n.startsWith(`keel-${options.name}-doc-`));
+          await Promise.all(names.map((n) => new Promise((resolve, reject) => {
+            const request = indexedDB.deleteDatabase(n);
+            request.onsuccess = resolve;
+            request.onerror = () => reject(request.error);
+          })));
+        },
         close: async () => {
           await keel.close();
           await storage.close();

@@ -249,4 +249,22 @@ describe('tabs of one device', () => {
     await pb.destroy();
     await waitFor(() => !cursors(pc).includes('b2'), 5_000, "b's cursor removed in c");
   });
+
+  it('signing out from a follower closes every tab and no tab leads again over the wiped store', async () => {
+    const { tabs } = await setup(3);
+    const [a, b, c] = tabs as [Tab, Tab, Tab];
+    const doc = await c.client.open(SPEC);
+    doc.getArray<string>('items').push(['x']);
+    await within(c.client.flush(), 10_000, 'flush');
+    const name = `keel-app${names}`;
+    expect((await indexedDB.databases()).map((d) => d.name)).toContain(name);
+    await within(c.client.signOut({ wipe: true }), 10_000, 'signOut from a follower');
+    await waitFor(() => tabs.every((t) => t.client.status === 'closed'), 5_000, 'every tab closed');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(tabs.some((t) => t.client.isLeader)).toBe(false);
+    const left = (await indexedDB.databases()).map((d) => d.name ?? '').filter((n) => n === name || n.startsWith(`${name}-doc-`));
+    expect(left).toEqual([]);
+    expect(a.client.status).toBe('closed');
+    expect(b.client.status).toBe('closed');
+  });
 });

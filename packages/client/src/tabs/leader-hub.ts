@@ -6,7 +6,7 @@ import * as Y from 'yjs';
 import type { ClientError, ClientEvents, DocSpec, PairingOffer } from '../client-api.js';
 import type { KeelClient } from '../client.js';
 import { type AwarenessChange, applyTabAwareness, changedClients, encodeAllStates } from './awareness-bridge.js';
-import { CALLS, type CallMethod, type MirroredState, type TabEvent, type TabMessage } from './messages.js';
+import { CALLS, type CallMethod, type MirroredState, type MirroredStats, type TabEvent, type TabMessage } from './messages.js';
 import { TabOrigin } from './origins.js';
 import type { TabChannel } from './tab-channel.js';
 
@@ -19,7 +19,7 @@ const errorOf = (error: unknown): { code: string; message: string } => ({
 });
 
 /** The state followers mirror, as the leader's client has it now. */
-export const stateOf = (client: KeelClient): MirroredState => ({
+export const stateOf = (client: KeelClient, stats?: () => MirroredStats): MirroredState => ({
   status: client.status,
   tier: client.tier,
   crisisMode: client.crisisMode,
@@ -27,6 +27,7 @@ export const stateOf = (client: KeelClient): MirroredState => ({
   unconfirmed: client.unconfirmed,
   ...(client.lastContactAt !== undefined ? { lastContactAt: client.lastContactAt } : {}),
   ...(client.relayId !== undefined ? { relayId: client.relayId } : {}),
+  ...(stats ? { stats: stats() } : {}),
 });
 
 /**
@@ -37,7 +38,28 @@ export const stateOf = (client: KeelClient): MirroredState => ({
 export type AwarenessSource = (spec: DocSpec) => Promise<{ readonly awareness: Awareness }>;
 
 const stateKey = (state: MirroredState): string =>
-  [state.status, state.tier.name, state.tier.since, state.crisisMode, state.devices.map((d) => `${d.device}:${d.issuer}`).join(','), state.unconfirmed, state.lastContactAt, state.relayId].join('|');
+  [
+    state.status,
+    state.tier.name,
+    state.tier.since,
+    state.crisisMode,
+    state.devices.map((d) => `${d.device}:${d.issuer}`).join(','),
+    state.unconfirmed,
+    state.lastContactAt,
+    state.relayId,
+    JSON.stringify(state.stats ?? null),
+  ].join('|');
+
+/** What the leading tab gives its hub besides the client. */
+export interface LeaderHubOptions {
+  /** Reports a problem the hub itself found (a follower's bad input) to the leading tab's app. */
+  readonly onProblem: (error: ClientError) => void;
+  readonly awareness?: AwarenessSource | undefined;
+  /** `client.stats()` (contract 4), mirrored to followers when the client has it. */
+  readonly stats?: (() => MirroredStats) | undefined;
+  /** Signs the device out in every tab (the leading tab's own sign-out: it tells the others first). */
+  readonly signOut: (options: { wipe?: boolean }) => Promise<void>;
+}
 
 export class LeaderHub {
   readonly #client: KeelClient;
@@ -55,14 +77,13 @@ export class LeaderHub {
   #closed = false;
   #pairingIds = 0;
 
-  /** Reports a problem the hub itself found (a follower's bad input) to the leading tab's app. */
-  readonly #onProblem: (error: ClientError) => void;
+  readonly #options: LeaderHubOptions;
 
-  constructor(client: KeelClient, channel: TabChannel, onProblem: (error: ClientError) => void, awarenessSource?: AwarenessSource) {
+  constructor(client: KeelClient, channel: TabChannel, options: LeaderHubOptions) {
     this.#client = client;
     this.#channel = channel;
-    this.#onProblem = onProblem;
-    this.#awarenessSource = awarenessSource;
+    this.#options = options;
+    this.#awarenessSource = options.awareness;
     const listen = <N extends keyof ClientEvents & string>(name: N, f: ClientEvents[N]) => {
       client.on(name, f);
       this.#listeners.push(() => client.off(name, f));
@@ -87,7 +108,7 @@ export class LeaderHub {
   /** Broadcasts the client's state when it changed (or to one tab, always). */
   broadcastState(to?: string): void {
     if (this.#closed) return;
-    const state = stateOf(this.#client);
+    const state = stateOf(this.#client, this.#options.stats);
     const key = stateKey(state);
     if (to === undefined && key === this.#lastState) return;
     if (to === undefined) this.#lastState = key;
@@ -267,6 +288,11 @@ export class LeaderHub {
         const [spec] = args as [DocSpec];
         return client.acceptStaged(spec);
       }
+      case 'signOut': {
+        const [options] = args as [{ wipe?: boolean }];
+        await this.#options.signOut(options);
+        return undefined;
+      }
       default:
         return assertNever(method);
     }
@@ -275,12 +301,17 @@ export class LeaderHub {
   /** Bad input from a follower: dropped, reported in this tab and in every other. */
   #problem(message: string, doc: DocId): void {
     const error = { code: ErrorCode.SCHEMA, message, doc };
-    this.#onProblem(error);
+    this.#options.onProblem(error);
     this.#event({ name: 'error', error });
   }
 
   #event(event: TabEvent): void {
     if (!this.#closed) this.#channel.post({ type: 'event', event });
+  }
+
+  /** Tells every tab the device signs out, before anything is wiped: none of them may lead again. */
+  announceSignOut(): void {
+    this.#event({ name: 'signed-out' });
   }
 
   /** Stops serving: no more broadcasts; the client itself is closed by its owner. */

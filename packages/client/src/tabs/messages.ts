@@ -31,6 +31,8 @@ export const CALLS = {
   cancelPairing: { idempotent: true, args: z.tuple([z.string().max(64)]) },
   revokeDevice: { idempotent: false, args: z.tuple([DeviceIdSchema]) },
   acceptStaged: { idempotent: false, args: z.tuple([DocSpecSchema]) },
+  // Signing out twice signs out once.
+  signOut: { idempotent: true, args: z.tuple([z.object({ wipe: z.boolean().optional() })]) },
 } as const;
 export type CallMethod = keyof typeof CALLS;
 const CallMethodSchema = z.enum(Object.keys(CALLS) as [CallMethod, ...CallMethod[]]);
@@ -51,7 +53,15 @@ export const RESULTS = {
   cancelPairing: z.undefined(),
   revokeDevice: z.number().int(),
   acceptStaged: z.number().int().min(0),
+  signOut: z.undefined(),
 } as const satisfies Record<CallMethod, z.ZodType>;
+
+/** `client.stats()` (contract 4), mirrored like the rest of the state. */
+export const SyncStatsSchema = z.object({
+  outboxDepth: z.number().int().min(0),
+  lastLatencyMs: z.partialRecord(DocClassSchema, z.number().min(0)),
+});
+export type MirroredStats = z.infer<typeof SyncStatsSchema>;
 
 export const MirroredStateSchema = z.object({
   status: z.enum(['connecting', 'connected', 'offline', 'synced', 'closed']),
@@ -61,6 +71,7 @@ export const MirroredStateSchema = z.object({
   unconfirmed: z.number().int().min(0),
   lastContactAt: z.number().optional(),
   relayId: RelayIdSchema.optional(),
+  stats: SyncStatsSchema.optional(),
 });
 export type MirroredState = z.infer<typeof MirroredStateSchema>;
 
@@ -72,6 +83,8 @@ export const TabEventSchema = z.discriminatedUnion('name', [
   z.object({ name: z.literal('staged'), doc: DocIdSchema, count: z.number().int().min(0) }),
   z.object({ name: z.literal('linked'), pairing: z.string().max(64), cert: DeviceCertificateSchema }),
   z.object({ name: z.literal('pairing-failed'), pairing: z.string().max(64), error: ErrorSchema }),
+  /** The device signs out: no tab may lead again (a new leader would start from a wiped store). */
+  z.object({ name: z.literal('signed-out') }),
 ]);
 export type TabEvent = z.infer<typeof TabEventSchema>;
 

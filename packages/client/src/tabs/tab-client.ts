@@ -12,7 +12,7 @@ import { Follower, type FollowerDoc, type PendingCall, callError } from './follo
 import { bridgeAwareness } from './awareness-bridge.js';
 import { type AwarenessSource, LeaderHub, stateOf } from './leader-hub.js';
 import type { HeldLock, LeaderLock } from './leader-lock.js';
-import { CALLS, type CallMethod, type MirroredState, type TabEvent, type TabMessage } from './messages.js';
+import { CALLS, type CallMethod, type MirroredState, type MirroredStats, type TabEvent, type TabMessage } from './messages.js';
 import { BRIDGE_ORIGIN, TabOrigin } from './origins.js';
 import { type BroadcastChannelLike, type TabChannel, openTabChannel } from './tab-channel.js';
 import { TabProvider } from './tab-provider.js';
@@ -30,6 +30,13 @@ export interface LeaderClient {
    * contract 2). Absent: awareness is shared between this device's tabs only.
    */
   readonly awareness?: AwarenessSource;
+  /** `client.stats()` (contract 4); absent, `stats()` reports `unconfirmed` and no latencies. */
+  readonly stats?: () => MirroredStats;
+  /**
+   * Closes the client and, with `wipe`, removes every local store (contract 3). Absent: signing
+   * out closes, and refuses `wipe`.
+   */
+  readonly signOut?: (options: { wipe?: boolean }) => Promise<void>;
   close(): Promise<void>;
 }
 
@@ -56,6 +63,8 @@ export interface TabClientOptions {
 
 interface Leading extends LeaderClient {
   readonly hub: LeaderHub;
+  /** Closed already (signed out). */
+  closed: boolean;
   /** A promoted follower's own documents, kept for the app and bridged to the client's. */
   readonly bridged: Map<DocId, { readonly doc: Y.Doc; readonly stop: () => void }>;
   readonly stopEvents: () => void;
@@ -116,6 +125,12 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   readonly #staged = new Map<DocId, number>();
   readonly #pairings = new Map<string, { resolve: (cert: DeviceCertificate) => void; reject: (error: Error) => void }>();
   #closed = false;
+  /** The device signed out (here or in another tab): this tab never leads again. */
+  #signedOut = false;
+  /** This tab asked for the sign-out and waits for the leader's answer before closing. */
+  #ownSignOut = false;
+  /** The leading tab's sign-out in progress (once). */
+  #signingOut: Promise<void> | undefined;
 
   private constructor(options: TabClientOptions) {
     super();
@@ -330,6 +345,52 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     return { code, linked, cancel: () => void this.#call('cancelPairing', [pairing]).catch(() => {}) };
   }
 
+  /** `client.stats()` (contract 4): the leader's, mirrored in followers. */
+  stats(): MirroredStats {
+    const stats = this.#leading ? this.#leading.stats?.() : this.#mirror.stats;
+    return stats ?? { outboxDepth: this.unconfirmed, lastLatencyMs: {} };
+  }
+
+  /**
+   * Signs this device out in every tab (contract 3): the leader tells every tab first (none may
+   * lead again: a new leader would start from the wiped store), then closes the client and, with
+   * `wipe`, removes every local store. Resolves once that is done and this tab is closed.
+   */
+  async signOut(options: { wipe?: boolean } = {}): Promise<void> {
+    let role = this.#roleNow();
+    while (role instanceof Promise) {
+      await role;
+      role = this.#roleNow();
+    }
+    const args = options.wipe === undefined ? {} : { wipe: options.wipe };
+    if (role instanceof Follower) {
+      this.#ownSignOut = true;
+      const call = role.call('signOut', [args]);
+      await call;
+    } else {
+      await this.#signOutLeading(args);
+    }
+    await this.close();
+  }
+
+  /** The leader's part of a sign-out, whichever tab asked; idempotent. */
+  #signOutLeading(options: { wipe?: boolean }): Promise<void> {
+    const leading = this.#leading;
+    if (!leading) return Promise.reject(callError('CLIENT_CLOSED', 'client is closed'));
+    this.#signingOut ??= (async () => {
+      this.#signedOut = true;
+      this.#lockAbort.abort();
+      leading.hub.announceSignOut();
+      if (leading.signOut) await leading.signOut(options);
+      else if (options.wipe) throw callError('INTERNAL', 'signing out with wipe needs a client with signOut (contract 3)');
+      else await leading.close();
+      leading.closed = true;
+      // The answer to a follower that asked goes out first; then this tab closes too.
+      setTimeout(() => void this.close(), 0);
+    })();
+    return this.#signingOut;
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -348,7 +409,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       leading.hub.close();
       leading.stopEvents();
       for (const { stop } of leading.bridged.values()) stop();
-      await leading.close();
+      if (!leading.closed) await leading.close();
     }
     // Only now may another tab lead: this one's writes are done.
     this.#held?.release();
@@ -377,7 +438,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   #requestLock(): void {
     this.#options.lock.acquire(`keel-${this.#options.name}-leader`, this.#lockAbort.signal).then(
       (held) => {
-        if (this.#closed) {
+        if (this.#closed || this.#signedOut) {
           held.release();
           return;
         }
@@ -425,7 +486,12 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       throw failure;
     }
     const { client } = leader;
-    const hub = new LeaderHub(client, this.#channel, (error) => this.emit('error', [error]), leader.awareness);
+    const hub = new LeaderHub(client, this.#channel, {
+      onProblem: (error) => this.emit('error', [error]),
+      awareness: leader.awareness,
+      stats: leader.stats,
+      signOut: (options) => this.#signOutLeading(options),
+    });
     const bridged = new Map<DocId, { doc: Y.Doc; stop: () => void }>();
     for (const entry of docs) await this.#adopt(client, hub, entry, this.#origin, bridged);
     // Awareness this tab bridged over the channel is bridged to the leader's in-process now.
@@ -443,10 +509,10 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       return () => client.off(name, forward as never);
     });
     const before = this.#mirror;
-    this.#leading = { ...leader, hub, bridged, stopEvents: () => listeners.forEach((stop) => stop()) };
+    this.#leading = { ...leader, hub, bridged, closed: false, stopEvents: () => listeners.forEach((stop) => stop()) };
     if (this.#closed) return;
     hub.announce();
-    this.#emitChanges(before, stateOf(client));
+    this.#emitChanges(before, stateOf(client, leader.stats));
     for (const call of calls) this.#runHandedOver(call);
     this.emit('leader', []);
   }
@@ -500,6 +566,8 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
         return client.revokeDevice(args[0] as DeviceId);
       case 'acceptStaged':
         return client.acceptStaged(args[0] as DocSpec);
+      case 'signOut':
+        return this.#signOutLeading(args[0] as { wipe?: boolean });
       case 'startPairing':
       case 'cancelPairing':
         // A follower's pairing died with the old leader's connection.
@@ -553,6 +621,12 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       case 'pairing-failed':
         this.#pairings.get(event.pairing)?.reject(callError(event.error.code, event.error.message));
         this.#pairings.delete(event.pairing);
+        return;
+      case 'signed-out':
+        this.#signedOut = true;
+        this.#lockAbort.abort();
+        // The tab that asked closes once the leader answered; every other closes now.
+        if (!this.#ownSignOut) void this.close();
         return;
     }
   }
