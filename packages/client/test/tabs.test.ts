@@ -9,6 +9,7 @@ import { type Identity, createIdentity, linkNewDevice } from '../src/identity.js
 import { RelayWebSocket } from '../src/node.js';
 import { joinWithPairingCode } from '../src/pairing.js';
 import { createMemoryLocks, type LeaderLock } from '../src/tabs/leader-lock.js';
+import { TabClient } from '../src/tabs/tab-client.js';
 import { type Tab, installFakeIndexedDb, openTab } from './tabs-harness.js';
 
 const SPEC: DocSpec = { class: 'checkin', name: 'tabs' };
@@ -266,5 +267,22 @@ describe('tabs of one device', () => {
     expect(left).toEqual([]);
     expect(a.client.status).toBe('closed');
     expect(b.client.status).toBe('closed');
+  });
+
+  it('a tab that cannot start the client when it comes to lead fails clearly and frees the lock', async () => {
+    const identity = await createIdentity();
+    const channel = new BroadcastChannel('keel-broken-tabs');
+    const failing = TabClient.create({
+      identity,
+      name: 'broken',
+      lock: locks,
+      channel,
+      createLeader: () => Promise.reject(new Error('IndexedDB refused')),
+    });
+    await expect(failing).rejects.toMatchObject({ code: 'LEADER_FAILED' });
+    // The lock is free again: the next tab leads.
+    const next = await openTab({ url: relay.url, identity, name: 'broken', locks, label: 'n' });
+    cleanups.push(() => next.dispose());
+    expect(next.client.isLeader).toBe(true);
   });
 });

@@ -165,10 +165,17 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     await known;
     tab.#whenRoleKnown = undefined;
     if (tab.#promoting) await tab.#promoting;
+    const failure = tab.#failure;
+    if (failure) {
+      await tab.close();
+      throw failure;
+    }
     return tab;
   }
 
   #whenRoleKnown: (() => void) | undefined;
+  /** Why this tab could not lead when its turn came; every call fails with it. */
+  #failure: Error | undefined;
 
   /** Whether this tab holds the relay link now. */
   get isLeader(): boolean {
@@ -443,9 +450,16 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
           return;
         }
         this.#held = held;
-        this.#promoting = this.#promote().finally(() => {
-          this.#promoting = undefined;
-        });
+        this.#promoting = this.#promote()
+          .catch((error: unknown) => {
+            // Reported as a final error; the lock goes to another tab, which may fare better.
+            this.#failure = error instanceof Error ? error : new Error(String(error));
+            this.#held?.release();
+            this.#held = undefined;
+          })
+          .finally(() => {
+            this.#promoting = undefined;
+          });
         this.#whenRoleKnown?.();
       },
       () => {
@@ -464,7 +478,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     if (this.#promoting) return this.#promoting.catch(() => {});
     if (this.#leading) return this.#leading;
     if (this.#follower) return this.#follower;
-    throw callError('LEADER_FAILED', 'this tab could not start the client when it came to lead');
+    throw this.#failure ?? callError('CLIENT_CLOSED', 'client is closed');
   }
 
   /**
