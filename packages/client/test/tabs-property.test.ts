@@ -1,6 +1,7 @@
-// Property: whatever the interleaving of edits in several tabs, leader kills and new tabs
-// (reloads), every edit ends up exactly once in every live tab and on another device, every
-// flush resolves, and no envelope is refused for a reused counter.
+// Property: whatever the interleaving of edits in several tabs and on another device, leader
+// kills and new tabs (reloads), every edit ends up exactly once in every live tab and on the
+// other device, every flush resolves, and no envelope is refused for a reused counter.
+// TABS_RUNS and TABS_SEED widen the search locally (defaults: 12 runs, seed 7).
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
@@ -13,10 +14,16 @@ import { type Tab, installFakeIndexedDb, openTab } from './tabs-harness.js';
 
 const SPEC: DocSpec = { class: 'checkin', name: 'property' };
 
-type Step = { readonly kind: 'edit'; readonly tab: number; readonly count: number } | { readonly kind: 'kill' } | { readonly kind: 'open' } | { readonly kind: 'pause' };
+type Step =
+  | { readonly kind: 'edit'; readonly tab: number; readonly count: number }
+  | { readonly kind: 'remote'; readonly count: number }
+  | { readonly kind: 'kill' }
+  | { readonly kind: 'open' }
+  | { readonly kind: 'pause' };
 
 const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ kind: fc.constant('edit' as const), tab: fc.nat(5), count: fc.integer({ min: 1, max: 4 }) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('remote' as const), count: fc.integer({ min: 1, max: 3 }) }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'kill' as const }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'open' as const }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'pause' as const }) },
@@ -56,6 +63,7 @@ describe('tabs under random edits, leader kills and reloads', () => {
         const live: Tab[] = [];
         const docs = new Map<Tab, Y.Doc>();
         const other = await connectDevice(relay.url, await linkNewDevice(identity));
+        const otherDoc = await other.client.open(SPEC);
         const expected: string[] = [];
         let serial = 0;
         const open = async () => {
@@ -75,6 +83,13 @@ describe('tabs under random edits, leader kills and reloads', () => {
                 docs.get(tab)!.getArray<string>('items').push([item]);
                 expected.push(item);
               }
+            } else if (step.kind === 'remote') {
+              // Another device of the user edits meanwhile.
+              for (let i = 0; i < step.count; i++) {
+                const item = `o-${serial++}`;
+                otherDoc.getArray<string>('items').push([item]);
+                expected.push(item);
+              }
             } else if (step.kind === 'kill') {
               const leader = live.find((t) => t.client.isLeader);
               if (!leader) continue;
@@ -88,9 +103,8 @@ describe('tabs under random edits, leader kills and reloads', () => {
               await new Promise((resolve) => setTimeout(resolve, 10));
             }
           }
-          if (process.env.TABS_DEBUG) console.log(JSON.stringify(all.map((t) => [t.label, live.includes(t), t.client.isLeader, t.errors])));
-          await within(Promise.all(live.map((t) => t.client.flush())), 30_000, 'every live tab flushes');
-          const copies = [...live.map((t) => docs.get(t)!), await other.client.open(SPEC)];
+          await within(Promise.all([...live.map((t) => t.client.flush()), other.client.flush()]), 30_000, 'every live tab and the other device flush');
+          const copies = [...live.map((t) => docs.get(t)!), otherDoc];
           await waitFor(() => copies.every((doc) => items(doc).length >= expected.length), 20_000, 'every copy complete');
           for (const doc of copies) {
             expect(items(doc).length).toBe(expected.length);

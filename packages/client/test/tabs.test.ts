@@ -285,4 +285,17 @@ describe('tabs of one device', () => {
     cleanups.push(() => next.dispose());
     expect(next.client.isLeader).toBe(true);
   });
+
+  it("a follower's pairing offer dies with the leader that held it: linked rejects with LEADER_CHANGED", async () => {
+    const { tabs } = await setup(2);
+    const [a, b] = tabs as [Tab, Tab];
+    const offer = await within(b.client.startPairing({ ttlMs: 30_000 }), 10_000, 'startPairing from a follower');
+    await a.kill();
+    await expect(within(offer.linked, 10_000, 'linked settles')).rejects.toMatchObject({ code: 'LEADER_CHANGED' });
+    // The new leader offers a new code.
+    await waitFor(() => b.client.isLeader, 10_000, 'b leads');
+    const again = await within(b.client.startPairing({ ttlMs: 30_000 }), 10_000, 'a new offer');
+    expect(again.code).not.toBe(offer.code);
+    again.cancel();
+  });
 });

@@ -435,9 +435,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       onEvent: (event) => this.#onTabEvent(event),
       onLeader: () => {
         this.#whenRoleKnown?.();
-        // The pairing session lived on the old leader's connection.
-        for (const pairing of this.#pairings.values()) pairing.reject(callError('LEADER_CHANGED', 'the leader tab holding the pairing session went away'));
-        this.#pairings.clear();
+        this.#dropPairings();
       },
     });
   }
@@ -468,6 +466,12 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     );
   }
 
+  /** Pairing offers made through the old leader: their session lived on its connection. */
+  #dropPairings(): void {
+    for (const pairing of this.#pairings.values()) pairing.reject(callError('LEADER_CHANGED', 'the leader tab holding the pairing session went away'));
+    this.#pairings.clear();
+  }
+
   /**
    * This tab's role once any promotion in progress finished. Callers act on it synchronously,
    * before anything else runs: a promotion that starts later takes over what they registered
@@ -489,6 +493,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   async #promote(): Promise<void> {
     const { docs, calls } = this.#follower?.promote() ?? { docs: [], calls: [] };
     this.#follower = undefined;
+    this.#dropPairings();
     let leader: LeaderClient;
     try {
       leader = await this.#options.createLeader();
