@@ -171,9 +171,13 @@ export class LeaderHub {
         if (message.to !== undefined) void this.#applyAwareness(message.from, message.doc, message.update);
         return;
       case 'awareness-sync':
-        void this.awarenessOf(message.doc)?.then((awareness) => {
-          if (!this.#closed) this.#channel.post({ type: 'awareness', to: message.from, doc: message.doc, update: encodeAllStates(awareness) });
-        });
+        void this.awarenessOf(message.doc)?.then(
+          (awareness) => {
+            if (!this.#closed) this.#channel.post({ type: 'awareness', to: message.from, doc: message.doc, update: encodeAllStates(awareness) });
+          },
+          // The client closed meanwhile: the next leader answers.
+          () => {},
+        );
         return;
       case 'leader':
       case 'opened':
