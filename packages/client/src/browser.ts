@@ -7,9 +7,10 @@ import { createYIndexedDbState } from './storage/y-indexeddb-state.js';
 import { type LeaderLock, createMemoryLocks, createWebLocks } from './tabs/leader-lock.js';
 import type { BroadcastChannelLike } from './tabs/tab-channel.js';
 import { type LeaderClient, TabClient, type TabClientEvents } from './tabs/tab-client.js';
+import type { TabProvider, TabProviderEvents } from './tabs/tab-provider.js';
 
 export { openIndexedDbStore, createYIndexedDbState, createMemoryLocks, createWebLocks, TabClient };
-export type { LeaderLock, BroadcastChannelLike, TabClientEvents };
+export type { LeaderLock, BroadcastChannelLike, TabClientEvents, TabProvider, TabProviderEvents };
 
 export type BrowserClientOptions = Omit<KeelClientOptions, 'storage' | 'documentState'> & {
   /**
@@ -32,6 +33,8 @@ export interface BrowserClient extends KeelClientApi {
   readonly isLeader: boolean;
   /** The relay id of a document (opaque), as KeelClient's. */
   docId: TabClient['docId'];
+  /** A y-websocket-shaped handle on a document (contract 2), in whichever tab. */
+  provider: TabClient['provider'];
   on<NAME extends keyof TabClientEvents & string>(name: NAME, f: TabClientEvents[NAME]): TabClientEvents[NAME];
   once<NAME extends keyof TabClientEvents & string>(name: NAME, f: TabClientEvents[NAME]): void;
   off<NAME extends keyof TabClientEvents & string>(name: NAME, f: TabClientEvents[NAME]): void;
