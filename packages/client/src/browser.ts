@@ -2,6 +2,7 @@
 // content), shared by every tab of the app: one tab leads and holds the relay link, the others follow.
 import { type KeelClientOptions, createClient } from './client.js';
 import type { KeelClientApi } from './client-api.js';
+import { browserLocalData, requestPersistentStorage } from './storage/browser-local-data.js';
 import { openIndexedDbStore } from './storage/indexeddb-store.js';
 import { createYIndexedDbState } from './storage/y-indexeddb-state.js';
 import { type LeaderLock, createMemoryLocks, createWebLocks } from './tabs/leader-lock.js';
@@ -57,12 +58,25 @@ const defaultLock = (): LeaderLock => {
  */
 export const createBrowserClient = async (options: BrowserClientOptions): Promise<BrowserClient> => {
   const { name, tabs, ...rest } = options;
+  // Local data (storage/browser-local-data.ts): every tab asks the browser to keep it (not waiting for a prompt).
+  const storagePersisted = requestPersistentStorage();
   const createLeader = async (): Promise<LeaderClient> => {
     const storage = await openIndexedDbStore(`keel-${name}`);
     try {
-      const client = await createClient({ ...rest, storage, documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }) });
+      const client = await createClient({
+        ...rest,
+        storage,
+        documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }),
+        localData: browserLocalData(name, { store: storage }),
+        storagePersisted,
+      });
       return {
         client,
+        signOut: async (signOutOptions) => {
+          await client.signOut(signOutOptions);
+          // A wipe closed the store before deleting it.
+          if (!signOutOptions.wipe) await storage.close();
+        },
         close: async () => {
           // close() resolves once every document's writes have settled.
           await client.close();
@@ -80,6 +94,7 @@ export const createBrowserClient = async (options: BrowserClientOptions): Promis
     lock: tabs?.lock ?? defaultLock(),
     channel: tabs?.channel ?? new BroadcastChannel(`keel-${name}-tabs`),
     createLeader,
+    storagePersisted,
     ...(tabs?.settleMs !== undefined ? { settleMs: tabs.settleMs } : {}),
   });
 };

@@ -1,8 +1,11 @@
 // The public surface an app uses, whichever object implements it: the real `KeelClient` (Node, or
 // the browser tab that leads) or a follower tab's client that forwards to the leader tab.
-import type { Assessment, CrisisDetection, DeviceCertificate, DeviceId, DocClass, DocId, KeelError, RelayId, TierState } from '@keel/engine';
+import type { DeviceCertificate, DeviceId, DocClass, DocId, KeelError, RelayId, TierState } from '@keel/engine';
 import type * as Y from 'yjs';
+import type { AssessmentResult } from './crisis-mode.js';
 import type { Identity } from './identity.js';
+import type { PairingOffer } from './pairing-host.js';
+import type { SyncStats } from './sync/sync-stats.js';
 
 export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
 
@@ -31,20 +34,10 @@ export interface DocSpec {
   readonly name: string;
 }
 
-/** What `startPairing` hands back: the code to show, and the new device once it joined. */
-export interface PairingOffer {
-  readonly code: string;
-  readonly linked: Promise<DeviceCertificate>;
-  readonly cancel: () => void;
-}
-
-/** What `recordAssessment` resolves to. */
-export type AssessmentResult = CrisisDetection & { readonly assessment: Assessment };
-
 /**
  * Keel's client as an app sees it. `createBrowserClient()` returns one without saying whether
  * this tab leads (holds the relay link) or follows (forwards to the tab that does); both behave
- * the same. `provider`, `signOut` and `stats` join this interface once they exist on KeelClient.
+ * the same. `provider` joins it once it exists on KeelClient.
  */
 export interface KeelClientApi {
   readonly identity: Identity;
@@ -72,4 +65,10 @@ export interface KeelClientApi {
   revokeDevice(device: DeviceId): Promise<number>;
   stagedCount(spec: DocSpec): number;
   acceptStaged(spec: DocSpec): Promise<number>;
+  /** Outbox depth and, per class, the last time from a local change to the relay's ack (contract 4). */
+  stats(): SyncStats;
+  /** Closes the client; with `wipe`, removes every local store of this device (contract 3). */
+  signOut(options?: { readonly wipe?: boolean }): Promise<void>;
+  /** Whether the platform agreed to keep the data (browsers: `navigator.storage.persist()`). */
+  readonly storagePersisted: boolean | undefined;
 }

@@ -1,7 +1,11 @@
 // @keel/client — the SDK apps embed (browser and Node).
 export { KeelClient, createClient } from './client.js';
 export type { KeelClientOptions } from './client.js';
-export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientApi, PairingOffer, AssessmentResult } from './client-api.js';
+export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientApi } from './client-api.js';
+export type { SyncStats } from './sync/sync-stats.js';
+export type { PairingOffer } from './pairing-host.js';
+export type { LocalData } from './storage/local-data.js';
+export type { AssessmentResult } from './crisis-mode.js';
 export {
   createIdentity,
   createDeviceKeys,

@@ -5,6 +5,7 @@ import { RelayWebSocket } from '../src/node.js';
 import { createClient, type KeelClient } from '../src/client.js';
 import type { ClientError } from '../src/client-api.js';
 import type { Identity } from '../src/identity.js';
+import { browserLocalData } from '../src/storage/browser-local-data.js';
 import { openIndexedDbStore } from '../src/storage/indexeddb-store.js';
 import { createYIndexedDbState } from '../src/storage/y-indexeddb-state.js';
 import type { HeldLock, LeaderLock } from '../src/tabs/leader-lock.js';
@@ -95,20 +96,13 @@ export const openTab = async (options: TabOptions): Promise<Tab> => {
         WebSocket: TabSocket,
         backoff: { baseMs: 50, maxMs: 500 },
         documentState: createYIndexedDbState({ dbPrefix: `keel-${options.name}-doc-` }),
+        localData: browserLocalData(options.name, { store: storage }),
       });
       led = {
         client: keel,
-        // What contract 3's signOut does in a browser, for the tabs' part of it.
-        signOut: async ({ wipe }) => {
-          await keel.close();
-          await storage.close();
-          if (!wipe) return;
-          const names = (await indexedDB.databases()).map((d) => d.name ?? '').filter((n) => n === `keel-${options.name}` || n.startsWith(`keel-${options.name}-doc-`));
-          await Promise.all(names.map((n) => new Promise((resolve, reject) => {
-            const request = indexedDB.deleteDatabase(n);
-            request.onsuccess = resolve;
-            request.onerror = () => reject(request.error);
-          })));
+        signOut: async (signOutOptions) => {
+          await keel.signOut(signOutOptions);
+          if (!signOutOptions.wipe) await storage.close();
         },
         close: async () => {
           await keel.close();

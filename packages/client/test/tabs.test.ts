@@ -149,6 +149,11 @@ describe('tabs of one device', () => {
     await waitFor(() => other.client.crisisMode, 10_000, 'crisis mode on the other device');
     const result = await b.client.recordAssessment('phq', { kind: 'phq9', answers: [0, 0, 0, 0, 0, 0, 0, 0, 0] });
     expect(result.crisis).toBe(false);
+    expect(result.complete).toBe(true);
+    // stats() (contract 4) is the leader's, mirrored.
+    await within(b.client.flush(), 10_000, 'flush from a follower');
+    await waitFor(() => a.client.stats().lastLatencyMs.crisis_mode !== undefined, 5_000, 'a crisis-mode latency measured');
+    await waitFor(() => JSON.stringify(b.client.stats()) === JSON.stringify(a.client.stats()), 5_000, 'stats mirrored in the follower');
     await expect(b.client.recordAssessment('bad', { kind: 'phq9', answers: [9] })).rejects.toThrow();
     await expect(b.client.revokeDevice('not-a-device' as never)).rejects.toMatchObject({ code: 'SCHEMA' });
     await within(b.client.whenSynced(), 10_000, 'whenSynced from a follower');

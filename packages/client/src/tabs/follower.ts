@@ -6,7 +6,7 @@ import { type Awareness, encodeAwarenessUpdate } from 'y-protocols/awareness';
 import * as Y from 'yjs';
 import type { DocSpec } from '../client-api.js';
 import { type AwarenessChange, applyTabAwareness, changedClients } from './awareness-bridge.js';
-import { CALLS, type CallMethod, type MirroredState, RESULTS, type TabEvent, type TabMessage } from './messages.js';
+import { CALLS, type CallMethod, type CallResult, type MirroredState, RESULTS, type TabEvent, type TabMessage } from './messages.js';
 import { BRIDGE_ORIGIN } from './origins.js';
 import type { TabChannel } from './tab-channel.js';
 
@@ -139,11 +139,12 @@ export class Follower {
   }
 
   /** Calls a method on the leader; retried on a new leader when idempotent, else rejected with LEADER_CHANGED. */
-  call(method: CallMethod, args: unknown[]): Promise<unknown> {
+  call<M extends CallMethod>(method: M, args: unknown[]): Promise<CallResult<M>> {
     if (this.#closed) return Promise.reject(callError('CLIENT_CLOSED', 'client is closed'));
     return new Promise((resolve, reject) => {
       const id = this.#nextId++;
-      const call: PendingCall = { method, args, resolve, reject, sentTo: undefined };
+      // Resolved only with a value RESULTS[method] accepted (see 'result' below).
+      const call: PendingCall = { method, args, resolve: resolve as (value: unknown) => void, reject, sentTo: undefined };
       this.#calls.set(id, call);
       this.#sendCall(id, call);
     });

@@ -3,10 +3,11 @@
 import { type DocId, ErrorCode } from '@keel/engine';
 import { Awareness, encodeAwarenessUpdate } from 'y-protocols/awareness';
 import * as Y from 'yjs';
-import type { ClientError, ClientEvents, DocSpec, PairingOffer } from '../client-api.js';
+import type { ClientError, ClientEvents, DocSpec } from '../client-api.js';
+import type { PairingOffer } from '../pairing-host.js';
 import type { KeelClient } from '../client.js';
 import { type AwarenessChange, applyTabAwareness, changedClients, encodeAllStates } from './awareness-bridge.js';
-import { CALLS, type CallMethod, type MirroredState, type MirroredStats, type TabEvent, type TabMessage } from './messages.js';
+import { CALLS, type CallMethod, type MirroredState, type TabEvent, type TabMessage } from './messages.js';
 import { TabOrigin } from './origins.js';
 import type { TabChannel } from './tab-channel.js';
 
@@ -19,7 +20,7 @@ const errorOf = (error: unknown): { code: string; message: string } => ({
 });
 
 /** The state followers mirror, as the leader's client has it now. */
-export const stateOf = (client: KeelClient, stats?: () => MirroredStats): MirroredState => ({
+export const stateOf = (client: KeelClient): MirroredState => ({
   status: client.status,
   tier: client.tier,
   crisisMode: client.crisisMode,
@@ -27,7 +28,7 @@ export const stateOf = (client: KeelClient, stats?: () => MirroredStats): Mirror
   unconfirmed: client.unconfirmed,
   ...(client.lastContactAt !== undefined ? { lastContactAt: client.lastContactAt } : {}),
   ...(client.relayId !== undefined ? { relayId: client.relayId } : {}),
-  ...(stats ? { stats: stats() } : {}),
+  stats: client.stats(),
 });
 
 /**
@@ -47,7 +48,7 @@ const stateKey = (state: MirroredState): string =>
     state.unconfirmed,
     state.lastContactAt,
     state.relayId,
-    JSON.stringify(state.stats ?? null),
+    JSON.stringify(state.stats),
   ].join('|');
 
 /** What the leading tab gives its hub besides the client. */
@@ -55,8 +56,6 @@ export interface LeaderHubOptions {
   /** Reports a problem the hub itself found (a follower's bad input) to the leading tab's app. */
   readonly onProblem: (error: ClientError) => void;
   readonly awareness?: AwarenessSource | undefined;
-  /** `client.stats()` (contract 4), mirrored to followers when the client has it. */
-  readonly stats?: (() => MirroredStats) | undefined;
   /** Signs the device out in every tab (the leading tab's own sign-out: it tells the others first). */
   readonly signOut: (options: { wipe?: boolean }) => Promise<void>;
 }
@@ -108,7 +107,7 @@ export class LeaderHub {
   /** Broadcasts the client's state when it changed (or to one tab, always). */
   broadcastState(to?: string): void {
     if (this.#closed) return;
-    const state = stateOf(this.#client, this.#options.stats);
+    const state = stateOf(this.#client);
     const key = stateKey(state);
     if (to === undefined && key === this.#lastState) return;
     if (to === undefined) this.#lastState = key;

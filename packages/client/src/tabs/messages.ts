@@ -7,6 +7,7 @@ import {
   DeviceIdSchema,
   DocClassSchema,
   DocIdSchema,
+  Priority,
   RelayIdSchema,
   TierStateSchema,
 } from '@keel/engine';
@@ -45,8 +46,9 @@ export const RESULTS = {
   recordAssessment: z.object({
     crisis: z.boolean(),
     total: z.number(),
+    complete: z.boolean(),
     reasons: z.array(z.enum(['phq9_total', 'phq9_item9', 'gad7_total'])).max(3),
-    priority: z.number().int(),
+    priority: z.custom<Priority>((value) => (Object.values(Priority) as unknown[]).includes(value), 'expected a priority'),
     assessment: AssessmentSchema,
   }),
   startPairing: z.object({ code: z.string().max(256), pairing: z.string().max(64) }),
@@ -63,6 +65,9 @@ export const SyncStatsSchema = z.object({
 });
 export type MirroredStats = z.infer<typeof SyncStatsSchema>;
 
+/** What a call of `method` resolves to, once checked. */
+export type CallResult<M extends CallMethod> = z.infer<(typeof RESULTS)[M]>;
+
 export const MirroredStateSchema = z.object({
   status: z.enum(['connecting', 'connected', 'offline', 'synced', 'closed']),
   tier: TierStateSchema,
@@ -71,7 +76,7 @@ export const MirroredStateSchema = z.object({
   unconfirmed: z.number().int().min(0),
   lastContactAt: z.number().optional(),
   relayId: RelayIdSchema.optional(),
-  stats: SyncStatsSchema.optional(),
+  stats: SyncStatsSchema,
 });
 export type MirroredState = z.infer<typeof MirroredStateSchema>;
 

@@ -5,14 +5,16 @@ import { type DeviceCertificate, type DeviceId, type DocId, DocClassSchema, Erro
 import { ObservableV2 } from 'lib0/observable';
 import { Awareness } from 'y-protocols/awareness';
 import * as Y from 'yjs';
-import type { AssessmentResult, ClientError, ClientEvents, ClientStatus, DocSpec, KeelClientApi, PairingOffer } from '../client-api.js';
+import type { ClientError, ClientEvents, ClientStatus, DocSpec, KeelClientApi } from '../client-api.js';
+import type { AssessmentResult } from '../crisis-mode.js';
+import type { PairingOffer } from '../pairing-host.js';
 import type { KeelClient } from '../client.js';
 import type { Identity } from '../identity.js';
 import { Follower, type FollowerDoc, type PendingCall, callError } from './follower.js';
 import { bridgeAwareness } from './awareness-bridge.js';
 import { type AwarenessSource, LeaderHub, stateOf } from './leader-hub.js';
 import type { HeldLock, LeaderLock } from './leader-lock.js';
-import { CALLS, type CallMethod, type MirroredState, type MirroredStats, type TabEvent, type TabMessage } from './messages.js';
+import { CALLS, type CallMethod, type CallResult, type MirroredState, type MirroredStats, type TabEvent, type TabMessage } from './messages.js';
 import { BRIDGE_ORIGIN, TabOrigin } from './origins.js';
 import { type BroadcastChannelLike, type TabChannel, openTabChannel } from './tab-channel.js';
 import { TabProvider } from './tab-provider.js';
@@ -30,13 +32,8 @@ export interface LeaderClient {
    * contract 2). Absent: awareness is shared between this device's tabs only.
    */
   readonly awareness?: AwarenessSource;
-  /** `client.stats()` (contract 4); absent, `stats()` reports `unconfirmed` and no latencies. */
-  readonly stats?: () => MirroredStats;
-  /**
-   * Closes the client and, with `wipe`, removes every local store (contract 3). Absent: signing
-   * out closes, and refuses `wipe`.
-   */
-  readonly signOut?: (options: { wipe?: boolean }) => Promise<void>;
+  /** `client.signOut` (contract 3), and whatever the client's owner closes with it (its store). */
+  signOut(options: { wipe?: boolean }): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -57,6 +54,8 @@ export interface TabClientOptions {
   readonly channel: BroadcastChannelLike;
   /** Creates the real client from the durable store, when this tab comes to lead. */
   readonly createLeader: () => Promise<LeaderClient>;
+  /** The browser's answer to `navigator.storage.persist()`, asked by this tab. */
+  readonly storagePersisted?: Promise<boolean | undefined>;
   /** How long `create` waits to learn its role before returning as a follower anyway. Default 2 s. */
   readonly settleMs?: number;
 }
@@ -76,6 +75,7 @@ const UNKNOWN_STATE: MirroredState = {
   crisisMode: false,
   devices: [],
   unconfirmed: 0,
+  stats: { outboxDepth: 0, lastLatencyMs: {} },
 };
 
 const FORWARDED = ['status', 'error', 'deferred', 'tier', 'staged', 'crisis', 'devices'] as const;
@@ -141,6 +141,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       onInvalid: (reason) => this.emit('error', [{ code: ErrorCode.SCHEMA, message: `dropped a message from another tab: ${reason}` }]),
     });
     this.#follower = this.#newFollower();
+    void options.storagePersisted?.then((answer) => (this.#storagePersisted = answer), () => {});
     this.on('status', (status) => {
       for (const entry of this.#providers.values()) void entry.then((e) => e.handles.forEach((handle) => handle.refresh(status)), () => {});
     });
@@ -176,6 +177,13 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   #whenRoleKnown: (() => void) | undefined;
   /** Why this tab could not lead when its turn came; every call fails with it. */
   #failure: Error | undefined;
+
+  #storagePersisted: boolean | undefined;
+
+  /** Whether the browser agreed to keep this origin's data (undefined: not asked or no answer yet). */
+  get storagePersisted(): boolean | undefined {
+    return this.#storagePersisted;
+  }
 
   /** Whether this tab holds the relay link now. */
   get isLeader(): boolean {
@@ -326,15 +334,15 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
   }
 
   async recordAssessment(name: string, input: unknown): Promise<AssessmentResult> {
-    return (await this.#call('recordAssessment', [name, input])) as AssessmentResult;
+    return this.#call('recordAssessment', [name, input]);
   }
 
   async revokeDevice(device: DeviceId): Promise<number> {
-    return (await this.#call('revokeDevice', [device])) as number;
+    return this.#call('revokeDevice', [device]);
   }
 
   async acceptStaged(spec: DocSpec): Promise<number> {
-    const count = (await this.#call('acceptStaged', [{ class: spec.class, name: spec.name }])) as number;
+    const count = await this.#call('acceptStaged', [{ class: spec.class, name: spec.name }]);
     if (!this.#leading) this.#staged.set(this.docId(spec), 0);
     return count;
   }
@@ -346,7 +354,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       role = this.#roleNow();
     }
     if (!(role instanceof Follower)) return role.client.startPairing(options);
-    const { code, pairing } = (await this.#call('startPairing', [options])) as { code: string; pairing: string };
+    const { code, pairing } = await this.#call('startPairing', [options]);
     const linked = new Promise<DeviceCertificate>((resolve, reject) => this.#pairings.set(pairing, { resolve, reject }));
     linked.catch(() => {});
     return { code, linked, cancel: () => void this.#call('cancelPairing', [pairing]).catch(() => {}) };
@@ -354,8 +362,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
 
   /** `client.stats()` (contract 4): the leader's, mirrored in followers. */
   stats(): MirroredStats {
-    const stats = this.#leading ? this.#leading.stats?.() : this.#mirror.stats;
-    return stats ?? { outboxDepth: this.unconfirmed, lastLatencyMs: {} };
+    return this.#leading ? this.#leading.client.stats() : this.#mirror.stats;
   }
 
   /**
@@ -388,9 +395,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
       this.#signedOut = true;
       this.#lockAbort.abort();
       leading.hub.announceSignOut();
-      if (leading.signOut) await leading.signOut(options);
-      else if (options.wipe) throw callError('INTERNAL', 'signing out with wipe needs a client with signOut (contract 3)');
-      else await leading.close();
+      await leading.signOut(options);
       leading.closed = true;
       // The answer to a follower that asked goes out first; then this tab closes too.
       setTimeout(() => void this.close(), 0);
@@ -508,7 +513,6 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     const hub = new LeaderHub(client, this.#channel, {
       onProblem: (error) => this.emit('error', [error]),
       awareness: leader.awareness,
-      stats: leader.stats,
       signOut: (options) => this.#signOutLeading(options),
     });
     const bridged = new Map<DocId, { doc: Y.Doc; stop: () => void }>();
@@ -531,7 +535,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     this.#leading = { ...leader, hub, bridged, closed: false, stopEvents: () => listeners.forEach((stop) => stop()) };
     if (this.#closed) return;
     hub.announce();
-    this.#emitChanges(before, stateOf(client, leader.stats));
+    this.#emitChanges(before, stateOf(client));
     for (const call of calls) this.#runHandedOver(call);
     this.emit('leader', []);
   }
@@ -557,7 +561,7 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     this.#runLocal(call.method, call.args).then(call.resolve, call.reject);
   }
 
-  async #call(method: CallMethod, args: unknown[]): Promise<unknown> {
+  async #call<M extends CallMethod>(method: M, args: unknown[]): Promise<CallResult<M>> {
     let role = this.#roleNow();
     while (role instanceof Promise) {
       await role;
@@ -565,7 +569,8 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     }
     // Registered with the follower at once: a promotion after this hands the call over.
     if (role instanceof Follower) return role.call(method, args);
-    return this.#runLocal(method, args);
+    // The leader's client returns these types itself.
+    return (await this.#runLocal(method, args)) as CallResult<M>;
   }
 
   async #runLocal(method: CallMethod, args: unknown[]): Promise<unknown> {

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { b64Length } from './bytes.js';
 import { ErrorCode, type Result, err, ok } from './codes.js';
 import { type JsonBudget, RELAY_FRAME_JSON_BUDGET, checkJsonBudget } from './json-budget.js';
