@@ -186,8 +186,10 @@ export class Follower {
         return;
       case 'doc-update': {
         const entry = this.#docs.get(message.doc);
-        // Every tab's copy of a change is applied; Yjs ignores what it already holds.
-        if (entry) {
+        // Only the leader's copy counts: what this tab missed from anyone else (a leader that is
+        // going, one not yet announced) comes with the diff of its next open. Yjs ignores what it
+        // already holds, this tab's own changes included.
+        if (entry && message.from === this.#leader) {
           try {
             Y.applyUpdate(entry.doc, message.update, BRIDGE_ORIGIN);
           } catch {
