@@ -2,10 +2,8 @@ import {
   DEFAULT_TIERS,
   type DeviceCertificate,
   type DeviceId,
-  type DocClass,
   DocClassSchema,
   type DocId,
-  type KeelError,
   type Priority,
   type RelayFrame,
   type RelayId,
@@ -26,6 +24,7 @@ import {
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
+import type { ClientError, ClientEvents, ClientStatus, DocSpec, KeelClientApi } from './client-api.js';
 import { CRISIS_MODE_DOC, CrisisMode, type AssessmentResult, isCrisisAssessment } from './crisis-mode.js';
 import type { Identity } from './identity.js';
 import { DeviceAdmin } from './device-admin.js';
@@ -43,32 +42,7 @@ import { type SyncStats, SyncStatsTracker } from './sync/sync-stats.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { DEFAULT_LIVENESS, type LinkState, type LivenessOptions, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 
-export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
-
-export type ClientError = KeelError & { readonly doc?: DocId; readonly final?: boolean };
-
-export type ClientEvents = {
-  /** Connection and sync state: connecting → connected → synced, offline between attempts. */
-  status: (status: ClientStatus) => void;
-  /** An integrity failure, a refusal by the relay, or a local storage fault. Nothing bad is applied. */
-  error: (error: ClientError) => void;
-  /** The relay deferred a document's changes (bandwidth or daily limit); they are resent later. */
-  deferred: (info: { readonly doc: DocId; readonly code: string; readonly retryAfterMs: number }) => void;
-  /** The user's tier changed (payment, operator); the next scheduling decision follows it. */
-  tier: (tier: TierState) => void;
-  /** Changes from another device wait for the app to accept them (manual conflict resolution). */
-  staged: (info: { readonly doc: DocId; readonly count: number }) => void;
-  /** Crisis mode turned on or off, on this device or another of the user's. */
-  crisis: (active: boolean) => void;
-  /** A device of the user was linked or revoked. */
-  devices: (devices: DeviceCertificate[]) => void;
-};
-
-export interface DocSpec {
-  readonly class: DocClass;
-  /** Free-form name within the class; never leaves the device in clear. */
-  readonly name: string;
-}
+export type { ClientError, ClientEvents, ClientStatus, DocSpec } from './client-api.js';
 
 export interface KeelClientOptions {
   /** Relay WebSocket URL, e.g. ws://127.0.0.1:8787. */
@@ -146,7 +120,7 @@ const toError = (e: ClientError): Error => Object.assign(new Error(`${e.code}: $
  * seals every local change and syncs it through the relay when the tier's scheduler says so
  * (crisis documents at once), and applies verified changes of the user's other devices.
  */
-export class KeelClient extends ObservableV2<ClientEvents> {
+export class KeelClient extends ObservableV2<ClientEvents> implements KeelClientApi {
   readonly identity: Identity;
   readonly #store: ClientStore;
   readonly #documentState: ExternalDocState | undefined;
@@ -479,6 +453,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#flushRequested = true;
     if (this.#finalError) throw toError(this.#finalError);
     await new Promise<void>((resolve, reject) => this.#idleWaiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Resolves once every local change made so far is in local storage (not yet at the relay):
+   * the leader tab acknowledges a follower tab's edit only then.
+   */
+  async persisted(): Promise<void> {
+    await Promise.all([...this.#docs.values()].map((d) => d.settle()));
   }
 
   /**
