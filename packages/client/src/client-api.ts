@@ -59,6 +59,10 @@ export interface KeelClientApi {
   whenSynced(): Promise<void>;
   close(): Promise<void>;
   setCrisisMode(active: boolean, source?: string): Promise<void>;
+  /** Tells the scheduler a therapeutic session (a breathing exercise) runs on this device. */
+  setTherapeuticSession(active: boolean): void;
+  /** The opaque id the relay knows a document by. */
+  docId(spec: DocSpec): DocId;
   recordAssessment(name: string, input: unknown): Promise<AssessmentResult>;
   devices(): DeviceCertificate[];
   startPairing(options?: { ttlMs?: number }): Promise<PairingOffer>;

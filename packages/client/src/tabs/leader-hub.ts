@@ -263,6 +263,10 @@ export class LeaderHub {
         const [active, source] = args as [boolean, string | undefined];
         return client.setCrisisMode(active, source);
       }
+      case 'setTherapeuticSession': {
+        const [active] = args as [boolean];
+        return client.setTherapeuticSession(active);
+      }
       case 'recordAssessment': {
         const [name, input] = args as [string, unknown];
         return client.recordAssessment(name, input);

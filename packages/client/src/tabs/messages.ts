@@ -26,6 +26,8 @@ export const CALLS = {
   flush: { idempotent: true, args: z.tuple([]) },
   whenSynced: { idempotent: true, args: z.tuple([]) },
   setCrisisMode: { idempotent: true, args: z.tuple([z.boolean(), z.string().max(64).optional()]) },
+  // A scheduling hint for the device (a breathing session runs): setting it again changes nothing.
+  setTherapeuticSession: { idempotent: true, args: z.tuple([z.boolean()]) },
   // Writes the same fields again (last writer wins): safe to repeat.
   recordAssessment: { idempotent: true, args: z.tuple([z.string().max(4096), z.unknown()]) },
   startPairing: { idempotent: false, args: z.tuple([z.object({ ttlMs: z.number().int().min(1).max(86_400_000).optional() }).optional()]) },
@@ -43,6 +45,7 @@ export const RESULTS = {
   flush: z.undefined(),
   whenSynced: z.undefined(),
   setCrisisMode: z.undefined(),
+  setTherapeuticSession: z.undefined(),
   recordAssessment: z.object({
     crisis: z.boolean(),
     total: z.number(),

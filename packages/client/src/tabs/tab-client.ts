@@ -333,6 +333,14 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
     await this.#call('setCrisisMode', source === undefined ? [active] : [active, source]);
   }
 
+  /** The leader schedules for the device; a follower's session start or end is sent to it. */
+  setTherapeuticSession(active: boolean): void {
+    this.#call('setTherapeuticSession', [active]).catch((error: unknown) => {
+      // Only a closed client loses the hint, and a closed client schedules nothing.
+      if (this.status !== 'closed') this.emit('error', [{ code: 'INTERNAL', message: `session hint not delivered: ${String(error)}` }]);
+    });
+  }
+
   async recordAssessment(name: string, input: unknown): Promise<AssessmentResult> {
     return this.#call('recordAssessment', [name, input]);
   }
@@ -584,6 +592,8 @@ export class TabClient extends ObservableV2<TabClientEvents> implements KeelClie
         return client.whenSynced();
       case 'setCrisisMode':
         return client.setCrisisMode(args[0] as boolean, args[1] as string | undefined);
+      case 'setTherapeuticSession':
+        return client.setTherapeuticSession(args[0] as boolean);
       case 'recordAssessment':
         return client.recordAssessment(args[0] as string, args[1]);
       case 'revokeDevice':
