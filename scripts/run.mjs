@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // The two commands of the README, on a machine that has only Node and npm:
-//   npm start  → set up, build, run the relay on an embedded SQLite database
-//   npm test   → set up, typecheck, lint, run every test, print one summary line
+//   npm start  → set up, build, run the relay on an embedded SQLite database and serve the demo
+//                (npm start -- --relay-only: the relay alone)
+//   npm test   → set up, typecheck, lint, run every test (vitest, then Playwright in Chromium),
+//                print one summary line
 // Setup is idempotent and quick when everything is already there.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,14 +65,71 @@ const build = (pnpm) => {
   must(pnpm, ['exec', 'tsc', '-b']);
 };
 
-const start = () => {
+const CHROMIUM = '/usr/bin/chromium';
+/** The browser tests drive Debian's chromium (Playwright never downloads one); installed when missing. */
+const ensureChromium = () => {
+  if (existsSync(CHROMIUM)) return;
+  if (process.getuid?.() !== 0) {
+    say(`the browser tests need ${CHROMIUM}: run "apt-get install -y chromium" as root`);
+    return;
+  }
+  say('installing Debian chromium for the browser tests (apt-get)');
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  if (run('apt-get', ['update'], { env }) !== 0 || run('apt-get', ['install', '-y', 'chromium'], { env }) !== 0 || !existsSync(CHROMIUM)) {
+    say(`could not install chromium: install it (apt-get install -y chromium) for the browser tests`);
+  }
+};
+
+const DEMO = join(ROOT, 'apps/demo');
+const buildDemo = (pnpm) => {
+  say('building the demo (vite build)');
+  must(pnpm, ['exec', 'vite', 'build', '--logLevel', 'warn'], { cwd: DEMO });
+};
+
+/**
+ * Runs a long-lived server in the foreground: SIGTERM / SIGINT sent to this script reach it (so
+ * it can clean up its relay and temporary files), and its exit status becomes ours.
+ */
+const serve = (args) => {
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: 'inherit' });
+  for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => child.kill(signal));
+  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+};
+
+/**
+ * The relay (embedded SQLite in data/, kept between runs) and the demo served beside it; the
+ * dev server prints the URL to open. `--relay-only` runs the bare relay, any other flags go to it.
+ */
+const start = (pnpm) => {
   const dataDir = join(ROOT, 'data');
   mkdirSync(dataDir, { recursive: true });
   const db = process.env.KEEL_RELAY_DB ?? join(dataDir, 'keel-relay.db');
-  say(`starting the relay on ${process.env.KEEL_RELAY_HOST ?? '127.0.0.1'}:${process.env.KEEL_RELAY_PORT ?? 8787}, database ${db}`);
-  say('health: GET /healthz · stop with Ctrl-C');
-  const args = [join(ROOT, 'packages/relay/dist/cli.js'), 'serve', '--db', db, ...process.argv.slice(3)];
-  process.exit(run(process.execPath, args));
+  const extra = process.argv.slice(3);
+  if (extra.includes('--relay-only')) {
+    say(`starting the relay on ${process.env.KEEL_RELAY_HOST ?? '127.0.0.1'}:${process.env.KEEL_RELAY_PORT ?? 8787}, database ${db}`);
+    say('health: GET /healthz · stop with Ctrl-C');
+    const args = [join(ROOT, 'packages/relay/dist/cli.js'), 'serve', '--db', db, ...extra.filter((a) => a !== '--relay-only')];
+    return serve(args);
+  }
+  buildDemo(pnpm);
+  say(`starting the relay (database ${db}) and the demo`);
+  const port = process.env.KEEL_DEMO_PORT ?? '4173';
+  const relayPort = process.env.KEEL_RELAY_PORT ?? '8787';
+  serve([join(DEMO, 'server.mjs'), '--port', port, '--relay-port', relayPort, '--db', db, ...extra]);
+};
+
+/** The browser tests (Playwright, Debian's chromium, against the real relay); their counts from its JSON report. */
+const playwrightSet = (pnpm) => {
+  const results = join(DEMO, 'test-results', 'results.json');
+  rmSync(results, { force: true });
+  const status = run(pnpm, ['exec', 'playwright', 'test'], { cwd: DEMO });
+  if (!existsSync(results)) return { status, results: undefined };
+  const { stats } = JSON.parse(readFileSync(results, 'utf8'));
+  const passed = stats.expected + stats.flaky;
+  return {
+    status,
+    results: { numPassedTests: passed, numFailedTests: stats.unexpected, numPendingTests: stats.skipped, numTodoTests: 0, numTotalTests: passed + stats.unexpected + stats.skipped },
+  };
 };
 
 /** Runs one vitest set, writing its JSON results; returns the exit status and the parsed results. */
@@ -92,12 +151,15 @@ const test = (pnpm) => {
   // after the rest, one file at a time, so no other test shares the two cores with them.
   say('running the attack tests (vitest, one file at a time)');
   const attacks = vitestSet(pnpm, 'attacks', { KEEL_TEST_SET: 'attacks' });
-  const sets = [main, attacks];
+  say('running the browser tests (Playwright: the demo in Chromium, two contexts = two devices)');
+  const browser = playwrightSet(pnpm);
+  const sets = [main, attacks, browser];
   const sum = (key) => sets.reduce((n, set) => n + (set.results?.[key] ?? 0), 0);
   const missing = sets.some((set) => !set.results);
+  // The reason a set wrote no results is above in its own output.
   const skipped = sum('numPendingTests') + sum('numTodoTests');
   const summary = missing
-    ? 'vitest wrote no results'
+    ? 'a test set (vitest or Playwright) wrote no results'
     : `${sum('numPassedTests')} passed, ${sum('numFailedTests')} failed${skipped ? `, ${skipped} skipped` : ''}`;
   if (!missing && sets.some((set) => set.results.numTotalTests === 0)) {
     say('a test set ran no test');
@@ -122,7 +184,8 @@ if (!['start', 'test', 'setup', 'bench'].includes(command)) {
 checkNode();
 const pnpm = ensurePnpm();
 installDependencies(pnpm);
+if (command === 'setup' || command === 'test') ensureChromium();
 build(pnpm);
-if (command === 'start') start();
+if (command === 'start') start(pnpm);
 else if (command === 'test') test(pnpm);
 else if (command === 'bench') bench(pnpm);

@@ -4,7 +4,7 @@ import { createIdentity, linkNewDevice } from '@keel/client';
 import { WebSocket } from 'ws';
 import { WebsocketProvider } from 'y-websocket';
 import * as Y from 'yjs';
-import { z } from 'zod';
+import * as z from 'zod';
 import { connectDevice, waitFor } from '../support/devices.js';
 import { removeRelayDir, startRelayProcess } from '../support/relay-process.js';
 import { processCpuSeconds } from './cpu.js';

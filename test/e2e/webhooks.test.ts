@@ -203,6 +203,9 @@ describe('payment webhooks drive tiers on every device', () => {
     expect(grace.paid_tier).toBe('premium');
     expect(grace.ends_at - grace.started_at).toBe(2_000);
     expect(Math.abs(grace.started_at - failedAt)).toBeLessThan(1_000);
+    // Contract 6: every device learns when the grace period ends (the app shows the date).
+    expect(tierNames(a, b)).toEqual(['grace_period', 'grace_period']);
+    expect([a.client.tier.graceEndsAt, b.client.tier.graceEndsAt]).toEqual([grace.ends_at, grace.ends_at]);
     // Stripe's past_due update for the same failure neither extends nor shortens it.
     expect((await deliver(relay, stripeEvent('customer.subscription.updated', subscriptionObject(user, 'past_due')))).body).toMatchObject({ outcome: 'grace_active' });
     expect(graceOf(relay, user)!.ends_at).toBe(grace.ends_at);
@@ -211,6 +214,7 @@ describe('payment webhooks drive tiers on every device', () => {
     expect((await deliver(relay, stripeEvent('invoice.paid', invoiceObject(true)))).body).toMatchObject({ outcome: 'recovered' });
     await waitFor(() => tierNames(a, b).every((t) => t === 'premium'), 1_000, 'premium again');
     expect(graceOf(relay, user)).toBeUndefined();
+    expect(a.client.tier.graceEndsAt).toBeUndefined();
 
     // 2nd failure in the window: half the base (1 s); left to run out, it ends in trial.
     failedAt = Date.now();
@@ -358,6 +362,8 @@ describe('grace periods survive relay restarts', () => {
     // Devices reconnect on their own and still hold grace_period until the end.
     await waitFor(() => a.client.status === 'synced' && b.client.status === 'synced', 5_000, 'devices back');
     expect(tierNames(a, b)).toEqual(['grace_period', 'grace_period']);
+    // The end date comes again in the restarted relay's ready frame, read from its database.
+    expect([a.client.tier.graceEndsAt, b.client.tier.graceEndsAt]).toEqual([endsAt, endsAt]);
 
     await waitFor(() => tierNames(a, b).every((t) => t === 'trial'), endsAt - Date.now() + 2_000, 'trial at the end');
     const seenAt = Date.now();

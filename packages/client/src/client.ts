@@ -1,13 +1,9 @@
 import {
-  type Assessment,
-  type CrisisDetection,
   DEFAULT_TIERS,
   type DeviceCertificate,
   type DeviceId,
-  type DocClass,
   DocClassSchema,
   type DocId,
-  type KeelError,
   type Priority,
   type RelayFrame,
   type RelayId,
@@ -19,62 +15,36 @@ import {
   createScheduler,
   cryptoReady,
   deriveDocId,
-  detectCrisis,
   effectivePriority,
   ErrorCode,
-  parseAssessment,
-  certifyDevice,
   clampRelayFrameLimit,
-  createPairingCode,
-  fromB64,
   inboundFrameBudget,
   maxPaddedPayloadBytes,
   maxPartPayloadBytes,
-  sealToDevice,
-  verifyPairingProof,
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
-import { type Identity, authorizeDevice } from './identity.js';
+import type { ClientError, ClientEvents, ClientStatus, DocSpec, KeelClientApi } from './client-api.js';
+import { CRISIS_MODE_DOC, CrisisMode, type AssessmentResult, isCrisisAssessment } from './crisis-mode.js';
+import type { Identity } from './identity.js';
+import { DeviceAdmin } from './device-admin.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
-import { encodeGrant } from './pairing.js';
+import { type PairingOffer, PairingHost } from './pairing-host.js';
 import { type KeelProvider, ProviderRegistry } from './provider.js';
 import type { ClientStore } from './storage/client-store.js';
+import { type LocalData, clearStore } from './storage/local-data.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
 import { AwarenessSync } from './sync/awareness-sync.js';
 import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
+import { SnapshotUploads } from './sync/snapshot-uploads.js';
 import { createPartsBudget } from './sync/split-updates.js';
 import { ProofRequests } from './sync/proof-requests.js';
+import { type SyncStats, SyncStatsTracker } from './sync/sync-stats.js';
 import { type BackoffOptions, createBackoff } from './transport/backoff.js';
 import { DEFAULT_LIVENESS, type LinkState, type LivenessOptions, RelayLink, type WebSocketFactory, type WebSocketLike } from './transport/relay-link.js';
 
-export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
-
-export type ClientError = KeelError & { readonly doc?: DocId; readonly final?: boolean };
-
-export type ClientEvents = {
-  /** Connection and sync state: connecting → connected → synced, offline between attempts. */
-  status: (status: ClientStatus) => void;
-  /** An integrity failure, a refusal by the relay, or a local storage fault. Nothing bad is applied. */
-  error: (error: ClientError) => void;
-  /** The relay deferred a document's changes (bandwidth or daily limit); they are resent later. */
-  deferred: (info: { readonly doc: DocId; readonly code: string; readonly retryAfterMs: number }) => void;
-  /** The user's tier changed (payment, operator); the next scheduling decision follows it. */
-  tier: (tier: TierState) => void;
-  /** Changes from another device wait for the app to accept them (manual conflict resolution). */
-  staged: (info: { readonly doc: DocId; readonly count: number }) => void;
-  /** Crisis mode turned on or off, on this device or another of the user's. */
-  crisis: (active: boolean) => void;
-  /** A device of the user was linked or revoked. */
-  devices: (devices: DeviceCertificate[]) => void;
-};
-
-export interface DocSpec {
-  readonly class: DocClass;
-  /** Free-form name within the class; never leaves the device in clear. */
-  readonly name: string;
-}
+export type { ClientError, ClientEvents, ClientStatus, DocSpec } from './client-api.js';
 
 export interface KeelClientOptions {
   /** Relay WebSocket URL, e.g. ws://127.0.0.1:8787. */
@@ -116,13 +86,28 @@ export interface KeelClientOptions {
    * Default 2.5 s and 5 s: a half-open link is found within 7.5 s.
    */
   readonly liveness?: Partial<LivenessOptions>;
+  /**
+   * Wall clock, ms since the epoch; default `Date.now`. The client's own timestamps and timers
+   * (scheduling, pairing lifetimes, crisis and assessment records) read it, so tests can drive
+   * time. Every device must use real time: timestamps are compared across devices.
+   */
+  readonly now?: () => number;
+  /**
+   * How `signOut({ wipe: true })` removes this client's local stores (storage/local-data.ts).
+   * Default: every entry of `storage` is removed (the store object is the app's and stays open).
+   */
+  readonly localData?: LocalData;
+  /**
+   * The platform's answer to keeping the data (`navigator.storage.persist()`), when it comes: a
+   * browser may wait for the person to answer a prompt, so the client does not wait for it.
+   */
+  readonly storagePersisted?: Promise<boolean | undefined>;
 }
 
 const TIER_KEY = ['client', 'tier'];
 /** The relay id this device pinned, kept next to the tier so a restart keeps the pin. */
 const RELAY_KEY = ['client', 'relay'];
-/** The crisis-mode flag lives in its own crisis-class document, so it syncs at crisis priority. */
-export const CRISIS_MODE_DOC: DocSpec = { class: 'crisis_mode', name: 'state' };
+export { CRISIS_MODE_DOC };
 
 /** How long the client waits for the relay to confirm a revocation, a vouch or a pairing session. */
 const RELAY_CONFIRM_MS = 5_000;
@@ -137,19 +122,14 @@ const toError = (e: ClientError): Error => Object.assign(new Error(`${e.code}: $
  * seals every local change and syncs it through the relay when the tier's scheduler says so
  * (crisis documents at once), and applies verified changes of the user's other devices.
  */
-export class KeelClient extends ObservableV2<ClientEvents> {
+export class KeelClient extends ObservableV2<ClientEvents> implements KeelClientApi {
   readonly identity: Identity;
   readonly #store: ClientStore;
   readonly #documentState: ExternalDocState | undefined;
   readonly #link: RelayLink;
   readonly #dispatcher: Dispatcher;
   readonly #proofs: ProofRequests;
-  readonly #pairings = new Map<
-    string,
-    { secret: Uint8Array; expiresAt: number; resolve: (cert: DeviceCertificate) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }
-  >();
-  /** Pairing sessions sent to the relay and not yet confirmed by `pair-opened`. */
-  readonly #pairOpens = new Map<string, { resolve: () => void; reject: (e: Error) => void }>();
+  readonly #pairing: PairingHost;
   readonly #docs = new Map<DocId, DocSync>();
   /** What all documents together hold of split updates waiting for their last part. */
   readonly #parts = createPartsBudget();
@@ -163,14 +143,16 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   /** What this device verified about its user's devices; liveness comes from it alone, never from the relay's lists. */
   /** Whom this device trusts and which key it writes under, from signed records only (docs/device-trust.md). */
   readonly #trust: DeviceTrust;
-  readonly #revokeWaiters = new Map<DeviceId, () => void>();
-  #vouchWaiter: { device: DeviceId; resolve: () => void; reject: (e: Error) => void } | undefined;
+  readonly #admin: DeviceAdmin;
   #tier: TierState;
-  #crisisMode = false;
+  readonly #crisis: CrisisMode;
+  readonly #stats: SyncStatsTracker;
+  readonly #localData: LocalData;
+  #storagePersisted: boolean | undefined;
+  readonly #now: () => number;
   #sessionActive = false;
   #compacting = false;
-  readonly #snapshotEvery: number;
-  readonly #snapshotting = new Set<DocId>();
+  readonly #snapshots: SnapshotUploads;
   /** A flush() waits: on reconnect, send everything at once instead of by the batch window. */
   #flushRequested = false;
   #status: ClientStatus = 'connecting';
@@ -194,8 +176,19 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#store = options.storage;
     this.#documentState = options.documentState;
     this.#tier = initialTier;
-    this.#snapshotEvery = options.snapshotEvery ?? 1000;
+    this.#snapshots = new SnapshotUploads({
+      every: options.snapshotEvery ?? 1000,
+      online: () => this.#link.state === 'ready',
+      isOpen: (sync) => this.#docs.get(sync.docId) === sync,
+      push: (env) => this.#link.send({ type: 'push', envs: [env] }),
+      onError: (error) => this.emit('error', [error]),
+    });
     this.#compress = options.compress ?? false;
+    this.#now = options.now ?? Date.now;
+    this.#localData = options.localData ?? clearStore(options.storage);
+    void options.storagePersisted?.then((answer) => (this.#storagePersisted = answer));
+    this.#stats = new SyncStatsTracker({ now: this.#now, classOf: (doc) => this.#docs.get(doc)?.docClass });
+    this.#crisis = new CrisisMode({ open: (spec) => this.open(spec), now: this.#now, onChange: (active) => this.emit('crisis', [active]) });
     this.#trust = new DeviceTrust(
       {
         identity: options.identity,
@@ -229,15 +222,9 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         // record reaches this device too, and the next decision takes it or rotates above it.
         if (!error.final && error.code === ErrorCode.UNKNOWN_EPOCH && this.#trust.rotationRefused()) return;
         // A refused pairing session (too many open, say) is answered with an error frame.
-        const opening = this.#pairOpens.values().next().value;
-        if (!error.final && opening && (error.code === ErrorCode.LIMIT_EXCEEDED || error.code.startsWith('PAIRING_'))) {
-          opening.reject(toError(error));
-        }
+        this.#pairing.onRelayError(error);
         // The relay answers a refused vouch with an error frame; nothing else is in flight for it.
-        if (!error.final && this.#vouchWaiter) {
-          this.#vouchWaiter.reject(toError(error));
-          this.#vouchWaiter = undefined;
-        }
+        this.#admin.onRelayError(error);
         if (error.final) {
           this.#finalError = error;
           for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(toError(error));
@@ -253,14 +240,35 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         });
       },
     }, pinned, { ...DEFAULT_LIVENESS, ...options.liveness });
+    this.#admin = new DeviceAdmin({
+      identity: options.identity,
+      trust: this.#trust,
+      send: (frame) => this.#link.send(frame),
+      online: () => this.#link.state === 'ready',
+      now: this.#now,
+      confirmMs: RELAY_CONFIRM_MS,
+      onError: (error) => this.emit('error', [error]),
+    });
+    this.#pairing = new PairingHost({
+      identity: options.identity,
+      trust: this.#trust,
+      send: (frame) => this.#link.send(frame),
+      whenLinkReady: (timeoutMs) => this.#whenLinkReady(timeoutMs),
+      relayId: () => this.#link.relayId,
+      now: this.#now,
+      confirmMs: RELAY_CONFIRM_MS,
+    });
     this.#dispatcher = new Dispatcher({
-      scheduler: createScheduler({ clock: { now: () => Date.now() }, policy: initialTier.policy }),
+      scheduler: createScheduler({ clock: { now: this.#now }, policy: initialTier.policy }),
       doc: (docId) => this.#docs.get(docId),
       docs: () => this.#docs.values(),
-      push: (envs) => this.#link.send({ type: 'push', envs }),
+      push: (envs) => {
+        this.#stats.pushed(envs);
+        return this.#link.send({ type: 'push', envs });
+      },
       maxFrameChars: () => this.#maxFrameBytes,
       linkReady: () => this.#link.state === 'ready',
-      now: () => Date.now(),
+      now: this.#now,
       onError: (error) =>
         this.emit('error', [{ code: 'INTERNAL', message: `dispatch failed: ${error instanceof Error ? error.message : String(error)}` }]),
     });
@@ -276,7 +284,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       identity: options.identity,
       send: (frame) => this.#link.send(frame),
       liveKey: (device) => this.#trust.view.live.get(device),
-      now: () => Date.now(),
+      now: this.#now,
       crossDevice: () => this.#tier.policy.crossDevice,
       onError: (error) => this.emit('error', [error]),
     });
@@ -314,6 +322,22 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     return this.#link.lastContactAt;
   }
 
+  /** Outbox depth and, per document class, the last time from a local change to the relay's ack (sync/sync-stats.ts). */
+  stats(): SyncStats {
+    let queued = 0;
+    for (const d of this.#docs.values()) queued += d.queued;
+    return this.#stats.stats(queued);
+  }
+
+  /**
+   * Whether the browser agreed to keep this origin's data under storage pressure (asked by
+   * `createBrowserClient`); undefined until it answered, and where it was not asked or cannot
+   * answer (Node, older browsers).
+   */
+  get storagePersisted(): boolean | undefined {
+    return this.#storagePersisted;
+  }
+
   /** The tier the relay enforces for this user (last known while offline). */
   get tier(): TierState {
     return this.#tier;
@@ -326,7 +350,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
 
   /** Whether the user is in crisis mode (on any of their devices). */
   get crisisMode(): boolean {
-    return this.#crisisMode;
+    return this.#crisis.active;
   }
 
   /** The opaque id a document has on the relay. */
@@ -388,6 +412,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         peerKey: (device) => this.#trust.view.authors.get(device),
         nonLive: () => this.#trust.view.nonLive,
         onPending: (sync, bytes) => {
+          this.#stats.changed(sync.docId);
           this.#dispatcher.write(sync.docId, this.#priorityOf(sync), bytes);
           this.#enforceQueueLimit();
           // A local change not yet proved: no longer synced.
@@ -433,36 +458,18 @@ export class KeelClient extends ObservableV2<ClientEvents> {
   }
 
   /** Turns crisis mode on or off for every device of the user; syncs at crisis priority. */
-  async setCrisisMode(active: boolean, source = 'user'): Promise<void> {
-    const doc = await this.open(CRISIS_MODE_DOC);
-    doc.transact(() => {
-      const state = doc.getMap('crisis');
-      state.set('active', active);
-      state.set('since', Date.now());
-      state.set('source', source);
-    });
+  setCrisisMode(active: boolean, source = 'user'): Promise<void> {
+    return this.#crisis.set(active, source);
   }
 
   /**
-   * Records a PHQ-9 or GAD-7 assessment in its own document. One that crosses a crisis threshold
-   * (PHQ-9 ≥ 20 or item 9 > 0, GAD-7 ≥ 15) syncs as a crisis assessment and turns crisis mode on.
+   * Records a PHQ-9 or GAD-7 form, complete or partial (`null` = not answered yet), in its own
+   * document. PHQ-9 item 9 above 0 is a crisis as soon as it is given; the totals (PHQ-9 ≥ 20,
+   * GAD-7 ≥ 15) count on complete forms. A crisis syncs as a crisis assessment and turns crisis
+   * mode on. See crisis-mode.ts.
    */
-  async recordAssessment(name: string, input: unknown): Promise<CrisisDetection & { readonly assessment: Assessment }> {
-    const parsed = parseAssessment(input);
-    if (!parsed.ok) throw Object.assign(new Error(`${parsed.error.code}: ${parsed.error.message}`), { code: parsed.error.code });
-    const result = detectCrisis(parsed.value);
-    const doc = await this.open({ class: 'assessment', name });
-    doc.transact(() => {
-      const map = doc.getMap('assessment');
-      map.set('kind', parsed.value.kind);
-      map.set('answers', [...parsed.value.answers]);
-      map.set('total', result.total);
-      map.set('crisis', result.crisis);
-      map.set('reasons', [...result.reasons]);
-      map.set('at', Date.now());
-    });
-    if (result.crisis) await this.setCrisisMode(true, 'assessment');
-    return { ...result, assessment: parsed.value };
+  recordAssessment(name: string, input: unknown): Promise<AssessmentResult> {
+    return this.#crisis.recordAssessment(name, input);
   }
 
   /** Remote changes waiting for acceptance in a document (tiers with manual conflict resolution). */
@@ -474,29 +481,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * Uploads a snapshot of a document now (normally automatic, see `snapshotEvery`); resolves
    * to the seq it covers, or undefined when there is nothing new to cover or no connection.
    */
-  async snapshot(spec: DocSpec): Promise<number | undefined> {
-    const sync = this.#docs.get(this.docId(spec));
-    if (!sync || this.#link.state !== 'ready') return undefined;
-    const env = await sync.snapshot(sync.baseLane);
-    if (!env) return undefined;
-    this.#link.send({ type: 'push', envs: [env] });
-    return env.base;
-  }
-
-  #maybeSnapshot(sync: DocSync | undefined): void {
-    // A document closed meanwhile (its last provider went) is snapshotted once it is open again.
-    if (!sync || this.#docs.get(sync.docId) !== sync || this.#snapshotEvery <= 0 || sync.sinceSnapshot < this.#snapshotEvery) return;
-    if (this.#snapshotting.has(sync.docId) || this.#link.state !== 'ready') return;
-    this.#snapshotting.add(sync.docId);
-    sync
-      .snapshot(sync.baseLane)
-      .then((env) => {
-        if (env) this.#link.send({ type: 'push', envs: [env] });
-      })
-      .catch((error: unknown) => {
-        this.emit('error', [{ code: 'INTERNAL', message: `snapshot failed: ${error instanceof Error ? error.message : String(error)}`, doc: sync.docId }]);
-      })
-      .finally(() => this.#snapshotting.delete(sync.docId));
+  snapshot(spec: DocSpec): Promise<number | undefined> {
+    return this.#snapshots.now(this.#docs.get(this.docId(spec)));
   }
 
   /** Applies the staged changes from other devices to a document; resolves to how many. */
@@ -519,6 +505,14 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#flushRequested = true;
     if (this.#finalError) throw toError(this.#finalError);
     await new Promise<void>((resolve, reject) => this.#idleWaiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Resolves once every local change made so far is in local storage (not yet at the relay):
+   * the leader tab acknowledges a follower tab's edit only then.
+   */
+  async persisted(): Promise<void> {
+    await Promise.all([...this.#docs.values()].map((d) => d.settle()));
   }
 
   /**
@@ -575,6 +569,17 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
   }
 
+  /**
+   * Signs this device out: closes the client (local writes settle first). With `wipe`, then
+   * removes every local store of it — Keel's state (outbox, counters, key epochs, trust book)
+   * and every document's content — and resolves once they are gone. The identity is the app's:
+   * it removes that itself (README: "Where to keep the identity").
+   */
+  async signOut(options: { readonly wipe?: boolean } = {}): Promise<void> {
+    await this.close();
+    if (options.wipe) await this.#localData.wipe();
+  }
+
   /** The user's live devices as this device verified them (one certificate each), this one included. */
   devices(): DeviceCertificate[] {
     return this.#trust.devices();
@@ -584,52 +589,10 @@ export class KeelClient extends ObservableV2<ClientEvents> {
    * Offers a single-use pairing code for a new device, valid for `ttlMs`. Show `code` to the
    * person (text or QR); `linked` resolves with the new device's certificate once it joined
    * (this device certifies it, registers it with the relay and seals the root key to it).
+   * Waits for the link when called before it is up; see pairing-host.ts.
    */
-  async startPairing(options: { ttlMs?: number } = {}): Promise<{ code: string; linked: Promise<DeviceCertificate>; cancel: () => void }> {
-    const ttlMs = options.ttlMs ?? 120_000;
-    // Called before the link is up (right after start, say): it waits for it, within the code's lifetime.
-    await this.#whenLinkReady(ttlMs);
-    const pairing = createPairingCode();
-    const expiresAt = Date.now() + ttlMs;
-    let cancel = () => {};
-    const linked = new Promise<DeviceCertificate>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pairings.delete(pairing.id);
-        reject(Object.assign(new Error('PAIRING_EXPIRED: no device joined in time'), { code: 'PAIRING_EXPIRED' }));
-      }, ttlMs);
-      this.#pairings.set(pairing.id, { secret: pairing.secret, expiresAt, resolve, reject, timer });
-      cancel = () => {
-        clearTimeout(timer);
-        this.#pairings.delete(pairing.id);
-        reject(Object.assign(new Error('PAIRING_REFUSED: cancelled'), { code: 'PAIRING_REFUSED' }));
-      };
-    });
-    linked.catch(() => {});
-    // The code is shown only once the relay holds the session: a device joining at once finds it.
-    try {
-      await this.#openPairing(pairing.id, ttlMs);
-    } catch (error) {
-      cancel();
-      throw error;
-    }
-    return { code: pairing.code, linked, cancel };
-  }
-
-  /** Sends `pair-open` and waits for the relay's `pair-opened` (a refusal, a lost link or 5 s: rejected). */
-  #openPairing(id: string, ttlMs: number): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => fail(new Error('TIMEOUT: the relay did not confirm the pairing session')), RELAY_CONFIRM_MS);
-      const done = () => {
-        clearTimeout(timer);
-        this.#pairOpens.delete(id);
-      };
-      const fail = (error: Error) => {
-        done();
-        reject(error);
-      };
-      this.#pairOpens.set(id, { resolve: () => (done(), resolve()), reject: fail });
-      if (!this.#link.send({ type: 'pair-open', id, ttlMs })) fail(new Error('pairing needs a connection to the relay'));
-    });
+  startPairing(options: { ttlMs?: number } = {}): Promise<PairingOffer> {
+    return this.#pairing.start(options);
   }
 
   /** Resolves once the link is authenticated; rejects after `timeoutMs`, on a final error, or when the client closes. */
@@ -644,97 +607,23 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     );
   }
 
-  #answerPairing(frame: Extract<RelayFrame, { type: 'pair-request' }>): void {
-    const pending = this.#pairings.get(frame.id);
-    if (!pending) return;
-    this.#pairings.delete(frame.id);
-    clearTimeout(pending.timer);
-    const deviceKey = fromB64(frame.deviceKey);
-    if (!verifyPairingProof(pending.secret, frame.id, deviceKey, frame.proof)) {
-      this.#link.send({ type: 'pair-refuse', id: frame.id, reason: 'the joining device does not hold the code' });
-      pending.reject(Object.assign(new Error('PAIRING_REFUSED: a device without the code tried to join'), { code: 'PAIRING_REFUSED' }));
-      return;
-    }
-    const grant = authorizeDevice(this.identity, deviceKey);
-    this.#trust.add({ certs: [grant.cert] });
-    this.#link.send({ type: 'register', cert: grant.cert });
-    // The new device pins the deployment this one trusts, not whatever relay it first meets.
-    const relayId = this.#link.relayId;
-    const payload = encodeGrant({ ...grant, epochs: this.#trust.exportEpochs(), ...(relayId ? { relayId } : {}) });
-    const sealed = sealToDevice(payload, deviceKey, pending.secret, frame.id);
-    this.#link.send({ type: 'pair-grant', id: frame.id, ...sealed });
-    pending.resolve(grant.cert);
+  /**
+   * Revokes another device of this user: the relay refuses it (with what only it vouched for)
+   * and a new key epoch, sealed to the devices that remain, protects what is written next.
+   * Resolves to that epoch. See device-admin.ts.
+   */
+  revokeDevice(device: DeviceId): Promise<number> {
+    return this.#admin.revoke(device);
   }
 
-  /**
-   * Revokes another device of this user: the relay disconnects and refuses it at once — with
-   * the devices it registered that no live device vouched for — and a new key epoch, sealed
-   * only to the devices that remain (and to the recovery key), protects everything written next.
-   */
-  async revokeDevice(device: DeviceId): Promise<number> {
-    if (this.#link.state !== 'ready') throw new Error('revocation needs a connection to the relay');
-    // The relay announces the devices the revocation took with it before the target itself;
-    // the trust book computes the same cascade, and waiting lets vouches the relay knows arrive.
-    const announced = new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, RELAY_CONFIRM_MS);
-      this.#revokeWaiters.set(device, () => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-    // Our own signed record, believed at once: the book computes the cascade, the epochs the
-    // revoked devices held turn dirty, and a rotation to the remaining live devices starts.
-    const rotation = this.#trust.revoke(device);
-    await announced;
-    this.#revokeWaiters.delete(device);
-    if (rotation) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([rotation.echoed, new Promise((resolve) => (timer = setTimeout(resolve, RELAY_CONFIRM_MS)))]);
-      clearTimeout(timer);
-      return rotation.epoch;
-    }
-    return this.#trust.writeEpoch;
-  }
-
-  /**
-   * Vouches for another live device of this user: signs a certificate for it as a second
-   * issuer, so it stays live if the device that registered it is revoked (a stolen device
-   * takes down only what nobody else vouched for). Resolves once the relay stored it.
-   */
-  async vouchFor(device: DeviceId): Promise<void> {
-    if (this.#link.state !== 'ready') throw new Error('vouching needs a connection to the relay');
-    if (this.#vouchWaiter) throw new Error('one vouch at a time');
-    const target = this.#trust.certificateOf(device);
-    if (!target || !this.#trust.view.live.has(device)) throw new Error(`${device} is not a live device of this user that this device verified`);
-    const { user, device: me } = this.identity;
-    const cert = certifyDevice(user, me, fromB64(target.deviceKey), Date.now());
-    this.#trust.add({ certs: [cert] });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#vouchWaiter = undefined;
-        reject(new Error('TIMEOUT: the relay did not confirm the vouch'));
-      }, RELAY_CONFIRM_MS);
-      const done = (error?: Error) => {
-        clearTimeout(timer);
-        if (error) reject(error);
-        else resolve();
-      };
-      this.#vouchWaiter = { device, resolve: () => done(), reject: (error) => done(error) };
-      this.#link.send({ type: 'vouch', cert });
-    });
+  /** Vouches for another live device of this user as a second issuer; resolves once the relay stored it (device-admin.ts). */
+  vouchFor(device: DeviceId): Promise<void> {
+    return this.#admin.vouch(device);
   }
 
   /** Internal: begins watching the crisis-mode document. */
-  async watchCrisisMode(): Promise<void> {
-    const doc = await this.open(CRISIS_MODE_DOC);
-    const read = () => {
-      const active = doc.getMap('crisis').get('active') === true;
-      if (active === this.#crisisMode) return;
-      this.#crisisMode = active;
-      this.emit('crisis', [active]);
-    };
-    doc.getMap('crisis').observe(read);
-    read();
+  watchCrisisMode(): Promise<void> {
+    return this.#crisis.watch();
   }
 
   /**
@@ -763,16 +652,16 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       docClass: sync.docClass,
       tier: this.#tier.name,
       policy: this.#tier.policy,
-      crisisMode: this.#crisisMode,
+      crisisMode: this.#crisis.active,
       sessionActive: this.#sessionActive,
-      crisisAssessment: sync.docClass === 'assessment' && sync.doc.getMap('assessment').get('crisis') === true,
+      crisisAssessment: sync.docClass === 'assessment' && isCrisisAssessment(sync.doc),
     });
   }
 
   #onLinkState(state: LinkState): void {
     if (state !== 'ready') {
       // The relay keeps pairing sessions per connection: one not yet confirmed is gone with it.
-      for (const waiter of this.#pairOpens.values()) waiter.reject(new Error('the connection to the relay dropped before it confirmed the pairing session'));
+      this.#pairing.onLinkDown();
       for (const d of this.#docs.values()) d.resetSynced();
       this.#dispatcher.onLinkDown();
       this.#proofs.onLinkDown();
@@ -805,10 +694,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     this.#maxFrameBytes = clampRelayFrameLimit(frame.limits?.maxFrameBytes ?? WireLimits.defaultMaxFrameBytes);
     this.#trust.onReady();
     // Pairing sessions opened on the last connection died with it: opened again for what is left of their time.
-    for (const [id, pairing] of this.#pairings) {
-      const left = pairing.expiresAt - Date.now();
-      if (left >= 1_000 && !this.#pairOpens.has(id)) this.#link.send({ type: 'pair-open', id, ttlMs: left });
-    }
+    this.#pairing.onReady();
     // Only additions: the relay's lists never remove a device or lift a revocation.
     this.#trust.add({ certs: [...frame.certs, ...(frame.revokedCerts ?? [])], revocations: frame.revocations ?? [], reset: frame.reset }, false);
     this.#trust.adoptEpochs(frame.epochs ?? []);
@@ -847,7 +733,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
     });
     if (onReady) this.#dispatcher.setPolicy(tier.policy);
     else this.#dispatcher.onTierChange(tier.policy);
-    if (previous.name !== tier.name || previous.since !== tier.since) this.emit('tier', [tier]);
+    if (previous.name !== tier.name || previous.since !== tier.since || previous.graceEndsAt !== tier.graceEndsAt) this.emit('tier', [tier]);
     // Entries the relay withheld under the old tier arrive once the new one allows them.
     if (!onReady && !previous.policy.crossDevice && tier.policy.crossDevice && this.#link.state === 'ready') this.#subscribe([...this.#docs.values()]);
     if (tier.policy.conflictResolution === 'automatic') {
@@ -864,6 +750,7 @@ export class KeelClient extends ObservableV2<ClientEvents> {
           if (kind === 'snapshot') continue;
           const sync = this.#docs.get(doc);
           if (sync?.claim(counter, seq)) this.#proofs.claimed(sync);
+          this.#stats.acked(doc, counter);
           this.#dispatcher.onAck(doc, counter);
         }
         return;
@@ -880,7 +767,8 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         if (sync) {
           void sync.receive(frame.items).then(() => {
             this.#checkProgress();
-            this.#maybeSnapshot(sync);
+            // A document closed meanwhile (its last provider went) is snapshotted once it is open again.
+            if (this.#docs.get(sync.docId) === sync) this.#snapshots.maybe(sync);
           });
         }
         return;
@@ -911,22 +799,19 @@ export class KeelClient extends ObservableV2<ClientEvents> {
         this.#trust.add({ certs: [frame.cert] });
         return;
       case 'revoked':
-        this.#onRevoked(frame);
+        this.#admin.onRevoked(frame);
         return;
       case 'vouched':
-        if (this.#vouchWaiter?.device === frame.cert.device && frame.cert.issuer === this.identity.device.deviceId) {
-          this.#vouchWaiter.resolve();
-          this.#vouchWaiter = undefined;
-        }
+        this.#admin.onVouched(frame);
         return;
       case 'epoch':
         if (this.#trust.adoptEpochs([frame.record])) this.#subscribe([...this.#docs.values()]);
         return;
       case 'pair-request':
-        this.#answerPairing(frame);
+        this.#pairing.onRequest(frame);
         return;
       case 'pair-opened':
-        this.#pairOpens.get(frame.id)?.resolve();
+        this.#pairing.onOpened(frame.id);
         return;
       case 'pair-grant':
         return;
@@ -943,19 +828,6 @@ export class KeelClient extends ObservableV2<ClientEvents> {
       case 'ready':
       case 'recovery-found':
         return;
-    }
-  }
-
-  /**
-   * Believes a `revoked` frame only for its signed record. One that claims a device this device
-   * holds live without a record that verifies is reported and changes nothing.
-   */
-  #onRevoked(frame: Extract<RelayFrame, { type: 'revoked' }>): void {
-    this.#trust.add({ revocations: frame.revocation ? [frame.revocation] : [], reset: frame.reset });
-    // Only a hint for timing: our own revocation's cascade was announced.
-    this.#revokeWaiters.get(frame.device)?.();
-    if (this.#trust.view.live.has(frame.device) && frame.device !== this.identity.device.deviceId) {
-      this.emit('error', [{ code: ErrorCode.BAD_SIGNATURE, message: `the relay says ${frame.device} is revoked, with no signed record that shows it` }]);
     }
   }
 

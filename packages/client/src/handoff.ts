@@ -1,4 +1,4 @@
-// Device presence and cross-device session handoff, on top of KeelClient's public API only.
+// Device presence and cross-device session handoff, on top of the client's public API only (KeelClientApi: any tab).
 import {
   type DeviceId,
   type ErrorCode,
@@ -22,7 +22,7 @@ import {
 } from '@keel/engine';
 import { ObservableV2 } from 'lib0/observable';
 import type * as Y from 'yjs';
-import type { DocSpec, KeelClient } from './client.js';
+import type { DocSpec, KeelClientApi } from './client-api.js';
 
 /**
  * Presence lives in its own document: each device writes only its own entry of one Y.Map,
@@ -85,7 +85,7 @@ interface Watched {
  * `close()` it before closing the client.
  */
 export class SessionHandoff extends ObservableV2<SessionHandoffEvents> {
-  readonly #client: KeelClient;
+  readonly #client: KeelClientApi;
   readonly #now: () => number;
   readonly #staleAfterMs: number;
   readonly #presence: Y.Map<unknown>;
@@ -100,7 +100,7 @@ export class SessionHandoff extends ObservableV2<SessionHandoffEvents> {
   };
 
   /** @internal Use {@link createSessionHandoff}. */
-  constructor(client: KeelClient, presenceDoc: Y.Doc, options: SessionHandoffOptions = {}) {
+  constructor(client: KeelClientApi, presenceDoc: Y.Doc, options: SessionHandoffOptions = {}) {
     super();
     this.#client = client;
     this.#now = options.now ?? Date.now;
@@ -318,7 +318,7 @@ export class SessionHandoff extends ObservableV2<SessionHandoffEvents> {
  * Presence and session handoff for `client`'s device: opens the presence document (encrypted
  * like every document; on tiers without cross-device sync it stays on the device) and follows it.
  */
-export const createSessionHandoff = async (client: KeelClient, options: SessionHandoffOptions = {}): Promise<SessionHandoff> => {
+export const createSessionHandoff = async (client: KeelClientApi, options: SessionHandoffOptions = {}): Promise<SessionHandoff> => {
   const doc = await client.open(PRESENCE_DOC);
   return new SessionHandoff(client, doc, options);
 };

@@ -20,7 +20,7 @@ import {
   sealRootKeyEscrow,
   toB64,
 } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** Everything one device needs to act for its user. Keep it in the platform's secure storage. */
 export interface Identity {

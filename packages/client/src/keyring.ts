@@ -1,5 +1,5 @@
 import { type DocId, deriveDocKey, deriveEpochZeroSecret, fromB64, toB64 } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { DocKeys } from './sync/doc-sync.js';
 import { type EpochMeta, EpochMetaSchema } from './trust-book.js';
 

@@ -2,6 +2,8 @@
 import { WireLimits } from '@keel/engine';
 import { WebSocket } from 'ws';
 import { type KeelClient, type KeelClientOptions, createClient } from './client.js';
+import type { ClientStore } from './storage/client-store.js';
+import { sqliteFiles } from './storage/sqlite-local-data.js';
 import { openSqliteClientStore } from './storage/sqlite-store.js';
 
 export { openSqliteClientStore };
@@ -33,6 +35,32 @@ export class RelayWebSocket extends WebSocket {
   }
 }
 
-/** A client using the `ws` package for its WebSocket, without compression and with frame limits. */
-export const createNodeClient = (options: Omit<KeelClientOptions, 'WebSocket'>): Promise<KeelClient> =>
-  createClient({ ...options, WebSocket: RelayWebSocket });
+export type NodeClientOptions = Omit<KeelClientOptions, 'WebSocket' | 'storage' | 'localData'> &
+  (
+    | { readonly storage: ClientStore }
+    /** A SQLite file the client opens and owns: closed with the client, deleted by `signOut({ wipe: true })`. */
+    | { readonly sqlitePath: string }
+  );
+
+/**
+ * A client using the `ws` package for its WebSocket, without compression and with frame limits.
+ * Storage: a store the app opened and keeps (`storage`; a wipe empties it), or a SQLite file
+ * the client opens itself (`sqlitePath`).
+ */
+export const createNodeClient = async (options: NodeClientOptions): Promise<KeelClient> => {
+  if (!('sqlitePath' in options)) return createClient({ ...options, WebSocket: RelayWebSocket });
+  const { sqlitePath, ...rest } = options;
+  const storage = openSqliteClientStore(sqlitePath);
+  let client: KeelClient;
+  try {
+    client = await createClient({ ...rest, storage, localData: sqliteFiles(storage, sqlitePath), WebSocket: RelayWebSocket });
+  } catch (error) {
+    await storage.close();
+    throw error;
+  }
+  // 'closed' is emitted once every document's writes have settled.
+  client.on('status', (status) => {
+    if (status === 'closed') void storage.close();
+  });
+  return client;
+};

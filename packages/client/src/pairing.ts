@@ -15,7 +15,7 @@ import {
   parseRelayFrame,
   toB64,
 } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 import { type DeviceGrant, type Identity, acceptDeviceGrant, createDeviceKeys } from './identity.js';
 import type { WebSocketLike } from './transport/relay-link.js';
 

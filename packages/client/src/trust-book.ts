@@ -18,7 +18,7 @@ import {
   verifyRecoveryReset,
   verifyRevocation,
 } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /**
  * The durable trust book: what this device verified about its user's devices — certificates

@@ -121,9 +121,10 @@ export {
   scorePhq9,
   scoreGad7,
   detectCrisis,
+  isComplete,
   parseAssessment,
 } from './policy/crisis.js';
-export type { Assessment, CrisisReason, CrisisDetection } from './policy/crisis.js';
+export type { Answer, Assessment, CrisisReason, CrisisDetection } from './policy/crisis.js';
 export {
   createScheduler,
   bulkRateBytesPerSec,

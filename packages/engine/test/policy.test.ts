@@ -9,12 +9,13 @@ import {
   TierPolicySchema,
   detectCrisis,
   effectivePriority,
+  isComplete,
   parseAssessment,
   resolveTierMatrix,
   scoreGad7,
   scorePhq9,
 } from '@keel/engine';
-import type { DocClass, TierName } from '@keel/engine';
+import type { Answer, DocClass, TierName } from '@keel/engine';
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -183,8 +184,8 @@ describe('effectivePriority', () => {
 });
 
 describe('crisis detection', () => {
-  const phq9 = (answers: number[]) => detectCrisis({ kind: 'phq9', answers });
-  const gad7 = (answers: number[]) => detectCrisis({ kind: 'gad7', answers });
+  const phq9 = (answers: Answer[]) => detectCrisis({ kind: 'phq9', answers });
+  const gad7 = (answers: Answer[]) => detectCrisis({ kind: 'gad7', answers });
 
   it('scores PHQ-9 and GAD-7 as sums', () => {
     expect(scorePhq9([3, 3, 3, 3, 3, 3, 3, 3, 3])).toBe(27);
@@ -194,20 +195,20 @@ describe('crisis detection', () => {
 
   it('PHQ-9: total 19 is not a crisis, 20 is', () => {
     const at19 = phq9([3, 3, 3, 3, 3, 2, 2, 0, 0]);
-    expect(at19).toEqual({ crisis: false, total: 19, reasons: [], priority: Priority.ASSESSMENT_DATA });
+    expect(at19).toEqual({ crisis: false, total: 19, complete: true, reasons: [], priority: Priority.ASSESSMENT_DATA });
     const at20 = phq9([3, 3, 3, 3, 3, 3, 2, 0, 0]);
-    expect(at20).toEqual({ crisis: true, total: 20, reasons: ['phq9_total'], priority: Priority.CRISIS_ASSESSMENT });
+    expect(at20).toEqual({ crisis: true, total: 20, complete: true, reasons: ['phq9_total'], priority: Priority.CRISIS_ASSESSMENT });
   });
 
   it('PHQ-9: any answer above 0 on item 9 is a crisis, however low the total', () => {
-    expect(phq9([0, 0, 0, 0, 0, 0, 0, 0, 1])).toEqual({ crisis: true, total: 1, reasons: ['phq9_item9'], priority: 9 });
+    expect(phq9([0, 0, 0, 0, 0, 0, 0, 0, 1])).toEqual({ crisis: true, total: 1, complete: true, reasons: ['phq9_item9'], priority: 9 });
     expect(phq9([3, 3, 3, 3, 3, 3, 3, 3, 3]).reasons).toEqual(['phq9_total', 'phq9_item9']);
     expect(phq9([1, 0, 0, 0, 0, 0, 0, 1, 0]).crisis).toBe(false);
   });
 
   it('GAD-7: total 14 is not a crisis, 15 is', () => {
-    expect(gad7([3, 3, 3, 3, 2, 0, 0])).toEqual({ crisis: false, total: 14, reasons: [], priority: 6 });
-    expect(gad7([3, 3, 3, 3, 3, 0, 0])).toEqual({ crisis: true, total: 15, reasons: ['gad7_total'], priority: 9 });
+    expect(gad7([3, 3, 3, 3, 2, 0, 0])).toEqual({ crisis: false, total: 14, complete: true, reasons: [], priority: 6 });
+    expect(gad7([3, 3, 3, 3, 3, 0, 0])).toEqual({ crisis: true, total: 15, complete: true, reasons: ['gad7_total'], priority: 9 });
   });
 
   it('rejects invalid answers with a SCHEMA error', () => {
@@ -218,6 +219,8 @@ describe('crisis detection', () => {
       [{ kind: 'gad7', answers: [0, 0, 0, 0, 0, 0, -1] }, /answers\.6/],
       [{ kind: 'gad7', answers: [0, 0, 0, 0, 0, 0, 1.5] }, /answers\.6/],
       [{ kind: 'gad7', answers: [0, 0, 0, 0, 0, 0, '1'] }, /answers\.6/],
+      [{ kind: 'gad7', answers: [0, 0, 0, 0, 0, 0, undefined] }, /answers\.6/],
+      [{ kind: 'phq9', answers: [null, null, null, null, null, null, null, null] }, /answers/],
       [{ kind: 'phq9', answers: [0, 0, 0, 0, 0, 0, 0] }, /answers/],
       [{ kind: 'bdi', answers: [] }, /kind/],
       [{ kind: 'phq9', answers: [0, 0, 0, 0, 0, 0, 0, 0, 0], extra: 1 }, /extra/],
@@ -246,6 +249,49 @@ describe('crisis detection', () => {
         expect(gad7(g).crisis).toBe(sumG >= 15);
       }),
       { seed: 9, numRuns: 500 },
+    );
+  });
+
+  it('a partial form: item 9 above 0 is a crisis the moment it is given; totals wait for the last answer', () => {
+    const onlyItem9 = phq9([null, null, null, null, null, null, null, null, 1]);
+    expect(onlyItem9).toEqual({ crisis: true, total: 1, complete: false, reasons: ['phq9_item9'], priority: Priority.CRISIS_ASSESSMENT });
+    // 24 points over eight answers, item 9 still open: a partial total is not the score.
+    const high = phq9([3, 3, 3, 3, 3, 3, 3, 3, null]);
+    expect(high).toEqual({ crisis: false, total: 24, complete: false, reasons: [], priority: Priority.ASSESSMENT_DATA });
+    expect(phq9([3, 3, 3, 3, 3, 3, 3, 3, 0]).reasons).toEqual(['phq9_total']);
+    expect(phq9([null, null, null, null, null, null, null, null, 0]).crisis).toBe(false);
+    expect(gad7([3, 3, 3, 3, 3, null, null]).crisis).toBe(false);
+    expect(gad7([3, 3, 3, 3, 3, 0, 0]).crisis).toBe(true);
+    expect(gad7(Array<Answer>(7).fill(null))).toEqual({ crisis: false, total: 0, complete: false, reasons: [], priority: 6 });
+    const parsed = parseAssessment({ kind: 'phq9', answers: [1, null, 2, null, null, null, null, null, 3] });
+    expect(parsed.ok && isComplete(parsed.value)).toBe(false);
+    expect(parsed.ok && detectCrisis(parsed.value).crisis).toBe(true);
+  });
+
+  it('partial forms: crisis exactly by the rules, and answering more never takes it back (property)', () => {
+    const slots = (n: number) => fc.array(fc.option(fc.integer({ min: 0, max: 3 }), { nil: null }), { minLength: n, maxLength: n });
+    const sum = (xs: readonly Answer[]) => xs.reduce<number>((a, b) => a + (b ?? 0), 0);
+    /** `xs` with some of its open slots answered. */
+    const fillSome = (xs: readonly Answer[], fill: readonly (Answer | undefined)[]) => xs.map((x, i) => (x === null && fill[i] !== undefined ? fill[i]! : x));
+    const fills = (n: number) => fc.array(fc.option(fc.integer({ min: 0, max: 3 }), { nil: undefined }), { minLength: n, maxLength: n });
+    fc.assert(
+      fc.property(slots(9), fills(9), slots(7), fills(7), (p, pFill, g, gFill) => {
+        const completeP = p.every((x) => x !== null);
+        const rp = phq9(p);
+        expect(rp.complete).toBe(completeP);
+        expect(rp.total).toBe(sum(p));
+        expect(rp.crisis).toBe((p[8] ?? 0) > 0 || (completeP && sum(p) >= 20));
+        expect(rp.priority).toBe(rp.crisis ? 9 : 6);
+        const rg = gad7(g);
+        expect(rg.crisis).toBe(g.every((x) => x !== null) && sum(g) >= 15);
+        // Monotone: a crisis seen while filling in stays a crisis once more is answered.
+        if (rp.crisis) expect(phq9(fillSome(p, pFill)).crisis).toBe(true);
+        if (rg.crisis) expect(gad7(fillSome(g, gFill)).crisis).toBe(true);
+        // Whatever the form holds, it parses, and detection agrees with what was parsed.
+        const parsed = parseAssessment({ kind: 'phq9', answers: p });
+        expect(parsed.ok && detectCrisis(parsed.value).crisis).toBe(rp.crisis);
+      }),
+      { seed: 11, numRuns: 1000 },
     );
   });
 });

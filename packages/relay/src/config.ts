@@ -1,5 +1,5 @@
 import { type RelayId, RelayIdSchema, TierNameSchema, WireLimits } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** An integer setting that may arrive as text (flags, environment), with a readable error. */
 const int = (what: string, min: number, max: number) =>

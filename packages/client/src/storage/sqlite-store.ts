@@ -1,11 +1,26 @@
-import Database from 'better-sqlite3';
+import { createRequire } from 'node:module';
+import type BetterSqlite3 from 'better-sqlite3';
 import { type ClientStore, joinKey, joinPrefix, prefixEnd, splitKey } from './client-store.js';
+
+/**
+ * better-sqlite3 is an optional peer dependency: loaded when a SQLite store is opened, not when
+ * `@keel/client/node` is imported, so a Node app that keeps its data elsewhere (or in memory)
+ * need not install (and compile) it.
+ */
+const loadSqlite = (): typeof BetterSqlite3 => {
+  try {
+    return createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3;
+  } catch (error) {
+    throw new Error(`the SQLite store needs the better-sqlite3 package (an optional peer dependency of @keel/client): ${error instanceof Error ? error.message : String(error)}`);
+  }
+};
 
 /**
  * Node store: one SQLite file (WAL, synchronous FULL), keys as U+001F-joined text. A batch is one
  * transaction, so a crash leaves either all of it or none.
  */
 export const openSqliteClientStore = (path: string): ClientStore => {
+  const Database = loadSqlite();
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');

@@ -1,5 +1,5 @@
 import { type DocClass, DocClassSchema } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** What a device remembers about one document besides its content. */
 export const DocMetaSchema = z.strictObject({

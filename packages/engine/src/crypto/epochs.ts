@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { encodeFields, fromB64, toB64 } from '../protocol/bytes.js';
 import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 import { DeviceIdSchema, type DeviceId, UserIdSchema, type UserId } from '../protocol/ids.js';

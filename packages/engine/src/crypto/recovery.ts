@@ -1,6 +1,6 @@
 import { entropyToMnemonic, mnemonicToEntropy } from '@scure/bip39';
 import { wordlist } from '@scure/bip39/wordlists/english.js';
-import { z } from 'zod';
+import * as z from 'zod';
 import { encodeFields, fromB64, toB64 } from '../protocol/bytes.js';
 import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 import { type DeviceId, DeviceIdSchema, type UserId, UserIdSchema } from '../protocol/ids.js';

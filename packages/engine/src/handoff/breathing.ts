@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** What the person does during one phase of a breathing cycle. */
 export const BreathPhaseKindSchema = z.enum(['inhale', 'hold', 'exhale', 'rest']);

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 import { describeIssues } from '../protocol/frames.js';
 import { type DeviceId, DeviceIdSchema } from '../protocol/ids.js';

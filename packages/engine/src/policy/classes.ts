@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import type { Lane } from '../protocol/ids.js';
 
 /** Priority levels of DESIGN.md; higher syncs first. */

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 
 // This file must not import protocol/frames.ts: frames.ts imports the tier schemas from here.

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { b64Length } from './bytes.js';
 import { ErrorCode, type Result, err, ok } from './codes.js';
 import { type JsonBudget, RELAY_FRAME_JSON_BUDGET, checkJsonBudget } from './json-budget.js';
@@ -140,6 +140,11 @@ export const TierStateSchema = z.strictObject({
   policy: TierPolicySchema,
   /** When this tier took effect (ms since epoch). */
   since: z.number().int().min(0),
+  /**
+   * When the grace period ends (ms since epoch), sent while the tier is `grace_period` and the
+   * relay knows the end (one a payment failure started); the app shows it to the user.
+   */
+  graceEndsAt: z.number().int().min(0).optional(),
 });
 export type TierState = z.infer<typeof TierStateSchema>;
 

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** Pseudonymous user id: `u_` + base64url(BLAKE2b-256(user public key)). Self-certifying. */
 export const UserIdSchema = z.string().regex(/^u_[A-Za-z0-9_-]{43}$/, 'not a Keel user id').brand<'UserId'>();

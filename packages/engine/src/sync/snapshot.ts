@@ -1,6 +1,6 @@
 import * as decoding from 'lib0/decoding';
 import * as encoding from 'lib0/encoding';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ErrorCode, type Result, err, ok } from '../protocol/codes.js';
 
 /**

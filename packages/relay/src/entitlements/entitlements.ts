@@ -22,13 +22,21 @@ export interface Entitlements {
 export const createEntitlements = (store: RelayStore, matrix: TierMatrix, defaultTier: TierName, now: () => number): Entitlements => {
   const cache = new Map<UserId, TierState>();
   const listeners: TierListener[] = [];
-  const stateOf = (tier: TierName, since: number): TierState => ({ name: tier, policy: matrix[tier], since });
+  const stateOf = (tier: TierName, since: number, graceEndsAt?: number): TierState => ({
+    name: tier,
+    policy: matrix[tier],
+    since,
+    ...(tier === 'grace_period' && graceEndsAt !== undefined ? { graceEndsAt } : {}),
+  });
+  /** The end of the user's open grace period, if the store holds one (an operator's grace_period has none). */
+  const graceEndOf = async (userId: UserId, tier: TierName): Promise<number | undefined> =>
+    tier === 'grace_period' ? (await store.getGrace(userId))?.endsAt : undefined;
 
   const tierOf = async (userId: UserId): Promise<TierState> => {
     const cached = cache.get(userId);
     if (cached) return cached;
     const record = await store.getEntitlement(userId);
-    const state = record ? stateOf(record.tier, record.updatedAt) : stateOf(defaultTier, 0);
+    const state = record ? stateOf(record.tier, record.updatedAt, await graceEndOf(userId, record.tier)) : stateOf(defaultTier, 0);
     cache.set(userId, state);
     return state;
   };
@@ -46,7 +54,8 @@ export const createEntitlements = (store: RelayStore, matrix: TierMatrix, defaul
         detail: { from: previous.name, to: tier, event: payment?.event?.id ?? null },
       };
       const record = await store.setEntitlement(userId, tier, now(), source, { ...payment, audit: [...(payment?.audit ?? []), audit] });
-      const current = stateOf(record.tier, record.updatedAt);
+      // The grace record is written in the same transaction as the tier, so it is there to read.
+      const current = stateOf(record.tier, record.updatedAt, await graceEndOf(userId, record.tier));
       cache.set(userId, current);
       for (const listener of listeners) listener(userId, current);
       return { previous, current };

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { TierNameSchema, UserIdSchema, describeIssues } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { Entitlements } from '../entitlements/entitlements.js';
 import type { Logger } from '../log.js';
 import type { LogThrottle } from '../log-throttle.js';

@@ -1,5 +1,5 @@
 import { describeIssues } from '@keel/engine';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /*
  * Stripe's event format, validated with zod and reduced to what the relay needs. Stripe objects
