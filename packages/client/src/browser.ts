@@ -72,6 +72,8 @@ export const createBrowserClient = async (options: BrowserClientOptions): Promis
       });
       return {
         client,
+        // The leader's provider: its awareness is what this device shares with its other devices.
+        awareness: (spec) => client.provider(spec),
         signOut: async (signOutOptions) => {
           await client.signOut(signOutOptions);
           // A wipe closed the store before deleting it.

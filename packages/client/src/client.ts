@@ -30,9 +30,11 @@ import type { Identity } from './identity.js';
 import { DeviceAdmin } from './device-admin.js';
 import { DeviceTrust, type StoredTrust } from './device-trust.js';
 import { type PairingOffer, PairingHost } from './pairing-host.js';
+import { type KeelProvider, ProviderRegistry } from './provider.js';
 import type { ClientStore } from './storage/client-store.js';
 import { type LocalData, clearStore } from './storage/local-data.js';
 import { decodeJson, encodeJson } from './sync/doc-meta.js';
+import { AwarenessSync } from './sync/awareness-sync.js';
 import { Dispatcher } from './sync/dispatcher.js';
 import { DocSync, type ExternalDocState } from './sync/doc-sync.js';
 import { SnapshotUploads } from './sync/snapshot-uploads.js';
@@ -132,6 +134,12 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
   /** What all documents together hold of split updates waiting for their last part. */
   readonly #parts = createPartsBudget();
   readonly #opening = new Map<DocId, Promise<DocSync>>();
+  /** Documents being closed (their last provider handle went); opening one again waits for it. */
+  readonly #closing = new Map<DocId, Promise<void>>();
+  /** Each open document's y-protocols Awareness, sealed and sent through the relay. */
+  readonly #awareness: AwarenessSync;
+  /** y-websocket-shaped handles the app holds on documents. */
+  readonly #providers: ProviderRegistry;
   /** What this device verified about its user's devices; liveness comes from it alone, never from the relay's lists. */
   /** Whom this device trusts and which key it writes under, from signed records only (docs/device-trust.md). */
   readonly #trust: DeviceTrust;
@@ -272,6 +280,19 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
       // Acknowledged, yet not in the log a catch-up just read: resent (once per connection).
       onUnproved: (sync, counters) => this.#dispatcher.resendOnce(sync, counters),
     });
+    this.#awareness = new AwarenessSync({
+      identity: options.identity,
+      send: (frame) => this.#link.send(frame),
+      liveKey: (device) => this.#trust.view.live.get(device),
+      now: this.#now,
+      crossDevice: () => this.#tier.policy.crossDevice,
+      onError: (error) => this.emit('error', [error]),
+    });
+    this.#providers = new ProviderRegistry({
+      status: () => this.#status,
+      caughtUp: (docId) => this.#docs.get(docId)?.caughtUp ?? false,
+      release: (docId) => this.#closeDoc(docId),
+    });
     // Offline too: a device that knows one of its epochs is dirty keeps new changes pending.
     this.#trust.chooseWriteEpoch();
     this.#link.start();
@@ -342,13 +363,43 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
    * sync. Opening the same document twice returns the same Y.Doc.
    */
   async open(spec: DocSpec): Promise<Y.Doc> {
-    return (await this.#openSync(spec)).doc;
+    const sync = await this.#openSync(spec);
+    this.#providers.hold(sync.docId);
+    return sync.doc;
+  }
+
+  /**
+   * A y-websocket-shaped handle on a document (`doc`, `awareness`, `synced`, events `sync` and
+   * `status`) for editor bindings. Each call returns a new handle on the same live doc and
+   * awareness; destroying the last one closes the document (see KeelProvider).
+   */
+  async provider(spec: DocSpec): Promise<KeelProvider> {
+    const sync = await this.#openSync(spec);
+    return this.#providers.create(sync.docId, sync.doc, this.#awareness.use(sync.docId)!);
+  }
+
+  /**
+   * Closes one document: its awareness states leave the other devices, the relay stops sending
+   * it, and its local writes finish (pending changes are stored and go out after it is opened
+   * again; sealed ones stay in its outbox) before its Y.Doc is destroyed.
+   */
+  async #closeDoc(docId: DocId): Promise<void> {
+    const sync = this.#docs.get(docId);
+    if (!sync || this.#closed) return;
+    this.#docs.delete(docId);
+    this.#awareness.detach(docId);
+    if (this.#link.state === 'ready') this.#link.send({ type: 'unsub', docs: [docId] });
+    const closing = sync.close().finally(() => this.#closing.delete(docId));
+    this.#closing.set(docId, closing);
+    await closing;
+    this.#updateStatus();
   }
 
   async #openSync(spec: DocSpec): Promise<DocSync> {
     if (this.#closed) throw new Error('client is closed');
     const docClass = DocClassSchema.parse(spec.class);
     const docId = this.docId(spec);
+    await this.#closing.get(docId);
     const open = this.#docs.get(docId);
     if (open) return open;
     let opening = this.#opening.get(docId);
@@ -389,6 +440,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
     this.#opening.delete(docId);
     if (!this.#docs.has(docId)) {
       this.#docs.set(docId, sync);
+      this.#awareness.attach(docId, sync.doc, this.#trust.keysFor(docId));
       if (sync.hasPending) this.#dispatcher.write(docId, this.#priorityOf(sync), sync.pendingBytes);
       if (sync.hasPending && !this.#trust.canWrite) this.#trust.rotate();
       if (this.#link.state === 'ready') this.#startDoc(sync);
@@ -507,11 +559,13 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
     this.#link.stop();
     this.#dispatcher.close();
     this.#proofs.close();
+    this.#awareness.close();
     await Promise.all([...this.#docs.values()].map((d) => d.close()));
     await this.#pinWrite;
     await this.#trust.close();
     this.#docs.clear();
     this.#setStatus('closed');
+    this.#providers.clear();
     for (const waiter of this.#idleWaiters.splice(0)) waiter.reject(new Error('client closed before its changes were acknowledged'));
   }
 
@@ -611,6 +665,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
       for (const d of this.#docs.values()) d.resetSynced();
       this.#dispatcher.onLinkDown();
       this.#proofs.onLinkDown();
+      this.#awareness.onLinkDown();
     }
     this.#updateStatus();
   }
@@ -619,6 +674,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
   #updateStatus(): void {
     const state = this.#link.state;
     if (this.#closed) return;
+    this.#providers.refresh();
     if (state === 'ready') {
       this.#setStatus([...this.#docs.values()].every((d) => d.synced) ? 'synced' : 'connected');
     } else if (state === 'offline' || state === 'stopped') {
@@ -648,6 +704,8 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
     this.#subscribe(docs);
     this.#dispatcher.onLinkReady();
     if (this.#flushRequested) void this.#dispatcher.flushNow((sync) => this.#priorityOf(sync));
+    // After the resends: on the wire, presence never goes ahead of a crisis change.
+    this.#awareness.subscribed(docs.map((d) => d.docId));
     this.#updateStatus();
   }
 
@@ -663,6 +721,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
     this.#subscribe([sync]);
     this.#dispatcher.resend([sync]);
     this.#dispatcher.pump();
+    this.#awareness.subscribed([sync.docId]);
   }
 
   /** Adopts the relay's tier; on `ready` the reconnect path resends, so only the policy changes here. */
@@ -708,7 +767,8 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
         if (sync) {
           void sync.receive(frame.items).then(() => {
             this.#checkProgress();
-            this.#snapshots.maybe(sync);
+            // A document closed meanwhile (its last provider went) is snapshotted once it is open again.
+            if (this.#docs.get(sync.docId) === sync) this.#snapshots.maybe(sync);
           });
         }
         return;
@@ -754,6 +814,12 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
         this.#pairing.onOpened(frame.id);
         return;
       case 'pair-grant':
+        return;
+      case 'awareness':
+        this.#awareness.receive(frame.aw);
+        return;
+      case 'awareness-gone':
+        this.#awareness.gone(frame.device);
         return;
       case 'error':
         if (frame.doc) this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);

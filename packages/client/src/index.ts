@@ -2,6 +2,8 @@
 export { KeelClient, createClient } from './client.js';
 export type { KeelClientOptions } from './client.js';
 export type { ClientStatus, ClientError, ClientEvents, DocSpec, KeelClientApi } from './client-api.js';
+export type { KeelProvider, ProviderEvents, ProviderStatus } from './provider.js';
+export { RELAY_AWARENESS_ORIGIN } from './sync/awareness-sync.js';
 export type { SyncStats } from './sync/sync-stats.js';
 export type { PairingOffer } from './pairing-host.js';
 export type { LocalData } from './storage/local-data.js';

@@ -26,6 +26,9 @@ export {
   DeviceCertificateSchema,
   CertificateIssuerSchema,
   TierStateSchema,
+  AwarenessEnvelopeSchema,
+  AwarenessFrameSchema,
+  AwarenessGoneFrameSchema,
   ClientFrameSchema,
   RelayFrameSchema,
   parseClientFrame,
@@ -58,6 +61,8 @@ export type {
   RejectFrame,
   TierState,
   RawFrame,
+  AwarenessEnvelope,
+  AwarenessFrame,
 } from './protocol/frames.js';
 export { cryptoReady, getSodium } from './crypto/sodium.js';
 export type { Sodium } from './crypto/sodium.js';
@@ -84,6 +89,8 @@ export {
 export { CHALLENGE_BYTES, createChallengeNonce, signChallenge, verifyChallenge } from './crypto/auth.js';
 export { sealEnvelope, openEnvelope, decryptEnvelope, verifyEnvelopeSignature, envelopeSignedBytes, maxPaddedPayloadBytes } from './crypto/envelope.js';
 export type { EnvelopeHeader, SealOptions, OpenOptions } from './crypto/envelope.js';
+export { sealAwareness, openAwareness, verifyAwarenessSignature, isAwarenessStale } from './crypto/awareness.js';
+export type { AwarenessHeader } from './crypto/awareness.js';
 export {
   Priority,
   SLA_MS,

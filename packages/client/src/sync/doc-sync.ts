@@ -246,7 +246,15 @@ export class DocSync {
    * local change proved in its log.
    */
   get synced(): boolean {
-    return !this.busy && this.#syncTarget !== undefined && seenThrough(this.#meta) >= this.#syncTarget;
+    return !this.busy && this.caughtUp;
+  }
+
+  /**
+   * Caught up with the relay on the current connection, whatever local changes are still on their
+   * way: what y-websocket calls synced (a provider's `synced`).
+   */
+  get caughtUp(): boolean {
+    return this.#syncTarget !== undefined && seenThrough(this.#meta) >= this.#syncTarget;
   }
 
   /** Local changes sealed but not yet proved in the relay's log (acknowledged or not). */

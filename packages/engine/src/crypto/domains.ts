@@ -23,6 +23,10 @@ export const Domain = {
   rootEscrow: 'keel/root-escrow/v1',
   /** An epoch secret sealed to the recovery key inside an epoch record. */
   epochRecoveryWrap: 'keel/epoch-recovery-wrap/v1',
+  /** An awareness frame's signature: never valid as an envelope's, nor the other way round. */
+  awarenessSignature: 'keel/awareness-sig/v1',
+  /** An awareness frame's AEAD associated data. */
+  awarenessAead: 'keel/awareness-aead/v1',
 } as const;
 
 /** libsodium crypto_kdf contexts: exactly 8 characters each. */

@@ -82,7 +82,7 @@ const signedBytes = (h: EnvelopeHeader, nonce: Uint8Array, ct: Uint8Array): Uint
 export const envelopeSignedBytes = (env: Envelope): Uint8Array => signedBytes(env, fromB64(env.nonce), fromB64(env.ct));
 
 /** Smallest power of two ≥ 256 that holds `n` bytes; hides sizes within a factor of two. */
-const padBucket = (n: number): number => {
+export const padBucket = (n: number): number => {
   let bucket = MIN_PAD_BUCKET;
   while (bucket < n) bucket *= 2;
   return bucket;

@@ -47,6 +47,8 @@ export const ErrorCode = {
   UNKNOWN_EPOCH: 'UNKNOWN_EPOCH',
   /** A snapshot that covers no more than the relay's latest, or more than the log holds. */
   SNAPSHOT_REFUSED: 'SNAPSHOT_REFUSED',
+  /** Awareness sealed more than 30 s from now, or not newer than one already applied from its device (a replay). */
+  STALE: 'STALE',
   // Limits.
   RATE_LIMITED: 'RATE_LIMITED',
   QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',

@@ -41,6 +41,16 @@ export const WireLimits = {
   maxCertificates: 256,
   /** Issuer certificates a new device may present with its own. */
   maxChain: 8,
+  /**
+   * Padded bytes of one sealed awareness update (cursors, presence), far above any honest state:
+   * its ciphertext is this plus the 16-byte AEAD tag at most, so updates up to 64 KiB − 2 fit.
+   */
+  maxAwarenessBytes: 64 * 1024,
+  /**
+   * Awareness older than this (by the timestamp its author sealed into it) is dropped: y-protocols'
+   * outdated timeout, after which a state counts as gone anyway. A relay replaying one later gets nowhere.
+   */
+  awarenessMaxAgeMs: 30_000,
 } as const;
 
 const b64Exact = (bytes: number) => z.string().length(b64Length(bytes)).regex(/^[A-Za-z0-9_-]*$/, 'not base64url');
@@ -138,6 +148,32 @@ export const TierStateSchema = z.strictObject({
 });
 export type TierState = z.infer<typeof TierStateSchema>;
 
+/**
+ * A sealed, signed awareness update (y-protocols `encodeAwarenessUpdate`): ephemeral presence,
+ * never stored or logged. No counter: `at` (the author's clock, ms since epoch) orders and ages
+ * it instead. `doc`, `epoch`, `device` and `at` are bound into the AEAD's associated data and,
+ * with nonce and ciphertext, into the author's signature, under labels of their own
+ * (`Domain.awareness*`), so an awareness frame can never pass as an update envelope or the
+ * other way round.
+ */
+export const AwarenessEnvelopeSchema = z.strictObject({
+  doc: DocIdSchema,
+  epoch: EpochSchema,
+  device: DeviceIdSchema,
+  at: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  nonce: b64Exact(24),
+  ct: b64Max(WireLimits.maxAwarenessBytes + 16).min(b64Length(17)),
+  sig: b64Exact(64),
+});
+export type AwarenessEnvelope = z.infer<typeof AwarenessEnvelopeSchema>;
+
+/**
+ * Both directions: a device sends its awareness for a document it subscribed to; the relay
+ * forwards it unchanged to the user's other devices subscribed to that document.
+ */
+export const AwarenessFrameSchema = z.strictObject({ type: z.literal('awareness'), aw: AwarenessEnvelopeSchema });
+export type AwarenessFrame = z.infer<typeof AwarenessFrameSchema>;
+
 // ── device → relay ──────────────────────────────────────────────────────────────────────
 export const HelloFrameSchema = z.strictObject({
   type: z.literal('hello'),
@@ -221,6 +257,7 @@ export const PingFrameSchema = z.strictObject({ type: z.literal('ping'), id: z.n
 
 export const ClientFrameSchema = z.discriminatedUnion('type', [
   PingFrameSchema,
+  AwarenessFrameSchema,
   HelloFrameSchema,
   AuthFrameSchema,
   SubscribeFrameSchema,
@@ -375,11 +412,19 @@ export const RecoveryFoundFrameSchema = z.strictObject({
 /** A vouch was stored (to every connection of the user, the vouching one included). */
 export const VouchedFrameSchema = z.strictObject({ type: z.literal('vouched'), cert: DeviceCertificateSchema });
 
+/**
+ * The last connection of one of the user's devices closed: its awareness states (cursors) go at
+ * once instead of after the 30 s timeout. Only a hint; a relay that never sends it costs 30 s.
+ */
+export const AwarenessGoneFrameSchema = z.strictObject({ type: z.literal('awareness-gone'), device: DeviceIdSchema });
+
 /** The answer to `ping`. */
 export const PongFrameSchema = z.strictObject({ type: z.literal('pong'), id: z.number().int().min(0).max(0x7fff_ffff) });
 
 export const RelayFrameSchema = z.discriminatedUnion('type', [
   PongFrameSchema,
+  AwarenessFrameSchema,
+  AwarenessGoneFrameSchema,
   PairOpenedFrameSchema,
   PairRequestFrameSchema,
   PairGrantFrameSchema,

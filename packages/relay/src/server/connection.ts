@@ -1,4 +1,5 @@
 import {
+  type AwarenessFrame,
   type ClientFrame,
   CloseCode,
   type DeviceId,
@@ -31,6 +32,7 @@ import type { Entitlements } from '../entitlements/entitlements.js';
 import type { QuotaGuard } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import { type AwarenessDrop, type AwarenessLimits, AwarenessGate } from './awareness-gate.js';
 import type { CommitQueue } from './commit-queue.js';
 import { Delivery } from './delivery.js';
 import { DeviceAdmin, type PairingPeer, deviceLimits } from './device-admin.js';
@@ -40,6 +42,9 @@ import { OutboundQueue } from './outbound-queue.js';
 import type { PairingRegistry } from './pairing.js';
 import { type RevokedFrame, revokedNotice } from './revoked-notice.js';
 import type { WorkOwner, WorkQueue } from './work-queue.js';
+
+/** How every awareness frame of Keel's client begins (JSON.stringify of `{ type: 'awareness', aw }`). */
+const AWARENESS_PREFIX = Buffer.from('{"type":"awareness"');
 
 /** How long a closed socket may take to finish the close handshake before it is cut. */
 const CLOSE_GRACE_MS = 1_000;
@@ -85,6 +90,15 @@ export interface ConnectionContext {
   leftPreAuth(conn: RelayConnection): void;
   /** Newly committed entries of a user's document, for that user's other connections. */
   fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]): void;
+  /**
+   * An awareness frame this connection's device sent (validated, its own, for a document it is
+   * subscribed to): for the user's other devices subscribed to that document. Never stored.
+   */
+  forwardAwareness(origin: RelayConnection, doc: DocId, frame: string): void;
+  /** Awareness bounds (rate per connection, recipient queue). */
+  readonly awarenessLimits: AwarenessLimits;
+  /** An awareness frame was dropped: counted in memory, never logged one by one. */
+  awarenessDropped(reason: AwarenessDrop): void;
   /** A device was registered; tell the user's other connections. */
   announceDevice(origin: RelayConnection, device: DeviceRecord): void;
   readonly pairings: PairingRegistry<PairingPeer>;
@@ -107,6 +121,7 @@ interface Session {
   readonly ingest: Ingest;
   readonly delivery: Delivery;
   readonly admin: DeviceAdmin;
+  readonly awareness: AwarenessGate;
 }
 
 type State =
@@ -143,6 +158,12 @@ export class RelayConnection implements PairingPeer {
   #helloSeen = false;
   #authSeen = false;
   #closeTimer: NodeJS.Timeout | undefined;
+  /** The frame being read is awareness already admitted by the rate check on its raw bytes. */
+  #admitted = false;
+  /** Reading is paused by this many holders (the work queue's backlog, an awareness flood). */
+  #pauses = 0;
+  /** Ends the pause of an awareness flood. */
+  #floodTimer: NodeJS.Timeout | undefined;
   /** This connection as a source of queued work; its group is its user once authenticated. */
   #owner: WorkOwner;
 
@@ -164,6 +185,7 @@ export class RelayConnection implements PairingPeer {
     this.#owner = this.#ownerFor(this);
     ws.on('message', (data, isBinary) => {
       try {
+        if (!isBinary && this.#awarenessOverRate(data as Buffer)) return;
         this.#onMessage(isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString('utf8'));
       } catch (error) {
         this.#internal(error);
@@ -185,8 +207,26 @@ export class RelayConnection implements PairingPeer {
   }
 
   #ownerFor(group: unknown): WorkOwner {
-    const ws = this.#ws;
-    return { group, pause: () => ws.pause(), resume: () => ws.resume() };
+    return { group, pause: () => this.#pauseReading(), resume: () => this.#resumeReading() };
+  }
+
+  #pauseReading(): void {
+    if (this.#pauses++ === 0) this.#ws.pause();
+  }
+
+  #resumeReading(): void {
+    if (this.#pauses > 0 && --this.#pauses === 0) this.#ws.resume();
+  }
+
+  /** Awareness past the rate: counted; a peer that keeps at it has its socket paused a while. */
+  #awarenessOverRateDropped(session: Session): void {
+    this.#ctx.awarenessDropped('RATE_LIMITED');
+    if (this.#floodTimer !== undefined || !session.awareness.flooding()) return;
+    this.#pauseReading();
+    this.#floodTimer = setTimeout(() => {
+      this.#floodTimer = undefined;
+      this.#resumeReading();
+    }, this.#ctx.awarenessLimits.floodPauseMs);
   }
 
   get user(): UserId | undefined {
@@ -213,6 +253,22 @@ export class RelayConnection implements PairingPeer {
   send(frame: RelayFrame, lane: number): void {
     if (this.#state.kind === 'closed') return;
     this.#out.enqueue(lane, encodeFrame(frame));
+  }
+
+  /** Whether this connection's device is subscribed to `doc` now. */
+  isSubscribed(doc: DocId): boolean {
+    return this.#state.kind === 'ready' && this.#state.session.delivery.has(doc);
+  }
+
+  /**
+   * Offers an awareness frame (already encoded) to this connection: lowest lane, and dropped
+   * rather than queued when the connection is backed up or its tier has no cross-device sync.
+   * Returns why it was dropped, or undefined once it is queued.
+   */
+  offerAwareness(frame: string): AwarenessDrop | undefined {
+    if (this.#state.kind !== 'ready') return 'BACKED_UP';
+    if (!this.#state.session.tier.policy.crossDevice) return 'TIER';
+    return this.#out.offer(1, frame, this.#ctx.awarenessLimits.maxRecipientQueueChars) ? undefined : 'BACKED_UP';
   }
 
   /** Live entries of a document this connection may be subscribed to. */
@@ -249,7 +305,25 @@ export class RelayConnection implements PairingPeer {
 
   // ── reading frames ───────────────────────────────────────────────────────────────────────
 
+  /**
+   * Awareness past the connection's rate is dropped (and counted) before its bytes are even
+   * decoded: Keel's client writes `{"type":"awareness"` first, so a flood costs a prefix
+   * comparison per frame, not a parse. One within the rate goes on to be read and validated.
+   */
+  #awarenessOverRate(data: Buffer): boolean {
+    if (this.#state.kind !== 'ready' || !data.subarray(0, AWARENESS_PREFIX.length).equals(AWARENESS_PREFIX)) return false;
+    if (this.#state.session.awareness.admit(data.length)) {
+      this.#admitted = true;
+      return false;
+    }
+    this.#awarenessOverRateDropped(this.#state.session);
+    return true;
+  }
+
   #onMessage(data: string | Uint8Array): void {
+    // Taken for this frame only, whatever becomes of it.
+    const admitted = this.#admitted;
+    this.#admitted = false;
     const state = this.#state;
     if (state.kind === 'closed') return;
     if (state.kind !== 'ready') return this.#onPreAuth(data, state);
@@ -258,6 +332,14 @@ export class RelayConnection implements PairingPeer {
     const { session } = state;
     // A push is only read here; its validation and checks wait for their turn in the queue.
     if (raw.value.type === 'push') return session.ingest.onPush(raw.value, data.length);
+    if (raw.value.type === 'awareness' && !admitted) {
+      // Awareness not written the way Keel's client writes it (`type` first) and over the rate:
+      // it cost a parse, so it counts against the bad-frame budget too.
+      if (!session.awareness.admit(data.length)) {
+        this.#awarenessOverRateDropped(session);
+        return this.#countAbuse();
+      }
+    }
     const parsed = validateClientFrame(raw.value);
     if (!parsed.ok) return this.#badFrame(parsed.error);
     const frame = parsed.value;
@@ -265,6 +347,8 @@ export class RelayConnection implements PairingPeer {
       case 'ping':
         // Answered at once, ahead of bulk frames: it measures the link, not the queue.
         return this.send({ type: 'pong', id: frame.id }, 10);
+      case 'awareness':
+        return this.#onAwareness(session, frame);
       case 'sub':
         return session.delivery.subscribe(frame.docs);
       case 'unsub':
@@ -289,6 +373,23 @@ export class RelayConnection implements PairingPeer {
       default:
         return assertNever(frame);
     }
+  }
+
+  /**
+   * Awareness from this device: its own, for a document it is subscribed to, on a tier with
+   * cross-device sync (presence must not open a path between devices that the tier closes, and
+   * a cursor points into content the other device would not have). Forwarded as it came, never
+   * stored; what is refused is counted and dropped, with no answer (it is ephemeral).
+   */
+  #onAwareness(session: Session, frame: AwarenessFrame): void {
+    const { doc, device } = frame.aw;
+    if (device !== session.device.deviceId) {
+      return this.#badFrame({ code: ErrorCode.WRONG_AUTHOR, message: 'awareness must be sealed by the device that sends it' });
+    }
+    if (!session.delivery.has(doc)) return this.#ctx.awarenessDropped('NOT_SUBSCRIBED');
+    if (!session.tier.policy.crossDevice) return this.#ctx.awarenessDropped('TIER');
+    // Encoded again from the validated frame: exactly its schema's fields go on.
+    this.#ctx.forwardAwareness(this, doc, encodeFrame(frame));
   }
 
   /**
@@ -575,7 +676,8 @@ export class RelayConnection implements PairingPeer {
       cutOffDevice: (id, notice) => ctx.cutOffDevice(user, id, notice),
       devicesRevoked: (notices) => ctx.devicesRevoked(user, notices),
     });
-    session = { user, device, tier, ingest, delivery, admin };
+    const awareness = new AwarenessGate(ctx.awarenessLimits, () => ctx.now());
+    session = { user, device, tier, ingest, delivery, admin, awareness };
     return session;
   }
 
@@ -672,6 +774,7 @@ export class RelayConnection implements PairingPeer {
     if (state.kind === 'closed') return;
     this.#state = { kind: 'closed' };
     clearTimeout(this.#authTimer);
+    clearTimeout(this.#floodTimer);
     this.#out.close();
     this.#ctx.work.forget(this.#owner);
     for (const session of this.#ctx.pairings.dropAll(this)) {

@@ -123,6 +123,11 @@ export class Delivery {
     this.#schedule();
   }
 
+  /** Whether the connection is subscribed to `doc`. */
+  has(doc: DocId): boolean {
+    return this.#subs.has(doc);
+  }
+
   unsubscribe(docs: readonly DocId[]): void {
     for (const doc of docs) {
       this.#subs.delete(doc);

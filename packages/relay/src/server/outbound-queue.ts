@@ -84,6 +84,16 @@ export class OutboundQueue {
     return true;
   }
 
+  /**
+   * Queues an ephemeral frame (awareness) only while fewer than `maxQueuedChars` characters
+   * wait, counting it: a backed-up peer loses it instead of the queue growing, and it never
+   * counts as the peer not reading. False when it was dropped.
+   */
+  offer(lane: number, frame: string, maxQueuedChars: number): boolean {
+    if (this.#closed || this.#queuedChars + frame.length > maxQueuedChars) return false;
+    return this.enqueue(lane, frame);
+  }
+
   /** Drops whatever is still queued; the socket is going away. */
   close(): void {
     this.#closed = true;

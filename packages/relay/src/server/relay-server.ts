@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, DEFAULT_TIERS, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig, ServingConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
@@ -11,8 +11,10 @@ import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
 import type { Logger } from '../log.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import { AWARENESS_DROPS, type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
+import { createRefusalCounters } from './refusal-counters.js';
 import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
@@ -43,6 +45,11 @@ export interface Relay {
   /** The id devices pin: configured, or generated at the first start and kept by the store. */
   readonly relayId: RelayId;
   readonly entitlements: Entitlements;
+  /**
+   * Awareness since the relay started: frames forwarded (one per recipient) and frames dropped,
+   * by reason. Counts only, in memory: awareness itself is never stored or logged.
+   */
+  awarenessCounts(): { readonly forwarded: number; readonly dropped: Readonly<Record<AwarenessDrop, number>> };
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
 }
@@ -69,8 +76,12 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     priceTiers: config.priceTiers,
     timers: deps.timers ?? { now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
   });
+  const awarenessDrops = createRefusalCounters(AWARENESS_DROPS);
+  let awarenessForwarded = 0;
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
+  /** Each attached connection's device, kept past its teardown (when the connection no longer says). */
+  const deviceOf = new Map<RelayConnection, DeviceId>();
   const all = new Set<RelayConnection>();
   /** Connections that have not authenticated (or paired) yet. */
   const unauthenticated = new Set<RelayConnection>();
@@ -102,15 +113,22 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       if (!set) byUser.set(user, (set = new Set()));
       if (set.size >= config.maxConnectionsPerUser) return false;
       userOf.set(conn, user);
+      deviceOf.set(conn, conn.device!);
       set.add(conn);
       return true;
     },
     detach(conn) {
       const user = userOf.get(conn);
+      const device = deviceOf.get(conn);
       userOf.delete(conn);
+      deviceOf.delete(conn);
       if (!user) return;
       const set = byUser.get(user);
       set?.delete(conn);
+      // The device's last connection: its cursors go from the other devices at once, not after 30 s.
+      if (set && device && ![...set].some((other) => deviceOf.get(other) === device)) {
+        for (const other of set) other.send({ type: 'awareness-gone', device }, 1);
+      }
       if (set?.size === 0) {
         byUser.delete(user);
         crisis.forgetUser(user);
@@ -123,6 +141,21 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       const user = userOf.get(origin);
       if (!user) return;
       for (const conn of byUser.get(user) ?? []) if (conn !== origin) conn.deliver(docId, entries);
+    },
+    awarenessLimits: DEFAULT_AWARENESS_LIMITS,
+    forwardAwareness(origin, doc, frame) {
+      const user = userOf.get(origin);
+      if (!user) return;
+      for (const conn of byUser.get(user) ?? []) {
+        // Not to the sender's device: its other connections (a reconnect overlapping) hold the states already.
+        if (conn === origin || conn.device === origin.device || !conn.isSubscribed(doc)) continue;
+        const dropped = conn.offerAwareness(frame);
+        if (dropped) awarenessDrops.count(dropped);
+        else awarenessForwarded++;
+      }
+    },
+    awarenessDropped(reason) {
+      awarenessDrops.count(reason);
     },
     announceDevice(origin: RelayConnection, device: DeviceRecord) {
       for (const conn of byUser.get(device.userId) ?? []) if (conn !== origin) conn.send({ type: 'device', cert: device.cert }, 10);
@@ -201,6 +234,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     httpUrl: `http://${host}:${address.port}`,
     relayId: config.relayId,
     entitlements,
+    awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
