@@ -17,24 +17,22 @@ const hex = (bytes: ArrayBuffer) => [...new Uint8Array(bytes)].map((b) => b.toSt
 const size = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${Math.ceil(n / 1024)} KiB`);
 
 /**
- * The shared journal: ProseMirror bound to a Y.XmlFragment with y-prosemirror. With the
- * provider handle (contract 2) the other device's cursor shows through `provider.awareness`.
+ * The shared journal: ProseMirror bound to a Y.XmlFragment with y-prosemirror through the
+ * provider handle; the other device's cursor shows through `provider.awareness`.
  */
 export const renderJournal = async (client: DemoClient, deviceLabel: string): Promise<HTMLElement> => {
-  const provider = client.provider ? await client.provider(JOURNAL) : undefined;
-  const doc = provider?.doc ?? (await client.open(JOURNAL));
+  const provider = await client.provider(JOURNAL);
+  const doc = provider.doc;
   const fragment = doc.getXmlFragment('prosemirror');
   const plugins = [
     ySyncPlugin(fragment),
-    ...(provider ? [yCursorPlugin(provider.awareness)] : []),
+    yCursorPlugin(provider.awareness),
     yUndoPlugin(),
     keymap({ 'Mod-z': undo, 'Mod-y': redo, 'Mod-Shift-z': redo, 'Mod-b': toggleMark(schema.marks.strong), 'Mod-i': toggleMark(schema.marks.em) }),
     keymap(baseKeymap),
   ];
-  if (provider) {
-    const color = COLORS[[...deviceLabel].reduce((n, c) => n + c.charCodeAt(0), 0) % COLORS.length]!;
-    provider.awareness.setLocalStateField('user', { name: deviceLabel, color });
-  }
+  const color = COLORS[[...deviceLabel].reduce((n, c) => n + c.charCodeAt(0), 0) % COLORS.length]!;
+  provider.awareness.setLocalStateField('user', { name: deviceLabel, color });
   const mount = h('div', { class: 'journal-editor', 'data-testid': 'journal' });
   // The view lives as long as the page; y-prosemirror keeps it and the Y.XmlFragment in step.
   new EditorView(mount, {
@@ -42,9 +40,8 @@ export const renderJournal = async (client: DemoClient, deviceLabel: string): Pr
     attributes: { 'aria-label': 'Journal', 'aria-multiline': 'true', role: 'textbox', class: 'prose' },
   });
   const cursors = h('p', { class: 'hint', 'data-testid': 'journal-cursors' });
-  cursors.textContent = provider
-    ? 'Your other devices’ cursors appear in the text while they write.'
-    : 'Shared cursors need the provider handle (client.provider), not in this build.';
+  // Presence follows the tier: on trial nothing crosses devices, cursors included.
+  cursors.textContent = 'Your other devices’ cursors appear in the text while they write (not on trial, where nothing crosses devices).';
 
   // ── attachments ──
   const attachmentsDoc = await client.open(ATTACHMENTS);

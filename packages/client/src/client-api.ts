@@ -5,6 +5,7 @@ import type * as Y from 'yjs';
 import type { AssessmentResult } from './crisis-mode.js';
 import type { Identity } from './identity.js';
 import type { PairingOffer } from './pairing-host.js';
+import type { DocProvider } from './provider.js';
 import type { SyncStats } from './sync/sync-stats.js';
 
 export type ClientStatus = 'connecting' | 'connected' | 'offline' | 'synced' | 'closed';
@@ -54,6 +55,8 @@ export interface KeelClientApi {
   off<NAME extends keyof ClientEvents & string>(name: NAME, f: ClientEvents[NAME]): void;
   /** Opens a document as a live Y.Doc; the same one for the same spec. */
   open(spec: DocSpec): Promise<Y.Doc>;
+  /** A y-websocket-shaped handle (doc, awareness, synced, events) on a document. */
+  provider(spec: DocSpec): Promise<DocProvider>;
   /** Resolves once every local change made so far is proved in the relay's log. */
   flush(): Promise<void>;
   whenSynced(): Promise<void>;

@@ -16,6 +16,24 @@ export type ProviderEvents = {
 };
 
 /** What a provider needs from the client that hosts it; the client passes these, nothing more. */
+/**
+ * The provider handle every tab and the Node client give (contract of `client.provider()`):
+ * y-websocket's shape, so editor bindings (y-prosemirror, yCollab, TipTap) use it unchanged.
+ */
+export interface DocProvider {
+  readonly doc: Y.Doc;
+  readonly awareness: Awareness;
+  /** Caught up with the relay. */
+  readonly synced: boolean;
+  /** y-websocket's `wsconnected`: the device's link is up. */
+  readonly wsconnected: boolean;
+  on<NAME extends keyof ProviderEvents & string>(name: NAME, f: ProviderEvents[NAME]): ProviderEvents[NAME];
+  once<NAME extends keyof ProviderEvents & string>(name: NAME, f: ProviderEvents[NAME]): void;
+  off<NAME extends keyof ProviderEvents & string>(name: NAME, f: ProviderEvents[NAME]): void;
+  /** Releases this handle; the last one closes the document (it can be opened again). */
+  destroy(): Promise<void>;
+}
+
 export interface ProviderHost {
   /** The client's status: 'connecting' | 'connected' | 'offline' | 'synced' | 'closed'. */
   status(): string;
@@ -25,7 +43,8 @@ export interface ProviderHost {
   release(docId: DocId): Promise<void>;
 }
 
-const providerStatus = (clientStatus: string): ProviderStatus =>
+/** The client's status as y-websocket names a provider's. */
+export const providerStatus = (clientStatus: string): ProviderStatus =>
   clientStatus === 'connected' || clientStatus === 'synced' ? 'connected' : clientStatus === 'connecting' ? 'connecting' : 'disconnected';
 
 /**
@@ -35,7 +54,7 @@ const providerStatus = (clientStatus: string): ProviderStatus =>
  * document closes when its last handle is destroyed (unless the app also opened it with
  * `client.open`, which holds it until the client closes).
  */
-export class KeelProvider extends ObservableV2<ProviderEvents> {
+export class KeelProvider extends ObservableV2<ProviderEvents> implements DocProvider {
   readonly doc: Y.Doc;
   readonly awareness: Awareness;
   readonly docId: DocId;

@@ -5,25 +5,18 @@ import type { Awareness } from 'y-protocols/awareness';
 import type * as Y from 'yjs';
 import type { ClientStatus } from '../client-api.js';
 
-export type ProviderStatus = 'connecting' | 'connected' | 'disconnected';
+import { type DocProvider, type ProviderEvents, type ProviderStatus, providerStatus } from '../provider.js';
 
-/** Events in y-websocket's shapes, so editor bindings use the handle unchanged. */
-export type TabProviderEvents = {
-  /** Caught up with the relay (true), or no longer (false). */
-  sync: (isSynced: boolean) => void;
-  synced: (isSynced: boolean) => void;
-  status: (event: { readonly status: ProviderStatus }) => void;
-};
+/** Events in y-websocket's shapes, so editor bindings use the handle unchanged (the Node client's). */
+export type TabProviderEvents = ProviderEvents;
 
-const providerStatus = (status: ClientStatus): ProviderStatus =>
-  status === 'connected' || status === 'synced' ? 'connected' : status === 'connecting' ? 'connecting' : 'disconnected';
 
 /**
  * A handle on one document of a tab: `doc`, `awareness`, `synced`, events `sync`, `synced` and
  * `status`, `destroy()`. In a tab `synced` follows the device's status (the leader tab's link).
  * Handles of one document share the doc and the awareness; the tab counts them.
  */
-export class TabProvider extends ObservableV2<TabProviderEvents> {
+export class TabProvider extends ObservableV2<TabProviderEvents> implements DocProvider {
   readonly doc: Y.Doc;
   readonly awareness: Awareness;
   #status: ProviderStatus;
