@@ -48,39 +48,26 @@ export const providerStatus = (clientStatus: string): ProviderStatus =>
   clientStatus === 'connected' || clientStatus === 'synced' ? 'connected' : clientStatus === 'connecting' ? 'connecting' : 'disconnected';
 
 /**
- * A y-websocket-shaped handle on one Keel document: `doc`, `awareness`, `synced`, events `sync`,
- * `synced` and `status`, and `destroy()`. Handles are reference counted per document: every
- * `client.provider(spec)` returns a new handle on the same live doc and awareness, and the
- * document closes when its last handle is destroyed (unless the app also opened it with
- * `client.open`, which holds it until the client closes).
+ * What every provider handle shares: the document, its awareness, y-websocket's `synced` and
+ * `wsconnected`, and the events emitted when they change. Subclasses say where the state comes
+ * from and what releasing a handle does.
  */
-export class KeelProvider extends ObservableV2<ProviderEvents> implements DocProvider {
+export abstract class ProviderHandle extends ObservableV2<ProviderEvents> implements DocProvider {
   readonly doc: Y.Doc;
   readonly awareness: Awareness;
-  readonly docId: DocId;
-  readonly #registry: ProviderRegistry;
-  #synced = false;
   #status: ProviderStatus;
+  #synced: boolean;
   #destroyed = false;
 
-  constructor(docId: DocId, doc: Y.Doc, awareness: Awareness, registry: ProviderRegistry, host: ProviderHost) {
+  constructor(doc: Y.Doc, awareness: Awareness, status: ProviderStatus, synced: boolean) {
     super();
-    this.docId = docId;
     this.doc = doc;
     this.awareness = awareness;
-    this.#registry = registry;
-    this.#status = providerStatus(host.status());
-    // y-websocket's provider is built synchronously and reports its status and first sync a
-    // moment later; a handle on a document already caught up does the same on the next turn, so
-    // listeners attached right after `await client.provider()` hear it.
-    setTimeout(() => {
-      if (this.#destroyed) return;
-      this.emit('status', [{ status: this.#status }]);
-      this.refresh(host);
-    }, 0);
+    this.#status = status;
+    this.#synced = synced;
   }
 
-  /** Caught up with the relay on the current connection (y-websocket's `synced`). */
+  /** Caught up with the relay (y-websocket's `synced`). */
   get synced(): boolean {
     return this.#synced;
   }
@@ -90,15 +77,22 @@ export class KeelProvider extends ObservableV2<ProviderEvents> implements DocPro
     return this.#status === 'connected';
   }
 
-  /** Re-reads the host's state and emits what changed. */
-  refresh(host: ProviderHost): void {
+  get destroyed(): boolean {
+    return this.#destroyed;
+  }
+
+  /** Emits `status` for the current status (a new handle reports itself once). */
+  protected announce(): void {
+    if (!this.#destroyed) this.emit('status', [{ status: this.#status }]);
+  }
+
+  /** Takes the new state and emits what changed. */
+  protected update(status: ProviderStatus, synced: boolean): void {
     if (this.#destroyed) return;
-    const status = providerStatus(host.status());
     if (status !== this.#status) {
       this.#status = status;
       this.emit('status', [{ status }]);
     }
-    const synced = host.caughtUp(this.docId);
     if (synced !== this.#synced) {
       this.#synced = synced;
       this.emit('sync', [synced]);
@@ -106,15 +100,51 @@ export class KeelProvider extends ObservableV2<ProviderEvents> implements DocPro
     }
   }
 
-  /**
-   * Lets go of the document. The last handle closes it: its sync stops, its local changes are
-   * already stored (and sent when it is opened again), it leaves the client's memory and its
-   * Y.Doc is destroyed. Resolves once that is done.
-   */
+  /** Lets go of this handle; what that releases is the subclass's. Resolves once done. */
   override async destroy(): Promise<void> {
     if (this.#destroyed) return;
     this.#destroyed = true;
     super.destroy();
+    await this.release();
+  }
+
+  protected abstract release(): Promise<void>;
+}
+
+/**
+ * A y-websocket-shaped handle on one Keel document of the client (Node, or the tab that leads).
+ * Handles are reference counted per document: every `client.provider(spec)` returns a new handle
+ * on the same live doc and awareness, and the document closes when its last handle is destroyed
+ * (unless the app also opened it with `client.open`, which holds it until the client closes).
+ */
+export class KeelProvider extends ProviderHandle {
+  readonly docId: DocId;
+  readonly #registry: ProviderRegistry;
+
+  constructor(docId: DocId, doc: Y.Doc, awareness: Awareness, registry: ProviderRegistry, host: ProviderHost) {
+    super(doc, awareness, providerStatus(host.status()), false);
+    this.docId = docId;
+    this.#registry = registry;
+    // y-websocket's provider is built synchronously and reports its status and first sync a
+    // moment later; a handle on a document already caught up does the same on the next turn, so
+    // listeners attached right after `await client.provider()` hear it.
+    setTimeout(() => {
+      this.announce();
+      this.refresh(host);
+    }, 0);
+  }
+
+  /** Re-reads the host's state and emits what changed. */
+  refresh(host: ProviderHost): void {
+    if (this.destroyed) return;
+    this.update(providerStatus(host.status()), host.caughtUp(this.docId));
+  }
+
+  /**
+   * The last handle closes the document: its sync stops, its local changes are already stored
+   * (and sent when it is opened again), it leaves the client's memory and its Y.Doc is destroyed.
+   */
+  protected async release(): Promise<void> {
     await this.#registry.drop(this);
   }
 }
