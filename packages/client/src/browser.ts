@@ -51,6 +51,43 @@ const defaultLock = (): LeaderLock => {
 };
 
 /**
+ * The real client of the tab that leads: Keel's IndexedDB store, y-indexeddb for the documents'
+ * content, and the local data a wipe removes. Its providers' awareness is what this device
+ * shares with its other devices.
+ */
+export const createBrowserLeader = async (
+  name: string,
+  options: Omit<KeelClientOptions, 'storage' | 'documentState' | 'localData'>,
+): Promise<LeaderClient> => {
+  const storage = await openIndexedDbStore(`keel-${name}`);
+  try {
+    const client = await createClient({
+      ...options,
+      storage,
+      documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }),
+      localData: browserLocalData(name, { store: storage }),
+    });
+    return {
+      client,
+      awareness: (spec) => client.provider(spec),
+      signOut: async (signOutOptions) => {
+        await client.signOut(signOutOptions);
+        // A wipe closed the store before deleting it.
+        if (!signOutOptions.wipe) await storage.close();
+      },
+      close: async () => {
+        // close() resolves once every document's writes have settled.
+        await client.close();
+        await storage.close();
+      },
+    };
+  } catch (error) {
+    await storage.close();
+    throw error;
+  }
+};
+
+/**
  * A client persisting everything in IndexedDB, so a reload while offline loses nothing; the
  * store belongs to the client and is closed with it. Any number of tabs may call this with the
  * same `name`: exactly one of them (the leader) connects to the relay, the others forward their
@@ -60,36 +97,7 @@ export const createBrowserClient = async (options: BrowserClientOptions): Promis
   const { name, tabs, ...rest } = options;
   // Local data (storage/browser-local-data.ts): every tab asks the browser to keep it (not waiting for a prompt).
   const storagePersisted = requestPersistentStorage();
-  const createLeader = async (): Promise<LeaderClient> => {
-    const storage = await openIndexedDbStore(`keel-${name}`);
-    try {
-      const client = await createClient({
-        ...rest,
-        storage,
-        documentState: createYIndexedDbState({ dbPrefix: `keel-${name}-doc-` }),
-        localData: browserLocalData(name, { store: storage }),
-        storagePersisted,
-      });
-      return {
-        client,
-        // The leader's provider: its awareness is what this device shares with its other devices.
-        awareness: (spec) => client.provider(spec),
-        signOut: async (signOutOptions) => {
-          await client.signOut(signOutOptions);
-          // A wipe closed the store before deleting it.
-          if (!signOutOptions.wipe) await storage.close();
-        },
-        close: async () => {
-          // close() resolves once every document's writes have settled.
-          await client.close();
-          await storage.close();
-        },
-      };
-    } catch (error) {
-      await storage.close();
-      throw error;
-    }
-  };
+  const createLeader = () => createBrowserLeader(name, { ...rest, storagePersisted });
   return TabClient.create({
     identity: options.identity,
     name,

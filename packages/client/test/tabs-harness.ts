@@ -2,12 +2,10 @@
 // in-process lock standing in for Web Locks, Node's BroadcastChannel, real sockets to a real relay.
 import { IDBFactory, IDBKeyRange } from 'fake-indexeddb';
 import { RelayWebSocket } from '../src/node.js';
-import { createClient, type KeelClient } from '../src/client.js';
+import { createBrowserLeader } from '../src/browser.js';
+import type { KeelClient } from '../src/client.js';
 import type { ClientError } from '../src/client-api.js';
 import type { Identity } from '../src/identity.js';
-import { browserLocalData } from '../src/storage/browser-local-data.js';
-import { openIndexedDbStore } from '../src/storage/indexeddb-store.js';
-import { createYIndexedDbState } from '../src/storage/y-indexeddb-state.js';
 import type { HeldLock, LeaderLock } from '../src/tabs/leader-lock.js';
 import { type LeaderClient, TabClient } from '../src/tabs/tab-client.js';
 
@@ -88,27 +86,13 @@ export const openTab = async (options: TabOptions): Promise<Tab> => {
     channel,
     ...(options.settleMs !== undefined ? { settleMs: options.settleMs } : {}),
     createLeader: async () => {
-      const storage = await openIndexedDbStore(`keel-${options.name}`);
-      const keel = await createClient({
+      // The leader exactly as createBrowserClient builds it, on this tab's sockets.
+      led = await createBrowserLeader(options.name, {
         url: options.url,
         identity: options.identity,
-        storage,
         WebSocket: TabSocket,
         backoff: { baseMs: 50, maxMs: 500 },
-        documentState: createYIndexedDbState({ dbPrefix: `keel-${options.name}-doc-` }),
-        localData: browserLocalData(options.name, { store: storage }),
       });
-      led = {
-        client: keel,
-        signOut: async (signOutOptions) => {
-          await keel.signOut(signOutOptions);
-          if (!signOutOptions.wipe) await storage.close();
-        },
-        close: async () => {
-          await keel.close();
-          await storage.close();
-        },
-      };
       return led;
     },
   });
