@@ -22,7 +22,6 @@ describe('awareness flood', () => {
 
   it("one device flooding awareness delays no other user's crisis edit past 200 ms and leaves no backlog in the relay", async () => {
     const relay = await scope.relay();
-    const probe = await startCrisisProbe(scope, relay.url, { intervalMs: 50, maxEdits: 10_000 });
     const idA = await createIdentity();
     const b = await scope.device(relay.url, idA);
     const pB = await b.client.provider(JOURNAL);
@@ -37,6 +36,10 @@ describe('awareness flood', () => {
     const frames = Array.from({ length: DISTINCT }, (_, i) =>
       JSON.stringify({ type: 'awareness', aw: sealAs(idFlood, awarenessUpdate({ blob: 'x'.repeat(40 * 1024) }, 777, i + 1), now + i) }),
     );
+    // The probe's devices live in this process: start timing only after the ~200 sealings above,
+    // which hold this event loop for a few hundred ms on a slow machine (CI once measured that
+    // stall as a 372 ms crisis edit).
+    const probe = await startCrisisProbe(scope, relay.url, { intervalMs: 50, maxEdits: 10_000 });
     const sub = JSON.stringify({ type: 'sub', docs: [{ doc: docRef(idA, JOURNAL.class, JOURNAL.name).id, after: 0 }] });
     const before = memoryOf(relay.pid);
     const attacker = await startAttacker(scope, {

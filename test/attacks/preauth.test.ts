@@ -46,7 +46,6 @@ describe('attack: unauthenticated memory and CPU', () => {
 
   it('reads only hello and auth before authentication, and a flood of certificate-chain handshakes waits its turn', async () => {
     const relay = await scope.relay();
-    const probe = await startCrisisProbe(scope, relay.url);
     // Handshakes that cost the most: a new user's device presenting the longest certificate
     // chain (root + 7 links), so the relay checks 8 signatures and registers 8 devices.
     const strangers = await Promise.all(
@@ -56,6 +55,8 @@ describe('attack: unauthenticated memory and CPU', () => {
         return serializeIdentity(tip);
       }),
     );
+    // Built before the probe starts: the probe's devices share this event loop.
+    const probe = await startCrisisProbe(scope, relay.url);
     const attacker = await startAttacker(scope, {
       url: relay.url,
       // Authenticated: each registers its chain; then a burst of frames an unauthenticated peer may not send.

@@ -28,6 +28,10 @@ export interface CrisisProbe {
  * plan — crisis class, the lane nothing may delay — every `intervalMs`, timing each edit from
  * the write on device A to its application on device B. Used while an attack runs against the
  * same relay: the numbers are what the attack did to someone else's crisis data.
+ *
+ * Its devices share the test's event loop, so a test starts it after its own heavy setup
+ * (sealing hundreds of frames, deriving key chains): a synchronous stall here would be timed
+ * as crisis latency the relay never caused.
  */
 export const startCrisisProbe = async (
   scope: TestScope,
