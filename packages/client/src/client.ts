@@ -16,6 +16,7 @@ import {
   cryptoReady,
   deriveDocId,
   effectivePriority,
+  mayHoldCrisisAssessment,
   ErrorCode,
   clampRelayFrameLimit,
   inboundFrameBudget,
@@ -654,7 +655,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
       policy: this.#tier.policy,
       crisisMode: this.#crisis.active,
       sessionActive: this.#sessionActive,
-      crisisAssessment: sync.docClass === 'assessment' && isCrisisAssessment(sync.doc),
+      crisisAssessment: mayHoldCrisisAssessment(sync.docClass) && isCrisisAssessment(sync.doc),
     });
   }
 

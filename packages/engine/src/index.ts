@@ -111,7 +111,7 @@ export {
   resolveTierMatrix,
 } from './policy/tiers.js';
 export type { TierName, TierPolicy, TierMatrix, TierOverrides } from './policy/tiers.js';
-export { effectivePriority } from './policy/priority.js';
+export { effectivePriority, laneCeiling, laneFits, mayHoldCrisisAssessment } from './policy/priority.js';
 export type { PriorityInput } from './policy/priority.js';
 export {
   Phq9AnswersSchema,

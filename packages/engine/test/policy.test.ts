@@ -10,6 +10,9 @@ import {
   detectCrisis,
   effectivePriority,
   isComplete,
+  laneCeiling,
+  laneFits,
+  mayHoldCrisisAssessment,
   parseAssessment,
   resolveTierMatrix,
   scoreGad7,
@@ -180,6 +183,32 @@ describe('effectivePriority', () => {
       }),
       { seed: 5, numRuns: 300 },
     );
+  });
+});
+
+describe('lane ceilings', () => {
+  const classes = Object.keys(DOC_CLASS_PRIORITY) as DocClass[];
+
+  it('no honest device seals above its class’s ceiling, whatever its tier and state (property)', () => {
+    fc.assert(
+      fc.property(fc.constantFrom(...classes), fc.constantFrom(...TIER_NAMES), fc.boolean(), fc.boolean(), fc.boolean(), (docClass, tier, crisisMode, sessionActive, flagged) => {
+        // The client flags a crisis assessment only in classes that may hold one.
+        const crisisAssessment = flagged && mayHoldCrisisAssessment(docClass);
+        const lane = effectivePriority({ docClass, tier, policy: DEFAULT_TIERS[tier], crisisMode, sessionActive, crisisAssessment });
+        expect(laneFits(docClass, lane)).toBe(true);
+      }),
+      { seed: 8, numRuns: 300 },
+    );
+  });
+
+  it('is the base of every class but assessments, which may reach CRISIS_ASSESSMENT; nothing bulk fits a crisis lane', () => {
+    expect(laneCeiling('assessment')).toBe(Priority.CRISIS_ASSESSMENT);
+    expect(laneCeiling('safety_plan')).toBe(Priority.CRISIS_EMERGENCY);
+    expect(laneCeiling('breathing_session')).toBe(Priority.THERAPEUTIC_ACTIVE);
+    for (const docClass of classes) {
+      if (docClass !== 'assessment') expect(laneCeiling(docClass)).toBe(DOC_CLASS_PRIORITY[docClass]);
+      if (DOC_CLASS_PRIORITY[docClass] < Priority.ASSESSMENT_DATA) expect(laneFits(docClass, Priority.CRISIS_ASSESSMENT)).toBe(false);
+    }
   });
 });
 

@@ -11,6 +11,8 @@ import {
   basePriority,
   isCrisisClass,
   isCrisisLane,
+  laneCeiling,
+  laneFits,
   decodeSnapshotPayload,
   decryptEnvelope,
   encodeSnapshotPayload,
@@ -576,6 +578,10 @@ export class DocSync {
         if (error.code === ErrorCode.DEVICE_REVOKED) markSeq(this.#meta, seq);
         continue;
       }
+      if (!laneFits(this.docClass, env.lane)) {
+        this.#refuseLane(env, seq);
+        continue;
+      }
       const maxInflatedBytes = Math.min(perEnvelope, inflateLeft);
       const opened = maxInflatedBytes > 0 ? decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes }) : undefined;
       if (opened && !opened.ok && opened.error.code === ErrorCode.LIMIT_EXCEEDED) inflateLeft -= maxInflatedBytes;
@@ -729,6 +735,11 @@ export class DocSync {
       this.#deps.onError({ ...error, doc: this.docId });
       return Promise.resolve();
     }
+    if (!laneFits(this.docClass, env.lane)) {
+      // Not applied; the log after its base is fetched as it comes, so nothing is marked.
+      this.#reportLane(env);
+      return Promise.resolve();
+    }
     const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes: this.#deps.maxInflatedBytes() });
     const payload = opened.ok ? decodeSnapshotPayload(opened.value) : opened;
     if (!payload.ok) {
@@ -818,6 +829,30 @@ export class DocSync {
       return { code: ErrorCode.COUNTER_GAP, message: `author ${env.device} jumped from #${last} to #${env.counter}: an update is missing` };
     }
     return undefined;
+  }
+
+  /**
+   * A signed envelope on a lane above its document's ceiling: refused for good (neither applied
+   * nor staged, and it never raises the lane a snapshot of this document inherits), and skipped
+   * with the rest of its update so it holds nothing back: its counters count as seen, so the
+   * author's next update follows on without a gap, and its seq as received.
+   */
+  #refuseLane(env: Envelope, seq: number): void {
+    this.#reportLane(env);
+    const last = env.counter - (env.part?.index ?? 0) + (env.part?.count ?? 1) - 1;
+    if ((this.#meta.authors[env.device] ?? 0) < last) {
+      this.#meta.authors[env.device] = last;
+      this.#meta.authorSeq[env.device] = Math.max(this.#meta.authorSeq[env.device] ?? 0, seq);
+    }
+    markSeq(this.#meta, seq);
+  }
+
+  #reportLane(env: Envelope): void {
+    this.#deps.onError({
+      code: ErrorCode.LANE_MISMATCH,
+      message: `${env.kind} ${env.device}#${env.counter} came on lane ${env.lane}, above the ${laneCeiling(this.docClass)} its document's class allows: refused`,
+      doc: this.docId,
+    });
   }
 
   /** Right document, known epoch, a certified author, and that author's signature. */
