@@ -434,6 +434,17 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
           if (this.#link.state === 'ready') this.#subscribe([sync]);
         },
         onError: (error) => this.emit('error', [error]),
+        // Answered at once (the relay times the crisis SLA by it); lost with the link, which is fine:
+        // a device that is not connected is not waited for.
+        onCrisisApplied: (doc, seqs) => {
+          if (this.#link.state !== 'ready') return;
+          for (let i = 0; i < seqs.length; i += WireLimits.maxEnvelopesPerFrame) {
+            this.#link.send({ type: 'receipt', doc, seqs: seqs.slice(i, i + WireLimits.maxEnvelopesPerFrame) });
+          }
+        },
+        onLaneMismatch: (report) => {
+          if (this.#link.state === 'ready') this.#link.send({ type: 'report', code: ErrorCode.LANE_MISMATCH, ...report });
+        },
       });
       this.#opening.set(docId, opening);
     }

@@ -52,6 +52,8 @@ export type {
   RelayFrame,
   HelloFrame,
   PushFrame,
+  ReceiptFrame,
+  ReportFrame,
   AckFrame,
   UpdatesFrame,
   UpdatesItem,

@@ -27,6 +27,7 @@ serve options:
   --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
   --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
+  --alert-url <url>     POST signed operator alerts here          (${ENV_VARS.alertUrl}; needs ${ENV_VARS.alertSecret})
   -h, --help            show this help
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
@@ -46,6 +47,11 @@ bounds on what one connection or user may make the relay hold (environment only)
 payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),
   ${ENV_VARS.webhookToleranceSeconds} (default 300), grace periods in ms: ${ENV_VARS.gracePremiumMs} (14 days),
   ${ENV_VARS.graceBasicMs} (7 days), ${ENV_VARS.graceWindowMs} (90 days), ${ENV_VARS.graceFloorMs} (1 day)
+
+crisis SLA (environment only): ${ENV_VARS.alertSecret} (HMAC key of the keel-signature header on alert
+  POSTs), ${ENV_VARS.crisisReceiptTimeoutMs} (5000: a connected device that has not confirmed a crisis
+  entry by then raises crisis_receipt_missing). A crisis entry applied more than 200 ms after it reached
+  the relay raises crisis_sla_breach; every alert is an error log line and a metric as well.
 
 HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnected):
   ${ENV_VARS.httpHeadersTimeoutMs} (10000), ${ENV_VARS.httpRequestTimeoutMs} (30000; not below
@@ -73,6 +79,7 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   defaultTier: 'default-tier',
   priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
+  alertUrl: 'alert-url',
 };
 
 /** Exit status for a usage error, as BSD's sysexits EX_USAGE. */
@@ -100,6 +107,7 @@ const parse = (argv: string[]) => {
         'default-tier': { type: 'string' },
         'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
+        'alert-url': { type: 'string' },
         url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },

@@ -115,6 +115,16 @@ export const RelayConfigSchema = z.strictObject({
   graceWindowMs: int('grace failure window', 0, 10 * YEAR_MS).default(90 * DAY_MS),
   /** Shortest grace period after repeated failures (ms): 1 day. */
   graceFloorMs: int('grace floor', 1, YEAR_MS).default(DAY_MS),
+  // ── Operator alerts (crisis SLA breaches, missing receipts, crisis-lane anomalies) ──
+  /** Where alerts are POSTed, signed with `alertSecret`; without it alerts are an error log line and a metric. */
+  alertUrl: z
+    .url({ protocol: /^https?$/, error: 'alert URL must be an http(s) URL' })
+    .max(2048)
+    .optional(),
+  /** HMAC-SHA256 key of the `keel-signature` header on alert POSTs. */
+  alertSecret: z.string().min(16, 'alert secret must be at least 16 characters').max(512).optional(),
+  /** How long a connected device may take to confirm a crisis entry before the receipt counts as missing (ms). */
+  crisisReceiptTimeoutMs: int('crisis receipt timeout', 200, 600_000).default(5_000),
   // HTTP edge: how long a client may take to send a request (slow-loris defence). Not 0: Node
   // would take that as "never time out".
   /** Until a request's headers are complete (ms); Node's `headersTimeout`, answered 408 and closed. */
@@ -127,6 +137,9 @@ export const RelayConfigSchema = z.strictObject({
   // Otherwise the floor would lengthen a first grace period beyond its configured base.
   if (config.crisisAnomalyBytes > config.crisisCeilingBytes) {
     ctx.addIssue({ code: 'custom', path: ['crisisAnomalyBytes'], message: 'the crisis anomaly threshold must not be above the crisis ceiling' });
+  }
+  if (config.alertUrl !== undefined && config.alertSecret === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['alertSecret'], message: 'an alert URL needs an alert secret to sign with' });
   }
   if (config.preAuthMaxBytes > config.maxPayloadBytes) {
     ctx.addIssue({ code: 'custom', path: ['preAuthMaxBytes'], message: 'the pre-auth frame limit must not be above the frame limit' });
@@ -192,6 +205,9 @@ export const ENV_VARS = {
   graceBasicMs: 'KEEL_RELAY_GRACE_BASIC_MS',
   graceWindowMs: 'KEEL_RELAY_GRACE_WINDOW_MS',
   graceFloorMs: 'KEEL_RELAY_GRACE_FLOOR_MS',
+  alertUrl: 'KEEL_RELAY_ALERT_URL',
+  alertSecret: 'KEEL_RELAY_ALERT_SECRET',
+  crisisReceiptTimeoutMs: 'KEEL_RELAY_CRISIS_RECEIPT_TIMEOUT_MS',
   httpHeadersTimeoutMs: 'KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS',
   httpRequestTimeoutMs: 'KEEL_RELAY_HTTP_REQUEST_TIMEOUT_MS',
   httpBodyTimeoutMs: 'KEEL_RELAY_HTTP_BODY_TIMEOUT_MS',

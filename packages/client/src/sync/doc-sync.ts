@@ -7,6 +7,7 @@ import {
   ErrorCode,
   type KeelError,
   type Lane,
+  type Seq,
   WireLimits,
   basePriority,
   isCrisisClass,
@@ -110,6 +111,10 @@ export interface DocSyncDeps {
    */
   readonly onRefetch: (sync: DocSync) => void;
   readonly onError: (error: KeelError & { doc: DocId }) => void;
+  /** Crisis-lane log entries were applied to the live document (the relay times them: its crisis SLA watch). */
+  readonly onCrisisApplied: (doc: DocId, seqs: readonly Seq[]) => void;
+  /** A signed envelope was refused for a lane above its class's ceiling: the relay audits the report. */
+  readonly onLaneMismatch: (report: { readonly doc: DocId; readonly device: DeviceId; readonly counter: number; readonly lane: Lane }) => void;
 }
 
 const keys = (docId: DocId) => ({
@@ -551,6 +556,7 @@ export class DocSync {
     const perEnvelope = this.#deps.maxInflatedBytes();
     let inflateLeft = FRAME_INFLATE_LIMITS * perEnvelope;
     let refetch = false;
+    const crisisApplied: Seq[] = [];
     for (const item of items) {
       const { seq } = item;
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
@@ -621,6 +627,7 @@ export class DocSync {
           continue;
         }
         applied.push(whole.update);
+        if (isCrisisLane(whole.lane)) crisisApplied.push(...(whole.seqs as Seq[]));
       }
       if ((this.#meta.authors[env.device] ?? 0) < whole.last) {
         this.#meta.authors[env.device] = whole.last;
@@ -629,6 +636,7 @@ export class DocSync {
       this.#meta.maxLane = Math.max(this.#meta.maxLane, whole.lane);
       for (const s of whole.seqs) markSeq(this.#meta, s);
     }
+    if (crisisApplied.length > 0) this.#deps.onCrisisApplied(this.docId, crisisApplied);
     return this.#enqueue(async () => {
       const ops: StorageOp[] = [...proofs];
       if (applied.length > 0) this.#stateOps(ops, applied.length === 1 ? applied[0]! : Y.mergeUpdates(applied));
@@ -853,6 +861,7 @@ export class DocSync {
       message: `${env.kind} ${env.device}#${env.counter} came on lane ${env.lane}, above the ${laneCeiling(this.docClass)} its document's class allows: refused`,
       doc: this.docId,
     });
+    this.#deps.onLaneMismatch({ doc: this.docId, device: env.device, counter: env.counter, lane: env.lane });
   }
 
   /** Right document, known epoch, a certified author, and that author's signature. */

@@ -1,11 +1,11 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady, isCrisisLane } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig, ServingConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
-import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
+import { DEFAULT_GRACE_POLICY, type TimerDeps, systemTimers } from '../entitlements/grace.js';
 import { createPaymentProcessor } from '../entitlements/payments.js';
 import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
@@ -21,6 +21,9 @@ import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
+import { createLogThrottle } from '../log-throttle.js';
+import { ALERT_KINDS, type AlertKind, createAlerter } from '../observe/alerts.js';
+import { CRISIS_SLA_MS, createCrisisSlaWatch } from '../observe/crisis-sla.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
 const CLOSE_GRACE_MS = 1_000;
@@ -50,6 +53,10 @@ export interface Relay {
    * by reason. Counts only, in memory: awareness itself is never stored or logged.
    */
   awarenessCounts(): { readonly forwarded: number; readonly dropped: Readonly<Record<AwarenessDrop, number>> };
+  /** Lane-mismatch reports devices sent since the start (envelopes they refused). */
+  laneReports(): number;
+  /** Operator alerts raised since the start, by kind, and what became of their POSTs. */
+  alertCounts(): { readonly raised: Readonly<Record<AlertKind, number>>; readonly posts: ReturnType<ReturnType<typeof createAlerter>['stats']> };
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
 }
@@ -63,6 +70,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const commits = createCommitQueue(store, now);
   const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
+  const timers: TimerDeps = deps.timers ?? { ...systemTimers, now };
   const payments = createPaymentProcessor({
     store,
     entitlements,
@@ -74,9 +82,11 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       floorMs: config.graceFloorMs,
     },
     priceTiers: config.priceTiers,
-    timers: deps.timers ?? { now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
+    timers,
   });
   const awarenessDrops = createRefusalCounters(AWARENESS_DROPS);
+  let laneReports = 0;
+  const reportLog = createLogThrottle({ log, now });
   let awarenessForwarded = 0;
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
@@ -85,6 +95,24 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const all = new Set<RelayConnection>();
   /** Connections that have not authenticated (or paired) yet. */
   const unauthenticated = new Set<RelayConnection>();
+  const alertsRaised = createRefusalCounters(ALERT_KINDS);
+  const alerter = createAlerter({
+    log,
+    target: config.alertUrl !== undefined && config.alertSecret !== undefined ? { url: config.alertUrl, secret: config.alertSecret } : undefined,
+    now,
+    timers,
+    count: (kind) => alertsRaised.count(kind),
+  });
+  const sla = createCrisisSlaWatch({
+    now,
+    timers,
+    slaMs: CRISIS_SLA_MS,
+    missingAfterMs: config.crisisReceiptTimeoutMs,
+    onMeasured: (m) => {
+      if (m.breached) alerter.raise({ kind: 'crisis_sla_breach', user: m.user, device: m.device, doc: m.doc, seq: m.seq, latencyMs: Math.round(m.latencyMs), slaMs: CRISIS_SLA_MS });
+    },
+    onMissing: (m) => alerter.raise({ kind: 'crisis_receipt_missing', user: m.user, device: m.device, doc: m.doc, seq: m.seq, waitedMs: m.waitedMs }),
+  });
   const crisis = createCrisisLane({
     anomalyBytes: config.crisisAnomalyBytes,
     ceilingBytes: config.crisisCeilingBytes,
@@ -92,6 +120,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     fastPerSecond: 32,
     now,
     log,
+    onAnomaly: (user, device, bytes) => alerter.raise({ kind: 'crisis_volume_anomaly', user, device, bytes, thresholdBytes: config.crisisAnomalyBytes }),
   });
   const work = createWorkQueue({
     onError: (error) => log.log('error', 'work queue task failed', { error: error instanceof Error ? error.message : String(error) }),
@@ -128,6 +157,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       // The device's last connection: its cursors go from the other devices at once, not after 30 s.
       if (set && device && ![...set].some((other) => deviceOf.get(other) === device)) {
         for (const other of set) other.send({ type: 'awareness-gone', device }, 1);
+        sla.deviceGone(device);
       }
       if (set?.size === 0) {
         byUser.delete(user);
@@ -140,7 +170,25 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]) {
       const user = userOf.get(origin);
       if (!user) return;
-      for (const conn of byUser.get(user) ?? []) if (conn !== origin) conn.deliver(docId, entries);
+      const crisisEntries = entries.filter((e) => isCrisisLane(e.env.lane));
+      for (const conn of byUser.get(user) ?? []) {
+        if (conn === origin) continue;
+        // Watched before delivery, so the receipt finds its wait whatever the socket's speed.
+        if (crisisEntries.length > 0 && conn.device !== undefined && conn.device !== origin.device && conn.isSubscribed(docId)) {
+          sla.sent(user, conn.device, docId, crisisEntries);
+        }
+        conn.deliver(docId, entries);
+      }
+    },
+    receipt(origin, frame) {
+      if (origin.device !== undefined) sla.receipt(origin.device, frame.doc, frame.seqs);
+    },
+    report(origin, frame) {
+      const user = userOf.get(origin);
+      if (!user || origin.device === undefined) return;
+      laneReports++;
+      // The reporter's word, about ids of its own user: throttled like any line a device can cause.
+      reportLog.log('lane-report', 'warn', 'device refused a mislabelled envelope', { user, reporter: origin.device, author: frame.device, lane: frame.lane, code: frame.code });
     },
     awarenessLimits: DEFAULT_AWARENESS_LIMITS,
     forwardAwareness(origin, doc, frame) {
@@ -235,6 +283,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     relayId: config.relayId,
     entitlements,
     awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
+    alertCounts: () => ({ raised: alertsRaised.snapshot(), posts: alerter.stats() }),
+    laneReports: () => laneReports,
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
@@ -251,6 +301,10 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         http.closeAllConnections();
         await new Promise<void>((resolve) => http.close(() => resolve()));
         await payments.close();
+        sla.close();
+        // Alerts already raised get their chance to be posted (each POST times out), then the rest is dropped.
+        await Promise.race([alerter.idle(), new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
+        alerter.close();
         await work.idle();
         await commits.idle();
         await store.close();
