@@ -37,7 +37,9 @@ environment only: ${ENV_VARS.adminToken} (enables operator commands; also read b
 
 bounds on what one connection or user may make the relay hold (environment only):
   ${ENV_VARS.preAuthMaxBytes} (8192: a frame before authentication),
-  ${ENV_VARS.maxPendingConnections} (1024 unauthenticated), ${ENV_VARS.maxConnectionsPerUser} (32),
+  ${ENV_VARS.maxPendingConnections} (1024 unauthenticated), ${ENV_VARS.maxPendingPerAddress} (256 of them per address),
+  ${ENV_VARS.addressConnectBurst} (128 new connections at once per address, then 429), ${ENV_VARS.addressConnectPerSecond} (32/s),
+  ${ENV_VARS.maxConnectionsPerUser} (32),
   ${ENV_VARS.maxSubscriptions} (4096 per connection), ${ENV_VARS.maxOutboundBytes} (16 MiB queued to a device
   that does not read, then 4007), ${ENV_VARS.maxDevicesPerUser} (32 live), ${ENV_VARS.maxRegistrationsPerUser} (256),
   ${ENV_VARS.maxEpochsPerUser} (256), ${ENV_VARS.maxPairingsPerDevice} (4 open codes per connection),

@@ -89,6 +89,12 @@ export const RelayConfigSchema = z.strictObject({
   preAuthMaxBytes: int('pre-auth frame limit', 1024, 64 * 1024).default(8 * 1024),
   /** Unauthenticated connections at once; more are refused (1013) until some authenticate or time out. */
   maxPendingConnections: int('max pending connections', 1, 1_000_000).default(1024),
+  /** New WebSocket connections one address (IPv4, or IPv6 /64) may open at once; past it the upgrade is answered 429. */
+  addressConnectBurst: int('connections per address burst', 1, 1_000_000).default(128),
+  /** New WebSocket connections per second one address may open, sustained. */
+  addressConnectPerSecond: int('connections per address per second', 1, 1_000_000).default(32),
+  /** Unauthenticated connections of one address at once (a share of max pending connections). */
+  maxPendingPerAddress: int('max pending connections per address', 1, 1_000_000).default(256),
   /** Authenticated connections of one user at once. */
   maxConnectionsPerUser: int('max connections per user', 1, 10_000).default(32),
   /** Documents one connection may be subscribed to at once. */
@@ -192,6 +198,9 @@ export const ENV_VARS = {
   priceTiersFile: 'KEEL_RELAY_PRICE_TIERS_FILE',
   preAuthMaxBytes: 'KEEL_RELAY_PREAUTH_MAX_BYTES',
   maxPendingConnections: 'KEEL_RELAY_MAX_PENDING_CONNECTIONS',
+  addressConnectBurst: 'KEEL_RELAY_ADDRESS_CONNECT_BURST',
+  addressConnectPerSecond: 'KEEL_RELAY_ADDRESS_CONNECT_PER_SECOND',
+  maxPendingPerAddress: 'KEEL_RELAY_MAX_PENDING_PER_ADDRESS',
   maxConnectionsPerUser: 'KEEL_RELAY_MAX_CONNECTIONS_PER_USER',
   maxSubscriptions: 'KEEL_RELAY_MAX_SUBSCRIPTIONS',
   maxOutboundBytes: 'KEEL_RELAY_MAX_OUTBOUND_BYTES',

@@ -356,7 +356,12 @@ export class RelayConnection implements PairingPeer {
       case 'awareness':
         return this.#onAwareness(session, frame);
       case 'sub':
-        return session.delivery.subscribe(frame.docs);
+        // In the work queue: a frame of a thousand documents is work, taken in turn with other
+        // users' (and the socket paused while this one's backlog is long). Subscribing past the
+        // cap is no honest client's doing (it pages its documents): it counts as a bad frame.
+        return this.#queue(async () => {
+          if (session.delivery.subscribe(frame.docs) > 0) this.#countAbuse();
+        });
       case 'unsub':
         return session.delivery.unsubscribe(frame.docs);
       case 'register':

@@ -21,6 +21,8 @@ import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
+import { createAddressLimiter } from './address-limits.js';
+import { addressKey } from './auth-failure-limiter.js';
 import { createLogThrottle } from '../log-throttle.js';
 import { ALERT_KINDS, type AlertKind, createAlerter } from '../observe/alerts.js';
 import { CRISIS_SLA_MS, createCrisisSlaWatch } from '../observe/crisis-sla.js';
@@ -55,6 +57,8 @@ export interface Relay {
   awarenessCounts(): { readonly forwarded: number; readonly dropped: Readonly<Record<AwarenessDrop, number>> };
   /** Lane-mismatch reports devices sent since the start (envelopes they refused). */
   laneReports(): number;
+  /** New connections refused for their address since the start: over its rate, or over its unauthenticated share. */
+  addressRefusals(): Readonly<Record<'RATE' | 'PENDING', number>>;
   /** Operator alerts raised since the start, by kind, and what became of their POSTs. */
   alertCounts(): { readonly raised: Readonly<Record<AlertKind, number>>; readonly posts: ReturnType<ReturnType<typeof createAlerter>['stats']> };
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
@@ -86,8 +90,9 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   });
   const awarenessDrops = createRefusalCounters(AWARENESS_DROPS);
   let laneReports = 0;
-  const reportLog = createLogThrottle({ log, now });
-  let awarenessForwarded = 0;
+  const connectionRefusals = createRefusalCounters(['RATE', 'PENDING'] as const);
+  const refusalLog = createLogThrottle({ log, now });
+    let awarenessForwarded = 0;
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   /** Each attached connection's device, kept past its teardown (when the connection no longer says). */
@@ -166,6 +171,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     },
     leftPreAuth(conn) {
       unauthenticated.delete(conn);
+      leavePending(conn);
     },
     fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]) {
       const user = userOf.get(origin);
@@ -188,7 +194,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       if (!user || origin.device === undefined) return;
       laneReports++;
       // The reporter's word, about ids of its own user: throttled like any line a device can cause.
-      reportLog.log('lane-report', 'warn', 'device refused a mislabelled envelope', { user, reporter: origin.device, author: frame.device, lane: frame.lane, code: frame.code });
+      refusalLog.log('lane-report', 'warn', 'device refused a mislabelled envelope', { user, reporter: origin.device, author: frame.device, lane: frame.lane, code: frame.code });
     },
     awarenessLimits: DEFAULT_AWARENESS_LIMITS,
     forwardAwareness(origin, doc, frame) {
@@ -233,9 +239,35 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   // Health, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
   const http: Server = createHttpServer({ config, store, log, now, entitlements, payments });
 
-  const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
+  const addresses = createAddressLimiter(
+    { connectBurst: config.addressConnectBurst, connectPerSecond: config.addressConnectPerSecond, maxPendingPerAddress: config.maxPendingPerAddress, maxAddresses: 100_000 },
+    now,
+  );
+  /** The address each unauthenticated connection counts against, until it leaves that state. */
+  const pendingAddress = new Map<RelayConnection, string>();
+  const leavePending = (conn: RelayConnection): void => {
+    const address = pendingAddress.get(conn);
+    if (address === undefined) return;
+    pendingAddress.delete(conn);
+    addresses.leftPending(address);
+  };
+  const wss = new WebSocketServer({
+    server: http,
+    maxPayload: config.maxPayloadBytes,
+    perMessageDeflate: false,
+    // Before the upgrade: a flooding address is answered 429 for the price of a header parse.
+    verifyClient: (info, done) => {
+      const address = addressKey(info.req.socket.remoteAddress);
+      const refused = addresses.admit(address);
+      if (!refused) return done(true);
+      connectionRefusals.count(refused);
+      refusalLog.log(`connect.${refused}`, 'warn', 'connection refused for its address', { reason: refused });
+      done(false, 429, 'Too Many Requests', { 'retry-after': String(addresses.retryAfterSeconds(address)) });
+    },
+  });
   const alive = new WeakSet<WebSocket>();
-  wss.on('connection', (ws) => {
+  wss.on('connection', (ws, req) => {
+    const address = addressKey(req.socket.remoteAddress);
     // Unauthenticated sockets cost little each (a few KiB, one handshake step at a time) but
     // are free to open, so their number is bounded too.
     if (unauthenticated.size >= config.maxPendingConnections) {
@@ -243,14 +275,19 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         ws.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.OVERLOADED),
       );
       setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
+      addresses.leftPending(address);
       return;
     }
     const conn = new RelayConnection(ws, context);
     unauthenticated.add(conn);
+    pendingAddress.set(conn, address);
     all.add(conn);
     alive.add(ws);
     ws.on('pong', () => alive.add(ws));
-    ws.on('close', () => all.delete(conn));
+    ws.on('close', () => {
+      all.delete(conn);
+      leavePending(conn);
+    });
   });
   // A device that vanished without a FIN (phone into a tunnel) misses a pong and is dropped.
   const heartbeat = setInterval(() => {
@@ -285,6 +322,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
     alertCounts: () => ({ raised: alertsRaised.snapshot(), posts: alerter.stats() }),
     laneReports: () => laneReports,
+    addressRefusals: () => connectionRefusals.snapshot(),
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
