@@ -27,6 +27,8 @@ serve options:
   --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
   --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
+  --metrics-token <t>   bearer token GET /metrics requires        (${ENV_VARS.metricsToken}; prefer the variable:
+                        flags show in ps. Without a token /metrics answers only on a loopback-bound relay)
   -h, --help            show this help
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
@@ -73,6 +75,7 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   defaultTier: 'default-tier',
   priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
+  metricsToken: 'metrics-token',
 };
 
 /** Exit status for a usage error, as BSD's sysexits EX_USAGE. */
@@ -100,6 +103,7 @@ const parse = (argv: string[]) => {
         'default-tier': { type: 'string' },
         'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
+        'metrics-token': { type: 'string' },
         url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },

@@ -8,6 +8,10 @@ export const HttpErrorCode = {
   INTERNAL: 'INTERNAL',
   /** No admin token configured (403). */
   ADMIN_DISABLED: 'ADMIN_DISABLED',
+  /** /metrics without a token on a relay not bound to loopback (403). */
+  METRICS_DISABLED: 'METRICS_DISABLED',
+  /** The relay is shutting down or its store does not answer (/readyz, 503). */
+  NOT_READY: 'NOT_READY',
   /** Missing or wrong bearer token (401). */
   NOT_AUTHENTICATED: 'NOT_AUTHENTICATED',
   /** Too many failed admin logins from this address, or from everyone; see Retry-After (429). */
@@ -35,3 +39,7 @@ export type AdminUnauthenticatedRefusal = (typeof ADMIN_UNAUTHENTICATED_REFUSALS
 /** Requests refused before routing (slow, oversized or malformed): counted in memory only. */
 export const CONNECTION_REFUSALS = [HttpErrorCode.REQUEST_TIMEOUT, HttpErrorCode.HEADERS_TOO_LARGE, HttpErrorCode.BAD_REQUEST] as const;
 export type ConnectionRefusal = (typeof CONNECTION_REFUSALS)[number];
+
+/** /metrics refusals: counted in memory, logged rate-limited. */
+export const METRICS_REFUSALS = [HttpErrorCode.METRICS_DISABLED, HttpErrorCode.NOT_AUTHENTICATED] as const;
+export type MetricsRefusal = (typeof METRICS_REFUSALS)[number];

@@ -3,7 +3,9 @@ import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
 import type { PaymentProcessor } from '../entitlements/payments.js';
+import type { RelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
+import type { RelayMetrics } from '../observe/metrics.js';
 import { createLogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
 import { UNAUTHENTICATED_REFUSALS, type UnauthenticatedRefusal } from '../webhooks/webhook-codes.js';
@@ -16,8 +18,11 @@ import {
   CONNECTION_REFUSALS,
   type ConnectionRefusal,
   HttpErrorCode,
+  METRICS_REFUSALS,
+  type MetricsRefusal,
 } from './http-codes.js';
 import { sendJson } from './http-util.js';
+import { createMetricsRoute } from './metrics-route.js';
 import { type RefusalCounters, createRefusalCounters } from './refusal-counters.js';
 
 /** Idle time of a keep-alive connection between requests (Node's default, stated as a decision). */
@@ -29,6 +34,7 @@ export interface HttpRefusals {
   readonly connection: RefusalCounters<ConnectionRefusal>;
   readonly admin: RefusalCounters<AdminUnauthenticatedRefusal>;
   readonly webhook: RefusalCounters<UnauthenticatedRefusal>;
+  readonly metrics: RefusalCounters<MetricsRefusal>;
 }
 
 /** Counters for every refusal code, all at 0. */
@@ -36,6 +42,7 @@ export const createHttpRefusals = (): HttpRefusals => ({
   connection: createRefusalCounters(CONNECTION_REFUSALS),
   admin: createRefusalCounters(ADMIN_UNAUTHENTICATED_REFUSALS),
   webhook: createRefusalCounters(UNAUTHENTICATED_REFUSALS),
+  metrics: createRefusalCounters(METRICS_REFUSALS),
 });
 
 export interface HttpServerDeps {
@@ -45,6 +52,12 @@ export interface HttpServerDeps {
   readonly now: () => number;
   readonly entitlements: Entitlements;
   readonly payments: PaymentProcessor;
+  /** The relay's event bus (webhook outcomes are told there). */
+  readonly events: RelayEvents;
+  /** What `GET /metrics` renders. */
+  readonly metrics: RelayMetrics;
+  /** False once the relay is shutting down: `/readyz` answers 503 from then on. */
+  serving(): boolean;
   /** Where refusals are counted; pass them to read them (metrics), else the server keeps its own. */
   readonly refusals?: HttpRefusals;
   /** Failed admin login budgets; the defaults unless a test injects others. */
@@ -67,7 +80,8 @@ const clientErrorCode = (code: string | undefined): ConnectionRefusal => {
 };
 
 /**
- * The relay's HTTP side: `GET /healthz`, `/admin/*`, `POST /webhooks/payments`, with timeouts
+ * The relay's HTTP side: `GET /healthz`, `GET /readyz`, `GET /metrics`, `/admin/*`,
+ * `POST /webhooks/payments`, with timeouts
  * that let no client hold a connection by sending slowly. WebSocket upgrades are not routed
  * here; the caller attaches its WebSocketServer to the returned server.
  */
@@ -94,9 +108,12 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
     log,
     throttle,
     refusals: refusals.webhook,
+    events: deps.events,
     now,
     bodyTimeoutMs: config.httpBodyTimeoutMs,
   });
+
+  const metrics = createMetricsRoute({ metrics: deps.metrics, token: config.metricsToken, host: config.host, throttle, refusals: refusals.metrics });
 
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
@@ -111,6 +128,23 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
       }
       return;
     }
+    if (req.method === 'GET' && path === '/readyz') {
+      // Ready: not shutting down, and the store answers. A load balancer stops sending devices
+      // here once it says 503; /healthz (liveness) stays 200 while the process is fine.
+      let reason: string | undefined = deps.serving() ? undefined : 'shutting down';
+      if (reason === undefined) {
+        try {
+          await store.ping();
+        } catch (error) {
+          throttle.log('ready.failed', 'error', 'readiness check failed', { error: messageOf(error) });
+          reason = 'store unavailable';
+        }
+      }
+      if (reason === undefined) sendJson(res, 200, { status: 'ready', relay: config.relayId });
+      else sendJson(res, 503, { status: 'unavailable', error: HttpErrorCode.NOT_READY, relay: config.relayId, reason });
+      return;
+    }
+    if (req.method === 'GET' && path === '/metrics') return metrics(req, res);
     if (await admin(req, res, path)) return;
     if (await webhooks(req, res, path)) return;
     sendJson(res, 404, { error: HttpErrorCode.NOT_FOUND, message: `no route for ${req.method} ${path}` });

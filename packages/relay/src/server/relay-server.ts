@@ -9,16 +9,19 @@ import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
 import { createPaymentProcessor } from '../entitlements/payments.js';
 import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
+import { type ConnId, type RelayEvents, createRelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
+import { createAwarenessCounts } from '../observe/awareness-counts.js';
+import { createLogListener } from '../observe/log-listener.js';
+import { type RelayMetrics, createRelayMetrics } from '../observe/metrics.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
-import { AWARENESS_DROPS, type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
+import { type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
-import { createRefusalCounters } from './refusal-counters.js';
 import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
-import { createHttpServer } from './http-server.js';
+import { createHttpRefusals, createHttpServer } from './http-server.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
 
@@ -45,6 +48,10 @@ export interface Relay {
   /** The id devices pin: configured, or generated at the first start and kept by the store. */
   readonly relayId: RelayId;
   readonly entitlements: Entitlements;
+  /** The relay's event bus: listen here for connections, commits, refusals… (events/relay-events.ts). */
+  readonly events: RelayEvents;
+  /** The Prometheus metrics `GET /metrics` serves, and the crisis-receipt latency hook. */
+  readonly metrics: RelayMetrics;
   /**
    * Awareness since the relay started: frames forwarded (one per recipient) and frames dropped,
    * by reason. Counts only, in memory: awareness itself is never stored or logged.
@@ -60,7 +67,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const { store, log } = deps;
   const config: ServingConfig = { ...deps.config, relayId: await resolveRelayId(deps.config.relayId, store, log) };
   const now = deps.now ?? Date.now;
-  const commits = createCommitQueue(store, now);
+  const events = createRelayEvents({ log, now });
+  const commits = createCommitQueue(store, now, undefined, (envelopes, ms) => events.emit('commitBatch', { envelopes, ms }));
   const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
   const payments = createPaymentProcessor({
@@ -76,8 +84,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     priceTiers: config.priceTiers,
     timers: deps.timers ?? { now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
   });
-  const awarenessDrops = createRefusalCounters(AWARENESS_DROPS);
-  let awarenessForwarded = 0;
+  const awarenessCounts = createAwarenessCounts(events);
+  const logListener = createLogListener({ events, log, now });
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   /** Each attached connection's device, kept past its teardown (when the connection no longer says). */
@@ -92,6 +100,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     fastPerSecond: 32,
     now,
     log,
+    onAnomaly: (user, device, bytes) => events.emit('crisisAnomaly', { user, device, bytes }),
   });
   const work = createWorkQueue({
     onError: (error) => log.log('error', 'work queue task failed', { error: error instanceof Error ? error.message : String(error) }),
@@ -106,6 +115,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     crisis,
     work,
     log,
+    events,
     now,
     attach(conn) {
       const user = conn.user!;
@@ -146,16 +156,15 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     forwardAwareness(origin, doc, frame) {
       const user = userOf.get(origin);
       if (!user) return;
+      let recipients = 0;
       for (const conn of byUser.get(user) ?? []) {
         // Not to the sender's device: its other connections (a reconnect overlapping) hold the states already.
         if (conn === origin || conn.device === origin.device || !conn.isSubscribed(doc)) continue;
         const dropped = conn.offerAwareness(frame);
-        if (dropped) awarenessDrops.count(dropped);
-        else awarenessForwarded++;
+        if (dropped) events.emit('awarenessDropped', { reason: dropped });
+        else recipients++;
       }
-    },
-    awarenessDropped(reason) {
-      awarenessDrops.count(reason);
+      if (recipients > 0) events.emit('awarenessForwarded', { recipients });
     },
     announceDevice(origin: RelayConnection, device: DeviceRecord) {
       for (const conn of byUser.get(device.userId) ?? []) if (conn !== origin) conn.send({ type: 'device', cert: device.cert }, 10);
@@ -179,14 +188,49 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
 
   // A tier change reaches every online device of the user at once.
   entitlements.onChange((userId, state) => {
-    for (const conn of byUser.get(userId) ?? []) conn.setTier(state);
+    const online = byUser.get(userId) ?? new Set<RelayConnection>();
+    const from = [...online].find((conn) => conn.tierName !== undefined)?.tierName;
+    for (const conn of online) conn.setTier(state);
+    events.emit('tierChanged', { user: userId, ...(from !== undefined ? { from } : {}), to: state.name });
   });
 
-  // Health, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
-  const http: Server = createHttpServer({ config, store, log, now, entitlements, payments });
+  let closing: Promise<void> | undefined;
+  const httpRefusals = createHttpRefusals();
+  const metrics = createRelayMetrics({
+    events,
+    probes: {
+      workQueued: () => work.size,
+      outboundQueuedByLane() {
+        const byLane: number[] = [];
+        for (const conn of all) conn.addQueuedCharsByLane(byLane);
+        return byLane;
+      },
+      httpRefusals: () => ({
+        connection: httpRefusals.connection.snapshot(),
+        admin: httpRefusals.admin.snapshot(),
+        webhook: httpRefusals.webhook.snapshot(),
+        metrics: httpRefusals.metrics.snapshot(),
+      }),
+    },
+  });
+
+  // Health, readiness, metrics, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
+  const http: Server = createHttpServer({
+    config,
+    store,
+    log,
+    now,
+    entitlements,
+    payments,
+    events,
+    metrics,
+    serving: () => closing === undefined,
+    refusals: httpRefusals,
+  });
 
   const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
   const alive = new WeakSet<WebSocket>();
+  let nextConn: ConnId = 0;
   wss.on('connection', (ws) => {
     // Unauthenticated sockets cost little each (a few KiB, one handshake step at a time) but
     // are free to open, so their number is bounded too.
@@ -197,7 +241,9 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
       return;
     }
-    const conn = new RelayConnection(ws, context);
+    const id = ++nextConn;
+    events.emit('connected', { conn: id });
+    const conn = new RelayConnection(ws, context, id);
     unauthenticated.add(conn);
     all.add(conn);
     alive.add(ws);
@@ -227,14 +273,15 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   log.log('info', 'listening', { host: address.address, port: address.port, relay: config.relayId });
 
-  let closing: Promise<void> | undefined;
   return {
     address,
     url: `ws://${host}:${address.port}`,
     httpUrl: `http://${host}:${address.port}`,
     relayId: config.relayId,
     entitlements,
-    awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
+    events,
+    metrics,
+    awarenessCounts: () => awarenessCounts.snapshot(),
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
@@ -254,6 +301,9 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         await work.idle();
         await commits.idle();
         await store.close();
+        metrics.stop();
+        awarenessCounts.stop();
+        logListener.stop();
         log.log('info', 'stopped', { relay: config.relayId });
       })();
       return closing;

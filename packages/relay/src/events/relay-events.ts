@@ -1,0 +1,184 @@
+import type { DeviceId, DocId, TierName, UserId } from '@keel/engine';
+import type { Logger } from '../log.js';
+
+/**
+ * A connection's id on this relay: a counter, meaningless outside the process, so listeners can
+ * pair `connected` with `disconnected` without an address or anything else about the peer.
+ */
+export type ConnId = number;
+
+/** Frame types a refusal may name: a validated client frame's type, or `unknown` (the peer's text is never a label). */
+export type RefusedFrame =
+  | 'hello'
+  | 'auth'
+  | 'pair-join'
+  | 'recovery-find'
+  | 'push'
+  | 'sub'
+  | 'unsub'
+  | 'ping'
+  | 'awareness'
+  | 'register'
+  | 'revoke'
+  | 'epoch'
+  | 'vouch'
+  | 'pair-open'
+  | 'pair-grant'
+  | 'pair-refuse'
+  | 'unknown';
+
+const FRAME_LABELS: ReadonlySet<string> = new Set<RefusedFrame>([
+  'hello',
+  'auth',
+  'pair-join',
+  'recovery-find',
+  'push',
+  'sub',
+  'unsub',
+  'ping',
+  'awareness',
+  'register',
+  'revoke',
+  'epoch',
+  'vouch',
+  'pair-open',
+  'pair-grant',
+  'pair-refuse',
+]);
+
+/** A frame type as a label: a known type as it is, anything else `unknown`, so a peer cannot mint labels. */
+export const frameLabel = (type: string): RefusedFrame => (FRAME_LABELS.has(type) ? (type as RefusedFrame) : 'unknown');
+
+/** Why an awareness frame was not forwarded (see server/awareness-gate.ts). */
+export type AwarenessDropReason = 'RATE_LIMITED' | 'NOT_SUBSCRIBED' | 'TIER' | 'BACKED_UP';
+
+/** How a pairing step ended; `code` on a refusal is one of ErrorCode's PAIRING_* (or LIMIT_EXCEEDED). */
+export type PairingOutcome = 'opened' | 'joined' | 'granted' | 'refused' | 'failed';
+
+/**
+ * Every event the relay emits, by name, with its payload. Payloads carry pseudonymous ids only
+ * (UserId, DeviceId, DocId — already an opaque hash), sizes, codes and durations in ms: never a
+ * document name, plaintext, ciphertext, an address or anything a payment provider said about a
+ * person. A listener may therefore log or export any field.
+ */
+export interface RelayEventMap {
+  /** A WebSocket was accepted (before authentication). */
+  connected: { readonly conn: ConnId };
+  /**
+   * A WebSocket closed (any reason). `user`/`device` are set when it had authenticated; `code` is
+   * the WebSocket close code (1006 when the socket was cut); `durationMs` since `connected`.
+   */
+  disconnected: { readonly conn: ConnId; readonly user?: UserId; readonly device?: DeviceId; readonly code: number; readonly durationMs: number };
+  /** A device proved its key and got `ready`. `newUser`: this handshake registered the user's first device. */
+  authenticated: { readonly conn: ConnId; readonly user: UserId; readonly device: DeviceId; readonly tier: TierName; readonly newUser: boolean };
+  /** A handshake was refused (`code` is an ErrorCode: AUTH_FAILED, UNKNOWN_DEVICE, AUTH_TIMEOUT, …). */
+  authFailed: { readonly code: string };
+  /**
+   * A frame or envelope was refused. `kind`: `bad-frame` (failed its schema or came at the wrong
+   * time; counts against the bad-frame budget), `rejected` (an envelope refused), `deferred` (an
+   * envelope the device should send again later). `frame` is the validated frame type, or `unknown`.
+   */
+  refused: {
+    readonly user?: UserId;
+    readonly device?: DeviceId;
+    readonly code: string;
+    readonly frame: RefusedFrame;
+    readonly kind: 'bad-frame' | 'rejected' | 'deferred';
+  };
+  /**
+   * Envelopes of one document and lane became durable. `latencyMs`: from the push frame's read
+   * off the socket to the commit's fsync. Resends the log already held are not counted.
+   */
+  committed: {
+    readonly user: UserId;
+    readonly device: DeviceId;
+    readonly doc: DocId;
+    readonly lane: number;
+    readonly envelopes: number;
+    readonly bytes: number;
+    readonly latencyMs: number;
+  };
+  /** One group-commit transaction: how many envelopes, how long the transaction took. */
+  commitBatch: { readonly envelopes: number; readonly ms: number };
+  /** One `updates` or `snapshot` frame queued to a device: entries in it, ciphertext bytes, its lane. */
+  delivered: { readonly user: UserId; readonly device: DeviceId; readonly doc: DocId; readonly lane: number; readonly entries: number; readonly bytes: number };
+  /** A user's tier changed (payment, grace period, operator). `from` is unknown when no device of the user was online. */
+  tierChanged: { readonly user: UserId; readonly from?: TierName; readonly to: TierName };
+  /** A device was registered (first device, certified by a live device, by the recovery key, or paired). */
+  deviceRegistered: { readonly user: UserId; readonly device: DeviceId };
+  /** A device was revoked (by another device, or by a recovery reset). */
+  deviceRevoked: { readonly user: UserId; readonly device: DeviceId };
+  /** A pairing step. */
+  pairing: { readonly outcome: PairingOutcome; readonly code?: string };
+  /** A payment webhook delivery was answered: `outcome` is a WebhookRejection code or the applied outcome. */
+  webhook: { readonly outcome: string };
+  /** An awareness frame went to `recipients` devices. Counts only: awareness is never stored or logged. */
+  awarenessForwarded: { readonly recipients: number };
+  /** An awareness frame (or one recipient's copy) was dropped. */
+  awarenessDropped: { readonly reason: AwarenessDropReason };
+  /** A device passed the crisis-lane anomaly threshold today (once per device per UTC day). */
+  crisisAnomaly: { readonly user: UserId; readonly device: DeviceId; readonly bytes: number };
+}
+
+export type RelayEventName = keyof RelayEventMap;
+export type RelayEventListener<K extends RelayEventName> = (payload: RelayEventMap[K]) => void;
+
+/**
+ * The relay's event bus, in the spirit of Hocuspocus's extension hooks: metrics, logs and later
+ * audit or SLA watchers subscribe here instead of being threaded through the hot path.
+ */
+export interface RelayEvents {
+  /** Adds a listener; returns the function that removes it. */
+  on<K extends RelayEventName>(name: K, listener: RelayEventListener<K>): () => void;
+  /**
+   * Calls every listener of `name` synchronously, in the order they were added. A listener that
+   * throws is logged and skipped; the emitter never sees it. Without listeners it costs one map lookup.
+   */
+  emit<K extends RelayEventName>(name: K, payload: RelayEventMap[K]): void;
+  /** Whether anyone listens to `name`: lets an emitter skip building a costly payload. */
+  has(name: RelayEventName): boolean;
+  /** The bus's clock (the relay's `now`), for listeners that measure durations. */
+  now(): number;
+}
+
+export interface RelayEventsDeps {
+  readonly log: Logger;
+  readonly now: () => number;
+}
+
+/** Creates an empty bus. */
+export const createRelayEvents = (deps: RelayEventsDeps): RelayEvents => {
+  // Arrays are replaced, never mutated, so a listener removed (or added) during an emit does not
+  // change the list being walked.
+  const listeners = new Map<RelayEventName, readonly ((payload: never) => void)[]>();
+  return {
+    on(name, listener) {
+      const fn = listener as (payload: never) => void;
+      listeners.set(name, [...(listeners.get(name) ?? []), fn]);
+      let removed = false;
+      return () => {
+        if (removed) return;
+        removed = true;
+        const rest = (listeners.get(name) ?? []).filter((l) => l !== fn);
+        if (rest.length > 0) listeners.set(name, rest);
+        else listeners.delete(name);
+      };
+    },
+    emit(name, payload) {
+      const list = listeners.get(name);
+      if (list === undefined) return;
+      for (const listener of list) {
+        try {
+          (listener as RelayEventListener<typeof name>)(payload);
+        } catch (error) {
+          // A listener's bug must never break the route an update takes.
+          deps.log.log('error', 'event listener failed', { event: name, error: error instanceof Error ? error.message : String(error) });
+        }
+      }
+    },
+    has(name) {
+      return listeners.has(name);
+    },
+    now: deps.now,
+  };
+};
