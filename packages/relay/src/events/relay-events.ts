@@ -149,17 +149,15 @@ export interface RelayEventsDeps {
 /** Creates an empty bus. */
 export const createRelayEvents = (deps: RelayEventsDeps): RelayEvents => {
   // Arrays are replaced, never mutated, so a listener removed (or added) during an emit does not
-  // change the list being walked.
-  const listeners = new Map<RelayEventName, readonly ((payload: never) => void)[]>();
+  // change the list being walked. Each registration is its own entry: a function added twice is
+  // removed one registration at a time.
+  const listeners = new Map<RelayEventName, readonly { readonly fn: (payload: never) => void }[]>();
   return {
     on(name, listener) {
-      const fn = listener as (payload: never) => void;
-      listeners.set(name, [...(listeners.get(name) ?? []), fn]);
-      let removed = false;
+      const entry = { fn: listener as (payload: never) => void };
+      listeners.set(name, [...(listeners.get(name) ?? []), entry]);
       return () => {
-        if (removed) return;
-        removed = true;
-        const rest = (listeners.get(name) ?? []).filter((l) => l !== fn);
+        const rest = (listeners.get(name) ?? []).filter((e) => e !== entry);
         if (rest.length > 0) listeners.set(name, rest);
         else listeners.delete(name);
       };
@@ -167,9 +165,9 @@ export const createRelayEvents = (deps: RelayEventsDeps): RelayEvents => {
     emit(name, payload) {
       const list = listeners.get(name);
       if (list === undefined) return;
-      for (const listener of list) {
+      for (const { fn } of list) {
         try {
-          (listener as RelayEventListener<typeof name>)(payload);
+          (fn as RelayEventListener<typeof name>)(payload);
         } catch (error) {
           // A listener's bug must never break the route an update takes.
           deps.log.log('error', 'event listener failed', { event: name, error: error instanceof Error ? error.message : String(error) });
