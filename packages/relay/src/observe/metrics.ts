@@ -95,6 +95,8 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
     buckets: LATENCY_BUCKETS_MS,
     registers,
   });
+  // Exposed at zero from the start, so alerts on it can be written before receipts feed it.
+  crisisE2e.zero({});
 
   new Gauge({
     name: 'keel_work_queue_tasks',

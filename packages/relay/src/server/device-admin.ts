@@ -107,10 +107,12 @@ export class DeviceAdmin {
       return this.#bad({ code: ErrorCode.BAD_CERTIFICATE, message: verified.ok ? 'a registered user adds devices by device certificates' : verified.error.message });
     }
     const link = verified.value[verified.value.length - 1]!;
-    const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#deps.now(), deviceLimits(this.#deps.config));
+    const at = this.#deps.now();
+    const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, at, deviceLimits(this.#deps.config));
     if (!registered.ok) return this.#bad(registered.error);
     this.#deps.log.log('info', 'device registered', { user, device: registered.value.deviceId, issuer: cert.issuer });
-    this.#deps.events.emit('deviceRegistered', { user, device: registered.value.deviceId });
+    // Registering a device the store holds already changes nothing: only a new one is told.
+    if (registered.value.registeredAt === at) this.#deps.events.emit('deviceRegistered', { user, device: registered.value.deviceId });
     this.#deps.announceDevice(registered.value);
     this.#deps.send({ type: 'device', cert: registered.value.cert }, 10);
   }

@@ -233,11 +233,13 @@ export class Handshake {
     } else {
       for (const link of pending) {
         const escrow = link.cert.issuer === null ? hello.escrow : undefined;
-        const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, ctx.now(), deviceLimits(config), escrow);
+        const at = ctx.now();
+        const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, at, deviceLimits(config), escrow);
         if (!registered.ok) return this.#authFailed(hello, registered.error.message, registered.error.code);
         registeredNow.push(registered.value);
         ctx.log.log('info', 'device registered', { user: registered.value.userId, device: registered.value.deviceId, issuer: link.cert.issuer });
-        ctx.events.emit('deviceRegistered', { user: registered.value.userId, device: registered.value.deviceId });
+        // A chain names its issuers too, registered already: only a device new to the store is told.
+        if (registered.value.registeredAt === at) ctx.events.emit('deviceRegistered', { user: registered.value.userId, device: registered.value.deviceId });
       }
     }
     const device = await store.getDevice(hello.device);
