@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { waitFor } from '../support/devices.js';
 import type { RelayProcess } from '../support/relay-process.js';
 import { useTestScope } from '../support/scope.js';
 import { newWebhookSecret, runScript, scriptedRunEnv } from '../support/scripted-run.js';
@@ -19,6 +18,16 @@ const scrape = async (relay: RelayProcess, token?: string): Promise<{ status: nu
     signal: AbortSignal.timeout(5_000),
   });
   return { status: response.status, text: await response.text(), type: response.headers.get('content-type') };
+};
+
+/** Scrapes until `ready(text)` holds (bounded), and returns the last exposition either way. */
+const scrapeUntil = async (relay: RelayProcess, ready: (text: string) => boolean, timeoutMs = 5_000): Promise<string> => {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { text } = await scrape(relay);
+    if (ready(text) || Date.now() > deadline) return text;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 };
 
 /** Every sample of a metric, as `labels → value` (labels as written, `''` when none). */
@@ -41,14 +50,7 @@ describe('GET /metrics', () => {
     const relay = await scope.relay({ env: scriptedRunEnv(secret) });
     const run = await runScript(scope, relay, secret, `M${randomBytes(6).toString('hex')}`);
     // The refused raw socket has gone: only the four devices remain.
-    let text = '';
-    const deadline = Date.now() + 5_000;
-    do {
-      text = (await scrape(relay)).text;
-      if (value(text, 'keel_connections') === 4) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    } while (Date.now() < deadline);
-
+    let text = await scrapeUntil(relay, (t) => value(t, 'keel_connections') === 4);
     expect(value(text, 'keel_connections')).toBe(4);
     expect(value(text, 'keel_authenticated_connections')).toBe(4);
     expect(value(text, 'keel_authenticated_devices')).toBe(run.devices.length);
@@ -78,12 +80,7 @@ describe('GET /metrics', () => {
 
     // A device leaving: the gauges follow.
     await run.devices[3]!.client.close();
-    const until = Date.now() + 5_000;
-    do {
-      text = (await scrape(relay)).text;
-      if (value(text, 'keel_authenticated_devices') === 3) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    } while (Date.now() < until);
+    text = await scrapeUntil(relay, (t) => value(t, 'keel_authenticated_devices') === 3);
     expect(value(text, 'keel_authenticated_devices')).toBe(3);
     expect(value(text, 'keel_connections')).toBe(3);
   });
