@@ -76,7 +76,7 @@ describe('GET /metrics', () => {
     expect(value(text, 'keel_work_queue_tasks')).toBeGreaterThanOrEqual(0);
     expect(samples(text, 'keel_outbound_queued_chars').size).toBe(10);
     expect(value(text, 'keel_crisis_e2e_latency_ms_count')).toBe(0);
-    expect(value(text, 'keel_http_refusals', '{area="webhook",code="BAD_SIGNATURE"}')).toBe(0);
+    expect(value(text, 'keel_http_refusals_total', '{area="webhook",code="BAD_SIGNATURE"}')).toBe(0);
 
     // A device leaving: the gauges follow.
     await run.devices[3]!.client.close();
@@ -96,8 +96,8 @@ describe('GET /metrics', () => {
     expect(ok.status).toBe(200);
     expect(ok.type).toBe('text/plain; version=0.0.4; charset=utf-8');
     expect(ok.text).toContain('# TYPE keel_connections gauge');
-    // The two refusals were counted (read at scrape time) and logged once (throttled), without the token.
-    expect(value(ok.text, 'keel_http_refusals', '{area="metrics",code="NOT_AUTHENTICATED"}')).toBe(2);
+    // The two refusals were counted and logged once (throttled), without the token.
+    expect(value(ok.text, 'keel_http_refusals_total', '{area="metrics",code="NOT_AUTHENTICATED"}')).toBe(2);
     expect(relay.output().match(/"msg":"metrics scrape refused"/g)).toHaveLength(1);
     expect(relay.output()).not.toContain(token);
   });

@@ -19,10 +19,10 @@ const sample = (text: string, series: string): number | undefined => {
 const setup = () => {
   let t = 1_000;
   const events = createRelayEvents({ log: silentLogger, now: () => t });
-  const probe = { work: 0, lanes: [] as number[], http: { webhook: { BAD_SIGNATURE: 0 } } as Record<string, Record<string, number>> };
+  const probe = { work: 0, lanes: [] as number[] };
   const metrics = createRelayMetrics({
     events,
-    probes: { workQueued: () => probe.work, outboundQueuedByLane: () => probe.lanes, httpRefusals: () => probe.http },
+    probes: { workQueued: () => probe.work, outboundQueuedByLane: () => probe.lanes },
   });
   /** Connects `conn` now and returns its disconnect, which reports the time since on the bus's clock. */
   const connect = (conn: number) => {
@@ -99,6 +99,7 @@ describe('the metrics listener', () => {
     events.emit('pairing', { outcome: 'granted' });
     events.emit('tierChanged', { user: u1, from: 'trial', to: 'premium' });
     events.emit('crisisAnomaly', { user: u1, device: d1, bytes: 20_000_000 });
+    events.emit('httpRefused', { area: 'webhook', code: 'BAD_SIGNATURE' });
     metrics.observeCrisisLatency(12);
     const text = await metrics.render();
     expect(sample(text, 'keel_refusals_total{code="COUNTER_GAP",frame="push",kind="rejected"}')).toBe(1);
@@ -115,23 +116,25 @@ describe('the metrics listener', () => {
     expect(sample(text, 'keel_pairings_total{outcome="granted"}')).toBe(1);
     expect(sample(text, 'keel_tier_changes_total{to="premium"}')).toBe(1);
     expect(sample(text, 'keel_crisis_anomalies_total')).toBe(1);
+    expect(sample(text, 'keel_http_refusals_total{area="webhook",code="BAD_SIGNATURE"}')).toBe(1);
+    // Every other known code is there at 0.
+    expect(sample(text, 'keel_http_refusals_total{area="admin",code="NOT_AUTHENTICATED"}')).toBe(0);
+    expect(sample(text, 'keel_http_refusals_total{area="connection",code="REQUEST_TIMEOUT"}')).toBe(0);
     expect(sample(text, 'keel_crisis_e2e_latency_ms_bucket{le="20"}')).toBe(1);
     expect(sample(text, 'keel_crisis_e2e_latency_ms_bucket{le="10"}')).toBe(0);
     // No id of a user, device or document ever becomes a label.
     for (const id of [u1, d1, d2, doc]) expect(text).not.toContain(id);
   });
 
-  it('reads queue depths and HTTP refusals from the probes at scrape time', async () => {
+  it('reads queue depths from the probes at scrape time', async () => {
     const { metrics, probe } = setup();
     probe.work = 7;
     probe.lanes = [0, 100, 0, 0, 0, 0, 0, 0, 0, 0, 2_048];
-    probe.http = { webhook: { BAD_SIGNATURE: 4 } };
     let text = await metrics.render();
     expect(sample(text, 'keel_work_queue_tasks')).toBe(7);
     expect(sample(text, 'keel_outbound_queued_chars{lane="1"}')).toBe(100);
     expect(sample(text, 'keel_outbound_queued_chars{lane="10"}')).toBe(2_048);
     expect(sample(text, 'keel_outbound_queued_chars{lane="5"}')).toBe(0);
-    expect(sample(text, 'keel_http_refusals{area="webhook",code="BAD_SIGNATURE"}')).toBe(4);
     probe.work = 0;
     text = await metrics.render();
     expect(sample(text, 'keel_work_queue_tasks')).toBe(0);

@@ -52,6 +52,9 @@ export const frameLabel = (type: string): RefusedFrame => (FRAME_LABELS.has(type
 /** Why an awareness frame was not forwarded (see server/awareness-gate.ts). */
 export type AwarenessDropReason = 'RATE_LIMITED' | 'NOT_SUBSCRIBED' | 'TIER' | 'BACKED_UP';
 
+/** Where on the HTTP side a request was refused (see server/http-codes.ts, webhooks/webhook-codes.ts). */
+export type HttpRefusalArea = 'connection' | 'admin' | 'webhook' | 'metrics';
+
 /** How a pairing step ended; `code` on a refusal is one of ErrorCode's PAIRING_* (or LIMIT_EXCEEDED). */
 export type PairingOutcome = 'opened' | 'joined' | 'granted' | 'refused' | 'failed';
 
@@ -110,6 +113,12 @@ export interface RelayEventMap {
   deviceRevoked: { readonly user: UserId; readonly device: DeviceId };
   /** A pairing step. */
   pairing: { readonly outcome: PairingOutcome; readonly code?: string };
+  /**
+   * An HTTP request refused before it proved anything (slow, malformed, no or wrong token, bad
+   * webhook signature): anyone can cause these, so they are counted, never audited. `code` is
+   * from the area's fixed set of codes.
+   */
+  httpRefused: { readonly area: HttpRefusalArea; readonly code: string };
   /** A payment webhook delivery was answered: `outcome` is a WebhookRejection code or the applied outcome. */
   webhook: { readonly outcome: string };
   /** An awareness frame went to `recipients` devices. Counts only: awareness is never stored or logged. */

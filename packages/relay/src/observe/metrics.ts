@@ -1,6 +1,8 @@
 import { type DeviceId, isCrisisLane } from '@keel/engine';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { RelayEvents } from '../events/relay-events.js';
+import type { HttpRefusalArea, RelayEvents } from '../events/relay-events.js';
+import { ADMIN_UNAUTHENTICATED_REFUSALS, CONNECTION_REFUSALS, METRICS_REFUSALS } from '../server/http-codes.js';
+import { UNAUTHENTICATED_REFUSALS } from '../webhooks/webhook-codes.js';
 
 /** Milliseconds: from a crisis lane's 50 ms budget up to a stalled disk. */
 const LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000];
@@ -15,8 +17,6 @@ export interface MetricsProbes {
   workQueued(): number;
   /** Characters queued to devices and not yet handed to their sockets, per lane (index = lane). */
   outboundQueuedByLane(): readonly number[];
-  /** Refusals of the HTTP side counted in memory, by area (`connection`, `admin`, `webhook`) and code. */
-  httpRefusals(): Readonly<Record<string, Readonly<Record<string, number>>>>;
 }
 
 export interface RelayMetrics {
@@ -39,6 +39,13 @@ export interface RelayMetricsDeps {
   readonly events: RelayEvents;
   readonly probes: MetricsProbes;
 }
+
+const HTTP_REFUSAL_CODES: Readonly<Record<HttpRefusalArea, readonly string[]>> = {
+  connection: CONNECTION_REFUSALS,
+  admin: ADMIN_UNAUTHENTICATED_REFUSALS,
+  webhook: UNAUTHENTICATED_REFUSALS,
+  metrics: METRICS_REFUSALS,
+};
 
 const laneClass = (lane: number): 'crisis' | 'bulk' => (isCrisisLane(lane) ? 'crisis' : 'bulk');
 
@@ -116,17 +123,14 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
       for (let lane = 1; lane <= LANES; lane++) this.set({ lane: String(lane) }, byLane[lane] ?? 0);
     },
   });
-  new Gauge({
-    name: 'keel_http_refusals',
-    help: 'HTTP requests refused before authentication, by area and code, since the relay started (read at scrape).',
+  const httpRefusals = new Counter({
+    name: 'keel_http_refusals_total',
+    help: 'HTTP requests refused before they proved anything (slow, malformed, no token, bad webhook signature), by area and code.',
     labelNames: ['area', 'code'],
     registers,
-    collect() {
-      for (const [area, counts] of Object.entries(probes.httpRefusals())) {
-        for (const [code, n] of Object.entries(counts)) this.set({ area, code }, n);
-      }
-    },
   });
+  // Every known code at 0 from the start, so a rate over it is defined before the first refusal.
+  for (const [area, codes] of Object.entries(HTTP_REFUSAL_CODES)) for (const code of codes) httpRefusals.inc({ area, code }, 0);
 
   /** Authenticated connections per device, for the distinct-device gauge. */
   const perDevice = new Map<DeviceId, number>();
@@ -173,6 +177,7 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
     events.on('awarenessForwarded', ({ recipients }) => awarenessForwarded.inc(recipients)),
     events.on('awarenessDropped', ({ reason }) => awarenessDropped.inc({ reason })),
     events.on('crisisAnomaly', () => anomalies.inc()),
+    events.on('httpRefused', ({ area, code }) => httpRefusals.inc({ area, code })),
   ];
 
   return {

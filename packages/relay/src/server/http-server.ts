@@ -3,47 +3,40 @@ import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
 import type { PaymentProcessor } from '../entitlements/payments.js';
-import type { RelayEvents } from '../events/relay-events.js';
+import type { HttpRefusalArea, RelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
 import type { RelayMetrics } from '../observe/metrics.js';
 import { createLogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
-import { UNAUTHENTICATED_REFUSALS, type UnauthenticatedRefusal } from '../webhooks/webhook-codes.js';
+import type { UnauthenticatedRefusal } from '../webhooks/webhook-codes.js';
 import { createWebhookHandler } from '../webhooks/webhook-handler.js';
 import { createAdminHandler } from './admin.js';
 import type { AuthFailureLimits } from './auth-failure-limiter.js';
-import {
-  ADMIN_UNAUTHENTICATED_REFUSALS,
-  type AdminUnauthenticatedRefusal,
-  CONNECTION_REFUSALS,
-  type ConnectionRefusal,
-  HttpErrorCode,
-  METRICS_REFUSALS,
-  type MetricsRefusal,
-} from './http-codes.js';
+import { type AdminUnauthenticatedRefusal, type ConnectionRefusal, HttpErrorCode, type MetricsRefusal } from './http-codes.js';
 import { sendJson } from './http-util.js';
 import { createMetricsRoute } from './metrics-route.js';
-import { type RefusalCounters, createRefusalCounters } from './refusal-counters.js';
+import type { RefusalSink } from './refusal-counters.js';
 
 /** Idle time of a keep-alive connection between requests (Node's default, stated as a decision). */
 const KEEP_ALIVE_TIMEOUT_MS = 5_000;
 
-/** Refusals anyone can cause, by where they happen: in memory, for metrics, never in the audit trail. */
+/**
+ * Refusals anyone can cause, by where they happen: told on the event bus as `httpRefused` (the
+ * metrics listener counts them), never written to the audit trail.
+ */
 export interface HttpRefusals {
   /** Slow, oversized or unparseable requests, refused before any route. */
-  readonly connection: RefusalCounters<ConnectionRefusal>;
-  readonly admin: RefusalCounters<AdminUnauthenticatedRefusal>;
-  readonly webhook: RefusalCounters<UnauthenticatedRefusal>;
-  readonly metrics: RefusalCounters<MetricsRefusal>;
+  readonly connection: RefusalSink<ConnectionRefusal>;
+  readonly admin: RefusalSink<AdminUnauthenticatedRefusal>;
+  readonly webhook: RefusalSink<UnauthenticatedRefusal>;
+  readonly metrics: RefusalSink<MetricsRefusal>;
 }
 
-/** Counters for every refusal code, all at 0. */
-export const createHttpRefusals = (): HttpRefusals => ({
-  connection: createRefusalCounters(CONNECTION_REFUSALS),
-  admin: createRefusalCounters(ADMIN_UNAUTHENTICATED_REFUSALS),
-  webhook: createRefusalCounters(UNAUTHENTICATED_REFUSALS),
-  metrics: createRefusalCounters(METRICS_REFUSALS),
-});
+/** Sinks that tell each refusal on `events`, with its area. */
+export const createHttpRefusals = (events: RelayEvents): HttpRefusals => {
+  const sink = <C extends string>(area: HttpRefusalArea): RefusalSink<C> => ({ count: (code) => events.emit('httpRefused', { area, code }) });
+  return { connection: sink('connection'), admin: sink('admin'), webhook: sink('webhook'), metrics: sink('metrics') };
+};
 
 export interface HttpServerDeps {
   readonly config: RelayConfig;
@@ -58,7 +51,7 @@ export interface HttpServerDeps {
   readonly metrics: RelayMetrics;
   /** False once the relay is shutting down: `/readyz` answers 503 from then on. */
   serving(): boolean;
-  /** Where refusals are counted; pass them to read them (metrics), else the server keeps its own. */
+  /** Where refusals are counted; the bus (`httpRefused`) unless a test passes its own. */
   readonly refusals?: HttpRefusals;
   /** Failed admin login budgets; the defaults unless a test injects others. */
   readonly adminLimits?: AuthFailureLimits;
@@ -89,7 +82,7 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
   const { config, store, log, now } = deps;
   const startedAt = now();
   const throttle = createLogThrottle({ log, now });
-  const refusals = deps.refusals ?? createHttpRefusals();
+  const refusals = deps.refusals ?? createHttpRefusals(deps.events);
   const admin = createAdminHandler({
     token: config.adminToken,
     entitlements: deps.entitlements,

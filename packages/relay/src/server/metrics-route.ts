@@ -5,7 +5,7 @@ import type { LogThrottle } from '../log-throttle.js';
 import type { RelayMetrics } from '../observe/metrics.js';
 import { HttpErrorCode, type MetricsRefusal } from './http-codes.js';
 import { sendJson } from './http-util.js';
-import type { RefusalCounters } from './refusal-counters.js';
+import type { RefusalSink } from './refusal-counters.js';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
@@ -26,7 +26,7 @@ export interface MetricsRouteDeps {
   /** The address the relay binds. */
   readonly host: string;
   readonly throttle: LogThrottle;
-  readonly refusals: RefusalCounters<MetricsRefusal>;
+  readonly refusals: RefusalSink<MetricsRefusal>;
 }
 
 /**

@@ -21,7 +21,7 @@ import { createPairingRegistry } from './pairing.js';
 import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
-import { createHttpRefusals, createHttpServer } from './http-server.js';
+import { createHttpServer } from './http-server.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
 
@@ -195,7 +195,6 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   });
 
   let closing: Promise<void> | undefined;
-  const httpRefusals = createHttpRefusals();
   const metrics = createRelayMetrics({
     events,
     probes: {
@@ -205,12 +204,6 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         for (const conn of all) conn.addQueuedCharsByLane(byLane);
         return byLane;
       },
-      httpRefusals: () => ({
-        connection: httpRefusals.connection.snapshot(),
-        admin: httpRefusals.admin.snapshot(),
-        webhook: httpRefusals.webhook.snapshot(),
-        metrics: httpRefusals.metrics.snapshot(),
-      }),
     },
   });
 
@@ -225,7 +218,6 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     events,
     metrics,
     serving: () => closing === undefined,
-    refusals: httpRefusals,
   });
 
   const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });

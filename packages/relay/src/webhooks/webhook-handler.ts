@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import type { LogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
 import { readBody, sendJson } from '../server/http-util.js';
-import type { RefusalCounters } from '../server/refusal-counters.js';
+import type { RefusalSink } from '../server/refusal-counters.js';
 import { verifyStripeSignature } from './signature.js';
 import { parseStripeEvent } from './stripe-events.js';
 import { type UnauthenticatedRefusal, WebhookRejection } from './webhook-codes.js';
@@ -24,7 +24,7 @@ export interface WebhookHandlerDeps {
   readonly log: Logger;
   /** For refusals anyone can cause (before the signature is verified). */
   readonly throttle: LogThrottle;
-  readonly refusals: RefusalCounters<UnauthenticatedRefusal>;
+  readonly refusals: RefusalSink<UnauthenticatedRefusal>;
   /** Every answered delivery is told here as a `webhook` event with its outcome code. */
   readonly events: RelayEvents;
   readonly now: () => number;
