@@ -171,11 +171,33 @@ export class Handshake {
   async #step(frame: ClientFrame): Promise<void> {
     const state = this.#state;
     if (state.kind === 'done') return;
-    if (frame.type === 'pair-join') return this.#onPairJoin(frame);
-    if (frame.type === 'recovery-find') return this.#onRecoveryFind(frame);
-    if (frame.type === 'hello' && state.kind === 'hello') return this.#onHello(frame);
-    if (frame.type === 'auth' && state.kind === 'challenged') return this.#onAuth(frame.sig, state);
-    return this.#deps.badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before hello` }, frameLabel(frame.type));
+    const outOfTurn = () => this.#deps.badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before hello` }, frame.type);
+    switch (frame.type) {
+      case 'pair-join':
+        return this.#onPairJoin(frame);
+      case 'recovery-find':
+        return this.#onRecoveryFind(frame);
+      case 'hello':
+        return state.kind === 'hello' ? this.#onHello(frame) : outOfTurn();
+      case 'auth':
+        return state.kind === 'challenged' ? this.#onAuth(frame.sig, state) : outOfTurn();
+      // onFrame lets none of these through; answered all the same should that ever change.
+      case 'push':
+      case 'sub':
+      case 'unsub':
+      case 'ping':
+      case 'awareness':
+      case 'register':
+      case 'revoke':
+      case 'epoch':
+      case 'vouch':
+      case 'pair-open':
+      case 'pair-grant':
+      case 'pair-refuse':
+        return outOfTurn();
+      default:
+        return assertNever(frame);
+    }
   }
 
   async #onHello(hello: HelloFrame): Promise<void> {
@@ -408,3 +430,7 @@ export class Handshake {
     this.#deps.fail(error, closeCode);
   }
 }
+
+const assertNever = (value: never): never => {
+  throw new Error(`unhandled handshake frame ${JSON.stringify(value)}`);
+};
