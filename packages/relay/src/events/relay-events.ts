@@ -1,5 +1,6 @@
-import type { DeviceId, DocId, TierName, UserId } from '@keel/engine';
+import type { ClientFrame, DeviceId, DocId, TierName, UserId } from '@keel/engine';
 import type { Logger } from '../log.js';
+import type { AwarenessDrop } from '../server/awareness-gate.js';
 
 /**
  * A connection's id on this relay: a counter, meaningless outside the process, so listeners can
@@ -8,49 +9,30 @@ import type { Logger } from '../log.js';
 export type ConnId = number;
 
 /** Frame types a refusal may name: a validated client frame's type, or `unknown` (the peer's text is never a label). */
-export type RefusedFrame =
-  | 'hello'
-  | 'auth'
-  | 'pair-join'
-  | 'recovery-find'
-  | 'push'
-  | 'sub'
-  | 'unsub'
-  | 'ping'
-  | 'awareness'
-  | 'register'
-  | 'revoke'
-  | 'epoch'
-  | 'vouch'
-  | 'pair-open'
-  | 'pair-grant'
-  | 'pair-refuse'
-  | 'unknown';
+export type RefusedFrame = ClientFrame['type'] | 'unknown';
 
-const FRAME_LABELS: ReadonlySet<string> = new Set<RefusedFrame>([
-  'hello',
-  'auth',
-  'pair-join',
-  'recovery-find',
-  'push',
-  'sub',
-  'unsub',
-  'ping',
-  'awareness',
-  'register',
-  'revoke',
-  'epoch',
-  'vouch',
-  'pair-open',
-  'pair-grant',
-  'pair-refuse',
-]);
+/** Every client frame type; a new one fails to compile here until it is listed. */
+const FRAME_TYPES: Readonly<Record<ClientFrame['type'], true>> = {
+  hello: true,
+  auth: true,
+  'pair-join': true,
+  'recovery-find': true,
+  push: true,
+  sub: true,
+  unsub: true,
+  ping: true,
+  awareness: true,
+  register: true,
+  revoke: true,
+  epoch: true,
+  vouch: true,
+  'pair-open': true,
+  'pair-grant': true,
+  'pair-refuse': true,
+};
 
 /** A frame type as a label: a known type as it is, anything else `unknown`, so a peer cannot mint labels. */
-export const frameLabel = (type: string): RefusedFrame => (FRAME_LABELS.has(type) ? (type as RefusedFrame) : 'unknown');
-
-/** Why an awareness frame was not forwarded (see server/awareness-gate.ts). */
-export type AwarenessDropReason = 'RATE_LIMITED' | 'NOT_SUBSCRIBED' | 'TIER' | 'BACKED_UP';
+export const frameLabel = (type: string): RefusedFrame => (Object.hasOwn(FRAME_TYPES, type) ? (type as ClientFrame['type']) : 'unknown');
 
 /** Where on the HTTP side a request was refused (see server/http-codes.ts, webhooks/webhook-codes.ts). */
 export type HttpRefusalArea = 'connection' | 'admin' | 'webhook' | 'metrics';
@@ -124,7 +106,7 @@ export interface RelayEventMap {
   /** An awareness frame went to `recipients` devices. Counts only: awareness is never stored or logged. */
   awarenessForwarded: { readonly recipients: number };
   /** An awareness frame (or one recipient's copy) was dropped. */
-  awarenessDropped: { readonly reason: AwarenessDropReason };
+  awarenessDropped: { readonly reason: AwarenessDrop };
   /** A device passed the crisis-lane anomaly threshold today (once per device per UTC day). */
   crisisAnomaly: { readonly user: UserId; readonly device: DeviceId; readonly bytes: number };
 }
