@@ -62,6 +62,11 @@ describe('the metrics listener', () => {
     expect(sample(text, 'keel_authenticated_devices')).toBe(0);
     expect(sample(text, 'keel_disconnects_total{code="1006"}')).toBe(1);
     expect(sample(text, 'keel_disconnects_total{code="1000"}')).toBe(1);
+    // Durations on the bus's clock: both authenticated connections lasted 30 s; the unauthenticated one is not counted.
+    expect(sample(text, 'keel_connection_duration_seconds_count')).toBe(2);
+    expect(sample(text, 'keel_connection_duration_seconds_bucket{le="10"}')).toBe(0);
+    expect(sample(text, 'keel_connection_duration_seconds_bucket{le="60"}')).toBe(2);
+    expect(sample(text, 'keel_connection_duration_seconds_sum')).toBe(60);
   });
 
   it('counts envelopes and bytes by lane and buckets commit latency by class', async () => {

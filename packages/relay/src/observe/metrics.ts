@@ -8,6 +8,8 @@ import { UNAUTHENTICATED_REFUSALS } from '../webhooks/webhook-codes.js';
 const LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000];
 /** Envelopes per group commit: powers of two up to the batch bound (1,024, server/commit-queue.ts). */
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024];
+/** Seconds a connection lasted: a reconnect loop shows up in the first buckets, a healthy device in the last. */
+const DURATION_BUCKETS_S = [1, 10, 60, 300, 1_800, 3_600, 6 * 3_600, 24 * 3_600];
 /** Priority lanes (1 = bulk … 10 = crisis), each a label value from the start. */
 const LANES = 10;
 
@@ -65,6 +67,12 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
   const authentications = new Counter({ name: 'keel_authentications_total', help: 'Handshakes that ended in ready, by tier.', labelNames: ['tier'], registers });
   const authFailures = new Counter({ name: 'keel_auth_failures_total', help: 'Handshakes refused, by error code.', labelNames: ['code'], registers });
   const disconnects = new Counter({ name: 'keel_disconnects_total', help: 'Connections closed, by WebSocket close code.', labelNames: ['code'], registers });
+  const durations = new Histogram({
+    name: 'keel_connection_duration_seconds',
+    help: 'How long authenticated connections lasted, from accept to close (s).',
+    buckets: DURATION_BUCKETS_S,
+    registers,
+  });
 
   const envelopes = new Counter({ name: 'keel_envelopes_committed_total', help: 'Envelopes made durable, by lane (resends excluded).', labelNames: ['lane'], registers });
   const committedBytes = new Counter({ name: 'keel_committed_bytes_total', help: 'Ciphertext bytes made durable, by lane.', labelNames: ['lane'], registers });
@@ -137,10 +145,11 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
 
   const unsubscribe = [
     events.on('connected', () => connections.inc()),
-    events.on('disconnected', ({ device, code }) => {
+    events.on('disconnected', ({ device, code, durationMs }) => {
       connections.dec();
       disconnects.inc({ code: String(code) });
       if (device === undefined) return;
+      durations.observe(durationMs / 1000);
       authConnections.dec();
       const left = (perDevice.get(device) ?? 1) - 1;
       if (left > 0) perDevice.set(device, left);
