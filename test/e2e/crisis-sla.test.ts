@@ -96,5 +96,14 @@ describe('a watched crisis SLA', () => {
     expect(endpoint.posts.map((p) => p.body.type).sort()).toEqual(['crisis_receipt_missing', 'crisis_sla_breach']);
     expect(alertLines(relay.output(), 'crisis_sla_breach')).toHaveLength(1);
     expect(alertLines(relay.output(), 'crisis_receipt_missing')).toHaveLength(1);
+    // The third channel: the alert counters and the measured latencies on /metrics.
+    const metrics = await (await fetch(`${relay.httpUrl}/metrics`)).text();
+    const sample = (name: string) => Number(metrics.split('\n').find((line) => line.startsWith(`${name} `))?.split(' ')[1] ?? Number.NaN);
+    expect(sample('keel_alerts_total{kind="crisis_sla_breach"}')).toBe(1);
+    expect(sample('keel_alerts_total{kind="crisis_receipt_missing"}')).toBe(1);
+    expect(sample('keel_crisis_sla_breaches_total')).toBe(1);
+    expect(sample('keel_crisis_receipts_missing_total')).toBe(1);
+    // The laptop's six receipts and the slow device's one.
+    expect(sample('keel_crisis_e2e_latency_ms_count')).toBe(7);
   });
 });

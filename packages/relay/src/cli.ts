@@ -28,6 +28,8 @@ serve options:
   --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
   --alert-url <url>     POST signed operator alerts here          (${ENV_VARS.alertUrl}; needs ${ENV_VARS.alertSecret})
+  --metrics-token <t>   bearer token GET /metrics requires        (${ENV_VARS.metricsToken}; prefer the variable:
+                        flags show in ps. Without a token /metrics answers only on a loopback-bound relay)
   -h, --help            show this help
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
@@ -82,6 +84,7 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
   alertUrl: 'alert-url',
+  metricsToken: 'metrics-token',
 };
 
 /** Exit status for a usage error, as BSD's sysexits EX_USAGE. */
@@ -110,6 +113,7 @@ const parse = (argv: string[]) => {
         'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
         'alert-url': { type: 'string' },
+        'metrics-token': { type: 'string' },
         url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },

@@ -71,6 +71,12 @@ export const RelayConfigSchema = z.strictObject({
   snapshotRetentionMs: int('snapshot retention', 0, 365 * 86_400_000).default(86_400_000),
   /** Bearer token for operator commands (`keel-relay tier set`); admin endpoints are off without it. */
   adminToken: z.string().min(24, 'admin token must be at least 24 characters').max(512).optional(),
+  /**
+   * Bearer token for `GET /metrics`. Without one, /metrics answers only on a relay bound to a
+   * loopback address (the scraper runs on the same host); a relay bound to any other address
+   * refuses it (403) until a token is set, as its gauges tell when users' devices are online.
+   */
+  metricsToken: z.string().min(24, 'metrics token must be at least 24 characters').max(512).regex(/^[\x21-\x7e]+$/, 'metrics token must be printable ASCII without spaces').optional(),
   /** Tier of users no payment event or operator has set; the free tier unless a deployment says otherwise. */
   defaultTier: TierNameSchema.default('trial'),
   /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; DESIGN.md's matrix otherwise. */
@@ -189,6 +195,7 @@ export const ENV_VARS = {
   snapshotRetentionMs: 'KEEL_RELAY_SNAPSHOT_RETENTION_MS',
   synchronous: 'KEEL_RELAY_SYNCHRONOUS',
   adminToken: 'KEEL_RELAY_ADMIN_TOKEN',
+  metricsToken: 'KEEL_RELAY_METRICS_TOKEN',
   tiersFile: 'KEEL_RELAY_TIERS_FILE',
   defaultTier: 'KEEL_RELAY_DEFAULT_TIER',
   logLevel: 'KEEL_RELAY_LOG_LEVEL',

@@ -20,7 +20,7 @@ export interface CrisisLaneOptions {
   readonly fastPerSecond: number;
   readonly now: () => number;
   readonly log: Logger;
-  /** A device went past `anomalyBytes` today (once per device and day): the operator is alerted. */
+  /** A device passed `anomalyBytes` today (told once per device per UTC day). */
   readonly onAnomaly?: (user: UserId, device: DeviceId, bytes: number) => void;
 }
 

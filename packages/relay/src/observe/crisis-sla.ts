@@ -1,5 +1,6 @@
 import type { DeviceId, DocId, Seq, UserId } from '@keel/engine';
 import type { TimerDeps } from '../entitlements/grace.js';
+import type { RelayEvents } from '../events/relay-events.js';
 
 /** The crisis SLA: a crisis-lane entry written on one device is applied on the others within it. */
 export const CRISIS_SLA_MS = 200;
@@ -139,3 +140,31 @@ export const createCrisisSlaWatch = (options: CrisisSlaOptions) => {
   };
 };
 export type CrisisSlaWatch = ReturnType<typeof createCrisisSlaWatch>;
+
+/**
+ * The watch as a listener on the relay's bus: fan-outs of crisis entries and receipts in,
+ * `crisisMeasured` and `crisisReceiptMissing` out. Returns what stops it.
+ */
+export const watchCrisisSla = (
+  events: RelayEvents,
+  options: Omit<CrisisSlaOptions, 'now' | 'onMeasured' | 'onMissing'>,
+): { readonly watch: CrisisSlaWatch; stop(): void } => {
+  const watch = createCrisisSlaWatch({
+    ...options,
+    now: () => events.now(),
+    onMeasured: (m) => events.emit('crisisMeasured', m),
+    onMissing: (m) => events.emit('crisisReceiptMissing', m),
+  });
+  const off = [
+    events.on('crisisFannedOut', ({ user, device, doc, entries }) => watch.sent(user, device, doc, entries)),
+    events.on('receipt', ({ device, doc, seqs }) => watch.receipt(device, doc, seqs)),
+    events.on('deviceOffline', ({ device }) => watch.deviceGone(device)),
+  ];
+  return {
+    watch,
+    stop() {
+      for (const f of off) f();
+      watch.close();
+    },
+  };
+};

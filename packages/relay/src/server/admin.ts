@@ -8,7 +8,7 @@ import type { LogThrottle } from '../log-throttle.js';
 import { type AuthFailureLimits, addressKey, createAuthFailureLimiter } from './auth-failure-limiter.js';
 import { type AdminUnauthenticatedRefusal, HttpErrorCode } from './http-codes.js';
 import { readBody, sendJson } from './http-util.js';
-import type { RefusalCounters } from './refusal-counters.js';
+import type { RefusalSink } from './refusal-counters.js';
 
 const SetTierSchema = z.strictObject({ user: UserIdSchema, tier: TierNameSchema });
 
@@ -30,7 +30,7 @@ export interface AdminHandlerDeps {
   readonly log: Logger;
   /** For lines anyone can trigger (failed logins). */
   readonly throttle: LogThrottle;
-  readonly refusals: RefusalCounters<AdminUnauthenticatedRefusal>;
+  readonly refusals: RefusalSink<AdminUnauthenticatedRefusal>;
   readonly now: () => number;
   /** How long a request body may take to arrive (ms). */
   readonly bodyTimeoutMs: number;

@@ -1,4 +1,5 @@
-import { type DeviceId, type DocId, ErrorCode, type RelayFrame, type Seq, type UpdatesItem, type UserId, WireLimits, packByChars } from '@keel/engine';
+import { type DeviceId, type DocId, ErrorCode, type RelayFrame, type Seq, type UpdatesItem, type UserId, WireLimits, b64ByteLength, packByChars } from '@keel/engine';
+import type { RelayEvents } from '../events/relay-events.js';
 import type { LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { OutboundQueue } from './outbound-queue.js';
 import type { TaskResult, WorkOwner, WorkQueue } from './work-queue.js';
@@ -27,6 +28,8 @@ export interface DeliveryDeps {
   readonly device: DeviceId;
   /** Documents one connection may be subscribed to at once. */
   readonly maxSubscriptions: number;
+  /** `delivered` is told here, per frame of entries queued to the device. */
+  readonly events: RelayEvents;
   /** Whether this device may receive an entry now (its tier, crisis lanes, its own entries). */
   visible(entry: Pick<LogEntry, 'env'>): boolean;
   send(frame: RelayFrame, lane: number): void;
@@ -217,6 +220,7 @@ export class Delivery {
         if (this.#subs.get(doc) !== sub || !snapshot) return this.#requeue(doc, sub);
         if (this.#deps.visible(snapshot)) {
           this.#deps.send({ type: 'snapshot', doc, env: snapshot.env }, snapshot.env.lane);
+          this.#tellDelivered(doc, snapshot.env.lane, 1, b64ByteLength(snapshot.env.ct.length));
         } else {
           // Not this device's to read on this tier: what the log no longer holds counts as withheld.
           this.#deps.send({ type: 'withheld', doc, seqs: [], through: base }, 1);
@@ -242,6 +246,10 @@ export class Delivery {
     this.#deps.send({ type: 'synced', doc, seq: sub.sent as Seq }, 10);
   }
 
+  #tellDelivered(doc: DocId, lane: number, entries: number, bytes: number): void {
+    this.#deps.events.emit('delivered', { user: this.#deps.user, device: this.#deps.device, doc, lane, entries, bytes });
+  }
+
   #requeue(doc: DocId, sub: Subscription): void {
     if (this.#subs.get(doc) === sub && sub.catchingUp) this.#catchUp.add(doc);
   }
@@ -261,7 +269,12 @@ export class Delivery {
       }),
     );
     for (const page of toFrames(outgoing)) {
-      this.#deps.send({ type: 'updates', doc: docId, items: page.map((o) => o.item) }, maxLane(page));
+      const lane = maxLane(page);
+      this.#deps.send({ type: 'updates', doc: docId, items: page.map((o) => o.item) }, lane);
+      if (this.#deps.events.has('delivered')) {
+        const bytes = page.reduce((n, { item }) => n + ('env' in item ? b64ByteLength(item.env.ct.length) : 0), 0);
+        this.#tellDelivered(docId, lane, page.length, bytes);
+      }
     }
     for (let i = 0; i < withheld.length; i += PAGE_ENTRIES) {
       this.#deps.send({ type: 'withheld', doc: docId, seqs: withheld.slice(i, i + PAGE_ENTRIES) }, 1);

@@ -9,12 +9,15 @@ import { DEFAULT_GRACE_POLICY, type TimerDeps, systemTimers } from '../entitleme
 import { createPaymentProcessor } from '../entitlements/payments.js';
 import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
+import { type ConnId, type RelayEvents, createRelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
+import { createAwarenessCounts } from '../observe/awareness-counts.js';
+import { createLogListener } from '../observe/log-listener.js';
+import { type RelayMetrics, createRelayMetrics } from '../observe/metrics.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
-import { AWARENESS_DROPS, type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
+import { type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
-import { createRefusalCounters } from './refusal-counters.js';
 import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
@@ -22,10 +25,11 @@ import { createHttpServer } from './http-server.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
 import { createAddressLimiter } from './address-limits.js';
+import { HttpErrorCode } from './http-codes.js';
 import { addressKey } from './auth-failure-limiter.js';
-import { createLogThrottle } from '../log-throttle.js';
-import { ALERT_KINDS, type AlertKind, createAlerter } from '../observe/alerts.js';
-import { CRISIS_SLA_MS, createCrisisSlaWatch } from '../observe/crisis-sla.js';
+import { type Alerter, createAlerter } from '../observe/alerts.js';
+import { CRISIS_SLA_MS, watchCrisisSla } from '../observe/crisis-sla.js';
+import { alertOnCrisis } from '../observe/operator-alerts.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
 const CLOSE_GRACE_MS = 1_000;
@@ -50,17 +54,17 @@ export interface Relay {
   /** The id devices pin: configured, or generated at the first start and kept by the store. */
   readonly relayId: RelayId;
   readonly entitlements: Entitlements;
+  /** The relay's event bus: listen here for connections, commits, refusals… (events/relay-events.ts). */
+  readonly events: RelayEvents;
+  /** The Prometheus metrics `GET /metrics` serves, and the crisis-receipt latency hook. */
+  readonly metrics: RelayMetrics;
   /**
    * Awareness since the relay started: frames forwarded (one per recipient) and frames dropped,
    * by reason. Counts only, in memory: awareness itself is never stored or logged.
    */
   awarenessCounts(): { readonly forwarded: number; readonly dropped: Readonly<Record<AwarenessDrop, number>> };
-  /** Lane-mismatch reports devices sent since the start (envelopes they refused). */
-  laneReports(): number;
-  /** New connections refused for their address since the start: over its rate, or over its unauthenticated share. */
-  addressRefusals(): Readonly<Record<'RATE' | 'PENDING', number>>;
-  /** Operator alerts raised since the start, by kind, and what became of their POSTs. */
-  alertCounts(): { readonly raised: Readonly<Record<AlertKind, number>>; readonly posts: ReturnType<ReturnType<typeof createAlerter>['stats']> };
+  /** What became of operator alerts' POSTs since the start (the alerts themselves are counted on /metrics). */
+  alertPosts(): ReturnType<Alerter['stats']>;
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
 }
@@ -71,8 +75,10 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const { store, log } = deps;
   const config: ServingConfig = { ...deps.config, relayId: await resolveRelayId(deps.config.relayId, store, log) };
   const now = deps.now ?? Date.now;
-  const commits = createCommitQueue(store, now);
-  const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
+  const events = createRelayEvents({ log, now });
+  const commits = createCommitQueue(store, now, undefined, (envelopes, ms) => events.emit('commitBatch', { envelopes, ms }));
+  const tiers = deps.tiers ?? DEFAULT_TIERS;
+  const entitlements = createEntitlements(store, tiers, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
   const timers: TimerDeps = deps.timers ?? { ...systemTimers, now };
   const payments = createPaymentProcessor({
@@ -88,11 +94,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     priceTiers: config.priceTiers,
     timers,
   });
-  const awarenessDrops = createRefusalCounters(AWARENESS_DROPS);
-  let laneReports = 0;
-  const connectionRefusals = createRefusalCounters(['RATE', 'PENDING'] as const);
-  const refusalLog = createLogThrottle({ log, now });
-    let awarenessForwarded = 0;
+  const awarenessCounts = createAwarenessCounts(events);
+  const logListener = createLogListener({ events, log, now });
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   /** Each attached connection's device, kept past its teardown (when the connection no longer says). */
@@ -100,24 +103,16 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const all = new Set<RelayConnection>();
   /** Connections that have not authenticated (or paired) yet. */
   const unauthenticated = new Set<RelayConnection>();
-  const alertsRaised = createRefusalCounters(ALERT_KINDS);
+  // The crisis SLA watch and operator alerts: listeners on the bus, off the hot path.
   const alerter = createAlerter({
     log,
     target: config.alertUrl !== undefined && config.alertSecret !== undefined ? { url: config.alertUrl, secret: config.alertSecret } : undefined,
     now,
     timers,
-    count: (kind) => alertsRaised.count(kind),
+    count: (kind) => events.emit('alert', { kind }),
   });
-  const sla = createCrisisSlaWatch({
-    now,
-    timers,
-    slaMs: CRISIS_SLA_MS,
-    missingAfterMs: config.crisisReceiptTimeoutMs,
-    onMeasured: (m) => {
-      if (m.breached) alerter.raise({ kind: 'crisis_sla_breach', user: m.user, device: m.device, doc: m.doc, seq: m.seq, latencyMs: Math.round(m.latencyMs), slaMs: CRISIS_SLA_MS });
-    },
-    onMissing: (m) => alerter.raise({ kind: 'crisis_receipt_missing', user: m.user, device: m.device, doc: m.doc, seq: m.seq, waitedMs: m.waitedMs }),
-  });
+  const sla = watchCrisisSla(events, { timers, slaMs: CRISIS_SLA_MS, missingAfterMs: config.crisisReceiptTimeoutMs });
+  const stopAlerting = alertOnCrisis(events, alerter, { anomalyBytes: config.crisisAnomalyBytes });
   const crisis = createCrisisLane({
     anomalyBytes: config.crisisAnomalyBytes,
     ceilingBytes: config.crisisCeilingBytes,
@@ -125,7 +120,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     fastPerSecond: 32,
     now,
     log,
-    onAnomaly: (user, device, bytes) => alerter.raise({ kind: 'crisis_volume_anomaly', user, device, bytes, thresholdBytes: config.crisisAnomalyBytes }),
+    onAnomaly: (user, device, bytes) => events.emit('crisisAnomaly', { user, device, bytes }),
   });
   const work = createWorkQueue({
     onError: (error) => log.log('error', 'work queue task failed', { error: error instanceof Error ? error.message : String(error) }),
@@ -140,6 +135,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     crisis,
     work,
     log,
+    events,
     now,
     attach(conn) {
       const user = conn.user!;
@@ -162,7 +158,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       // The device's last connection: its cursors go from the other devices at once, not after 30 s.
       if (set && device && ![...set].some((other) => deviceOf.get(other) === device)) {
         for (const other of set) other.send({ type: 'awareness-gone', device }, 1);
-        sla.deviceGone(device);
+        events.emit('deviceOffline', { user, device });
       }
       if (set?.size === 0) {
         byUser.delete(user);
@@ -173,43 +169,41 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       unauthenticated.delete(conn);
       leavePending(conn);
     },
-    fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]) {
+    fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[], readAt: number) {
       const user = userOf.get(origin);
       if (!user) return;
-      const crisisEntries = entries.filter((e) => isCrisisLane(e.env.lane));
+      // Timed from the push's read off the socket: the relay's own commit is part of the SLA.
+      const crisisEntries = entries.filter((e) => isCrisisLane(e.env.lane)).map((e) => ({ seq: e.seq, receivedAt: readAt }));
       for (const conn of byUser.get(user) ?? []) {
         if (conn === origin) continue;
         // Watched before delivery, so the receipt finds its wait whatever the socket's speed.
         if (crisisEntries.length > 0 && conn.device !== undefined && conn.device !== origin.device && conn.isSubscribed(docId)) {
-          sla.sent(user, conn.device, docId, crisisEntries);
+          events.emit('crisisFannedOut', { user, device: conn.device, doc: docId, entries: crisisEntries });
         }
         conn.deliver(docId, entries);
       }
     },
     receipt(origin, frame) {
-      if (origin.device !== undefined) sla.receipt(origin.device, frame.doc, frame.seqs);
+      const user = userOf.get(origin);
+      if (user && origin.device !== undefined) events.emit('receipt', { user, device: origin.device, doc: frame.doc, seqs: frame.seqs });
     },
     report(origin, frame) {
       const user = userOf.get(origin);
-      if (!user || origin.device === undefined) return;
-      laneReports++;
-      // The reporter's word, about ids of its own user: throttled like any line a device can cause.
-      refusalLog.log('lane-report', 'warn', 'device refused a mislabelled envelope', { user, reporter: origin.device, author: frame.device, lane: frame.lane, code: frame.code });
+      if (user && origin.device !== undefined) events.emit('laneReported', { user, reporter: origin.device, author: frame.device, doc: frame.doc, lane: frame.lane });
     },
     awarenessLimits: DEFAULT_AWARENESS_LIMITS,
     forwardAwareness(origin, doc, frame) {
       const user = userOf.get(origin);
       if (!user) return;
+      let recipients = 0;
       for (const conn of byUser.get(user) ?? []) {
         // Not to the sender's device: its other connections (a reconnect overlapping) hold the states already.
         if (conn === origin || conn.device === origin.device || !conn.isSubscribed(doc)) continue;
         const dropped = conn.offerAwareness(frame);
-        if (dropped) awarenessDrops.count(dropped);
-        else awarenessForwarded++;
+        if (dropped) events.emit('awarenessDropped', { reason: dropped });
+        else recipients++;
       }
-    },
-    awarenessDropped(reason) {
-      awarenessDrops.count(reason);
+      if (recipients > 0) events.emit('awarenessForwarded', { recipients });
     },
     announceDevice(origin: RelayConnection, device: DeviceRecord) {
       for (const conn of byUser.get(device.userId) ?? []) if (conn !== origin) conn.send({ type: 'device', cert: device.cert }, 10);
@@ -233,11 +227,38 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
 
   // A tier change reaches every online device of the user at once.
   entitlements.onChange((userId, state) => {
-    for (const conn of byUser.get(userId) ?? []) conn.setTier(state);
+    const online = byUser.get(userId) ?? new Set<RelayConnection>();
+    const from = [...online].find((conn) => conn.tierName !== undefined)?.tierName;
+    for (const conn of online) conn.setTier(state);
+    events.emit('tierChanged', { user: userId, ...(from !== undefined ? { from } : {}), to: state.name });
   });
 
-  // Health, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
-  const http: Server = createHttpServer({ config, store, log, now, entitlements, payments });
+  let closing: Promise<void> | undefined;
+  const metrics = createRelayMetrics({
+    events,
+    tiers,
+    probes: {
+      workQueued: () => work.size,
+      outboundQueuedByLane() {
+        const byLane: number[] = [];
+        for (const conn of all) conn.addQueuedCharsByLane(byLane);
+        return byLane;
+      },
+    },
+  });
+
+  // Health, readiness, metrics, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
+  const http: Server = createHttpServer({
+    config,
+    store,
+    log,
+    now,
+    entitlements,
+    payments,
+    events,
+    metrics,
+    serving: () => closing === undefined,
+  });
 
   const addresses = createAddressLimiter(
     { connectBurst: config.addressConnectBurst, connectPerSecond: config.addressConnectPerSecond, maxPendingPerAddress: config.maxPendingPerAddress, maxAddresses: 100_000 },
@@ -260,12 +281,12 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       const address = addressKey(info.req.socket.remoteAddress);
       const refused = addresses.admit(address);
       if (!refused) return done(true);
-      connectionRefusals.count(refused);
-      refusalLog.log(`connect.${refused}`, 'warn', 'connection refused for its address', { reason: refused });
+      events.emit('httpRefused', { area: 'connection', code: refused === 'RATE' ? HttpErrorCode.ADDRESS_RATE_LIMITED : HttpErrorCode.ADDRESS_PENDING_LIMIT });
       done(false, 429, 'Too Many Requests', { 'retry-after': String(addresses.retryAfterSeconds(address)) });
     },
   });
   const alive = new WeakSet<WebSocket>();
+  let nextConn: ConnId = 0;
   wss.on('connection', (ws, req) => {
     const address = addressKey(req.socket.remoteAddress);
     // Unauthenticated sockets cost little each (a few KiB, one handshake step at a time) but
@@ -278,7 +299,9 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       addresses.leftPending(address);
       return;
     }
-    const conn = new RelayConnection(ws, context);
+    const id = ++nextConn;
+    events.emit('connected', { conn: id });
+    const conn = new RelayConnection(ws, context, id);
     unauthenticated.add(conn);
     pendingAddress.set(conn, address);
     all.add(conn);
@@ -312,17 +335,16 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   log.log('info', 'listening', { host: address.address, port: address.port, relay: config.relayId });
 
-  let closing: Promise<void> | undefined;
   return {
     address,
     url: `ws://${host}:${address.port}`,
     httpUrl: `http://${host}:${address.port}`,
     relayId: config.relayId,
     entitlements,
-    awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
-    alertCounts: () => ({ raised: alertsRaised.snapshot(), posts: alerter.stats() }),
-    laneReports: () => laneReports,
-    addressRefusals: () => connectionRefusals.snapshot(),
+    events,
+    metrics,
+    awarenessCounts: () => awarenessCounts.snapshot(),
+    alertPosts: () => alerter.stats(),
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
@@ -339,13 +361,17 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         http.closeAllConnections();
         await new Promise<void>((resolve) => http.close(() => resolve()));
         await payments.close();
-        sla.close();
+        sla.stop();
+        stopAlerting();
         // Alerts already raised get their chance to be posted (each POST times out), then the rest is dropped.
         await Promise.race([alerter.idle(), new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
         alerter.close();
         await work.idle();
         await commits.idle();
         await store.close();
+        metrics.stop();
+        awarenessCounts.stop();
+        logListener.stop();
         log.log('info', 'stopped', { relay: config.relayId });
       })();
       return closing;
