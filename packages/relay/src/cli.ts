@@ -7,6 +7,7 @@ import { ENV_VARS, PriceTiersSchema, type RelayConfig, RelayConfigSchema } from 
 import { type Logger, createJsonLogger } from './log.js';
 import { createLogThrottle } from './log-throttle.js';
 import { startRelay } from './server/relay-server.js';
+import { readTlsCredentials } from './server/tls-credentials.js';
 import { openSqliteStore } from './storage/sqlite-store.js';
 
 const USAGE = `usage: keel-relay [serve] [options]
@@ -27,6 +28,10 @@ serve options:
   --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
   --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
+  --tls-cert <file>     PEM certificate chain: serve https:// and wss:// (${ENV_VARS.tlsCert}; needs --tls-key)
+  --tls-key <file>      PEM private key of the certificate       (${ENV_VARS.tlsKey})
+  --trusted-proxy <ip>  the reverse proxy whose X-Forwarded-For names the client's address
+                        (${ENV_VARS.trustedProxy}; ignored from any other peer; default: none)
   -h, --help            show this help
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
@@ -73,6 +78,9 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   defaultTier: 'default-tier',
   priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
+  tlsCert: 'tls-cert',
+  tlsKey: 'tls-key',
+  trustedProxy: 'trusted-proxy',
 };
 
 /** Exit status for a usage error, as BSD's sysexits EX_USAGE. */
@@ -100,6 +108,9 @@ const parse = (argv: string[]) => {
         'default-tier': { type: 'string' },
         'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'trusted-proxy': { type: 'string' },
         url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -184,9 +195,17 @@ const watchProcessFailures = (log: Logger): void => {
   });
 };
 
+/** The certificate and key parse and fit each other, or the start is a usage error naming the file. */
+const checkTls = (config: RelayConfig): void => {
+  if (config.tlsCert === undefined || config.tlsKey === undefined) return;
+  const loaded = readTlsCredentials(config.tlsCert, config.tlsKey);
+  if (!loaded.ok) usageError(loaded.message);
+};
+
 const serve = async (input: RelayConfig): Promise<void> => {
   const config = readPriceTiers(input);
   const tiers = readTiers(config.tiersFile);
+  checkTls(config);
   const log = createJsonLogger((line) => process.stdout.write(line), config.logLevel);
   watchProcessFailures(log);
   let store;

@@ -1,5 +1,7 @@
+import { constants, accessSync, statSync } from 'node:fs';
 import { type RelayId, RelayIdSchema, TierNameSchema, WireLimits } from '@keel/engine';
 import * as z from 'zod';
+import { canonicalIp } from './server/client-address.js';
 
 /** An integer setting that may arrive as text (flags, environment), with a readable error. */
 const int = (what: string, min: number, max: number) =>
@@ -34,6 +36,24 @@ const jsonText = <T extends z.ZodType>(schema: T) =>
       return Symbol('not JSON');
     }
   }, schema);
+
+/** True when `path` is a regular file this process may read (checked at start, not at the first handshake). */
+const isReadableFile = (path: string): boolean => {
+  try {
+    accessSync(path, constants.R_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+};
+
+/** A PEM file the relay reads at start: its path, which must name a readable file. */
+const pemFile = (what: string) =>
+  z
+    .string()
+    .min(1, `${what} must be a file path`)
+    .max(4096)
+    .refine(isReadableFile, { error: (issue) => `${what} ${JSON.stringify(issue.input)} is not a readable file` });
 
 /** Relay configuration: defaults here, overridden by environment, overridden by CLI flags. */
 export const RelayConfigSchema = z.strictObject({
@@ -123,6 +143,37 @@ export const RelayConfigSchema = z.strictObject({
   httpRequestTimeoutMs: int('HTTP request timeout', 100, 3_600_000).default(30_000),
   /** Until an admin or webhook body is in, counted from when the relay starts reading it (ms); 408 and closed. */
   httpBodyTimeoutMs: int('HTTP body timeout', 100, 600_000).default(10_000),
+  // ── TLS and proxies (docs/deployment.md) ──
+  /** PEM certificate chain: with `tlsKey`, the relay serves https:// and wss:// on its one port. */
+  tlsCert: pemFile('TLS certificate').optional(),
+  /** PEM private key of `tlsCert`. Keep it readable by the relay's user only. */
+  tlsKey: pemFile('TLS key').optional(),
+  /**
+   * The one peer (a reverse proxy on this host, e.g. 127.0.0.1) whose X-Forwarded-For header
+   * names the client's address; from any other peer the header is ignored. Without it every
+   * request is counted against the address of the socket, which behind a proxy is the proxy's.
+   */
+  trustedProxy: z
+    .string()
+    .max(64)
+    .transform((value, ctx) => {
+      const ip = canonicalIp(value.trim());
+      if (ip === undefined) {
+        ctx.addIssue({ code: 'custom', message: 'trusted proxy must be one IPv4 or IPv6 address (no names, no ranges)' });
+        return z.NEVER;
+      }
+      return ip;
+    })
+    .optional(),
+}).superRefine((config, ctx) => {
+  // Half a TLS configuration would silently serve plain ws://; refuse it instead.
+  if ((config.tlsCert === undefined) !== (config.tlsKey === undefined)) {
+    ctx.addIssue({
+      code: 'custom',
+      path: [config.tlsCert === undefined ? 'tlsCert' : 'tlsKey'],
+      message: 'TLS needs both a certificate and its key (or neither, for plain ws:// behind a proxy)',
+    });
+  }
 }).superRefine((config, ctx) => {
   // Otherwise the floor would lengthen a first grace period beyond its configured base.
   if (config.crisisAnomalyBytes > config.crisisCeilingBytes) {
@@ -195,4 +246,7 @@ export const ENV_VARS = {
   httpHeadersTimeoutMs: 'KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS',
   httpRequestTimeoutMs: 'KEEL_RELAY_HTTP_REQUEST_TIMEOUT_MS',
   httpBodyTimeoutMs: 'KEEL_RELAY_HTTP_BODY_TIMEOUT_MS',
+  tlsCert: 'KEEL_RELAY_TLS_CERT',
+  tlsKey: 'KEEL_RELAY_TLS_KEY',
+  trustedProxy: 'KEEL_RELAY_TRUSTED_PROXY',
 } as const satisfies Record<keyof RelayConfig, string>;

@@ -1,4 +1,5 @@
-import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import { type IncomingMessage, type Server, type ServerOptions, type ServerResponse, createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
@@ -18,6 +19,7 @@ import {
   HttpErrorCode,
 } from './http-codes.js';
 import { sendJson } from './http-util.js';
+import type { TlsCredentials } from './tls-credentials.js';
 import { type RefusalCounters, createRefusalCounters } from './refusal-counters.js';
 
 /** Idle time of a keep-alive connection between requests (Node's default, stated as a decision). */
@@ -49,6 +51,8 @@ export interface HttpServerDeps {
   readonly refusals?: HttpRefusals;
   /** Failed admin login budgets; the defaults unless a test injects others. */
   readonly adminLimits?: AuthFailureLimits;
+  /** Certificate and key: the server speaks HTTPS (and so WSS) instead of plain HTTP. */
+  readonly tls?: TlsCredentials;
 }
 
 const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
@@ -84,6 +88,7 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
     refusals: refusals.admin,
     now,
     bodyTimeoutMs: config.httpBodyTimeoutMs,
+    trustedProxy: config.trustedProxy,
     ...(deps.adminLimits ? { limits: deps.adminLimits } : {}),
   });
   const webhooks = createWebhookHandler({
@@ -118,26 +123,40 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
 
   // The response in flight on each socket, so a parser error never writes into the middle of one.
   const inFlight = new WeakMap<Duplex, ServerResponse>();
-  const server = createServer(
-    {
-      headersTimeout: config.httpHeadersTimeoutMs,
-      requestTimeout: config.httpRequestTimeoutMs,
-      keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
-      // Node checks both timeouts only this often (default 30 s, which would stretch a 10 s
-      // headers timeout to 40). A quarter of the headers timeout bounds the overshoot at 25 %;
-      // the check walks only connections with an unfinished request, so 1 s is cheap enough.
-      connectionsCheckingInterval: Math.min(1_000, Math.max(25, Math.floor(config.httpHeadersTimeoutMs / 4))),
-    },
-    (req, res) => {
-      inFlight.set(req.socket, res);
-      route(req, res).catch((error: unknown) => {
-        // Rate-limited: whatever made a handler throw, a client may be able to repeat it.
-        throttle.log('http.handler_failed', 'error', 'http handler failed', { error: messageOf(error) });
-        if (!res.headersSent) sendJson(res, 500, { error: HttpErrorCode.INTERNAL, message: 'internal relay error' });
-        else res.destroy();
-      });
-    },
-  );
+  const options: ServerOptions = {
+    headersTimeout: config.httpHeadersTimeoutMs,
+    requestTimeout: config.httpRequestTimeoutMs,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    // Node checks both timeouts only this often (default 30 s, which would stretch a 10 s
+    // headers timeout to 40). A quarter of the headers timeout bounds the overshoot at 25 %;
+    // the check walks only connections with an unfinished request, so 1 s is cheap enough.
+    connectionsCheckingInterval: Math.min(1_000, Math.max(25, Math.floor(config.httpHeadersTimeoutMs / 4))),
+  };
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    inFlight.set(req.socket, res);
+    route(req, res).catch((error: unknown) => {
+      // Rate-limited: whatever made a handler throw, a client may be able to repeat it.
+      throttle.log('http.handler_failed', 'error', 'http handler failed', { error: messageOf(error) });
+      if (!res.headersSent) sendJson(res, 500, { error: HttpErrorCode.INTERNAL, message: 'internal relay error' });
+      else res.destroy();
+    });
+  };
+  const server: Server = deps.tls
+    ? createHttpsServer(
+        {
+          ...options,
+          cert: deps.tls.cert,
+          key: deps.tls.key,
+          minVersion: 'TLSv1.2',
+          // A client that opens a socket and never finishes the handshake is held no longer than one
+          // that never finishes its headers (Node's default is 120 s).
+          handshakeTimeout: config.httpHeadersTimeoutMs,
+        },
+        handler,
+      )
+    : createServer(options, handler);
+  // A failed TLS handshake (a scanner, plain HTTP on this port, a client that distrusts the
+  // certificate) needs nothing here: Node destroys that socket and emits no 'error'.
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
     // The peer is gone already; there is nobody to answer.
     if (error.code === 'ECONNRESET' || !socket.writable) {

@@ -19,6 +19,7 @@ import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
+import { readTlsCredentials } from './tls-credentials.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
 
@@ -60,6 +61,10 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const { store, log } = deps;
   const config: ServingConfig = { ...deps.config, relayId: await resolveRelayId(deps.config.relayId, store, log) };
   const now = deps.now ?? Date.now;
+  // With a certificate the one port speaks HTTPS and WSS. Read and checked before anything else
+  // starts, so a wrong file fails the start with its name rather than every handshake later.
+  const tls = config.tlsCert !== undefined && config.tlsKey !== undefined ? readTlsCredentials(config.tlsCert, config.tlsKey) : undefined;
+  if (tls && !tls.ok) throw new Error(tls.message);
   const commits = createCommitQueue(store, now);
   const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
@@ -183,7 +188,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   });
 
   // Health, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
-  const http: Server = createHttpServer({ config, store, log, now, entitlements, payments });
+  const http: Server = createHttpServer({ config, store, log, now, entitlements, payments, ...(tls ? { tls: tls.credentials } : {}) });
 
   const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
   const alive = new WeakSet<WebSocket>();
@@ -225,13 +230,20 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   await once(http, 'listening');
   const address = http.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  log.log('info', 'listening', { host: address.address, port: address.port, relay: config.relayId });
+  log.log('info', 'listening', {
+    host: address.address,
+    port: address.port,
+    relay: config.relayId,
+    tls: tls !== undefined,
+    ...(tls ? { certificateExpires: new Date(tls.credentials.validTo).toISOString() } : {}),
+  });
+  const scheme = tls ? { ws: 'wss', http: 'https' } : { ws: 'ws', http: 'http' };
 
   let closing: Promise<void> | undefined;
   return {
     address,
-    url: `ws://${host}:${address.port}`,
-    httpUrl: `http://${host}:${address.port}`,
+    url: `${scheme.ws}://${host}:${address.port}`,
+    httpUrl: `${scheme.http}://${host}:${address.port}`,
     relayId: config.relayId,
     entitlements,
     awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
