@@ -391,3 +391,20 @@ describe.skipIf(!NGINX)('behind nginx (deploy/nginx/keel-relay.conf)', () => {
     expect([...a.errors, ...b.errors]).toEqual([]);
   });
 });
+
+const SYSTEMD_ANALYZE = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((path) => existsSync(path));
+if (!SYSTEMD_ANALYZE) process.stdout.write('tls.test.ts: SKIPPING the systemd unit check: no systemd-analyze\n');
+
+describe.skipIf(!SYSTEMD_ANALYZE)('systemd unit (deploy/systemd/keel-relay.service)', () => {
+  it('passes systemd-analyze verify and its offline security review scores below 2 (of 10)', () => {
+    const unit = fileURLToPath(new URL('../../deploy/systemd/keel-relay.service', import.meta.url));
+    const verify = spawnSync(SYSTEMD_ANALYZE!, ['verify', unit], { encoding: 'utf8' });
+    // verify reports unknown keys, bad values and a missing executable on stderr, exit 1.
+    expect(`${verify.stdout}${verify.stderr}`.trim()).toBe('');
+    expect(verify.status).toBe(0);
+    const security = spawnSync(SYSTEMD_ANALYZE!, ['security', '--offline=yes', unit], { encoding: 'utf8' });
+    const score = /Overall exposure level for keel-relay\.service: (\d+\.\d)/.exec(`${security.stdout}${security.stderr}`);
+    expect(score, security.stdout + security.stderr).not.toBeNull();
+    expect(Number(score![1])).toBeLessThan(2);
+  });
+});
