@@ -2,7 +2,7 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_pr
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { createServer } from 'node:net';
+import { connect as tcpConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -192,6 +192,46 @@ describe('direct wss:// (--tls-cert, --tls-key)', () => {
     await expectConvergence(`wss://localhost:${relay.port}`, certificate.pem);
     await expectConvergence(`wss://127.0.0.1:${relay.port}`, certificate.pem);
     await expectUntrustedRefused(`wss://localhost:${relay.port}`);
+  });
+});
+
+describe('TLS handshake timeout', () => {
+  it('drops a socket that never starts its TLS handshake after the headers timeout, and answers 408 to one that handshakes and sends nothing', async () => {
+    const dir = tempDir('keel-tls-slow-');
+    const certificate = makeCertificate(dir);
+    const relay = await scope.relay({
+      args: ['--tls-cert', certificate.cert, '--tls-key', certificate.key],
+      env: { KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS: '500', KEEL_RELAY_HTTP_BODY_TIMEOUT_MS: '500' },
+    });
+    const socket = tcpConnect({ host: '127.0.0.1', port: relay.port });
+    scope.defer(() => void socket.destroy());
+    const opened = performance.now();
+    const closedAfter = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the relay held a silent socket for 5 s')), 5_000);
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        clearTimeout(timer);
+        resolve(performance.now() - opened);
+      });
+    });
+    // Node's own default would hold it 120 s.
+    expect(closedAfter).toBeGreaterThanOrEqual(400);
+    expect(closedAfter).toBeLessThan(5_000);
+
+    // After a finished handshake, a client that sends no headers gets the plain relay's 408, over TLS.
+    const secure = tlsConnect({ host: '127.0.0.1', port: relay.port, ca: certificate.pem, servername: 'localhost' });
+    scope.defer(() => void secure.destroy());
+    const answer = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no answer to a silent TLS client within 5 s')), 5_000);
+      let text = '';
+      secure.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+      secure.on('error', reject);
+      secure.on('close', () => {
+        clearTimeout(timer);
+        resolve(text);
+      });
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 408 /);
   });
 });
 

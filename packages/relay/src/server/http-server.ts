@@ -155,11 +155,19 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
         handler,
       )
     : createServer(options, handler);
-  // A failed TLS handshake (a scanner, plain HTTP on this port, a client that distrusts the
-  // certificate) needs nothing here: Node destroys that socket and emits no 'error'.
+  // Sockets whose TLS handshake finished. Node's https server reports a failed or timed-out
+  // handshake as a 'clientError' too; there is no HTTP connection yet to answer on (an HTTP
+  // answer written there waits for a handshake that never comes, and holds the socket open).
+  const secured = new WeakSet<Duplex>();
+  if (deps.tls) server.on('secureConnection', (socket: Duplex) => secured.add(socket));
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
     // The peer is gone already; there is nobody to answer.
     if (error.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    if (deps.tls && !secured.has(socket)) {
+      refusals.connection.count(error.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? HttpErrorCode.REQUEST_TIMEOUT : HttpErrorCode.BAD_REQUEST);
       socket.destroy();
       return;
     }
