@@ -93,7 +93,7 @@ export const RelayConfigSchema = z.strictObject({
   adminToken: z.string().min(24, 'admin token must be at least 24 characters').max(512).optional(),
   /** Tier of users no payment event or operator has set; the free tier unless a deployment says otherwise. */
   defaultTier: TierNameSchema.default('trial'),
-  /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; DESIGN.md's matrix otherwise. */
+  /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; docs/design.md's matrix otherwise. */
   tiersFile: z.string().min(1).optional(),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /** Payment webhook endpoint secret (Stripe's `whsec_…`); POST /webhooks/payments answers 503 without it. */
@@ -127,7 +127,7 @@ export const RelayConfigSchema = z.strictObject({
   crisisAnomalyBytes: int('crisis anomaly threshold', 1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
   /** Crisis-lane bytes of one device per UTC day past which crisis envelopes are deferred (a disk-safety bound). */
   crisisCeilingBytes: int('crisis ceiling', 1024, 64 * 1024 * 1024 * 1024).default(1024 * 1024 * 1024),
-  /** First grace period of a premium user (ms); DESIGN.md: 14 days. */
+  /** First grace period of a premium user (ms); docs/design.md: 14 days. */
   gracePremiumMs: int('premium grace period', 1, YEAR_MS).default(14 * DAY_MS),
   /** First grace period of a basic user (ms): 7 days. */
   graceBasicMs: int('basic grace period', 1, YEAR_MS).default(7 * DAY_MS),

@@ -31,7 +31,7 @@ export interface RelayDeps {
   readonly store: RelayStore;
   readonly log: Logger;
   readonly now?: () => number;
-  /** The tier matrix in force (operator overrides applied); DESIGN.md's defaults otherwise. */
+  /** The tier matrix in force (operator overrides applied); docs/design.md's defaults otherwise. */
   readonly tiers?: TierMatrix;
   /** Clock and timers of grace periods; the system's unless a test injects fakes. */
   readonly timers?: TimerDeps;
