@@ -189,9 +189,19 @@ describe('direct wss:// (--tls-cert, --tls-key)', () => {
     await expect(call(`http://127.0.0.1:${relay.port}/healthz`)).rejects.toThrow();
     await expect(call(`https://localhost:${relay.port}/healthz`)).rejects.toThrow(/self[- ]signed/);
 
-    await expectConvergence(`wss://localhost:${relay.port}`, certificate.pem);
+    const { a } = await expectConvergence(`wss://localhost:${relay.port}`, certificate.pem);
     await expectConvergence(`wss://127.0.0.1:${relay.port}`, certificate.pem);
     await expectUntrustedRefused(`wss://localhost:${relay.port}`);
+
+    // The operator command over HTTPS, trusting the certificate the way docs/deployment.md says.
+    const user = a.client.identity.user.userId;
+    const env = { KEEL_RELAY_ADMIN_TOKEN: relay.adminToken };
+    const tier = await runRelayCli(['tier', 'get', user, '--url', `https://localhost:${relay.port}`], { ...env, NODE_EXTRA_CA_CERTS: certificate.cert });
+    expect(tier.stderr).toBe('');
+    expect(JSON.parse(tier.stdout)).toMatchObject({ user, tier: 'premium' });
+    const untrusted = await runRelayCli(['tier', 'get', user, '--url', `https://localhost:${relay.port}`], env);
+    expect(untrusted.code).toBe(1);
+    expect(untrusted.stderr).toContain('cannot reach the relay');
   });
 });
 
