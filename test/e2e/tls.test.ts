@@ -1,11 +1,11 @@
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect as tcpConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
+import { type PeerCertificate, connect as tlsConnect } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { type ClientError, type Identity, type KeelClient, createIdentity, createMemoryStore, linkNewDevice } from '@keel/client';
 import { createNodeClient } from '@keel/client/node';
@@ -202,6 +202,62 @@ describe('direct wss:// (--tls-cert, --tls-key)', () => {
     const untrusted = await runRelayCli(['tier', 'get', user, '--url', `https://localhost:${relay.port}`], env);
     expect(untrusted.code).toBe(1);
     expect(untrusted.stderr).toContain('cannot reach the relay');
+  });
+});
+
+/** The certificate a new TLS connection to `port` is served, checked against `ca`. */
+const servedCertificate = (port: number, ca: Buffer) =>
+  new Promise<PeerCertificate>((resolve, reject) => {
+    const socket = tlsConnect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => {
+      const peer = socket.getPeerCertificate();
+      socket.end();
+      resolve(peer);
+    });
+    socket.on('error', reject);
+  });
+
+describe('certificate renewal (SIGHUP)', () => {
+  it('serves a renewed certificate to new connections without dropping open ones, and keeps the old one when the new files are bad', async () => {
+    const dir = tempDir('keel-tls-reload-');
+    const first = makeCertificate(dir, 'first');
+    const second = makeCertificate(dir, 'second');
+    const live = { cert: join(dir, 'live.crt'), key: join(dir, 'live.key') };
+    copyFileSync(first.cert, live.cert);
+    copyFileSync(first.key, live.key);
+    const relay = await scope.relay({ args: ['--tls-cert', live.cert, '--tls-key', live.key] });
+    const url = `wss://localhost:${relay.port}`;
+    // A device that trusts both certificates, so it could reconnect either way; it must not need to.
+    const { a } = await expectConvergence(url, Buffer.concat([first.pem, second.pem]));
+    const reconnects: string[] = [];
+    a.client.on('status', (status) => status === 'connecting' && reconnects.push(status));
+    const firstPrint = (await servedCertificate(relay.port, first.pem)).fingerprint256;
+
+    copyFileSync(second.cert, live.cert);
+    copyFileSync(second.key, live.key);
+    process.kill(relay.pid, 'SIGHUP');
+    await waitFor(() => logLines(relay).some((line) => line.msg === 'tls certificate reloaded'), 5_000, 'the reload');
+    const secondPrint = (await servedCertificate(relay.port, second.pem)).fingerprint256;
+    expect(secondPrint).not.toBe(firstPrint);
+    await expect(servedCertificate(relay.port, first.pem)).rejects.toThrow();
+
+    // A key that does not fit: refused, logged, the renewed certificate stays in force.
+    copyFileSync(first.key, live.key);
+    process.kill(relay.pid, 'SIGHUP');
+    await waitFor(() => logLines(relay).some((line) => line.msg === 'tls reload failed; the certificate in force stays'), 5_000, 'the refused reload');
+    expect((await servedCertificate(relay.port, second.pem)).fingerprint256).toBe(secondPrint);
+
+    const doc = await a.client.open({ class: 'safety_plan', name: 'plan' });
+    doc.getText('reasons').insert(0, 'still here ');
+    await within(a.client.flush(), 5_000, 'a flush after the reloads');
+    expect(reconnects).toEqual([]);
+    expect(a.client.status).toBe('synced');
+  });
+
+  it('ignores SIGHUP without TLS instead of stopping', async () => {
+    const relay = await scope.relay();
+    process.kill(relay.pid, 'SIGHUP');
+    await waitFor(() => logLines(relay).some((line) => line.msg === 'SIGHUP: nothing to reload without TLS'), 5_000, 'the SIGHUP log line');
+    expect((await call(`${relay.httpUrl}/healthz`)).status).toBe(200);
   });
 });
 

@@ -29,7 +29,8 @@ serve options:
   --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
   --tls-cert <file>     PEM certificate chain: serve https:// and wss:// (${ENV_VARS.tlsCert}; needs --tls-key)
-  --tls-key <file>      PEM private key of the certificate       (${ENV_VARS.tlsKey})
+  --tls-key <file>      PEM private key of the certificate       (${ENV_VARS.tlsKey});
+                        SIGHUP reads both files again (after a renewal) without dropping devices
   --trusted-proxy <ip>  the reverse proxy whose X-Forwarded-For names the client's address
                         (${ENV_VARS.trustedProxy}; ignored from any other peer; default: none)
   -h, --help            show this help
@@ -215,7 +216,16 @@ const serve = async (input: RelayConfig): Promise<void> => {
     process.stderr.write(`keel-relay: cannot open database ${config.db}: ${error instanceof Error ? error.message : String(error)}\n`);
     process.exit(1);
   }
+  // SIGHUP (systemctl reload) re-reads a renewed certificate. Listened to before the relay
+  // starts: the signal's default would stop the process, also while it is still starting.
+  let started: Awaited<ReturnType<typeof startRelay>> | undefined;
+  process.on('SIGHUP', () => {
+    if (config.tlsCert === undefined) log.log('info', 'SIGHUP: nothing to reload without TLS');
+    else if (started) started.reloadTls();
+    else log.log('info', 'SIGHUP while starting: the certificate is being read anyway');
+  });
   const relay = await startRelay(tiers ? { config, store, log, tiers } : { config, store, log });
+  started = relay;
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

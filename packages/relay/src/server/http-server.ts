@@ -19,7 +19,7 @@ import {
   HttpErrorCode,
 } from './http-codes.js';
 import { sendJson } from './http-util.js';
-import type { TlsCredentials } from './tls-credentials.js';
+import { type TlsCredentials, secureContextOptions } from './tls-credentials.js';
 import { type RefusalCounters, createRefusalCounters } from './refusal-counters.js';
 
 /** Idle time of a keep-alive connection between requests (Node's default, stated as a decision). */
@@ -145,9 +145,7 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
     ? createHttpsServer(
         {
           ...options,
-          cert: deps.tls.cert,
-          key: deps.tls.key,
-          minVersion: 'TLSv1.2',
+          ...secureContextOptions(deps.tls),
           // A client that opens a socket and never finishes the handshake is held no longer than one
           // that never finishes its headers (Node's default is 120 s).
           handshakeTimeout: config.httpHeadersTimeoutMs,

@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
@@ -19,7 +20,7 @@ import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
-import { readTlsCredentials } from './tls-credentials.js';
+import { type TlsLoad, readTlsCredentials, secureContextOptions } from './tls-credentials.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
 
@@ -51,6 +52,12 @@ export interface Relay {
    * by reason. Counts only, in memory: awareness itself is never stored or logged.
    */
   awarenessCounts(): { readonly forwarded: number; readonly dropped: Readonly<Record<AwarenessDrop, number>> };
+  /**
+   * Reads the certificate and key files again (after a renewal; the CLI does it on SIGHUP): new
+   * connections get them, open ones keep theirs. Files that fail the start-up checks leave the
+   * credentials in force unchanged. Not ok when the relay serves no TLS.
+   */
+  reloadTls(): TlsLoad;
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
 }
@@ -247,6 +254,19 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     relayId: config.relayId,
     entitlements,
     awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
+    reloadTls() {
+      if (!tls || config.tlsCert === undefined || config.tlsKey === undefined) {
+        return { ok: false, message: 'this relay serves no TLS (--tls-cert, --tls-key): nothing to reload' };
+      }
+      const loaded = readTlsCredentials(config.tlsCert, config.tlsKey);
+      if (!loaded.ok) {
+        log.log('error', 'tls reload failed; the certificate in force stays', { error: loaded.message });
+        return loaded;
+      }
+      (http as unknown as HttpsServer).setSecureContext(secureContextOptions(loaded.credentials));
+      log.log('info', 'tls certificate reloaded', { certificateExpires: new Date(loaded.credentials.validTo).toISOString() });
+      return loaded;
+    },
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);

@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createSecureContext } from 'node:tls';
+import { type SecureContextOptions, createSecureContext } from 'node:tls';
 
 /** A certificate chain and its private key, PEM, as read at start (or on reload). */
 export interface TlsCredentials {
@@ -45,3 +45,10 @@ export const readTlsCredentials = (certPath: string, keyPath: string): TlsLoad =
   }
   return { ok: true, credentials: { cert, key, validTo } };
 };
+
+/** The secure-context options the relay serves with: these credentials, TLS 1.2 at least. */
+export const secureContextOptions = (credentials: TlsCredentials): SecureContextOptions => ({
+  cert: credentials.cert,
+  key: credentials.key,
+  minVersion: 'TLSv1.2',
+});
