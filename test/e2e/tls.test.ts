@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { type ClientError, type Identity, type KeelClient, createIdentity, createMemoryStore, linkNewDevice } from '@keel/client';
 import { createNodeClient } from '@keel/client/node';
 import { describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
 import * as Y from 'yjs';
 import { waitFor } from '../support/devices.js';
 import { type RelayProcess, logLines, runRelayCli } from '../support/relay-process.js';
@@ -325,6 +326,38 @@ describe('trusted proxy (--trusted-proxy)', () => {
     const elsewhere = await scope.relay({ args: ['--trusted-proxy', '127.0.0.2'] });
     expect(await failedLogins(elsewhere, '203.0.113.7', 10)).toEqual(Array<number>(10).fill(401));
     expect(await failedLogins(elsewhere, '203.0.113.8', 1)).toEqual([429]);
+  });
+
+  /** The HTTP status a WebSocket upgrade from 127.0.0.1 with this X-Forwarded-For gets (101: opened, then closed). */
+  const upgrade = (relay: RelayProcess, forwardedFor: string) =>
+    new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(relay.url, { headers: { 'x-forwarded-for': forwardedFor } });
+      ws.on('open', () => {
+        ws.terminate();
+        resolve(101);
+      });
+      ws.on('unexpected-response', (_req, res) => {
+        res.resume();
+        ws.terminate();
+        resolve(res.statusCode ?? 0);
+      });
+      ws.on('error', reject);
+    });
+
+  const LIMITS = { KEEL_RELAY_ADDRESS_CONNECT_BURST: '3', KEEL_RELAY_ADDRESS_CONNECT_PER_SECOND: '1' };
+
+  it('counts new WebSocket connections per forwarded address from that peer only', async () => {
+    const trusting = await scope.relay({ args: ['--trusted-proxy', '127.0.0.1'], env: LIMITS });
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) statuses.push(await upgrade(trusting, '203.0.113.7'));
+    expect(statuses).toEqual([101, 101, 101, 429]);
+    // Another client behind the same proxy is not held back by the first one's flood.
+    expect(await upgrade(trusting, '203.0.113.8')).toBe(101);
+
+    const elsewhere = await scope.relay({ args: ['--trusted-proxy', '127.0.0.2'], env: LIMITS });
+    const shared: number[] = [];
+    for (let i = 0; i < 4; i++) shared.push(await upgrade(elsewhere, `203.0.113.${i}`));
+    expect(shared).toEqual([101, 101, 101, 429]);
   });
 
   it('refuses anything but one IP address', async () => {

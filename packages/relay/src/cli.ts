@@ -31,8 +31,9 @@ serve options:
   --tls-cert <file>     PEM certificate chain: serve https:// and wss:// (${ENV_VARS.tlsCert}; needs --tls-key)
   --tls-key <file>      PEM private key of the certificate       (${ENV_VARS.tlsKey});
                         SIGHUP reads both files again (after a renewal) without dropping devices
-  --trusted-proxy <ip>  the reverse proxy whose X-Forwarded-For names the client's address
-                        (${ENV_VARS.trustedProxy}; ignored from any other peer; default: none)
+  --trusted-proxy <ip>  the reverse proxy whose X-Forwarded-For names the client's address for
+                        per-address limits (${ENV_VARS.trustedProxy}; ignored from any other peer)
+  --alert-url <url>     POST signed operator alerts here          (${ENV_VARS.alertUrl}; needs ${ENV_VARS.alertSecret})
   -h, --help            show this help
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
@@ -42,7 +43,9 @@ environment only: ${ENV_VARS.adminToken} (enables operator commands; also read b
 
 bounds on what one connection or user may make the relay hold (environment only):
   ${ENV_VARS.preAuthMaxBytes} (8192: a frame before authentication),
-  ${ENV_VARS.maxPendingConnections} (1024 unauthenticated), ${ENV_VARS.maxConnectionsPerUser} (32),
+  ${ENV_VARS.maxPendingConnections} (1024 unauthenticated), ${ENV_VARS.maxPendingPerAddress} (256 of them per address),
+  ${ENV_VARS.addressConnectBurst} (128 new connections at once per address, then 429), ${ENV_VARS.addressConnectPerSecond} (32/s),
+  ${ENV_VARS.maxConnectionsPerUser} (32),
   ${ENV_VARS.maxSubscriptions} (4096 per connection), ${ENV_VARS.maxOutboundBytes} (16 MiB queued to a device
   that does not read, then 4007), ${ENV_VARS.maxDevicesPerUser} (32 live), ${ENV_VARS.maxRegistrationsPerUser} (256),
   ${ENV_VARS.maxEpochsPerUser} (256), ${ENV_VARS.maxPairingsPerDevice} (4 open codes per connection),
@@ -52,6 +55,11 @@ bounds on what one connection or user may make the relay hold (environment only)
 payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),
   ${ENV_VARS.webhookToleranceSeconds} (default 300), grace periods in ms: ${ENV_VARS.gracePremiumMs} (14 days),
   ${ENV_VARS.graceBasicMs} (7 days), ${ENV_VARS.graceWindowMs} (90 days), ${ENV_VARS.graceFloorMs} (1 day)
+
+crisis SLA (environment only): ${ENV_VARS.alertSecret} (HMAC key of the keel-signature header on alert
+  POSTs), ${ENV_VARS.crisisReceiptTimeoutMs} (5000: a connected device that has not confirmed a crisis
+  entry by then raises crisis_receipt_missing). A crisis entry applied more than 200 ms after it reached
+  the relay raises crisis_sla_breach; every alert is an error log line and a metric as well.
 
 HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnected):
   ${ENV_VARS.httpHeadersTimeoutMs} (10000), ${ENV_VARS.httpRequestTimeoutMs} (30000; not below
@@ -82,6 +90,7 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   tlsCert: 'tls-cert',
   tlsKey: 'tls-key',
   trustedProxy: 'trusted-proxy',
+  alertUrl: 'alert-url',
 };
 
 /** Exit status for a usage error, as BSD's sysexits EX_USAGE. */
@@ -112,6 +121,7 @@ const parse = (argv: string[]) => {
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
         'trusted-proxy': { type: 'string' },
+        'alert-url': { type: 'string' },
         url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },

@@ -109,6 +109,12 @@ export const RelayConfigSchema = z.strictObject({
   preAuthMaxBytes: int('pre-auth frame limit', 1024, 64 * 1024).default(8 * 1024),
   /** Unauthenticated connections at once; more are refused (1013) until some authenticate or time out. */
   maxPendingConnections: int('max pending connections', 1, 1_000_000).default(1024),
+  /** New WebSocket connections one address (IPv4, or IPv6 /64) may open at once; past it the upgrade is answered 429. */
+  addressConnectBurst: int('connections per address burst', 1, 1_000_000).default(128),
+  /** New WebSocket connections per second one address may open, sustained. */
+  addressConnectPerSecond: int('connections per address per second', 1, 1_000_000).default(32),
+  /** Unauthenticated connections of one address at once (a share of max pending connections). */
+  maxPendingPerAddress: int('max pending connections per address', 1, 1_000_000).default(256),
   /** Authenticated connections of one user at once. */
   maxConnectionsPerUser: int('max connections per user', 1, 10_000).default(32),
   /** Documents one connection may be subscribed to at once. */
@@ -135,6 +141,16 @@ export const RelayConfigSchema = z.strictObject({
   graceWindowMs: int('grace failure window', 0, 10 * YEAR_MS).default(90 * DAY_MS),
   /** Shortest grace period after repeated failures (ms): 1 day. */
   graceFloorMs: int('grace floor', 1, YEAR_MS).default(DAY_MS),
+  // ── Operator alerts (crisis SLA breaches, missing receipts, crisis-lane anomalies) ──
+  /** Where alerts are POSTed, signed with `alertSecret`; without it alerts are an error log line and a metric. */
+  alertUrl: z
+    .url({ protocol: /^https?$/, error: 'alert URL must be an http(s) URL' })
+    .max(2048)
+    .optional(),
+  /** HMAC-SHA256 key of the `keel-signature` header on alert POSTs. */
+  alertSecret: z.string().min(16, 'alert secret must be at least 16 characters').max(512).optional(),
+  /** How long a connected device may take to confirm a crisis entry before the receipt counts as missing (ms). */
+  crisisReceiptTimeoutMs: int('crisis receipt timeout', 200, 600_000).default(5_000),
   // HTTP edge: how long a client may take to send a request (slow-loris defence). Not 0: Node
   // would take that as "never time out".
   /** Until a request's headers are complete (ms); Node's `headersTimeout`, answered 408 and closed. */
@@ -150,8 +166,9 @@ export const RelayConfigSchema = z.strictObject({
   tlsKey: pemFile('TLS key').optional(),
   /**
    * The one peer (a reverse proxy on this host, e.g. 127.0.0.1) whose X-Forwarded-For header
-   * names the client's address; from any other peer the header is ignored. Without it every
-   * request is counted against the address of the socket, which behind a proxy is the proxy's.
+   * names the client's address for per-address limits (new connections, failed admin logins);
+   * from any other peer the header is ignored. Without it every request counts against the
+   * socket's address, which behind a proxy is the proxy's: every device would share one budget.
    */
   trustedProxy: z
     .string()
@@ -178,6 +195,9 @@ export const RelayConfigSchema = z.strictObject({
   // Otherwise the floor would lengthen a first grace period beyond its configured base.
   if (config.crisisAnomalyBytes > config.crisisCeilingBytes) {
     ctx.addIssue({ code: 'custom', path: ['crisisAnomalyBytes'], message: 'the crisis anomaly threshold must not be above the crisis ceiling' });
+  }
+  if (config.alertUrl !== undefined && config.alertSecret === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['alertSecret'], message: 'an alert URL needs an alert secret to sign with' });
   }
   if (config.preAuthMaxBytes > config.maxPayloadBytes) {
     ctx.addIssue({ code: 'custom', path: ['preAuthMaxBytes'], message: 'the pre-auth frame limit must not be above the frame limit' });
@@ -230,6 +250,9 @@ export const ENV_VARS = {
   priceTiersFile: 'KEEL_RELAY_PRICE_TIERS_FILE',
   preAuthMaxBytes: 'KEEL_RELAY_PREAUTH_MAX_BYTES',
   maxPendingConnections: 'KEEL_RELAY_MAX_PENDING_CONNECTIONS',
+  addressConnectBurst: 'KEEL_RELAY_ADDRESS_CONNECT_BURST',
+  addressConnectPerSecond: 'KEEL_RELAY_ADDRESS_CONNECT_PER_SECOND',
+  maxPendingPerAddress: 'KEEL_RELAY_MAX_PENDING_PER_ADDRESS',
   maxConnectionsPerUser: 'KEEL_RELAY_MAX_CONNECTIONS_PER_USER',
   maxSubscriptions: 'KEEL_RELAY_MAX_SUBSCRIPTIONS',
   maxOutboundBytes: 'KEEL_RELAY_MAX_OUTBOUND_BYTES',
@@ -243,6 +266,9 @@ export const ENV_VARS = {
   graceBasicMs: 'KEEL_RELAY_GRACE_BASIC_MS',
   graceWindowMs: 'KEEL_RELAY_GRACE_WINDOW_MS',
   graceFloorMs: 'KEEL_RELAY_GRACE_FLOOR_MS',
+  alertUrl: 'KEEL_RELAY_ALERT_URL',
+  alertSecret: 'KEEL_RELAY_ALERT_SECRET',
+  crisisReceiptTimeoutMs: 'KEEL_RELAY_CRISIS_RECEIPT_TIMEOUT_MS',
   httpHeadersTimeoutMs: 'KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS',
   httpRequestTimeoutMs: 'KEEL_RELAY_HTTP_REQUEST_TIMEOUT_MS',
   httpBodyTimeoutMs: 'KEEL_RELAY_HTTP_BODY_TIMEOUT_MS',

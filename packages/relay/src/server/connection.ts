@@ -8,6 +8,8 @@ import {
   type HelloFrame,
   type KeelError,
   PROTOCOL_VERSION,
+  type ReceiptFrame,
+  type ReportFrame,
   type RecoveryReset,
   type RelayFrame,
   type TierState,
@@ -95,6 +97,10 @@ export interface ConnectionContext {
    * subscribed to): for the user's other devices subscribed to that document. Never stored.
    */
   forwardAwareness(origin: RelayConnection, doc: DocId, frame: string): void;
+  /** This connection's device applied crisis-lane entries (the crisis SLA's receipt). */
+  receipt(origin: RelayConnection, frame: ReceiptFrame): void;
+  /** This connection's device refused an envelope of its user (a lane above its class's ceiling). */
+  report(origin: RelayConnection, frame: ReportFrame): void;
   /** Awareness bounds (rate per connection, recipient queue). */
   readonly awarenessLimits: AwarenessLimits;
   /** An awareness frame was dropped: counted in memory, never logged one by one. */
@@ -350,7 +356,12 @@ export class RelayConnection implements PairingPeer {
       case 'awareness':
         return this.#onAwareness(session, frame);
       case 'sub':
-        return session.delivery.subscribe(frame.docs);
+        // In the work queue: a frame of a thousand documents is work, taken in turn with other
+        // users' (and the socket paused while this one's backlog is long). Subscribing past the
+        // cap is no honest client's doing (it pages its documents): it counts as a bad frame.
+        return this.#queue(async () => {
+          if (session.delivery.subscribe(frame.docs) > 0) this.#countAbuse();
+        });
       case 'unsub':
         return session.delivery.unsubscribe(frame.docs);
       case 'register':
@@ -368,6 +379,10 @@ export class RelayConnection implements PairingPeer {
         return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'pair-join is for new devices, before authentication' });
       case 'recovery-find':
         return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'recovery-find is for devices being recovered, before authentication' });
+      case 'receipt':
+        return this.#ctx.receipt(this, frame);
+      case 'report':
+        return this.#ctx.report(this, frame);
       case 'push':
         return;
       default:

@@ -99,9 +99,12 @@ export class Delivery {
   /**
    * Starts (or restarts) delivery of each document after the given seq; duplicates count once.
    * With `proof`, the catch-up answers the device's own entries with stubs (see OwnItem).
+   * Documents past `maxSubscriptions` are refused (one error for the frame); returns how many.
    */
-  subscribe(docs: readonly { readonly doc: DocId; readonly after: Seq; readonly proof?: true | undefined }[]): void {
+  subscribe(docs: readonly { readonly doc: DocId; readonly after: Seq; readonly proof?: true | undefined }[]): number {
     const seen = new Set<DocId>();
+    let refused: DocId | undefined;
+    let refusedCount = 0;
     for (const { doc, after, proof = false } of docs) {
       if (seen.has(doc)) continue;
       seen.add(doc);
@@ -110,10 +113,8 @@ export class Delivery {
       // stubs and the device now asks for the envelopes themselves.
       if (current?.catchingUp && current.sent === after && (proof || !current.proof)) continue;
       if (!current && this.#subs.size >= this.#deps.maxSubscriptions) {
-        this.#deps.send(
-          { type: 'error', code: ErrorCode.LIMIT_EXCEEDED, message: `a connection may subscribe to at most ${this.#deps.maxSubscriptions} documents`, doc },
-          10,
-        );
+        refused ??= doc;
+        refusedCount++;
         continue;
       }
       this.#subs.set(doc, { sent: after, catchingUp: true, liveSeen: 0, fresh: true, rechecked: false, proof });
@@ -121,6 +122,20 @@ export class Delivery {
       this.#catchUp.add(doc);
     }
     this.#schedule();
+    // One answer per frame, naming the first refused document: an answer per document would
+    // turn a 60 KiB frame into a thousand frames back (the relay's own amplification).
+    if (refused !== undefined) {
+      this.#deps.send(
+        {
+          type: 'error',
+          code: ErrorCode.LIMIT_EXCEEDED,
+          message: `a connection may subscribe to at most ${this.#deps.maxSubscriptions} documents: ${refusedCount} of this frame's documents (from this one on) were not subscribed`,
+          doc: refused,
+        },
+        10,
+      );
+    }
+    return refusedCount;
   }
 
   /** Whether the connection is subscribed to `doc`. */

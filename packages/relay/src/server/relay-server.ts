@@ -2,11 +2,11 @@ import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady, isCrisisLane } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig, ServingConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
-import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
+import { DEFAULT_GRACE_POLICY, type TimerDeps, systemTimers } from '../entitlements/grace.js';
 import { createPaymentProcessor } from '../entitlements/payments.js';
 import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
@@ -23,6 +23,12 @@ import { createHttpServer } from './http-server.js';
 import { type TlsLoad, readTlsCredentials, secureContextOptions } from './tls-credentials.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
+import { createAddressLimiter } from './address-limits.js';
+import { addressKey } from './auth-failure-limiter.js';
+import { clientAddress } from './client-address.js';
+import { createLogThrottle } from '../log-throttle.js';
+import { ALERT_KINDS, type AlertKind, createAlerter } from '../observe/alerts.js';
+import { CRISIS_SLA_MS, createCrisisSlaWatch } from '../observe/crisis-sla.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
 const CLOSE_GRACE_MS = 1_000;
@@ -58,6 +64,12 @@ export interface Relay {
    * credentials in force unchanged. Not ok when the relay serves no TLS.
    */
   reloadTls(): TlsLoad;
+  /** Lane-mismatch reports devices sent since the start (envelopes they refused). */
+  laneReports(): number;
+  /** New connections refused for their address since the start: over its rate, or over its unauthenticated share. */
+  addressRefusals(): Readonly<Record<'RATE' | 'PENDING', number>>;
+  /** Operator alerts raised since the start, by kind, and what became of their POSTs. */
+  alertCounts(): { readonly raised: Readonly<Record<AlertKind, number>>; readonly posts: ReturnType<ReturnType<typeof createAlerter>['stats']> };
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
 }
@@ -75,6 +87,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const commits = createCommitQueue(store, now);
   const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
+  const timers: TimerDeps = deps.timers ?? { ...systemTimers, now };
   const payments = createPaymentProcessor({
     store,
     entitlements,
@@ -86,10 +99,13 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       floorMs: config.graceFloorMs,
     },
     priceTiers: config.priceTiers,
-    timers: deps.timers ?? { now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
+    timers,
   });
   const awarenessDrops = createRefusalCounters(AWARENESS_DROPS);
-  let awarenessForwarded = 0;
+  let laneReports = 0;
+  const connectionRefusals = createRefusalCounters(['RATE', 'PENDING'] as const);
+  const refusalLog = createLogThrottle({ log, now });
+    let awarenessForwarded = 0;
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   /** Each attached connection's device, kept past its teardown (when the connection no longer says). */
@@ -97,6 +113,24 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const all = new Set<RelayConnection>();
   /** Connections that have not authenticated (or paired) yet. */
   const unauthenticated = new Set<RelayConnection>();
+  const alertsRaised = createRefusalCounters(ALERT_KINDS);
+  const alerter = createAlerter({
+    log,
+    target: config.alertUrl !== undefined && config.alertSecret !== undefined ? { url: config.alertUrl, secret: config.alertSecret } : undefined,
+    now,
+    timers,
+    count: (kind) => alertsRaised.count(kind),
+  });
+  const sla = createCrisisSlaWatch({
+    now,
+    timers,
+    slaMs: CRISIS_SLA_MS,
+    missingAfterMs: config.crisisReceiptTimeoutMs,
+    onMeasured: (m) => {
+      if (m.breached) alerter.raise({ kind: 'crisis_sla_breach', user: m.user, device: m.device, doc: m.doc, seq: m.seq, latencyMs: Math.round(m.latencyMs), slaMs: CRISIS_SLA_MS });
+    },
+    onMissing: (m) => alerter.raise({ kind: 'crisis_receipt_missing', user: m.user, device: m.device, doc: m.doc, seq: m.seq, waitedMs: m.waitedMs }),
+  });
   const crisis = createCrisisLane({
     anomalyBytes: config.crisisAnomalyBytes,
     ceilingBytes: config.crisisCeilingBytes,
@@ -104,6 +138,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     fastPerSecond: 32,
     now,
     log,
+    onAnomaly: (user, device, bytes) => alerter.raise({ kind: 'crisis_volume_anomaly', user, device, bytes, thresholdBytes: config.crisisAnomalyBytes }),
   });
   const work = createWorkQueue({
     onError: (error) => log.log('error', 'work queue task failed', { error: error instanceof Error ? error.message : String(error) }),
@@ -140,6 +175,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       // The device's last connection: its cursors go from the other devices at once, not after 30 s.
       if (set && device && ![...set].some((other) => deviceOf.get(other) === device)) {
         for (const other of set) other.send({ type: 'awareness-gone', device }, 1);
+        sla.deviceGone(device);
       }
       if (set?.size === 0) {
         byUser.delete(user);
@@ -148,11 +184,30 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     },
     leftPreAuth(conn) {
       unauthenticated.delete(conn);
+      leavePending(conn);
     },
     fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]) {
       const user = userOf.get(origin);
       if (!user) return;
-      for (const conn of byUser.get(user) ?? []) if (conn !== origin) conn.deliver(docId, entries);
+      const crisisEntries = entries.filter((e) => isCrisisLane(e.env.lane));
+      for (const conn of byUser.get(user) ?? []) {
+        if (conn === origin) continue;
+        // Watched before delivery, so the receipt finds its wait whatever the socket's speed.
+        if (crisisEntries.length > 0 && conn.device !== undefined && conn.device !== origin.device && conn.isSubscribed(docId)) {
+          sla.sent(user, conn.device, docId, crisisEntries);
+        }
+        conn.deliver(docId, entries);
+      }
+    },
+    receipt(origin, frame) {
+      if (origin.device !== undefined) sla.receipt(origin.device, frame.doc, frame.seqs);
+    },
+    report(origin, frame) {
+      const user = userOf.get(origin);
+      if (!user || origin.device === undefined) return;
+      laneReports++;
+      // The reporter's word, about ids of its own user: throttled like any line a device can cause.
+      refusalLog.log('lane-report', 'warn', 'device refused a mislabelled envelope', { user, reporter: origin.device, author: frame.device, lane: frame.lane, code: frame.code });
     },
     awarenessLimits: DEFAULT_AWARENESS_LIMITS,
     forwardAwareness(origin, doc, frame) {
@@ -197,9 +252,35 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   // Health, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
   const http: Server = createHttpServer({ config, store, log, now, entitlements, payments, ...(tls ? { tls: tls.credentials } : {}) });
 
-  const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
+  const addresses = createAddressLimiter(
+    { connectBurst: config.addressConnectBurst, connectPerSecond: config.addressConnectPerSecond, maxPendingPerAddress: config.maxPendingPerAddress, maxAddresses: 100_000 },
+    now,
+  );
+  /** The address each unauthenticated connection counts against, until it leaves that state. */
+  const pendingAddress = new Map<RelayConnection, string>();
+  const leavePending = (conn: RelayConnection): void => {
+    const address = pendingAddress.get(conn);
+    if (address === undefined) return;
+    pendingAddress.delete(conn);
+    addresses.leftPending(address);
+  };
+  const wss = new WebSocketServer({
+    server: http,
+    maxPayload: config.maxPayloadBytes,
+    perMessageDeflate: false,
+    // Before the upgrade: a flooding address is answered 429 for the price of a header parse.
+    verifyClient: (info, done) => {
+      const address = addressKey(clientAddress(info.req, config.trustedProxy));
+      const refused = addresses.admit(address);
+      if (!refused) return done(true);
+      connectionRefusals.count(refused);
+      refusalLog.log(`connect.${refused}`, 'warn', 'connection refused for its address', { reason: refused });
+      done(false, 429, 'Too Many Requests', { 'retry-after': String(addresses.retryAfterSeconds(address)) });
+    },
+  });
   const alive = new WeakSet<WebSocket>();
-  wss.on('connection', (ws) => {
+  wss.on('connection', (ws, req) => {
+    const address = addressKey(clientAddress(req, config.trustedProxy));
     // Unauthenticated sockets cost little each (a few KiB, one handshake step at a time) but
     // are free to open, so their number is bounded too.
     if (unauthenticated.size >= config.maxPendingConnections) {
@@ -207,14 +288,19 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         ws.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.OVERLOADED),
       );
       setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
+      addresses.leftPending(address);
       return;
     }
     const conn = new RelayConnection(ws, context);
     unauthenticated.add(conn);
+    pendingAddress.set(conn, address);
     all.add(conn);
     alive.add(ws);
     ws.on('pong', () => alive.add(ws));
-    ws.on('close', () => all.delete(conn));
+    ws.on('close', () => {
+      all.delete(conn);
+      leavePending(conn);
+    });
   });
   // A device that vanished without a FIN (phone into a tunnel) misses a pong and is dropped.
   const heartbeat = setInterval(() => {
@@ -267,6 +353,9 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       log.log('info', 'tls certificate reloaded', { certificateExpires: new Date(loaded.credentials.validTo).toISOString() });
       return loaded;
     },
+    alertCounts: () => ({ raised: alertsRaised.snapshot(), posts: alerter.stats() }),
+    laneReports: () => laneReports,
+    addressRefusals: () => connectionRefusals.snapshot(),
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
@@ -283,6 +372,10 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         http.closeAllConnections();
         await new Promise<void>((resolve) => http.close(() => resolve()));
         await payments.close();
+        sla.close();
+        // Alerts already raised get their chance to be posted (each POST times out), then the rest is dropped.
+        await Promise.race([alerter.idle(), new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
+        alerter.close();
         await work.idle();
         await commits.idle();
         await store.close();
