@@ -28,7 +28,8 @@ export interface AddressedRequest {
 }
 
 /**
- * The address a request is counted against (failed admin logins). The socket's peer, unless that
+ * The address a request is counted against by the per-address limits (new WebSocket
+ * connections, failed admin logins). The socket's peer, unless that
  * peer is the one configured trusted proxy: then the last entry of X-Forwarded-For, the address
  * the proxy itself saw (entries before it are whatever the client chose to send). A request
  * from the proxy without a usable header counts against the proxy, never against a guess.
