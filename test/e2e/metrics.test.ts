@@ -78,7 +78,7 @@ describe('GET /metrics', () => {
     // The other device of each user confirmed the crisis edits it applied: the SLA, measured.
     expect(value(text, 'keel_crisis_e2e_latency_ms_count')).toBeGreaterThanOrEqual(run.crisisEdits);
     expect(value(text, 'keel_crisis_receipts_missing_total')).toBe(0);
-    expect(value(text, 'keel_sync_operations_total', '{tier="premium"}') + value(text, 'keel_sync_operations_total', '{tier="basic"}')).toBeGreaterThan(0);
+    expect((value(text, 'keel_sync_operations_total', '{tier="premium"}') ?? 0) + (value(text, 'keel_sync_operations_total', '{tier="basic"}') ?? 0)).toBeGreaterThan(0);
     expect(value(text, 'keel_http_refusals_total', '{area="webhook",code="BAD_SIGNATURE"}')).toBe(0);
 
     // A device leaving: the gauges follow.

@@ -24,8 +24,8 @@ const KiB = 1024;
 const MiB = 1024 * 1024;
 
 describe('tier matrix', () => {
-  it('DEFAULT_TIERS carries DESIGN.md\'s numbers exactly', () => {
-    // Transcribed by hand from DESIGN.md "Subscription tiers" (less uptime and error tolerance,
+  it('DEFAULT_TIERS carries docs/design.md\'s numbers exactly', () => {
+    // Transcribed by hand from docs/design.md "Subscription tiers" (less uptime and error tolerance,
     // which no relay can attest to); a change there must change this.
     expect(DEFAULT_TIERS).toEqual({
       trial: {
@@ -122,7 +122,7 @@ describe('effectivePriority', () => {
       ...(extra.crisisAssessment === undefined ? {} : { crisisAssessment: extra.crisisAssessment }),
     });
 
-  it('follows the table of DESIGN.md rules', () => {
+  it('follows the table of docs/design.md rules', () => {
     // [class, tier, flags, expected]
     const table: [DocClass, TierName, Parameters<typeof at>[2], number][] = [
       // Crisis classes keep their base on every tier.

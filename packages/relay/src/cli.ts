@@ -7,6 +7,7 @@ import { ENV_VARS, PriceTiersSchema, type RelayConfig, RelayConfigSchema } from 
 import { type Logger, createJsonLogger } from './log.js';
 import { createLogThrottle } from './log-throttle.js';
 import { startRelay } from './server/relay-server.js';
+import { readTlsCredentials } from './server/tls-credentials.js';
 import { openSqliteStore } from './storage/sqlite-store.js';
 
 const USAGE = `usage: keel-relay [serve] [options]
@@ -27,6 +28,11 @@ serve options:
   --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
   --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
+  --tls-cert <file>     PEM certificate chain: serve https:// and wss:// (${ENV_VARS.tlsCert}; needs --tls-key)
+  --tls-key <file>      PEM private key of the certificate       (${ENV_VARS.tlsKey});
+                        SIGHUP reads both files again (after a renewal) without dropping devices
+  --trusted-proxy <ip>  the reverse proxy whose X-Forwarded-For names the client's address for
+                        per-address limits (${ENV_VARS.trustedProxy}; ignored from any other peer)
   --alert-url <url>     POST signed operator alerts here          (${ENV_VARS.alertUrl}; needs ${ENV_VARS.alertSecret})
   --metrics-token <t>   bearer token GET /metrics requires        (${ENV_VARS.metricsToken}; prefer the variable:
                         flags show in ps. Without a token /metrics answers only on a loopback-bound relay)
@@ -83,6 +89,9 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   defaultTier: 'default-tier',
   priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
+  tlsCert: 'tls-cert',
+  tlsKey: 'tls-key',
+  trustedProxy: 'trusted-proxy',
   alertUrl: 'alert-url',
   metricsToken: 'metrics-token',
 };
@@ -112,6 +121,9 @@ const parse = (argv: string[]) => {
         'default-tier': { type: 'string' },
         'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'trusted-proxy': { type: 'string' },
         'alert-url': { type: 'string' },
         'metrics-token': { type: 'string' },
         url: { type: 'string' },
@@ -198,9 +210,17 @@ const watchProcessFailures = (log: Logger): void => {
   });
 };
 
+/** The certificate and key parse and fit each other, or the start is a usage error naming the file. */
+const checkTls = (config: RelayConfig): void => {
+  if (config.tlsCert === undefined || config.tlsKey === undefined) return;
+  const loaded = readTlsCredentials(config.tlsCert, config.tlsKey);
+  if (!loaded.ok) usageError(loaded.message);
+};
+
 const serve = async (input: RelayConfig): Promise<void> => {
   const config = readPriceTiers(input);
   const tiers = readTiers(config.tiersFile);
+  checkTls(config);
   const log = createJsonLogger((line) => process.stdout.write(line), config.logLevel);
   watchProcessFailures(log);
   let store;
@@ -210,7 +230,16 @@ const serve = async (input: RelayConfig): Promise<void> => {
     process.stderr.write(`keel-relay: cannot open database ${config.db}: ${error instanceof Error ? error.message : String(error)}\n`);
     process.exit(1);
   }
+  // SIGHUP (systemctl reload) re-reads a renewed certificate. Listened to before the relay
+  // starts: the signal's default would stop the process, also while it is still starting.
+  let started: Awaited<ReturnType<typeof startRelay>> | undefined;
+  process.on('SIGHUP', () => {
+    if (config.tlsCert === undefined) log.log('info', 'SIGHUP: nothing to reload without TLS');
+    else if (started) started.reloadTls();
+    else log.log('info', 'SIGHUP while starting: the certificate is being read anyway');
+  });
   const relay = await startRelay(tiers ? { config, store, log, tiers } : { config, store, log });
+  started = relay;
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

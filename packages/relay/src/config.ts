@@ -1,5 +1,7 @@
+import { constants, accessSync, statSync } from 'node:fs';
 import { type RelayId, RelayIdSchema, TierNameSchema, WireLimits } from '@keel/engine';
 import * as z from 'zod';
+import { canonicalIp } from './server/client-address.js';
 
 /** An integer setting that may arrive as text (flags, environment), with a readable error. */
 const int = (what: string, min: number, max: number) =>
@@ -34,6 +36,24 @@ const jsonText = <T extends z.ZodType>(schema: T) =>
       return Symbol('not JSON');
     }
   }, schema);
+
+/** True when `path` is a regular file this process may read (checked at start, not at the first handshake). */
+const isReadableFile = (path: string): boolean => {
+  try {
+    accessSync(path, constants.R_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+};
+
+/** A PEM file the relay reads at start: its path, which must name a readable file. */
+const pemFile = (what: string) =>
+  z
+    .string()
+    .min(1, `${what} must be a file path`)
+    .max(4096)
+    .refine(isReadableFile, { error: (issue) => `${what} ${JSON.stringify(issue.input)} is not a readable file` });
 
 /** Relay configuration: defaults here, overridden by environment, overridden by CLI flags. */
 export const RelayConfigSchema = z.strictObject({
@@ -79,7 +99,7 @@ export const RelayConfigSchema = z.strictObject({
   metricsToken: z.string().min(24, 'metrics token must be at least 24 characters').max(512).regex(/^[\x21-\x7e]+$/, 'metrics token must be printable ASCII without spaces').optional(),
   /** Tier of users no payment event or operator has set; the free tier unless a deployment says otherwise. */
   defaultTier: TierNameSchema.default('trial'),
-  /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; DESIGN.md's matrix otherwise. */
+  /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; docs/design.md's matrix otherwise. */
   tiersFile: z.string().min(1).optional(),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /** Payment webhook endpoint secret (Stripe's `whsec_…`); POST /webhooks/payments answers 503 without it. */
@@ -119,7 +139,7 @@ export const RelayConfigSchema = z.strictObject({
   crisisAnomalyBytes: int('crisis anomaly threshold', 1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
   /** Crisis-lane bytes of one device per UTC day past which crisis envelopes are deferred (a disk-safety bound). */
   crisisCeilingBytes: int('crisis ceiling', 1024, 64 * 1024 * 1024 * 1024).default(1024 * 1024 * 1024),
-  /** First grace period of a premium user (ms); DESIGN.md: 14 days. */
+  /** First grace period of a premium user (ms); docs/design.md: 14 days. */
   gracePremiumMs: int('premium grace period', 1, YEAR_MS).default(14 * DAY_MS),
   /** First grace period of a basic user (ms): 7 days. */
   graceBasicMs: int('basic grace period', 1, YEAR_MS).default(7 * DAY_MS),
@@ -145,6 +165,38 @@ export const RelayConfigSchema = z.strictObject({
   httpRequestTimeoutMs: int('HTTP request timeout', 100, 3_600_000).default(30_000),
   /** Until an admin or webhook body is in, counted from when the relay starts reading it (ms); 408 and closed. */
   httpBodyTimeoutMs: int('HTTP body timeout', 100, 600_000).default(10_000),
+  // ── TLS and proxies (docs/deployment.md) ──
+  /** PEM certificate chain: with `tlsKey`, the relay serves https:// and wss:// on its one port. */
+  tlsCert: pemFile('TLS certificate').optional(),
+  /** PEM private key of `tlsCert`. Keep it readable by the relay's user only. */
+  tlsKey: pemFile('TLS key').optional(),
+  /**
+   * The one peer (a reverse proxy on this host, e.g. 127.0.0.1) whose X-Forwarded-For header
+   * names the client's address for per-address limits (new connections, failed admin logins);
+   * from any other peer the header is ignored. Without it every request counts against the
+   * socket's address, which behind a proxy is the proxy's: every device would share one budget.
+   */
+  trustedProxy: z
+    .string()
+    .max(64)
+    .transform((value, ctx) => {
+      const ip = canonicalIp(value.trim());
+      if (ip === undefined) {
+        ctx.addIssue({ code: 'custom', message: 'trusted proxy must be one IPv4 or IPv6 address (no names, no ranges)' });
+        return z.NEVER;
+      }
+      return ip;
+    })
+    .optional(),
+}).superRefine((config, ctx) => {
+  // Half a TLS configuration would silently serve plain ws://; refuse it instead.
+  if ((config.tlsCert === undefined) !== (config.tlsKey === undefined)) {
+    ctx.addIssue({
+      code: 'custom',
+      path: [config.tlsCert === undefined ? 'tlsCert' : 'tlsKey'],
+      message: 'TLS needs both a certificate and its key (or neither, for plain ws:// behind a proxy)',
+    });
+  }
 }).superRefine((config, ctx) => {
   // Otherwise the floor would lengthen a first grace period beyond its configured base.
   if (config.crisisAnomalyBytes > config.crisisCeilingBytes) {
@@ -227,4 +279,7 @@ export const ENV_VARS = {
   httpHeadersTimeoutMs: 'KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS',
   httpRequestTimeoutMs: 'KEEL_RELAY_HTTP_REQUEST_TIMEOUT_MS',
   httpBodyTimeoutMs: 'KEEL_RELAY_HTTP_BODY_TIMEOUT_MS',
+  tlsCert: 'KEEL_RELAY_TLS_CERT',
+  tlsKey: 'KEEL_RELAY_TLS_KEY',
+  trustedProxy: 'KEEL_RELAY_TRUSTED_PROXY',
 } as const satisfies Record<keyof RelayConfig, string>;

@@ -18,7 +18,7 @@ export interface PriorityInput {
 const clampPriority = (n: number): Priority => Math.min(10, Math.max(1, Math.floor(n))) as Priority;
 
 /**
- * The priority a document's updates are scheduled with, by DESIGN.md's "Rules that no tier
+ * The priority a document's updates are scheduled with, by docs/design.md's "Rules that no tier
  * changes", in this order:
  * 1. A crisis class (base 10 or 9) keeps its base on every tier.
  * 2. A document flagged `crisisAssessment` is CRISIS_ASSESSMENT (9) on every tier, whatever

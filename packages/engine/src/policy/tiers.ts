@@ -14,7 +14,7 @@ const OptionalByteLimitSchema = z.number().int().positive().nullable();
 
 /**
  * What one subscription tier allows. Crisis lanes (priority 9 and 10) ignore every number
- * here (DESIGN.md, "Rules that no tier changes").
+ * here (docs/design.md, "Rules that no tier changes").
  */
 export const TierPolicySchema = z.strictObject({
   /** Cap on the effective priority of non-crisis work. */
@@ -53,7 +53,7 @@ export type TierPolicy = z.infer<typeof TierPolicySchema>;
 const KiB = 1024;
 const MiB = 1024 * 1024;
 
-/** The defaults of DESIGN.md's "Subscription tiers" table, number for number (KiB = 1024 B). */
+/** The defaults of docs/design.md's "Subscription tiers" table, number for number (KiB = 1024 B). */
 export const DEFAULT_TIERS: Readonly<Record<TierName, TierPolicy>> = Object.freeze({
   trial: Object.freeze({
     tierPriority: 3,
@@ -125,7 +125,7 @@ export type TierMatrix = z.infer<typeof TierMatrixSchema>;
 const TierPolicyOverrideSchema = TierPolicySchema.partial();
 
 /**
- * An operator's config: per tier, the fields that differ from DESIGN.md's defaults. Strict, so
+ * An operator's config: per tier, the fields that differ from docs/design.md's defaults. Strict, so
  * a misspelt tier or field is an error rather than a silently ignored setting.
  */
 export const TierOverridesSchema = z.strictObject({

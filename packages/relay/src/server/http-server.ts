@@ -1,4 +1,5 @@
-import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import { type IncomingMessage, type Server, type ServerOptions, type ServerResponse, createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
@@ -16,6 +17,7 @@ import { type AdminUnauthenticatedRefusal, type ConnectionRefusal, HttpErrorCode
 import { sendJson } from './http-util.js';
 import { createMetricsRoute } from './metrics-route.js';
 import type { RefusalSink } from './refusal-counters.js';
+import { type TlsCredentials, secureContextOptions } from './tls-credentials.js';
 
 /** Idle time of a keep-alive connection between requests (Node's default, stated as a decision). */
 const KEEP_ALIVE_TIMEOUT_MS = 5_000;
@@ -55,6 +57,8 @@ export interface HttpServerDeps {
   readonly refusals?: HttpRefusals;
   /** Failed admin login budgets; the defaults unless a test injects others. */
   readonly adminLimits?: AuthFailureLimits;
+  /** Certificate and key: the server speaks HTTPS (and so WSS) instead of plain HTTP. */
+  readonly tls?: TlsCredentials;
 }
 
 const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
@@ -91,6 +95,7 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
     refusals: refusals.admin,
     now,
     bodyTimeoutMs: config.httpBodyTimeoutMs,
+    trustedProxy: config.trustedProxy,
     ...(deps.adminLimits ? { limits: deps.adminLimits } : {}),
   });
   const webhooks = createWebhookHandler({
@@ -145,29 +150,49 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
 
   // The response in flight on each socket, so a parser error never writes into the middle of one.
   const inFlight = new WeakMap<Duplex, ServerResponse>();
-  const server = createServer(
-    {
-      headersTimeout: config.httpHeadersTimeoutMs,
-      requestTimeout: config.httpRequestTimeoutMs,
-      keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
-      // Node checks both timeouts only this often (default 30 s, which would stretch a 10 s
-      // headers timeout to 40). A quarter of the headers timeout bounds the overshoot at 25 %;
-      // the check walks only connections with an unfinished request, so 1 s is cheap enough.
-      connectionsCheckingInterval: Math.min(1_000, Math.max(25, Math.floor(config.httpHeadersTimeoutMs / 4))),
-    },
-    (req, res) => {
-      inFlight.set(req.socket, res);
-      route(req, res).catch((error: unknown) => {
-        // Rate-limited: whatever made a handler throw, a client may be able to repeat it.
-        throttle.log('http.handler_failed', 'error', 'http handler failed', { error: messageOf(error) });
-        if (!res.headersSent) sendJson(res, 500, { error: HttpErrorCode.INTERNAL, message: 'internal relay error' });
-        else res.destroy();
-      });
-    },
-  );
+  const options: ServerOptions = {
+    headersTimeout: config.httpHeadersTimeoutMs,
+    requestTimeout: config.httpRequestTimeoutMs,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    // Node checks both timeouts only this often (default 30 s, which would stretch a 10 s
+    // headers timeout to 40). A quarter of the headers timeout bounds the overshoot at 25 %;
+    // the check walks only connections with an unfinished request, so 1 s is cheap enough.
+    connectionsCheckingInterval: Math.min(1_000, Math.max(25, Math.floor(config.httpHeadersTimeoutMs / 4))),
+  };
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    inFlight.set(req.socket, res);
+    route(req, res).catch((error: unknown) => {
+      // Rate-limited: whatever made a handler throw, a client may be able to repeat it.
+      throttle.log('http.handler_failed', 'error', 'http handler failed', { error: messageOf(error) });
+      if (!res.headersSent) sendJson(res, 500, { error: HttpErrorCode.INTERNAL, message: 'internal relay error' });
+      else res.destroy();
+    });
+  };
+  const server: Server = deps.tls
+    ? createHttpsServer(
+        {
+          ...options,
+          ...secureContextOptions(deps.tls),
+          // A client that opens a socket and never finishes the handshake is held no longer than one
+          // that never finishes its headers (Node's default is 120 s).
+          handshakeTimeout: config.httpHeadersTimeoutMs,
+        },
+        handler,
+      )
+    : createServer(options, handler);
+  // Sockets whose TLS handshake finished. Node's https server reports a failed or timed-out
+  // handshake as a 'clientError' too; there is no HTTP connection yet to answer on (an HTTP
+  // answer written there waits for a handshake that never comes, and holds the socket open).
+  const secured = new WeakSet<Duplex>();
+  if (deps.tls) server.on('secureConnection', (socket: Duplex) => secured.add(socket));
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
     // The peer is gone already; there is nobody to answer.
     if (error.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    if (deps.tls && !secured.has(socket)) {
+      refusals.connection.count(error.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? HttpErrorCode.REQUEST_TIMEOUT : HttpErrorCode.BAD_REQUEST);
       socket.destroy();
       return;
     }

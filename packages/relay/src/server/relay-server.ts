@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady, isCrisisLane } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
@@ -22,6 +23,7 @@ import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
+import { type TlsLoad, readTlsCredentials, secureContextOptions } from './tls-credentials.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
 import { createAddressLimiter } from './address-limits.js';
@@ -30,6 +32,7 @@ import { addressKey } from './auth-failure-limiter.js';
 import { type Alerter, createAlerter } from '../observe/alerts.js';
 import { CRISIS_SLA_MS, watchCrisisSla } from '../observe/crisis-sla.js';
 import { alertOnCrisis } from '../observe/operator-alerts.js';
+import { clientAddress } from './client-address.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
 const CLOSE_GRACE_MS = 1_000;
@@ -39,7 +42,7 @@ export interface RelayDeps {
   readonly store: RelayStore;
   readonly log: Logger;
   readonly now?: () => number;
-  /** The tier matrix in force (operator overrides applied); DESIGN.md's defaults otherwise. */
+  /** The tier matrix in force (operator overrides applied); docs/design.md's defaults otherwise. */
   readonly tiers?: TierMatrix;
   /** Clock and timers of grace periods; the system's unless a test injects fakes. */
   readonly timers?: TimerDeps;
@@ -63,6 +66,12 @@ export interface Relay {
    * by reason. Counts only, in memory: awareness itself is never stored or logged.
    */
   awarenessCounts(): { readonly forwarded: number; readonly dropped: Readonly<Record<AwarenessDrop, number>> };
+  /**
+   * Reads the certificate and key files again (after a renewal; the CLI does it on SIGHUP): new
+   * connections get them, open ones keep theirs. Files that fail the start-up checks leave the
+   * credentials in force unchanged. Not ok when the relay serves no TLS.
+   */
+  reloadTls(): TlsLoad;
   /** What became of operator alerts' POSTs since the start (the alerts themselves are counted on /metrics). */
   alertPosts(): ReturnType<Alerter['stats']>;
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
@@ -75,6 +84,10 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const { store, log } = deps;
   const config: ServingConfig = { ...deps.config, relayId: await resolveRelayId(deps.config.relayId, store, log) };
   const now = deps.now ?? Date.now;
+  // With a certificate the one port speaks HTTPS and WSS. Read and checked before anything else
+  // starts, so a wrong file fails the start with its name rather than every handshake later.
+  const tls = config.tlsCert !== undefined && config.tlsKey !== undefined ? readTlsCredentials(config.tlsCert, config.tlsKey) : undefined;
+  if (tls && !tls.ok) throw new Error(tls.message);
   const events = createRelayEvents({ log, now });
   const commits = createCommitQueue(store, now, undefined, (envelopes, ms) => events.emit('commitBatch', { envelopes, ms }));
   const tiers = deps.tiers ?? DEFAULT_TIERS;
@@ -247,7 +260,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     },
   });
 
-  // Health, readiness, metrics, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
+  // Health, readiness, metrics, admin and webhook routes (over HTTPS with a certificate), with the HTTP timeouts; WebSocket upgrades stay here.
   const http: Server = createHttpServer({
     config,
     store,
@@ -258,6 +271,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     events,
     metrics,
     serving: () => closing === undefined,
+    ...(tls ? { tls: tls.credentials } : {}),
   });
 
   const addresses = createAddressLimiter(
@@ -278,7 +292,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     perMessageDeflate: false,
     // Before the upgrade: a flooding address is answered 429 for the price of a header parse.
     verifyClient: (info, done) => {
-      const address = addressKey(info.req.socket.remoteAddress);
+      const address = addressKey(clientAddress(info.req, config.trustedProxy));
       const refused = addresses.admit(address);
       if (!refused) return done(true);
       events.emit('httpRefused', { area: 'connection', code: refused === 'RATE' ? HttpErrorCode.ADDRESS_RATE_LIMITED : HttpErrorCode.ADDRESS_PENDING_LIMIT });
@@ -288,7 +302,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const alive = new WeakSet<WebSocket>();
   let nextConn: ConnId = 0;
   wss.on('connection', (ws, req) => {
-    const address = addressKey(req.socket.remoteAddress);
+    const address = addressKey(clientAddress(req, config.trustedProxy));
     // Unauthenticated sockets cost little each (a few KiB, one handshake step at a time) but
     // are free to open, so their number is bounded too.
     if (unauthenticated.size >= config.maxPendingConnections) {
@@ -333,18 +347,38 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   await once(http, 'listening');
   const address = http.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  log.log('info', 'listening', { host: address.address, port: address.port, relay: config.relayId });
+  log.log('info', 'listening', {
+    host: address.address,
+    port: address.port,
+    relay: config.relayId,
+    tls: tls !== undefined,
+    ...(tls ? { certificateExpires: new Date(tls.credentials.validTo).toISOString() } : {}),
+  });
+  const scheme = tls ? { ws: 'wss', http: 'https' } : { ws: 'ws', http: 'http' };
 
   return {
     address,
-    url: `ws://${host}:${address.port}`,
-    httpUrl: `http://${host}:${address.port}`,
+    url: `${scheme.ws}://${host}:${address.port}`,
+    httpUrl: `${scheme.http}://${host}:${address.port}`,
     relayId: config.relayId,
     entitlements,
     events,
     metrics,
     awarenessCounts: () => awarenessCounts.snapshot(),
     alertPosts: () => alerter.stats(),
+    reloadTls() {
+      if (!tls || config.tlsCert === undefined || config.tlsKey === undefined) {
+        return { ok: false, message: 'this relay serves no TLS (--tls-cert, --tls-key): nothing to reload' };
+      }
+      const loaded = readTlsCredentials(config.tlsCert, config.tlsKey);
+      if (!loaded.ok) {
+        log.log('error', 'tls reload failed; the certificate in force stays', { error: loaded.message });
+        return loaded;
+      }
+      (http as unknown as HttpsServer).setSecureContext(secureContextOptions(loaded.credentials));
+      log.log('info', 'tls certificate reloaded', { certificateExpires: new Date(loaded.credentials.validTo).toISOString() });
+      return loaded;
+    },
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
