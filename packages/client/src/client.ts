@@ -1,4 +1,8 @@
 import {
+  assertNever,
+  fromB64,
+  verifyCrisisSignal,
+  type CrisisSignal,
   DEFAULT_TIERS,
   type DeviceCertificate,
   type DeviceId,
@@ -103,6 +107,13 @@ export interface KeelClientOptions {
    * browser may wait for the person to answer a prompt, so the client does not wait for it.
    */
   readonly storagePersisted?: Promise<boolean | undefined>;
+  /**
+   * Public keys (base64url Ed25519) of the operator's crisis authority. Given: an external crisis
+   * signal is acted on only with a valid signature by one of them, over this deployment, this
+   * user and the signal (no relay can fake one). Absent: the relay's word is taken — a signal
+   * can only turn crisis mode on (priority up, help shown), never read, change or hold back data.
+   */
+  readonly crisisAuthorityKeys?: readonly string[];
 }
 
 const TIER_KEY = ['client', 'tier'];
@@ -147,6 +158,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
   readonly #admin: DeviceAdmin;
   #tier: TierState;
   readonly #crisis: CrisisMode;
+  readonly #crisisAuthorityKeys: readonly Uint8Array[];
   readonly #stats: SyncStatsTracker;
   readonly #localData: LocalData;
   #storagePersisted: boolean | undefined;
@@ -189,6 +201,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
     this.#localData = options.localData ?? clearStore(options.storage);
     void options.storagePersisted?.then((answer) => (this.#storagePersisted = answer));
     this.#stats = new SyncStatsTracker({ now: this.#now, classOf: (doc) => this.#docs.get(doc)?.docClass });
+    this.#crisisAuthorityKeys = (options.crisisAuthorityKeys ?? []).map((key) => fromB64(key));
     this.#crisis = new CrisisMode({ open: (spec) => this.open(spec), now: this.#now, onChange: (active) => this.emit('crisis', [active]) });
     this.#trust = new DeviceTrust(
       {
@@ -833,14 +846,38 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
       case 'awareness-gone':
         this.#awareness.gone(frame.device);
         return;
+      case 'crisis-signal':
+        this.#onCrisisSignal(frame.signal);
+        return;
       case 'error':
         if (frame.doc) this.emit('error', [{ code: frame.code, message: frame.message, doc: frame.doc }]);
         return;
       case 'challenge':
       case 'ready':
       case 'recovery-found':
+      // The link answers these itself (liveness).
+      case 'pong':
         return;
+      default:
+        return assertNever(frame, 'relay frame');
     }
+  }
+
+  /** An external crisis signal for this user: verified when the app pinned crisis authority keys, then acted on once. */
+  #onCrisisSignal(signal: CrisisSignal): void {
+    const relay = this.#link.relayId;
+    if (this.#crisisAuthorityKeys.length > 0) {
+      const statement = { relay: relay!, user: this.identity.user.userId, id: signal.id, at: signal.at, reason: signal.reason };
+      if (relay === undefined || signal.sig === undefined || !verifyCrisisSignal(statement, signal.sig, this.#crisisAuthorityKeys)) {
+        this.emit('error', [{ code: ErrorCode.BAD_SIGNATURE, message: `crisis signal ${signal.id} is not signed by this app's crisis authority: ignored` }]);
+        return;
+      }
+    }
+    // Caught up first (bounded), so a signal already acted on — or ended by the user since — is known.
+    const caughtUp = () => Promise.race([this.whenSynced().catch(() => undefined), new Promise<void>((resolve) => setTimeout(resolve, 5_000))]);
+    void this.#crisis.externalSignal(signal, caughtUp).catch((error: unknown) => {
+      this.emit('error', [{ code: 'INTERNAL', message: `crisis signal ${signal.id}: ${error instanceof Error ? error.message : String(error)}` }]);
+    });
   }
 
   #checkProgress(): void {

@@ -72,6 +72,29 @@ export class CrisisMode {
   }
 
   /**
+   * An external crisis signal (the operator's crisis service, through the relay): turns crisis
+   * mode on for every device of the user, once per signal id — the ids acted on are kept in the
+   * synced crisis-mode document, so a signal delivered again (on each connection while the relay
+   * keeps it) or to another device does not turn crisis mode back on after the user ended it.
+   * `caughtUp` resolves once the document has caught up with the relay (or has waited long
+   * enough: a crisis signal is never held back for a slow sync). True when this call acted.
+   */
+  async externalSignal(signal: { readonly id: string; readonly at: number; readonly reason: string }, caughtUp: () => Promise<void>): Promise<boolean> {
+    const doc = await this.#deps.open(CRISIS_MODE_DOC);
+    await caughtUp();
+    const acted = doc.getMap('signals');
+    if (acted.has(signal.id)) return false;
+    doc.transact(() => {
+      acted.set(signal.id, { at: signal.at, reason: signal.reason });
+      const state = doc.getMap('crisis');
+      state.set('active', true);
+      state.set('since', this.#deps.now());
+      state.set('source', `external:${signal.reason}`);
+    });
+    return true;
+  }
+
+  /**
    * Records a PHQ-9 or GAD-7 form, complete or still being filled in (`null` for an item not
    * answered yet), in its own `assessment` document; recording it again as answers come in
    * overwrites it. One that crosses a crisis threshold is flagged (it then syncs as a crisis

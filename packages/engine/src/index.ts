@@ -31,6 +31,7 @@ export {
   AwarenessGoneFrameSchema,
   ClientFrameSchema,
   RelayFrameSchema,
+  CrisisSignalSchema,
   parseClientFrame,
   readClientFrame,
   validateClientFrame,
@@ -41,6 +42,7 @@ export {
   inboundFrameBudget,
   clampRelayFrameLimit,
 } from './protocol/frames.js';
+export { assertNever } from './protocol/assert-never.js';
 export { checkJsonBudget, RELAY_FRAME_JSON_BUDGET } from './protocol/json-budget.js';
 export type { JsonBudget } from './protocol/json-budget.js';
 export type {
@@ -53,6 +55,7 @@ export type {
   HelloFrame,
   PushFrame,
   ReceiptFrame,
+  CrisisSignal,
   ReportFrame,
   AckFrame,
   UpdatesFrame,
@@ -113,6 +116,8 @@ export {
   resolveTierMatrix,
 } from './policy/tiers.js';
 export type { TierName, TierPolicy, TierMatrix, TierOverrides } from './policy/tiers.js';
+export { signCrisisSignal, verifyCrisisSignal } from './crypto/crisis-signal.js';
+export type { CrisisSignalStatement } from './crypto/crisis-signal.js';
 export { effectivePriority, laneCeiling, laneFits, mayHoldCrisisAssessment } from './policy/priority.js';
 export type { PriorityInput } from './policy/priority.js';
 export {

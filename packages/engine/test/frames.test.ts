@@ -42,3 +42,23 @@ describe('wire frames', () => {
     );
   });
 });
+
+describe('external crisis signals', () => {
+  it('a signature binds the deployment, the user and the signal; a key that did not sign it, or any changed field, fails', async () => {
+    const { cryptoReady, getSodium, signCrisisSignal, verifyCrisisSignal, CrisisSignalSchema } = await import('@keel/engine');
+    await cryptoReady();
+    const authority = getSodium().crypto_sign_keypair();
+    const other = getSodium().crypto_sign_keypair();
+    const statement = { relay: 'relay-a', user: 'u_someone', id: 'sig_0001', at: 1_790_000_000_000, reason: 'clinician' } as const;
+    const sig = signCrisisSignal(statement as never, authority.privateKey);
+    expect(verifyCrisisSignal(statement as never, sig, [other.publicKey, authority.publicKey])).toBe(true);
+    expect(verifyCrisisSignal(statement as never, sig, [other.publicKey])).toBe(false);
+    for (const changed of [{ relay: 'relay-b' }, { user: 'u_another' }, { id: 'sig_0002' }, { at: statement.at + 1 }, { reason: 'hotline' }]) {
+      expect(verifyCrisisSignal({ ...statement, ...changed } as never, sig, [authority.publicKey]), JSON.stringify(changed)).toBe(false);
+    }
+    // The wire form: a fixed set of reasons, never free text.
+    expect(CrisisSignalSchema.safeParse({ id: 'sig_0001', at: 1, reason: 'patient said something' }).success).toBe(false);
+    expect(CrisisSignalSchema.safeParse({ id: 'short', at: 1, reason: 'other' }).success).toBe(false);
+    expect(CrisisSignalSchema.safeParse({ id: 'sig_0001', at: 1, reason: 'other', sig }).success).toBe(true);
+  });
+});

@@ -1,6 +1,6 @@
 // The leading tab's service to the other tabs: their documents' changes in and out, their calls,
 // and the client's state mirrored to them.
-import { type DocId, ErrorCode } from '@keel/engine';
+import { assertNever, type DocId, ErrorCode } from '@keel/engine';
 import { Awareness, encodeAwarenessUpdate } from 'y-protocols/awareness';
 import * as Y from 'yjs';
 import type { ClientError, ClientEvents, DocSpec } from '../client-api.js';
@@ -336,6 +336,3 @@ export class LeaderHub {
   }
 }
 
-const assertNever = (value: never): never => {
-  throw new Error(`unhandled: ${JSON.stringify(value)}`);
-};

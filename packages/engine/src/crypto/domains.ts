@@ -27,6 +27,8 @@ export const Domain = {
   awarenessSignature: 'keel/awareness-sig/v1',
   /** An awareness frame's AEAD associated data. */
   awarenessAead: 'keel/awareness-aead/v1',
+  /** An external crisis signal, signed by the operator's crisis authority key. */
+  crisisSignal: 'keel/crisis-signal/v1',
 } as const;
 
 /** libsodium crypto_kdf contexts: exactly 8 characters each. */

@@ -452,7 +452,24 @@ export const AwarenessGoneFrameSchema = z.strictObject({ type: z.literal('awaren
 /** The answer to `ping`. */
 export const PongFrameSchema = z.strictObject({ type: z.literal('pong'), id: z.number().int().min(0).max(0x7fff_ffff) });
 
+/**
+ * An external crisis signal as the relay forwards it (see crypto/crisis-signal.ts): `id` is the
+ * sender's (a signal sent twice is acted on once), `at` its time (ms), `reason` from a fixed set
+ * (never free text: the relay and its logs carry no clinical detail), `sig` the crisis
+ * authority's signature when the operator has one.
+ */
+export const CrisisSignalSchema = z.strictObject({
+  id: z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'a signal id is 8-64 letters, digits, _ or -'),
+  at: z.number().int().min(0),
+  reason: z.enum(['clinician', 'hotline', 'care_team', 'other']),
+  sig: b64Exact(64).optional(),
+});
+export type CrisisSignal = z.infer<typeof CrisisSignalSchema>;
+/** The relay tells a device of an external crisis signal for its user (online at once, at crisis priority; offline on its next connection). */
+export const CrisisSignalFrameSchema = z.strictObject({ type: z.literal('crisis-signal'), signal: CrisisSignalSchema });
+
 export const RelayFrameSchema = z.discriminatedUnion('type', [
+  CrisisSignalFrameSchema,
   PongFrameSchema,
   AwarenessFrameSchema,
   AwarenessGoneFrameSchema,

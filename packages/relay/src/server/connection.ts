@@ -1,4 +1,5 @@
 import {
+  assertNever,
   type AwarenessFrame,
   CloseCode,
   type DeviceId,
@@ -346,7 +347,7 @@ export class RelayConnection implements PairingPeer {
       case 'push':
         return;
       default:
-        return assertNever(frame);
+        return assertNever(frame, 'frame');
     }
   }
 
@@ -579,6 +580,3 @@ export class RelayConnection implements PairingPeer {
   }
 }
 
-const assertNever = (value: never): never => {
-  throw new Error(`unhandled frame ${JSON.stringify(value)}`);
-};

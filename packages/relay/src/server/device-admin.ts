@@ -1,4 +1,5 @@
 import {
+  assertNever,
   type ClientFrame,
   CloseCode,
   type DeviceCertificate,
@@ -95,7 +96,7 @@ export class DeviceAdmin {
       case 'pair-refuse':
         return this.#pairing(frame);
       default:
-        return assertNever(frame);
+        return assertNever(frame, 'device frame');
     }
   }
 
@@ -223,6 +224,3 @@ export class DeviceAdmin {
   }
 }
 
-const assertNever = (value: never): never => {
-  throw new Error(`unhandled device frame ${JSON.stringify(value)}`);
-};

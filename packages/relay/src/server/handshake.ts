@@ -1,4 +1,5 @@
 import {
+  assertNever,
   type ClientFrame,
   CloseCode,
   type DeviceId,
@@ -198,7 +199,7 @@ export class Handshake {
       case 'report':
         return outOfTurn();
       default:
-        return assertNever(frame);
+        return assertNever(frame, 'handshake frame');
     }
   }
 
@@ -433,6 +434,3 @@ export class Handshake {
   }
 }
 
-const assertNever = (value: never): never => {
-  throw new Error(`unhandled handshake frame ${JSON.stringify(value)}`);
-};
