@@ -40,6 +40,7 @@ export {
   maxPartPayloadBytes,
   inboundFrameBudget,
   clampRelayFrameLimit,
+  SignupTokenSchema,
 } from './protocol/frames.js';
 export { checkJsonBudget, RELAY_FRAME_JSON_BUDGET } from './protocol/json-budget.js';
 export type { JsonBudget } from './protocol/json-budget.js';

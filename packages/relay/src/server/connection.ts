@@ -26,6 +26,7 @@ import {
 import type { WebSocket } from 'ws';
 import { createDeviceVerifier } from '../auth/ed25519.js';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
+import { admitSignup } from '../auth/signup-tokens.js';
 import type { ServingConfig } from '../config.js';
 import type { CrisisLane } from '../entitlements/crisis-lane.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
@@ -488,6 +489,8 @@ export class RelayConnection implements PairingPeer {
       if (!applied) return;
       registeredNow.push(...applied);
     } else {
+      const refused = await admitSignup({ mode: config.registration, store, now: this.#ctx.now() }, hello, pending);
+      if (refused) return this.#authFailed(hello, refused.message, refused.code);
       for (const link of pending) {
         const escrow = link.cert.issuer === null ? hello.escrow : undefined;
         const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#ctx.now(), deviceLimits(config), escrow);
