@@ -76,6 +76,10 @@ export interface UserDataOps {
    * commands that rewrite a user's rows run only while no relay serves the file.
    */
   claimExclusive(): void;
+  /** The seq of the audit row whose hash is `hash` (one scan; `audit verify` asks once, at a break). */
+  auditSeqOfHash(hash: string): number | undefined;
+  /** SQLite's `PRAGMA integrity_check`: 'ok', or its first findings. */
+  integrityCheck(): string;
 }
 
 /** The relay id this database keeps, if it has one. */
@@ -156,6 +160,10 @@ export const createUserDataOps = (db: Database.Database, deps: { readonly append
     if (!hasUser.get(header.user)) throw new UserDataError('BAD_EXPORT', 'the export holds no user row');
     const total = Object.values(rows).reduce((a, b) => a + b, 0);
     deps.appendAudit([{ actor: 'operator', op: 'user.import', userId: header.user, outcome: 'imported', detail: { rows: total } }], now);
+    // A fresh database takes the export's relay id: the user's devices pinned it.
+    if (relayIdOf(db) === null && header.relayId !== null) {
+      db.prepare(`INSERT INTO meta (key, value) VALUES ('relay_id', ?)`).run(header.relayId);
+    }
     const relayId = relayIdOf(db);
     return { user: header.user, rows, relayId: header.relayId, relayIdMatches: relayId === null || relayId === header.relayId };
   });
@@ -214,6 +222,11 @@ export const createUserDataOps = (db: Database.Database, deps: { readonly append
       // All pages in one step: one read snapshot, so writers in other processes cannot restart it.
       await db.backup(to, { progress: () => 1 << 30 });
     },
+
+    auditSeqOfHash: (hash) => db.prepare<[string], { seq: number }>(`SELECT seq FROM audit WHERE hash = ? LIMIT 1`).get(hash)?.seq,
+
+    integrityCheck: () =>
+      (db.pragma('integrity_check(10)') as { integrity_check: string }[]).map((r) => r.integrity_check).join('; '),
 
     claimExclusive: () => {
       const timeout = db.pragma('busy_timeout', { simple: true }) as number;
