@@ -348,24 +348,29 @@ const AUDIT_NO_UPDATE = `
  */
 const AUDIT_REF_STEP = (db: Database.Database): void => {
   const key = auditKey(db);
-  const rows = db.prepare<[], AuditRow>(`SELECT * FROM audit ORDER BY seq`).all();
+  // A page at a time: a long trail is never held whole in memory.
+  const page = db.prepare<[number], AuditRow>(`SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT 1000`);
+  const update = db.prepare(`UPDATE audit SET user_ref = ?, prev_hash = ?, hash = ? WHERE seq = ?`);
   let legacyPrev = GENESIS_HASH;
   let brokenAt: number | null = null;
   let prevHash = GENESIS_HASH;
-  const update = db.prepare(`UPDATE audit SET user_ref = ?, prev_hash = ?, hash = ? WHERE seq = ?`);
-  for (const [index, row] of rows.entries()) {
-    if (brokenAt === null) {
-      const fields = { seq: row.seq, at: row.at, actor: row.actor, op: row.op, userId: row.user_id, userRef: null, outcome: row.outcome, detail: row.detail };
-      if (row.seq !== index + 1 || row.prev_hash !== legacyPrev || hashLegacyAuditRow(row.prev_hash, fields) !== row.hash) brokenAt = row.seq;
-      legacyPrev = row.hash;
+  let count = 0;
+  for (let rows = page.all(0); rows.length > 0; rows = page.all(rows[rows.length - 1]!.seq)) {
+    for (const row of rows) {
+      count++;
+      if (brokenAt === null) {
+        const fields = { seq: row.seq, at: row.at, actor: row.actor, op: row.op, userId: row.user_id, userRef: null, outcome: row.outcome, detail: row.detail };
+        if (row.seq !== count || row.prev_hash !== legacyPrev || hashLegacyAuditRow(row.prev_hash, fields) !== row.hash) brokenAt = row.seq;
+        legacyPrev = row.hash;
+      }
+      const userRef = row.user_id === null ? null : auditUserRef(key, row.user_id);
+      const hash = hashAuditRow(prevHash, { seq: row.seq, at: row.at, actor: row.actor, op: row.op, userRef, outcome: row.outcome, detail: row.detail });
+      update.run(userRef, prevHash, hash, row.seq);
+      prevHash = hash;
     }
-    const userRef = row.user_id === null ? null : auditUserRef(key, row.user_id);
-    const hash = hashAuditRow(prevHash, { seq: row.seq, at: row.at, actor: row.actor, op: row.op, userRef, outcome: row.outcome, detail: row.detail });
-    update.run(userRef, prevHash, hash, row.seq);
-    prevHash = hash;
   }
   db.prepare(`INSERT INTO meta (key, value) VALUES ('audit_legacy', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(
-    JSON.stringify({ rows: rows.length, head: legacyPrev, brokenAt }),
+    JSON.stringify({ rows: count, head: legacyPrev, brokenAt }),
   );
   db.exec(AUDIT_NO_UPDATE);
 };
@@ -1099,7 +1104,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
 /**
  * Creates the database file readable by its owner only (0600) before SQLite opens it; SQLite
  * gives the -wal and -shm files it creates later the mode of the database file, so they are
- * private too. An existing file (and its -wal, -shm) is narrowed to 0600 where it was wider.
+ * private too. An existing file (and its -wal, -shm) is set to 0600.
  */
 const createPrivateFile = (path: string): void => {
   if (path === ':memory:' || path === '' || path.startsWith('file:')) return;
