@@ -72,6 +72,12 @@ describe('user export, delete and import', () => {
     await a.client.flush();
     await b.client.flush();
 
+    // Tier history: two operator changes, each an entitlement write and an audit row naming the user.
+    for (const tier of ['basic', 'premium']) {
+      const set = await runRelayCli(['tier', 'set', identity.user.userId, tier, '--url', relay.httpUrl], { KEEL_RELAY_ADMIN_TOKEN: relay.adminToken });
+      expect(set.code, set.stderr).toBe(0);
+    }
+
     // What the relay keeps of this user, as stored: its id, device ids, document ids and public keys.
     const userId = identity.user.userId;
     const live = new Database(relay.dbPath, { readonly: true });
@@ -92,6 +98,10 @@ describe('user export, delete and import', () => {
     expect(statSync(archive).mode & 0o777).toBe(0o600);
     const header = JSON.parse(readFileSync(archive, 'utf8').split('\n')[0]!) as { format: string; version: number; user: string };
     expect(header).toMatchObject({ format: 'keel-user-export', version: 1, user: userId });
+    const archiveLines = readFileSync(archive, 'utf8').trimEnd().split('\n');
+    expect(archiveLines.filter((l) => l.startsWith('{"table":"entitlements"'))).toHaveLength(1);
+    expect(archiveLines.filter((l) => l.startsWith('{"audit"') && l.includes('"op":"tier.set"'))).toHaveLength(2);
+    expect(archiveLines.at(-1)).toMatch(/^\{"end":true,"lines":\d+,"sha256":"[0-9a-f]{64}"\}$/);
 
     // Delete refuses while the relay holds the file.
     const refused = await runRelayCli(['user', 'delete', userId, '--db', relay.dbPath]);
@@ -120,11 +130,11 @@ describe('user export, delete and import', () => {
     expect(found(relay.dbPath, needles)).toEqual([]);
     expect(remaining).toBe(0);
     // Export and delete are audited; no row names the user, the deletion row carries its keyed ref.
-    expect(audit.map((r) => r.op)).toEqual(expect.arrayContaining(['user.export', 'user.delete']));
+    expect(audit.map((r) => r.op)).toEqual(expect.arrayContaining(['tier.set', 'user.export', 'user.delete']));
     expect(audit.every((r) => r.user_id === null)).toBe(true);
     const deletion = audit.find((r) => r.op === 'user.delete')!;
     expect(deletion.user_ref).toMatch(/^[0-9a-f]{64}$/);
-    expect(audit.find((r) => r.op === 'user.export')!.user_ref).toBe(deletion.user_ref);
+    expect(audit.filter((r) => r.op === 'tier.set' || r.op === 'user.export').map((r) => r.user_ref)).toEqual([deletion.user_ref, deletion.user_ref, deletion.user_ref]);
     const verifyOld = await runRelayCli(['audit', 'verify', '--db', relay.dbPath]);
     expect(verifyOld.stdout).toContain('audit trail OK');
     expect(verifyOld.code).toBe(0);
@@ -148,6 +158,11 @@ describe('user export, delete and import', () => {
       expect(Buffer.from(Y.encodeStateVector(doc)).equals(Buffer.from(vectors.get(spec.class)!))).toBe(true);
     }
     expect(third.errors.filter((e) => e.final)).toEqual([]);
+    // The tier came along: the operator's last change (not merely the relay's default tier).
+    const restoredDb = new Database(target, { readonly: true });
+    const entitlement = restoredDb.prepare<[string], { tier: string; source: string }>(`SELECT tier, source FROM entitlements WHERE user_id = ?`).get(userId);
+    restoredDb.close();
+    expect(entitlement).toEqual({ tier: 'premium', source: 'operator' });
     const verifyNew = await runRelayCli(['audit', 'verify', '--db', target]);
     expect(verifyNew.stdout).toContain('audit trail OK');
     expect(verifyNew.code).toBe(0);
