@@ -53,9 +53,10 @@ HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnecte
   ${ENV_VARS.httpHeadersTimeoutMs} (10000), ${ENV_VARS.httpRequestTimeoutMs} (30000; not below
   the other two), ${ENV_VARS.httpBodyTimeoutMs} (10000, admin and webhook bodies)
 
-audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row.
-  Audited: tier changes, grace periods, and webhook deliveries with a valid, fresh signature
-  (applied or refused). Not audited: deliveries refused before that (no, bad or stale signature,
+audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row
+  (its seq and kind: missing, altered, reordered, unlinked).
+  Audited: tier changes, grace periods, webhook deliveries with a valid, fresh signature
+  (applied or refused), recovery resets, user exports, imports and deletions. Not audited: deliveries refused before that (no, bad or stale signature,
   too large, too slow, wrong method, webhooks off) — counted in memory and logged at most once
   per code every 10 s, as are failed admin logins.
 
