@@ -80,6 +80,30 @@ const ensureChromium = () => {
   }
 };
 
+/**
+ * test/e2e/tls.test.ts starts Debian's nginx in front of a relay (deploy/nginx/keel-relay.conf);
+ * nginx-light is installed when no nginx is there. The package's service is never started: the
+ * test runs its own nginx in the foreground on loopback ports.
+ */
+const NGINX = ['/usr/sbin/nginx', '/usr/local/sbin/nginx'];
+const ensureNginx = () => {
+  if (NGINX.some((path) => existsSync(path))) return;
+  if (process.getuid?.() !== 0) {
+    say('the nginx test (test/e2e/tls.test.ts) needs nginx: run "apt-get install -y nginx-light" as root; it is skipped until then');
+    return;
+  }
+  say('installing Debian nginx-light for the reverse-proxy test (apt-get)');
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const install = () => run('apt-get', ['install', '-y', '--no-install-recommends', 'nginx-light'], { env });
+  if ((install() !== 0 && (run('apt-get', ['update'], { env }) !== 0 || install() !== 0)) || !NGINX.some((path) => existsSync(path))) {
+    say('could not install nginx-light: install it (apt-get install -y nginx-light) for the reverse-proxy test');
+    return;
+  }
+  // On a systemd host the package starts its service on port 80; this machine installed it for
+  // the test only, so the service goes off again (the test runs its own nginx).
+  if (existsSync('/run/systemd/system')) run('systemctl', ['disable', '--now', 'nginx'], { stdio: 'ignore' });
+};
+
 const DEMO = join(ROOT, 'apps/demo');
 const buildDemo = (pnpm) => {
   say('building the demo (vite build)');
@@ -184,7 +208,10 @@ if (!['start', 'test', 'setup', 'bench'].includes(command)) {
 checkNode();
 const pnpm = ensurePnpm();
 installDependencies(pnpm);
-if (command === 'setup' || command === 'test') ensureChromium();
+if (command === 'setup' || command === 'test') {
+  ensureChromium();
+  ensureNginx();
+}
 build(pnpm);
 if (command === 'start') start(pnpm);
 else if (command === 'test') test(pnpm);

@@ -1,7 +1,7 @@
 import { type CrisisParams, type CrisisResult, type CrisisRun, type LoadFigures, STOP_TIMEOUT_MS } from './crisis.js';
 import { fmt, formatSummary } from '../support/stats.js';
 
-/** DESIGN.md: Keel aims at crisis p99 < 50 ms on loopback while the relay is saturated by lower-tier traffic… */
+/** docs/design.md: Keel aims at crisis p99 < 50 ms on loopback while the relay is saturated by lower-tier traffic… */
 export const CRISIS_P99_TARGET_MS = 50;
 /** …and the crisis lane keeps it within 2× of its unloaded p99. */
 export const CRISIS_LOADED_RATIO_TARGET = 2;

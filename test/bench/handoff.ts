@@ -9,7 +9,7 @@ import { nextSession } from '../support/handoff.js';
 import { removeRelayDir, startRelayProcess } from '../support/relay-process.js';
 import { type LatencySummary, formatSummary, summarize } from '../support/stats.js';
 
-/** DESIGN.md: session handoff < 2 s; the aim is p95 < 300 ms. */
+/** docs/design.md: session handoff < 2 s; the aim is p95 < 300 ms. */
 export const HANDOFF_P95_TARGET_MS = 300;
 
 export interface HandoffBenchOptions {

@@ -14,7 +14,7 @@ import { useTestScope } from '../support/scope.js';
 
 const scope = useTestScope();
 
-/** A relay whose tiers are DESIGN.md's, with `overrides` applied as an operator would. */
+/** A relay whose tiers are docs/design.md's, with `overrides` applied as an operator would. */
 const relayWith = async (defaultTier: 'trial' | 'basic' | 'grace_period' | 'premium', overrides?: unknown): Promise<RelayProcess> => {
   const args: string[] = [];
   if (overrides) {

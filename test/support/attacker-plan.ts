@@ -22,6 +22,8 @@ export interface AttackPlan {
   /** Runs the sockets again (new connections) this many times, within `durationMs`. */
   readonly waves?: number;
   readonly durationMs: number;
+  /** The local address to connect from (any 127.x.y.z on Linux), so a test can be "another address". */
+  readonly localAddress?: string;
 }
 
 export interface AttackReport {
@@ -30,5 +32,7 @@ export interface AttackReport {
   sent: number;
   /** How the relay closed the attacker's sockets: close code → count. */
   closes: Record<number, number>;
+  /** Upgrades the relay refused with an HTTP status instead of a WebSocket: status → count. */
+  refused: Record<number, number>;
   errors: string[];
 }

@@ -8,7 +8,7 @@ import { PROTOCOL_VERSION, parseRelayFrame, signChallenge } from '@keel/engine';
 import { WebSocket } from 'ws';
 import type { AttackPlan, AttackReport, FrameSpec, SocketPlan } from './attacker-plan.js';
 
-const report: AttackReport = { opened: 0, authenticated: 0, sent: 0, closes: {}, errors: [] };
+const report: AttackReport = { opened: 0, authenticated: 0, sent: 0, closes: {}, refused: {}, errors: [] };
 const open = new Set<WebSocket>();
 let stopping = false;
 
@@ -56,8 +56,13 @@ const authenticate = async (ws: WebSocket, serialized: string): Promise<boolean>
   }
 };
 
-const runSocket = async (url: string, plan: SocketPlan, deadline: number): Promise<void> => {
-  const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 });
+const runSocket = async (url: string, plan: SocketPlan, deadline: number, localAddress: string | undefined): Promise<void> => {
+  const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 256 * 1024 * 1024, ...(localAddress ? { localAddress } : {}) });
+  ws.on('unexpected-response', (_req, res) => {
+    report.refused[res.statusCode ?? 0] = (report.refused[res.statusCode ?? 0] ?? 0) + 1;
+    res.resume();
+    ws.terminate();
+  });
   open.add(ws);
   const closed = new Promise<void>((resolve) => {
     ws.on('close', (code) => {
@@ -107,7 +112,7 @@ const run = async (plan: AttackPlan): Promise<void> => {
   const deadline = Date.now() + plan.durationMs;
   const waves = plan.waves ?? 1;
   for (let wave = 0; wave < waves && !stopping && Date.now() < deadline; wave++) {
-    await Promise.all(plan.sockets.map((socket) => runSocket(plan.url, socket, deadline)));
+    await Promise.all(plan.sockets.map((socket) => runSocket(plan.url, socket, deadline, plan.localAddress)));
   }
 };
 

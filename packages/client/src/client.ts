@@ -17,6 +17,7 @@ import {
   cryptoReady,
   deriveDocId,
   effectivePriority,
+  mayHoldCrisisAssessment,
   ErrorCode,
   clampRelayFrameLimit,
   inboundFrameBudget,
@@ -442,6 +443,17 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
           if (this.#link.state === 'ready') this.#subscribe([sync]);
         },
         onError: (error) => this.emit('error', [error]),
+        // Answered at once (the relay times the crisis SLA by it); lost with the link, which is fine:
+        // a device that is not connected is not waited for.
+        onCrisisApplied: (doc, seqs) => {
+          if (this.#link.state !== 'ready') return;
+          for (let i = 0; i < seqs.length; i += WireLimits.maxEnvelopesPerFrame) {
+            this.#link.send({ type: 'receipt', doc, seqs: seqs.slice(i, i + WireLimits.maxEnvelopesPerFrame) });
+          }
+        },
+        onLaneMismatch: (report) => {
+          if (this.#link.state === 'ready') this.#link.send({ type: 'report', code: ErrorCode.LANE_MISMATCH, ...report });
+        },
       });
       this.#opening.set(docId, opening);
     }
@@ -663,7 +675,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
       policy: this.#tier.policy,
       crisisMode: this.#crisis.active,
       sessionActive: this.#sessionActive,
-      crisisAssessment: sync.docClass === 'assessment' && isCrisisAssessment(sync.doc),
+      crisisAssessment: mayHoldCrisisAssessment(sync.docClass) && isCrisisAssessment(sync.doc),
     });
   }
 

@@ -153,7 +153,7 @@ export class SessionHandoff extends ObservableV2<SessionHandoffEvents> {
     return record;
   }
 
-  /** Every device's valid presence entry, best-ranked first (DESIGN.md's device priority). */
+  /** Every device's valid presence entry, best-ranked first (docs/design.md's device priority). */
   presences(): PresenceRecord[] {
     return rankDevices(this.#presences, this.#now(), { staleAfterMs: this.#staleAfterMs });
   }

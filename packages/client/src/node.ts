@@ -20,8 +20,8 @@ interface ReceiverWithLimit {
  * the hard cap and the link lowers it per stage (1 MiB before `ready`).
  */
 export class RelayWebSocket extends WebSocket {
-  constructor(url: string) {
-    super(url, { perMessageDeflate: false, maxPayload: WireLimits.maxInboundFrameBytes });
+  constructor(url: string, tls?: { readonly ca: string | Buffer | (string | Buffer)[] }) {
+    super(url, { perMessageDeflate: false, maxPayload: WireLimits.maxInboundFrameBytes, ...(tls ? { ca: tls.ca } : {}) });
   }
 
   /**
@@ -35,8 +35,34 @@ export class RelayWebSocket extends WebSocket {
   }
 }
 
-export type NodeClientOptions = Omit<KeelClientOptions, 'WebSocket' | 'storage' | 'localData'> &
-  (
+/**
+ * How a Node client checks a `wss://` relay's certificate. Without it, Node's bundled root CAs
+ * (and `NODE_EXTRA_CA_CERTS`) decide, as for any HTTPS request.
+ */
+export interface NodeTlsOptions {
+  /**
+   * The certificates this client trusts for the relay, PEM: a private CA's, or a self-signed
+   * relay certificate itself. They replace the bundled roots for this client's connections only;
+   * verification (chain and host name) stays on. Nothing process-wide changes.
+   */
+  readonly ca: string | Buffer | readonly (string | Buffer)[];
+}
+
+/** A WebSocket class whose connections trust `tls.ca` only, or the plain one without it. */
+const socketClass = (tls: NodeTlsOptions | undefined): new (url: string) => RelayWebSocket => {
+  if (tls === undefined) return RelayWebSocket;
+  const ca = typeof tls.ca === 'string' || Buffer.isBuffer(tls.ca) ? tls.ca : [...tls.ca];
+  return class extends RelayWebSocket {
+    constructor(url: string) {
+      super(url, { ca });
+    }
+  };
+};
+
+export type NodeClientOptions = Omit<KeelClientOptions, 'WebSocket' | 'storage' | 'localData'> & {
+  /** Certificate trust for a `wss://` relay (a private CA in tests or on-premises); default Node's roots. */
+  readonly tls?: NodeTlsOptions;
+} & (
     | { readonly storage: ClientStore }
     /** A SQLite file the client opens and owns: closed with the client, deleted by `signOut({ wipe: true })`. */
     | { readonly sqlitePath: string }
@@ -48,12 +74,14 @@ export type NodeClientOptions = Omit<KeelClientOptions, 'WebSocket' | 'storage' 
  * the client opens itself (`sqlitePath`).
  */
 export const createNodeClient = async (options: NodeClientOptions): Promise<KeelClient> => {
-  if (!('sqlitePath' in options)) return createClient({ ...options, WebSocket: RelayWebSocket });
-  const { sqlitePath, ...rest } = options;
+  const { tls, ...clientOptions } = options;
+  const WebSocketImpl = socketClass(tls);
+  if (!('sqlitePath' in clientOptions)) return createClient({ ...clientOptions, WebSocket: WebSocketImpl });
+  const { sqlitePath, ...rest } = clientOptions;
   const storage = openSqliteClientStore(sqlitePath);
   let client: KeelClient;
   try {
-    client = await createClient({ ...rest, storage, localData: sqliteFiles(storage, sqlitePath), WebSocket: RelayWebSocket });
+    client = await createClient({ ...rest, storage, localData: sqliteFiles(storage, sqlitePath), WebSocket: WebSocketImpl });
   } catch (error) {
     await storage.close();
     throw error;

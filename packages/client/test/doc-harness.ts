@@ -53,6 +53,8 @@ export const open = async (
     onProgress: () => {},
     onRefetch: (s) => refetches.push(s.lastSeq),
     onError: (error) => errors.push(error),
+    onCrisisApplied: () => {},
+    onLaneMismatch: () => {},
   });
   return { sync, errors, refetches };
 };

@@ -53,6 +53,8 @@ export type {
   RelayFrame,
   HelloFrame,
   PushFrame,
+  ReceiptFrame,
+  ReportFrame,
   AckFrame,
   UpdatesFrame,
   UpdatesItem,
@@ -112,7 +114,7 @@ export {
   resolveTierMatrix,
 } from './policy/tiers.js';
 export type { TierName, TierPolicy, TierMatrix, TierOverrides } from './policy/tiers.js';
-export { effectivePriority } from './policy/priority.js';
+export { effectivePriority, laneCeiling, laneFits, mayHoldCrisisAssessment } from './policy/priority.js';
 export type { PriorityInput } from './policy/priority.js';
 export {
   Phq9AnswersSchema,

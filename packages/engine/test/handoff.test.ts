@@ -169,7 +169,7 @@ describe('device rank', () => {
   const now = 100_000;
   const first = (...ps: PresenceRecord[]) => rankDevices(ps, now)[0]!.device;
 
-  it('follows DESIGN.md: therapeutic session, crisis mode, recent activity, primary, subscription', () => {
+  it('follows docs/design.md: therapeutic session, crisis mode, recent activity, primary, subscription', () => {
     const breathingSession = { sessionId: 's', kind: 'breathing' } as const;
     // Each criterion beats every later one.
     expect(first(presence(A, { session: breathingSession, lastActiveAt: now - 10_000 }), presence(B, { crisisMode: true, primary: true, subscriptionHolder: true }))).toBe(A);

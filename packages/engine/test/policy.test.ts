@@ -10,6 +10,9 @@ import {
   detectCrisis,
   effectivePriority,
   isComplete,
+  laneCeiling,
+  laneFits,
+  mayHoldCrisisAssessment,
   parseAssessment,
   resolveTierMatrix,
   scoreGad7,
@@ -21,32 +24,29 @@ const KiB = 1024;
 const MiB = 1024 * 1024;
 
 describe('tier matrix', () => {
-  it('DEFAULT_TIERS carries DESIGN.md\'s numbers exactly', () => {
-    // Transcribed by hand from DESIGN.md "Subscription tiers"; a change there must change this.
+  it('DEFAULT_TIERS carries docs/design.md\'s numbers exactly', () => {
+    // Transcribed by hand from docs/design.md "Subscription tiers" (less uptime and error tolerance,
+    // which no relay can attest to); a change there must change this.
     expect(DEFAULT_TIERS).toEqual({
       trial: {
         tierPriority: 3, maxConcurrent: 2, batchWindowMs: 30_000, bandwidthBytesPerSec: 50 * KiB,
         maxSyncBytes: 10 * MiB, dailyBytes: 100 * MiB, offlineQueueLimit: 20, realtime: false,
         crossDevice: false, conflictResolution: 'manual', escalation: false, maxResponseMs: 30_000,
-        uptime: 0.95, errorTolerancePerHour: 10,
       },
       basic: {
         tierPriority: 4, maxConcurrent: 3, batchWindowMs: 5_000, bandwidthBytesPerSec: 200 * KiB,
         maxSyncBytes: 50 * MiB, dailyBytes: 500 * MiB, offlineQueueLimit: 50, realtime: false,
         crossDevice: true, conflictResolution: 'automatic', escalation: false, maxResponseMs: 5_000,
-        uptime: 0.98, errorTolerancePerHour: 5,
       },
       grace_period: {
         tierPriority: 5, maxConcurrent: 5, batchWindowMs: 1_000, bandwidthBytesPerSec: 100 * KiB,
         maxSyncBytes: 25 * MiB, dailyBytes: 250 * MiB, offlineQueueLimit: 75, realtime: false,
         crossDevice: true, conflictResolution: 'automatic', escalation: false, maxResponseMs: 2_000,
-        uptime: 0.99, errorTolerancePerHour: 3,
       },
       premium: {
         tierPriority: 7, maxConcurrent: 10, batchWindowMs: 0, bandwidthBytesPerSec: null,
         maxSyncBytes: null, dailyBytes: null, offlineQueueLimit: 200, realtime: true,
         crossDevice: true, conflictResolution: 'automatic', escalation: true, maxResponseMs: 500,
-        uptime: 0.999, errorTolerancePerHour: 1,
       },
     });
     expect(DEFAULT_TIERS.trial.bandwidthBytesPerSec).toBe(51_200);
@@ -77,7 +77,8 @@ describe('tier matrix', () => {
       [{ trial: { batchWindow: 4 } }, /trial\.batchWindow: unknown field/],
       [{ basic: { maxConcurrent: 0 } }, /basic\.maxConcurrent/],
       [{ basic: { tierPriority: 11 } }, /basic\.tierPriority/],
-      [{ premium: { uptime: 1.5 } }, /premium\.uptime/],
+      [{ premium: { uptime: 0.999 } }, /premium\.uptime: removed/],
+      [{ premium: { maxResponseMs: 0 } }, /premium\.maxResponseMs/],
       [{ trial: { bandwidthBytesPerSec: -1 } }, /trial\.bandwidthBytesPerSec/],
       [{ trial: { conflictResolution: 'sometimes' } }, /trial\.conflictResolution/],
       [{ grace_period: { batchWindowMs: 1.5 } }, /grace_period\.batchWindowMs/],
@@ -121,7 +122,7 @@ describe('effectivePriority', () => {
       ...(extra.crisisAssessment === undefined ? {} : { crisisAssessment: extra.crisisAssessment }),
     });
 
-  it('follows the table of DESIGN.md rules', () => {
+  it('follows the table of docs/design.md rules', () => {
     // [class, tier, flags, expected]
     const table: [DocClass, TierName, Parameters<typeof at>[2], number][] = [
       // Crisis classes keep their base on every tier.
@@ -180,6 +181,32 @@ describe('effectivePriority', () => {
       }),
       { seed: 5, numRuns: 300 },
     );
+  });
+});
+
+describe('lane ceilings', () => {
+  const classes = Object.keys(DOC_CLASS_PRIORITY) as DocClass[];
+
+  it('no honest device seals above its class’s ceiling, whatever its tier and state (property)', () => {
+    fc.assert(
+      fc.property(fc.constantFrom(...classes), fc.constantFrom(...TIER_NAMES), fc.boolean(), fc.boolean(), fc.boolean(), (docClass, tier, crisisMode, sessionActive, flagged) => {
+        // The client flags a crisis assessment only in classes that may hold one.
+        const crisisAssessment = flagged && mayHoldCrisisAssessment(docClass);
+        const lane = effectivePriority({ docClass, tier, policy: DEFAULT_TIERS[tier], crisisMode, sessionActive, crisisAssessment });
+        expect(laneFits(docClass, lane)).toBe(true);
+      }),
+      { seed: 8, numRuns: 300 },
+    );
+  });
+
+  it('is the base of every class but assessments, which may reach CRISIS_ASSESSMENT; nothing bulk fits a crisis lane', () => {
+    expect(laneCeiling('assessment')).toBe(Priority.CRISIS_ASSESSMENT);
+    expect(laneCeiling('safety_plan')).toBe(Priority.CRISIS_EMERGENCY);
+    expect(laneCeiling('breathing_session')).toBe(Priority.THERAPEUTIC_ACTIVE);
+    for (const docClass of classes) {
+      if (docClass !== 'assessment') expect(laneCeiling(docClass)).toBe(DOC_CLASS_PRIORITY[docClass]);
+      if (DOC_CLASS_PRIORITY[docClass] < Priority.ASSESSMENT_DATA) expect(laneFits(docClass, Priority.CRISIS_ASSESSMENT)).toBe(false);
+    }
   });
 });
 

@@ -7,6 +7,7 @@ import { ENV_VARS, PriceTiersSchema, type RelayConfig, RelayConfigSchema } from 
 import { type Logger, createJsonLogger } from './log.js';
 import { createLogThrottle } from './log-throttle.js';
 import { startRelay } from './server/relay-server.js';
+import { readTlsCredentials } from './server/tls-credentials.js';
 import { openSqliteStore } from './storage/sqlite-store.js';
 
 const USAGE = `usage: keel-relay [serve] [options]
@@ -29,6 +30,14 @@ serve options:
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
   --registration <mode> open: anyone may create a user; token: a new user's first device must
                         present a signup token ("signup-token create")  (${ENV_VARS.registration}, default open)
+  --tls-cert <file>     PEM certificate chain: serve https:// and wss:// (${ENV_VARS.tlsCert}; needs --tls-key)
+  --tls-key <file>      PEM private key of the certificate       (${ENV_VARS.tlsKey});
+                        SIGHUP reads both files again (after a renewal) without dropping devices
+  --trusted-proxy <ip>  the reverse proxy whose X-Forwarded-For names the client's address for
+                        per-address limits (${ENV_VARS.trustedProxy}; ignored from any other peer)
+  --alert-url <url>     POST signed operator alerts here          (${ENV_VARS.alertUrl}; needs ${ENV_VARS.alertSecret})
+  --metrics-token <t>   bearer token GET /metrics requires        (${ENV_VARS.metricsToken}; prefer the variable:
+                        flags show in ps. Without a token /metrics answers only on a loopback-bound relay)
   -h, --help            show this help
 
 environment only: ${ENV_VARS.adminToken} (enables operator commands; also read by "tier"),
@@ -38,7 +47,9 @@ environment only: ${ENV_VARS.adminToken} (enables operator commands; also read b
 
 bounds on what one connection or user may make the relay hold (environment only):
   ${ENV_VARS.preAuthMaxBytes} (8192: a frame before authentication),
-  ${ENV_VARS.maxPendingConnections} (1024 unauthenticated), ${ENV_VARS.maxConnectionsPerUser} (32),
+  ${ENV_VARS.maxPendingConnections} (1024 unauthenticated), ${ENV_VARS.maxPendingPerAddress} (256 of them per address),
+  ${ENV_VARS.addressConnectBurst} (128 new connections at once per address, then 429), ${ENV_VARS.addressConnectPerSecond} (32/s),
+  ${ENV_VARS.maxConnectionsPerUser} (32),
   ${ENV_VARS.maxSubscriptions} (4096 per connection), ${ENV_VARS.maxOutboundBytes} (16 MiB queued to a device
   that does not read, then 4007), ${ENV_VARS.maxDevicesPerUser} (32 live), ${ENV_VARS.maxRegistrationsPerUser} (256),
   ${ENV_VARS.maxEpochsPerUser} (256), ${ENV_VARS.maxPairingsPerDevice} (4 open codes per connection),
@@ -48,6 +59,11 @@ bounds on what one connection or user may make the relay hold (environment only)
 payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),
   ${ENV_VARS.webhookToleranceSeconds} (default 300), grace periods in ms: ${ENV_VARS.gracePremiumMs} (14 days),
   ${ENV_VARS.graceBasicMs} (7 days), ${ENV_VARS.graceWindowMs} (90 days), ${ENV_VARS.graceFloorMs} (1 day)
+
+crisis SLA (environment only): ${ENV_VARS.alertSecret} (HMAC key of the keel-signature header on alert
+  POSTs), ${ENV_VARS.crisisReceiptTimeoutMs} (5000: a connected device that has not confirmed a crisis
+  entry by then raises crisis_receipt_missing). A crisis entry applied more than 200 ms after it reached
+  the relay raises crisis_sla_breach; every alert is an error log line and a metric as well.
 
 HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnected):
   ${ENV_VARS.httpHeadersTimeoutMs} (10000), ${ENV_VARS.httpRequestTimeoutMs} (30000; not below
@@ -77,6 +93,11 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
   registration: 'registration',
+  tlsCert: 'tls-cert',
+  tlsKey: 'tls-key',
+  trustedProxy: 'trusted-proxy',
+  alertUrl: 'alert-url',
+  metricsToken: 'metrics-token',
 };
 
 /** Exit status for a usage error, as BSD's sysexits EX_USAGE. */
@@ -105,6 +126,11 @@ const parse = (argv: string[]) => {
         'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
         registration: { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'trusted-proxy': { type: 'string' },
+        'alert-url': { type: 'string' },
+        'metrics-token': { type: 'string' },
         url: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -189,9 +215,17 @@ const watchProcessFailures = (log: Logger): void => {
   });
 };
 
+/** The certificate and key parse and fit each other, or the start is a usage error naming the file. */
+const checkTls = (config: RelayConfig): void => {
+  if (config.tlsCert === undefined || config.tlsKey === undefined) return;
+  const loaded = readTlsCredentials(config.tlsCert, config.tlsKey);
+  if (!loaded.ok) usageError(loaded.message);
+};
+
 const serve = async (input: RelayConfig): Promise<void> => {
   const config = readPriceTiers(input);
   const tiers = readTiers(config.tiersFile);
+  checkTls(config);
   const log = createJsonLogger((line) => process.stdout.write(line), config.logLevel);
   watchProcessFailures(log);
   let store;
@@ -201,7 +235,16 @@ const serve = async (input: RelayConfig): Promise<void> => {
     process.stderr.write(`keel-relay: cannot open database ${config.db}: ${error instanceof Error ? error.message : String(error)}\n`);
     process.exit(1);
   }
+  // SIGHUP (systemctl reload) re-reads a renewed certificate. Listened to before the relay
+  // starts: the signal's default would stop the process, also while it is still starting.
+  let started: Awaited<ReturnType<typeof startRelay>> | undefined;
+  process.on('SIGHUP', () => {
+    if (config.tlsCert === undefined) log.log('info', 'SIGHUP: nothing to reload without TLS');
+    else if (started) started.reloadTls();
+    else log.log('info', 'SIGHUP while starting: the certificate is being read anyway');
+  });
   const relay = await startRelay(tiers ? { config, store, log, tiers } : { config, store, log });
+  started = relay;
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -1,5 +1,7 @@
+import { constants, accessSync, statSync } from 'node:fs';
 import { type RelayId, RelayIdSchema, TierNameSchema, WireLimits } from '@keel/engine';
 import * as z from 'zod';
+import { canonicalIp } from './server/client-address.js';
 
 /** An integer setting that may arrive as text (flags, environment), with a readable error. */
 const int = (what: string, min: number, max: number) =>
@@ -34,6 +36,24 @@ const jsonText = <T extends z.ZodType>(schema: T) =>
       return Symbol('not JSON');
     }
   }, schema);
+
+/** True when `path` is a regular file this process may read (checked at start, not at the first handshake). */
+const isReadableFile = (path: string): boolean => {
+  try {
+    accessSync(path, constants.R_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+};
+
+/** A PEM file the relay reads at start: its path, which must name a readable file. */
+const pemFile = (what: string) =>
+  z
+    .string()
+    .min(1, `${what} must be a file path`)
+    .max(4096)
+    .refine(isReadableFile, { error: (issue) => `${what} ${JSON.stringify(issue.input)} is not a readable file` });
 
 /** Relay configuration: defaults here, overridden by environment, overridden by CLI flags. */
 export const RelayConfigSchema = z.strictObject({
@@ -71,9 +91,15 @@ export const RelayConfigSchema = z.strictObject({
   snapshotRetentionMs: int('snapshot retention', 0, 365 * 86_400_000).default(86_400_000),
   /** Bearer token for operator commands (`keel-relay tier set`); admin endpoints are off without it. */
   adminToken: z.string().min(24, 'admin token must be at least 24 characters').max(512).optional(),
+  /**
+   * Bearer token for `GET /metrics`. Without one, /metrics answers only on a relay bound to a
+   * loopback address (the scraper runs on the same host); a relay bound to any other address
+   * refuses it (403) until a token is set, as its gauges tell when users' devices are online.
+   */
+  metricsToken: z.string().min(24, 'metrics token must be at least 24 characters').max(512).regex(/^[\x21-\x7e]+$/, 'metrics token must be printable ASCII without spaces').optional(),
   /** Tier of users no payment event or operator has set; the free tier unless a deployment says otherwise. */
   defaultTier: TierNameSchema.default('trial'),
-  /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; DESIGN.md's matrix otherwise. */
+  /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; docs/design.md's matrix otherwise. */
   tiersFile: z.string().min(1).optional(),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /**
@@ -94,6 +120,12 @@ export const RelayConfigSchema = z.strictObject({
   preAuthMaxBytes: int('pre-auth frame limit', 1024, 64 * 1024).default(8 * 1024),
   /** Unauthenticated connections at once; more are refused (1013) until some authenticate or time out. */
   maxPendingConnections: int('max pending connections', 1, 1_000_000).default(1024),
+  /** New WebSocket connections one address (IPv4, or IPv6 /64) may open at once; past it the upgrade is answered 429. */
+  addressConnectBurst: int('connections per address burst', 1, 1_000_000).default(128),
+  /** New WebSocket connections per second one address may open, sustained. */
+  addressConnectPerSecond: int('connections per address per second', 1, 1_000_000).default(32),
+  /** Unauthenticated connections of one address at once (a share of max pending connections). */
+  maxPendingPerAddress: int('max pending connections per address', 1, 1_000_000).default(256),
   /** Authenticated connections of one user at once. */
   maxConnectionsPerUser: int('max connections per user', 1, 10_000).default(32),
   /** Documents one connection may be subscribed to at once. */
@@ -112,7 +144,7 @@ export const RelayConfigSchema = z.strictObject({
   crisisAnomalyBytes: int('crisis anomaly threshold', 1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
   /** Crisis-lane bytes of one device per UTC day past which crisis envelopes are deferred (a disk-safety bound). */
   crisisCeilingBytes: int('crisis ceiling', 1024, 64 * 1024 * 1024 * 1024).default(1024 * 1024 * 1024),
-  /** First grace period of a premium user (ms); DESIGN.md: 14 days. */
+  /** First grace period of a premium user (ms); docs/design.md: 14 days. */
   gracePremiumMs: int('premium grace period', 1, YEAR_MS).default(14 * DAY_MS),
   /** First grace period of a basic user (ms): 7 days. */
   graceBasicMs: int('basic grace period', 1, YEAR_MS).default(7 * DAY_MS),
@@ -120,6 +152,16 @@ export const RelayConfigSchema = z.strictObject({
   graceWindowMs: int('grace failure window', 0, 10 * YEAR_MS).default(90 * DAY_MS),
   /** Shortest grace period after repeated failures (ms): 1 day. */
   graceFloorMs: int('grace floor', 1, YEAR_MS).default(DAY_MS),
+  // ── Operator alerts (crisis SLA breaches, missing receipts, crisis-lane anomalies) ──
+  /** Where alerts are POSTed, signed with `alertSecret`; without it alerts are an error log line and a metric. */
+  alertUrl: z
+    .url({ protocol: /^https?$/, error: 'alert URL must be an http(s) URL' })
+    .max(2048)
+    .optional(),
+  /** HMAC-SHA256 key of the `keel-signature` header on alert POSTs. */
+  alertSecret: z.string().min(16, 'alert secret must be at least 16 characters').max(512).optional(),
+  /** How long a connected device may take to confirm a crisis entry before the receipt counts as missing (ms). */
+  crisisReceiptTimeoutMs: int('crisis receipt timeout', 200, 600_000).default(5_000),
   // HTTP edge: how long a client may take to send a request (slow-loris defence). Not 0: Node
   // would take that as "never time out".
   /** Until a request's headers are complete (ms); Node's `headersTimeout`, answered 408 and closed. */
@@ -128,10 +170,45 @@ export const RelayConfigSchema = z.strictObject({
   httpRequestTimeoutMs: int('HTTP request timeout', 100, 3_600_000).default(30_000),
   /** Until an admin or webhook body is in, counted from when the relay starts reading it (ms); 408 and closed. */
   httpBodyTimeoutMs: int('HTTP body timeout', 100, 600_000).default(10_000),
+  // ── TLS and proxies (docs/deployment.md) ──
+  /** PEM certificate chain: with `tlsKey`, the relay serves https:// and wss:// on its one port. */
+  tlsCert: pemFile('TLS certificate').optional(),
+  /** PEM private key of `tlsCert`. Keep it readable by the relay's user only. */
+  tlsKey: pemFile('TLS key').optional(),
+  /**
+   * The one peer (a reverse proxy on this host, e.g. 127.0.0.1) whose X-Forwarded-For header
+   * names the client's address for per-address limits (new connections, failed admin logins);
+   * from any other peer the header is ignored. Without it every request counts against the
+   * socket's address, which behind a proxy is the proxy's: every device would share one budget.
+   */
+  trustedProxy: z
+    .string()
+    .max(64)
+    .transform((value, ctx) => {
+      const ip = canonicalIp(value.trim());
+      if (ip === undefined) {
+        ctx.addIssue({ code: 'custom', message: 'trusted proxy must be one IPv4 or IPv6 address (no names, no ranges)' });
+        return z.NEVER;
+      }
+      return ip;
+    })
+    .optional(),
+}).superRefine((config, ctx) => {
+  // Half a TLS configuration would silently serve plain ws://; refuse it instead.
+  if ((config.tlsCert === undefined) !== (config.tlsKey === undefined)) {
+    ctx.addIssue({
+      code: 'custom',
+      path: [config.tlsCert === undefined ? 'tlsCert' : 'tlsKey'],
+      message: 'TLS needs both a certificate and its key (or neither, for plain ws:// behind a proxy)',
+    });
+  }
 }).superRefine((config, ctx) => {
   // Otherwise the floor would lengthen a first grace period beyond its configured base.
   if (config.crisisAnomalyBytes > config.crisisCeilingBytes) {
     ctx.addIssue({ code: 'custom', path: ['crisisAnomalyBytes'], message: 'the crisis anomaly threshold must not be above the crisis ceiling' });
+  }
+  if (config.alertUrl !== undefined && config.alertSecret === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['alertSecret'], message: 'an alert URL needs an alert secret to sign with' });
   }
   if (config.preAuthMaxBytes > config.maxPayloadBytes) {
     ctx.addIssue({ code: 'custom', path: ['preAuthMaxBytes'], message: 'the pre-auth frame limit must not be above the frame limit' });
@@ -175,6 +252,7 @@ export const ENV_VARS = {
   snapshotRetentionMs: 'KEEL_RELAY_SNAPSHOT_RETENTION_MS',
   synchronous: 'KEEL_RELAY_SYNCHRONOUS',
   adminToken: 'KEEL_RELAY_ADMIN_TOKEN',
+  metricsToken: 'KEEL_RELAY_METRICS_TOKEN',
   tiersFile: 'KEEL_RELAY_TIERS_FILE',
   defaultTier: 'KEEL_RELAY_DEFAULT_TIER',
   logLevel: 'KEEL_RELAY_LOG_LEVEL',
@@ -185,6 +263,9 @@ export const ENV_VARS = {
   priceTiersFile: 'KEEL_RELAY_PRICE_TIERS_FILE',
   preAuthMaxBytes: 'KEEL_RELAY_PREAUTH_MAX_BYTES',
   maxPendingConnections: 'KEEL_RELAY_MAX_PENDING_CONNECTIONS',
+  addressConnectBurst: 'KEEL_RELAY_ADDRESS_CONNECT_BURST',
+  addressConnectPerSecond: 'KEEL_RELAY_ADDRESS_CONNECT_PER_SECOND',
+  maxPendingPerAddress: 'KEEL_RELAY_MAX_PENDING_PER_ADDRESS',
   maxConnectionsPerUser: 'KEEL_RELAY_MAX_CONNECTIONS_PER_USER',
   maxSubscriptions: 'KEEL_RELAY_MAX_SUBSCRIPTIONS',
   maxOutboundBytes: 'KEEL_RELAY_MAX_OUTBOUND_BYTES',
@@ -198,7 +279,13 @@ export const ENV_VARS = {
   graceBasicMs: 'KEEL_RELAY_GRACE_BASIC_MS',
   graceWindowMs: 'KEEL_RELAY_GRACE_WINDOW_MS',
   graceFloorMs: 'KEEL_RELAY_GRACE_FLOOR_MS',
+  alertUrl: 'KEEL_RELAY_ALERT_URL',
+  alertSecret: 'KEEL_RELAY_ALERT_SECRET',
+  crisisReceiptTimeoutMs: 'KEEL_RELAY_CRISIS_RECEIPT_TIMEOUT_MS',
   httpHeadersTimeoutMs: 'KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS',
   httpRequestTimeoutMs: 'KEEL_RELAY_HTTP_REQUEST_TIMEOUT_MS',
   httpBodyTimeoutMs: 'KEEL_RELAY_HTTP_BODY_TIMEOUT_MS',
+  tlsCert: 'KEEL_RELAY_TLS_CERT',
+  tlsKey: 'KEEL_RELAY_TLS_KEY',
+  trustedProxy: 'KEEL_RELAY_TRUSTED_PROXY',
 } as const satisfies Record<keyof RelayConfig, string>;

@@ -8,3 +8,5 @@ export type { SqliteStoreOptions, Synchronous } from './storage/sqlite-store.js'
 export type { RelayStore, DeviceRecord, LogEntry, AppendRequest, AppendOutcome } from './storage/relay-store.js';
 export { createJsonLogger, silentLogger } from './log.js';
 export type { Logger, LogLevel, LogFields } from './log.js';
+export type { RelayEvents, RelayEventMap, RelayEventName, RelayEventListener, ConnId } from './events/relay-events.js';
+export type { RelayMetrics } from './observe/metrics.js';

@@ -7,6 +7,12 @@ export interface LogThrottleDeps {
   readonly log: Logger;
   readonly now: () => number;
   readonly intervalMs?: number;
+  /**
+   * Keys remembered at most. Past it the oldest key is forgotten (its pending suppressed line
+   * written first), so keys may name a pseudonymous device without memory growing with traffic.
+   * Unbounded when absent: keys must then come from a fixed set.
+   */
+  readonly maxKeys?: number;
 }
 
 /**
@@ -55,8 +61,15 @@ export const createLogThrottle = (deps: LogThrottleDeps): LogThrottle => {
       const next: KeyState = state ?? { lastAt: at, suppressed: 0, last: { level, msg, fields } };
       next.lastAt = at;
       next.last = { level, msg, fields };
+      // Re-inserted, so the map's order is by last line written: the first key is the stalest.
+      keys.delete(key);
       keys.set(key, next);
       write(next, next.suppressed);
+      if (deps.maxKeys !== undefined && keys.size > deps.maxKeys) {
+        const [oldestKey, oldest] = keys.entries().next().value!;
+        keys.delete(oldestKey);
+        if (oldest.suppressed > 0) write(oldest, oldest.suppressed - 1);
+      }
     },
     flush() {
       for (const state of keys.values()) {

@@ -5,51 +5,17 @@ import { DEFAULT_TIERS, type UserId, cryptoReady, deriveUserKeys, generateRootKe
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { verifyAuditRows } from '../src/audit/audit-chain.js';
 import { createEntitlements } from '../src/entitlements/entitlements.js';
-import { DEFAULT_GRACE_POLICY, type GracePolicy, type TimerDeps, createGraceTimers, graceLengthMs } from '../src/entitlements/grace.js';
+import { DEFAULT_GRACE_POLICY, type GracePolicy, createGraceTimers, graceLengthMs } from '../src/entitlements/grace.js';
 import { type PaymentState, expireGrace, nextPaymentState } from '../src/entitlements/payment-state.js';
 import { type PaymentProcessor, createPaymentProcessor } from '../src/entitlements/payments.js';
 import { silentLogger } from '../src/log.js';
 import type { GraceRecord, RelayStore } from '../src/storage/relay-store.js';
 import { openSqliteStore } from '../src/storage/sqlite-store.js';
 import type { PaymentEvent } from '../src/webhooks/stripe-events.js';
+import { createFakeClock } from './fake-clock.js';
 
 const DAY = 24 * 60 * 60 * 1000;
 const T0 = Date.UTC(2026, 10, 1);
-
-/** A clock and timer queue that move only when told to. */
-const createFakeClock = (start: number) => {
-  let now = start;
-  let nextId = 0;
-  const due = new Map<number, { at: number; fn: () => void }>();
-  const timers: TimerDeps = {
-    now: () => now,
-    setTimeout: (fn, ms) => {
-      const id = ++nextId;
-      due.set(id, { at: now + Math.max(0, ms), fn });
-      return id;
-    },
-    clearTimeout: (handle) => void due.delete(handle as number),
-  };
-  return {
-    timers,
-    now: () => now,
-    pending: () => due.size,
-    /** Moves time forward, firing each timer at its moment, in order; `settle` runs after each. */
-    async advance(ms: number, settle: () => Promise<void> = async () => {}) {
-      const end = now + ms;
-      for (let guard = 0; guard < 10_000; guard++) {
-        let next: [number, { at: number; fn: () => void }] | undefined;
-        for (const entry of due) if (entry[1].at <= end && (!next || entry[1].at < next[1].at)) next = entry;
-        if (!next) break;
-        due.delete(next[0]);
-        now = next[1].at;
-        next[1].fn();
-        await settle();
-      }
-      now = end;
-    },
-  };
-};
 
 describe('grace length', () => {
   it('halves per further failure in the window and never drops under the floor', () => {

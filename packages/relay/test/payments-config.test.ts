@@ -8,7 +8,7 @@ const issues = (input: Record<string, unknown>) => {
 };
 
 describe('payment settings', () => {
-  it('defaults to DESIGN.md’s grace periods, Stripe’s tolerance, no secret and no prices', () => {
+  it('defaults to docs/design.md’s grace periods, Stripe’s tolerance, no secret and no prices', () => {
     const config = RelayConfigSchema.parse({});
     expect(config).toMatchObject({
       webhookToleranceSeconds: 300,

@@ -7,10 +7,13 @@ import {
   ErrorCode,
   type KeelError,
   type Lane,
+  type Seq,
   WireLimits,
   basePriority,
   isCrisisClass,
   isCrisisLane,
+  laneCeiling,
+  laneFits,
   decodeSnapshotPayload,
   decryptEnvelope,
   encodeSnapshotPayload,
@@ -108,6 +111,10 @@ export interface DocSyncDeps {
    */
   readonly onRefetch: (sync: DocSync) => void;
   readonly onError: (error: KeelError & { doc: DocId }) => void;
+  /** Crisis-lane log entries were applied to the live document (the relay times them: its crisis SLA watch). */
+  readonly onCrisisApplied: (doc: DocId, seqs: readonly Seq[]) => void;
+  /** A signed envelope was refused for a lane above its class's ceiling: the relay audits the report. */
+  readonly onLaneMismatch: (report: { readonly doc: DocId; readonly device: DeviceId; readonly counter: number; readonly lane: Lane }) => void;
 }
 
 const keys = (docId: DocId) => ({
@@ -549,6 +556,7 @@ export class DocSync {
     const perEnvelope = this.#deps.maxInflatedBytes();
     let inflateLeft = FRAME_INFLATE_LIMITS * perEnvelope;
     let refetch = false;
+    const crisisApplied: Seq[] = [];
     for (const item of items) {
       const { seq } = item;
       if (seq <= this.#meta.lastSeq || this.#meta.ahead.includes(seq)) continue;
@@ -574,6 +582,10 @@ export class DocSync {
         if (error.code === ErrorCode.COUNTER_GAP && this.#rewindFor(env.device)) refetch = true;
         // Signed by its author, who is revoked: refused for good, so it does not hold the document back.
         if (error.code === ErrorCode.DEVICE_REVOKED) markSeq(this.#meta, seq);
+        continue;
+      }
+      if (!laneFits(this.docClass, env.lane)) {
+        this.#refuseLane(env, seq);
         continue;
       }
       const maxInflatedBytes = Math.min(perEnvelope, inflateLeft);
@@ -615,6 +627,7 @@ export class DocSync {
           continue;
         }
         applied.push(whole.update);
+        if (isCrisisLane(whole.lane)) crisisApplied.push(...(whole.seqs as Seq[]));
       }
       if ((this.#meta.authors[env.device] ?? 0) < whole.last) {
         this.#meta.authors[env.device] = whole.last;
@@ -623,6 +636,7 @@ export class DocSync {
       this.#meta.maxLane = Math.max(this.#meta.maxLane, whole.lane);
       for (const s of whole.seqs) markSeq(this.#meta, s);
     }
+    if (crisisApplied.length > 0) this.#deps.onCrisisApplied(this.docId, crisisApplied);
     return this.#enqueue(async () => {
       const ops: StorageOp[] = [...proofs];
       if (applied.length > 0) this.#stateOps(ops, applied.length === 1 ? applied[0]! : Y.mergeUpdates(applied));
@@ -729,6 +743,11 @@ export class DocSync {
       this.#deps.onError({ ...error, doc: this.docId });
       return Promise.resolve();
     }
+    if (!laneFits(this.docClass, env.lane)) {
+      // Not applied; the log after its base is fetched as it comes, so nothing is marked.
+      this.#reportLane(env);
+      return Promise.resolve();
+    }
     const opened = decryptEnvelope(env, this.#deps.keys.get(env.epoch)!, { maxInflatedBytes: this.#deps.maxInflatedBytes() });
     const payload = opened.ok ? decodeSnapshotPayload(opened.value) : opened;
     if (!payload.ok) {
@@ -818,6 +837,31 @@ export class DocSync {
       return { code: ErrorCode.COUNTER_GAP, message: `author ${env.device} jumped from #${last} to #${env.counter}: an update is missing` };
     }
     return undefined;
+  }
+
+  /**
+   * A signed envelope on a lane above its document's ceiling: refused for good (neither applied
+   * nor staged, and it never raises the lane a snapshot of this document inherits), and skipped
+   * with the rest of its update so it holds nothing back: its counters count as seen, so the
+   * author's next update follows on without a gap, and its seq as received.
+   */
+  #refuseLane(env: Envelope, seq: number): void {
+    this.#reportLane(env);
+    const last = env.counter - (env.part?.index ?? 0) + (env.part?.count ?? 1) - 1;
+    if ((this.#meta.authors[env.device] ?? 0) < last) {
+      this.#meta.authors[env.device] = last;
+      this.#meta.authorSeq[env.device] = Math.max(this.#meta.authorSeq[env.device] ?? 0, seq);
+    }
+    markSeq(this.#meta, seq);
+  }
+
+  #reportLane(env: Envelope): void {
+    this.#deps.onError({
+      code: ErrorCode.LANE_MISMATCH,
+      message: `${env.kind} ${env.device}#${env.counter} came on lane ${env.lane}, above the ${laneCeiling(this.docClass)} its document's class allows: refused`,
+      doc: this.docId,
+    });
+    this.#deps.onLaneMismatch({ doc: this.docId, device: env.device, counter: env.counter, lane: env.lane });
   }
 
   /** Right document, known epoch, a certified author, and that author's signature. */

@@ -4,7 +4,7 @@ import { describeIssues } from '../protocol/frames.js';
 import { type DeviceId, DeviceIdSchema } from '../protocol/ids.js';
 import { SessionIdSchema } from './session.js';
 
-/** Sessions a device can hold; breathing and MBCT are therapeutic (DESIGN.md, THERAPEUTIC_ACTIVE). */
+/** Sessions a device can hold; breathing and MBCT are therapeutic (docs/design.md, THERAPEUTIC_ACTIVE). */
 export const PresenceSessionKindSchema = z.enum(['breathing', 'mbct', 'assessment']);
 export type PresenceSessionKind = z.infer<typeof PresenceSessionKindSchema>;
 const THERAPEUTIC_KINDS: ReadonlySet<PresenceSessionKind> = new Set(['breathing', 'mbct']);
@@ -47,7 +47,7 @@ export const hasActiveTherapeuticSession = (p: PresenceRecord, now: number, stal
 
 /**
  * The sort key, compared element by element, larger first; the device id (ascending) breaks
- * the last ties, so the order is total. DESIGN.md: "an active therapeutic session first, then
+ * the last ties, so the order is total. docs/design.md: "an active therapeutic session first, then
  * crisis mode, recent activity, the primary device, the device that holds the subscription".
  * Recent activity orders live devices (the one used last wins — the person moved to it); idle
  * devices all rank below live ones and among themselves by primary, subscription, then recency.

@@ -1,7 +1,7 @@
 import * as z from 'zod';
 import type { Lane } from '../protocol/ids.js';
 
-/** Priority levels of DESIGN.md; higher syncs first. */
+/** Priority levels of docs/design.md; higher syncs first. */
 export const Priority = {
   CRISIS_EMERGENCY: 10,
   CRISIS_ASSESSMENT: 9,
@@ -16,7 +16,7 @@ export const Priority = {
 } as const satisfies Record<string, Lane>;
 export type Priority = (typeof Priority)[keyof typeof Priority];
 
-/** Write on device A → applied on device B, per priority (DESIGN.md). `null`: no deadline. */
+/** Write on device A → applied on device B, per priority (docs/design.md). `null`: no deadline. */
 export const SLA_MS: Readonly<Record<Priority, number | null>> = {
   10: 200,
   9: 200,

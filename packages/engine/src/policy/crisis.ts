@@ -22,7 +22,7 @@ export const AssessmentSchema = z.discriminatedUnion('kind', [
 export type Assessment = z.infer<typeof AssessmentSchema>;
 
 /**
- * Crisis thresholds of DESIGN.md (priority 9, CRISIS_ASSESSMENT): PHQ-9 total ≥ 20 ("severe"),
+ * Crisis thresholds of docs/design.md (priority 9, CRISIS_ASSESSMENT): PHQ-9 total ≥ 20 ("severe"),
  * any answer above 0 on PHQ-9 item 9, GAD-7 total ≥ 15 ("severe"). Item 9 applies as soon as it
  * is answered; the totals only to complete forms (a partial total is not the instrument's score).
  */

@@ -14,7 +14,7 @@ const OptionalByteLimitSchema = z.number().int().positive().nullable();
 
 /**
  * What one subscription tier allows. Crisis lanes (priority 9 and 10) ignore every number
- * here (DESIGN.md, "Rules that no tier changes").
+ * here (docs/design.md, "Rules that no tier changes").
  */
 export const TierPolicySchema = z.strictObject({
   /** Cap on the effective priority of non-crisis work. */
@@ -38,19 +38,22 @@ export const TierPolicySchema = z.strictObject({
   conflictResolution: z.enum(['manual', 'automatic']),
   /** An active therapeutic session may be escalated to priority 8. */
   escalation: z.boolean(),
-  /** Promised response time of the relay (ms). */
+  /**
+   * Promised response time of the relay (ms): a sync operation's time from its frame reaching
+   * the relay to its commit and acknowledgment. Measured on every operation, counted against the
+   * tier on `/metrics` (`keel_tier_response_violations_total`) and reported as SLA attainment per
+   * tier by `keel-relay audit report`. (The matrix once also held an uptime percentage and an
+   * error tolerance; a relay cannot attest to its own downtime and read neither, so they went:
+   * uptime is for an external monitor polling `/readyz`.)
+   */
   maxResponseMs: z.number().int().positive(),
-  /** Guaranteed uptime as a fraction, e.g. 0.999. */
-  uptime: z.number().min(0).max(1),
-  /** Errors per hour the relay tolerates from one device before it disconnects it. */
-  errorTolerancePerHour: z.number().int().min(0),
 });
 export type TierPolicy = z.infer<typeof TierPolicySchema>;
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
 
-/** The defaults of DESIGN.md's "Subscription tiers" table, number for number (KiB = 1024 B). */
+/** The defaults of docs/design.md's "Subscription tiers" table, number for number (KiB = 1024 B). */
 export const DEFAULT_TIERS: Readonly<Record<TierName, TierPolicy>> = Object.freeze({
   trial: Object.freeze({
     tierPriority: 3,
@@ -65,8 +68,6 @@ export const DEFAULT_TIERS: Readonly<Record<TierName, TierPolicy>> = Object.free
     conflictResolution: 'manual',
     escalation: false,
     maxResponseMs: 30_000,
-    uptime: 0.95,
-    errorTolerancePerHour: 10,
   }),
   basic: Object.freeze({
     tierPriority: 4,
@@ -81,8 +82,6 @@ export const DEFAULT_TIERS: Readonly<Record<TierName, TierPolicy>> = Object.free
     conflictResolution: 'automatic',
     escalation: false,
     maxResponseMs: 5_000,
-    uptime: 0.98,
-    errorTolerancePerHour: 5,
   }),
   grace_period: Object.freeze({
     tierPriority: 5,
@@ -97,8 +96,6 @@ export const DEFAULT_TIERS: Readonly<Record<TierName, TierPolicy>> = Object.free
     conflictResolution: 'automatic',
     escalation: false,
     maxResponseMs: 2_000,
-    uptime: 0.99,
-    errorTolerancePerHour: 3,
   }),
   premium: Object.freeze({
     tierPriority: 7,
@@ -113,8 +110,6 @@ export const DEFAULT_TIERS: Readonly<Record<TierName, TierPolicy>> = Object.free
     conflictResolution: 'automatic',
     escalation: true,
     maxResponseMs: 500,
-    uptime: 0.999,
-    errorTolerancePerHour: 1,
   }),
 });
 
@@ -130,7 +125,7 @@ export type TierMatrix = z.infer<typeof TierMatrixSchema>;
 const TierPolicyOverrideSchema = TierPolicySchema.partial();
 
 /**
- * An operator's config: per tier, the fields that differ from DESIGN.md's defaults. Strict, so
+ * An operator's config: per tier, the fields that differ from docs/design.md's defaults. Strict, so
  * a misspelt tier or field is an error rather than a silently ignored setting.
  */
 export const TierOverridesSchema = z.strictObject({
@@ -141,13 +136,18 @@ export const TierOverridesSchema = z.strictObject({
 });
 export type TierOverrides = z.infer<typeof TierOverridesSchema>;
 
+/** Fields older configs may still carry: named as removed, not as typos. */
+const REMOVED_FIELDS = new Set(['uptime', 'errorTolerancePerHour']);
+
 /** Names every failing path, so an operator can find the line in their config. */
 const describeConfigIssues = (error: z.ZodError): string => {
   const parts: string[] = [];
   for (const issue of error.issues) {
     const at = issue.path.map(String).join('.');
     if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) parts.push(`${at ? `${at}.` : ''}${key}: unknown ${at ? 'field' : 'tier'}`);
+      for (const key of issue.keys) {
+        parts.push(`${at ? `${at}.` : ''}${key}: ${at && REMOVED_FIELDS.has(key) ? 'removed (a relay cannot attest to it; monitor /readyz from outside)' : `unknown ${at ? 'field' : 'tier'}`}`);
+      }
     } else {
       parts.push(`${at || '(root)'}: ${issue.message}`);
     }

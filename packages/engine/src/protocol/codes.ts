@@ -51,6 +51,11 @@ export const ErrorCode = {
   UNKNOWN_EPOCH: 'UNKNOWN_EPOCH',
   /** A snapshot that covers no more than the relay's latest, or more than the log holds. */
   SNAPSHOT_REFUSED: 'SNAPSHOT_REFUSED',
+  /**
+   * An envelope on a lane above its document class's ceiling (bulk data labelled as crisis, say):
+   * refused by the receiving device, neither applied nor staged (device-side).
+   */
+  LANE_MISMATCH: 'LANE_MISMATCH',
   /** Awareness sealed more than 30 s from now, or not newer than one already applied from its device (a replay). */
   STALE: 'STALE',
   // Limits.

@@ -263,8 +263,37 @@ export const PushFrameSchema = z.strictObject({
  */
 export const PingFrameSchema = z.strictObject({ type: z.literal('ping'), id: z.number().int().min(0).max(0x7fff_ffff) });
 
+/**
+ * A device applied crisis-lane log entries of a document (to the live document, at once: crisis
+ * content is never staged): the relay times each from the push that carried it to this receipt,
+ * and raises an alert when one takes longer than the crisis SLA (200 ms) or never comes. Sent
+ * for every crisis-lane entry applied, live or caught up; the relay ignores those it does not
+ * wait for. Carries only seqs the relay already knows.
+ */
+export const ReceiptFrameSchema = z.strictObject({
+  type: z.literal('receipt'),
+  doc: DocIdSchema,
+  seqs: z.array(SeqSchema).min(1).max(WireLimits.maxEnvelopesPerFrame),
+});
+
+/**
+ * A device refused a signed envelope of its user for what the relay cannot see: its lane is above
+ * its document class's ceiling (LANE_MISMATCH: bulk data labelled as crisis). Reported so the
+ * relay can audit it and alert its operator; it names only ids the relay already holds.
+ */
+export const ReportFrameSchema = z.strictObject({
+  type: z.literal('report'),
+  code: z.literal('LANE_MISMATCH'),
+  doc: DocIdSchema,
+  device: DeviceIdSchema,
+  counter: CounterSchema,
+  lane: LaneSchema,
+});
+
 export const ClientFrameSchema = z.discriminatedUnion('type', [
   PingFrameSchema,
+  ReceiptFrameSchema,
+  ReportFrameSchema,
   AwarenessFrameSchema,
   HelloFrameSchema,
   AuthFrameSchema,
@@ -284,6 +313,8 @@ export const ClientFrameSchema = z.discriminatedUnion('type', [
 export type ClientFrame = z.infer<typeof ClientFrameSchema>;
 export type HelloFrame = z.infer<typeof HelloFrameSchema>;
 export type PushFrame = z.infer<typeof PushFrameSchema>;
+export type ReceiptFrame = z.infer<typeof ReceiptFrameSchema>;
+export type ReportFrame = z.infer<typeof ReportFrameSchema>;
 
 // ── relay → device ──────────────────────────────────────────────────────────────────────
 export const ChallengeFrameSchema = z.strictObject({

@@ -20,6 +20,8 @@ export interface CrisisLaneOptions {
   readonly fastPerSecond: number;
   readonly now: () => number;
   readonly log: Logger;
+  /** A device passed `anomalyBytes` today (told once per device per UTC day). */
+  readonly onAnomaly?: (user: UserId, device: DeviceId, bytes: number) => void;
 }
 
 interface Bucket {
@@ -68,6 +70,7 @@ export const createCrisisLane = (options: CrisisLaneOptions) => {
       if (before + bytes > options.anomalyBytes && !flagged.has(device)) {
         flagged.add(device);
         log.log('warn', 'crisis lane volume anomaly', { user, device, bytes: before + bytes, threshold: options.anomalyBytes });
+        options.onAnomaly?.(user, device, before + bytes);
       }
       return { day };
     },

@@ -6,9 +6,10 @@ import type { Entitlements } from '../entitlements/entitlements.js';
 import type { Logger } from '../log.js';
 import type { LogThrottle } from '../log-throttle.js';
 import { type AuthFailureLimits, addressKey, createAuthFailureLimiter } from './auth-failure-limiter.js';
+import { clientAddress } from './client-address.js';
 import { type AdminUnauthenticatedRefusal, HttpErrorCode } from './http-codes.js';
 import { readBody, sendJson } from './http-util.js';
-import type { RefusalCounters } from './refusal-counters.js';
+import type { RefusalSink } from './refusal-counters.js';
 
 const SetTierSchema = z.strictObject({ user: UserIdSchema, tier: TierNameSchema });
 
@@ -30,12 +31,14 @@ export interface AdminHandlerDeps {
   readonly log: Logger;
   /** For lines anyone can trigger (failed logins). */
   readonly throttle: LogThrottle;
-  readonly refusals: RefusalCounters<AdminUnauthenticatedRefusal>;
+  readonly refusals: RefusalSink<AdminUnauthenticatedRefusal>;
   readonly now: () => number;
   /** How long a request body may take to arrive (ms). */
   readonly bodyTimeoutMs: number;
   /** Failed-login budgets; DEFAULT_AUTH_FAILURE_LIMITS unless a test injects smaller ones. */
   readonly limits?: AuthFailureLimits;
+  /** The reverse proxy whose X-Forwarded-For names the client (`--trusted-proxy`); none: the socket's peer. */
+  readonly trustedProxy?: string | undefined;
 }
 
 interface Reply {
@@ -73,7 +76,7 @@ export const createAdminHandler = (deps: AdminHandlerDeps) => {
       refusals.count(HttpErrorCode.ADMIN_DISABLED);
       return error(403, HttpErrorCode.ADMIN_DISABLED, 'set KEEL_RELAY_ADMIN_TOKEN to enable operator commands');
     }
-    const address = addressKey(req.socket.remoteAddress);
+    const address = addressKey(clientAddress(req, deps.trustedProxy));
     const waitMs = limiter.retryAfterMs(address);
     if (waitMs > 0) {
       refusals.count(HttpErrorCode.RATE_LIMITED);

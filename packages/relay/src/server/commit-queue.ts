@@ -29,7 +29,13 @@ const charsOf = (batch: readonly AppendRequest[]): number => batch.reduce((n, re
  * ciphertext, and bulk transactions are one per turn. Each user's batches keep their order,
  * which keeps every author's counters in order.
  */
-export const createCommitQueue = (store: RelayStore, now: () => number, maxBatch = 1024): CommitQueue => {
+export const createCommitQueue = (
+  store: RelayStore,
+  now: () => number,
+  maxBatch = 1024,
+  /** Told after every transaction: its envelopes and how long it took (the relay's `commitBatch` event). */
+  onBatch?: (envelopes: number, ms: number) => void,
+): CommitQueue => {
   const waiting: Pending[] = [];
   let running: Promise<void> | undefined;
   /** Starts a flush that is still waiting for the end of the turn. */
@@ -46,10 +52,12 @@ export const createCommitQueue = (store: RelayStore, now: () => number, maxBatch
       chars += charsOf(next.batch);
     }
     try {
+      const startedAt = now();
       const outcomes = await store.append(
         take.flatMap((p) => p.batch),
-        now(),
+        startedAt,
       );
+      onBatch?.(size, now() - startedAt);
       let offset = 0;
       for (const p of take) {
         p.resolve(outcomes.slice(offset, offset + p.batch.length));

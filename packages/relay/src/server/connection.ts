@@ -1,47 +1,35 @@
 import {
   type AwarenessFrame,
-  type ClientFrame,
   CloseCode,
   type DeviceId,
   type DocId,
   ErrorCode,
-  type HelloFrame,
   type KeelError,
-  PROTOCOL_VERSION,
-  type RecoveryReset,
+  type ReceiptFrame,
+  type ReportFrame,
   type RelayFrame,
+  type TierName,
   type TierState,
   type UserId,
-  WireLimits,
-  createChallengeNonce,
   encodeFrame,
-  fromB64,
   isCrisisLane,
   readClientFrame,
-  toB64,
   validateClientFrame,
-  verifyChallenge,
-  verifyRecoveryReset,
 } from '@keel/engine';
 import type { WebSocket } from 'ws';
 import { createDeviceVerifier } from '../auth/ed25519.js';
-import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
-import { admitSignup } from '../auth/signup-tokens.js';
-import type { ServingConfig } from '../config.js';
 import type { CrisisLane } from '../entitlements/crisis-lane.js';
-import type { Entitlements } from '../entitlements/entitlements.js';
-import type { QuotaGuard } from '../entitlements/quota.js';
-import type { Logger } from '../log.js';
-import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
+import { type ConnId, type RefusedFrame, frameLabel } from '../events/relay-events.js';
+import type { DeviceRecord, LogEntry } from '../storage/relay-store.js';
 import { type AwarenessDrop, type AwarenessLimits, AwarenessGate } from './awareness-gate.js';
 import type { CommitQueue } from './commit-queue.js';
 import { Delivery } from './delivery.js';
-import { DeviceAdmin, type PairingPeer, deviceLimits } from './device-admin.js';
+import { DeviceAdmin, type PairingPeer } from './device-admin.js';
 import { setFrameLimit } from './frame-limit.js';
+import { type Authenticated, Handshake, type HandshakeContext } from './handshake.js';
 import { Ingest } from './ingest.js';
 import { OutboundQueue } from './outbound-queue.js';
-import type { PairingRegistry } from './pairing.js';
-import { type RevokedFrame, revokedNotice } from './revoked-notice.js';
+import type { RevokedFrame } from './revoked-notice.js';
 import type { WorkOwner, WorkQueue } from './work-queue.js';
 
 /** How every awareness frame of Keel's client begins (JSON.stringify of `{ type: 'awareness', aw }`). */
@@ -49,69 +37,38 @@ const AWARENESS_PREFIX = Buffer.from('{"type":"awareness"');
 
 /** How long a closed socket may take to finish the close handshake before it is cut. */
 const CLOSE_GRACE_MS = 1_000;
-/** Key epochs sent in `ready`: the most recent ones (older ones protect only older writes). */
-const READY_EPOCHS = 64;
-/**
- * Characters of epoch records one `ready` carries at most. A device reads at most 1 MiB before
- * `ready` (WireLimits.defaultMaxFrameBytes); the rest of a `ready` — certificates, revoked
- * certificates, revocations, 256 of each at most — stays under ~300 KiB, so the records get what
- * is left with room to spare. An epoch sealed to many devices is large (~260 characters per
- * wrap): with 256 devices per user only the newest few fit.
- */
-const READY_EPOCH_CHARS = 512 * 1024;
 
-/** The newest records (in epoch order) that fit READY_EPOCH_CHARS. */
-const fitEpochs = <T>(records: readonly T[]): T[] => {
-  const kept: T[] = [];
-  let chars = 0;
-  for (let i = records.length - 1; i >= 0; i--) {
-    chars += JSON.stringify(records[i]).length;
-    if (chars > READY_EPOCH_CHARS) break;
-    kept.unshift(records[i]!);
-  }
-  return kept;
-};
-
-/** What a connection needs from the relay around it. */
-export interface ConnectionContext {
-  readonly config: ServingConfig;
-  readonly store: RelayStore;
+/** What a connection needs from the relay around it (the handshake's part included). */
+export interface ConnectionContext extends HandshakeContext {
   readonly commits: CommitQueue;
-  readonly entitlements: Entitlements;
-  readonly quota: QuotaGuard;
   readonly crisis: CrisisLane;
   /** Everything that costs CPU, run in fair, bounded slices between I/O. */
   readonly work: WorkQueue;
-  readonly log: Logger;
-  now(): number;
   /** The device authenticated; false when its user already has as many connections as allowed. */
   attach(conn: RelayConnection): boolean;
   detach(conn: RelayConnection): void;
   /** The connection left the unauthenticated state (authenticated, paired or closed). */
   leftPreAuth(conn: RelayConnection): void;
   /** Newly committed entries of a user's document, for that user's other connections. */
-  fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]): void;
+  /** Newly committed entries of a user's document (their push read at `readAt`), for that user's other connections. */
+  fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[], readAt: number): void;
   /**
    * An awareness frame this connection's device sent (validated, its own, for a document it is
    * subscribed to): for the user's other devices subscribed to that document. Never stored.
    */
   forwardAwareness(origin: RelayConnection, doc: DocId, frame: string): void;
+  /** This connection's device applied crisis-lane entries (the crisis SLA's receipt). */
+  receipt(origin: RelayConnection, frame: ReceiptFrame): void;
+  /** This connection's device refused an envelope of its user (a lane above its class's ceiling). */
+  report(origin: RelayConnection, frame: ReportFrame): void;
   /** Awareness bounds (rate per connection, recipient queue). */
   readonly awarenessLimits: AwarenessLimits;
-  /** An awareness frame was dropped: counted in memory, never logged one by one. */
-  awarenessDropped(reason: AwarenessDrop): void;
   /** A device was registered; tell the user's other connections. */
   announceDevice(origin: RelayConnection, device: DeviceRecord): void;
-  readonly pairings: PairingRegistry<PairingPeer>;
   /** Sends a frame to every authenticated connection of a user but `except`. */
   toUser(user: UserId, frame: RelayFrame, lane: number, except?: RelayConnection): void;
   /** Cuts off every connection of a revoked device of `user` at once (4003), each after `notice` when there is one. */
   cutOffDevice(user: UserId, device: DeviceId, notice: RevokedFrame | undefined): void;
-  /**
-   * Devices of `user` were revoked: each is sent its notice (the signed record it stands on) and
-   * cut off (4003), and the user's other connections get the same notices, in order.
-   */
-  devicesRevoked(user: UserId, notices: readonly RevokedFrame[]): void;
 }
 
 /** An authenticated device and what serves it. */
@@ -126,38 +83,30 @@ interface Session {
 }
 
 type State =
-  | { readonly kind: 'hello' }
-  | {
-      readonly kind: 'challenged';
-      readonly hello: HelloFrame;
-      readonly nonce: string;
-      readonly publicKey: Uint8Array;
-      /** Certificates to register once the device proves its key, issuers first. */
-      readonly pending: readonly VerifiedCertificate[];
-      /** A reset (signature and generation checked) to apply once the device proves its key. */
-      readonly recovery: RecoveryReset | undefined;
-    }
+  /** Before `ready`: the handshake (hello, challenge, auth; pairing; recovery-find) reads the frames. */
+  | { readonly kind: 'handshake'; readonly handshake: Handshake }
   | { readonly kind: 'ready'; readonly session: Session }
-  /** A new device that joined with a pairing code and waits for its grant. */
-  | { readonly kind: 'pairing'; readonly id: string }
   | { readonly kind: 'closed' };
 
 /**
- * One device's WebSocket. Before authentication it accepts frames of a few KiB and reads only
- * `hello`, `auth` and `pair-join` (anything else is answered, never acted on); the handshake's
- * certificate and signature checks run in the work queue. After `ready` its frames go to the
- * modules along an update's route: pushes to Ingest, subscriptions to Delivery, device changes
- * to DeviceAdmin — each bounded, each in the work queue.
+ * One device's WebSocket: the socket, its state, the routing of each frame and the outgoing
+ * queue. Before authentication it accepts frames of a few KiB and hands them to the Handshake
+ * (server/handshake.ts). After `ready` its frames go to the modules along an update's route:
+ * pushes to Ingest, subscriptions to Delivery, device changes to DeviceAdmin — each bounded,
+ * each in the work queue. What happens is told on the relay's event bus (events/relay-events.ts);
+ * nothing here counts or measures for metrics.
  */
 export class RelayConnection implements PairingPeer {
   readonly #ws: WebSocket;
   readonly #ctx: ConnectionContext;
   readonly #out: OutboundQueue;
   readonly #authTimer: NodeJS.Timeout;
-  #state: State = { kind: 'hello' };
+  readonly #id: ConnId;
+  readonly #connectedAt: number;
+  #state: State;
+  /** Who this connection authenticated as, kept past its teardown for the `disconnected` event. */
+  #identity: { readonly user: UserId; readonly device: DeviceId } | undefined;
   #badFrames = 0;
-  #helloSeen = false;
-  #authSeen = false;
   #closeTimer: NodeJS.Timeout | undefined;
   /** The frame being read is awareness already admitted by the rate check on its raw bytes. */
   #admitted = false;
@@ -168,9 +117,12 @@ export class RelayConnection implements PairingPeer {
   /** This connection as a source of queued work; its group is its user once authenticated. */
   #owner: WorkOwner;
 
-  constructor(ws: WebSocket, ctx: ConnectionContext) {
+  constructor(ws: WebSocket, ctx: ConnectionContext, id: ConnId) {
     this.#ws = ws;
     this.#ctx = ctx;
+    this.#id = id;
+    this.#connectedAt = ctx.now();
+    this.#state = { kind: 'handshake', handshake: this.#createHandshake() };
     setFrameLimit(ws, ctx.config.preAuthMaxBytes);
     this.#out = new OutboundQueue(ws, 256 * 1024, {
       maxQueuedChars: ctx.config.maxOutboundBytes,
@@ -181,6 +133,7 @@ export class RelayConnection implements PairingPeer {
       },
     });
     this.#authTimer = setTimeout(() => {
+      if (this.#state.kind === 'handshake') ctx.events.emit('authFailed', { code: ErrorCode.AUTH_TIMEOUT });
       this.#fail({ code: ErrorCode.AUTH_TIMEOUT, message: `not authenticated within ${ctx.config.authTimeoutMs} ms` }, CloseCode.AUTH_TIMEOUT);
     }, ctx.config.authTimeoutMs);
     this.#owner = this.#ownerFor(this);
@@ -192,9 +145,10 @@ export class RelayConnection implements PairingPeer {
         this.#internal(error);
       }
     });
-    ws.on('close', () => {
+    ws.on('close', (code: number) => {
       clearTimeout(this.#closeTimer);
       this.#teardown();
+      ctx.events.emit('disconnected', { conn: id, ...this.#identity, code, durationMs: ctx.now() - this.#connectedAt });
     });
     ws.on('error', (error) => {
       // ws closes the socket itself (1009 for a frame over the limit, 1002 for a protocol
@@ -221,7 +175,7 @@ export class RelayConnection implements PairingPeer {
 
   /** Awareness past the rate: counted; a peer that keeps at it has its socket paused a while. */
   #awarenessOverRateDropped(session: Session): void {
-    this.#ctx.awarenessDropped('RATE_LIMITED');
+    this.#ctx.events.emit('awarenessDropped', { reason: 'RATE_LIMITED' });
     if (this.#floodTimer !== undefined || !session.awareness.flooding()) return;
     this.#pauseReading();
     this.#floodTimer = setTimeout(() => {
@@ -236,6 +190,16 @@ export class RelayConnection implements PairingPeer {
 
   get device(): DeviceId | undefined {
     return this.#state.kind === 'ready' ? this.#state.session.device.deviceId : undefined;
+  }
+
+  /** The tier this connection enforces now (undefined before `ready`). */
+  get tierName(): TierName | undefined {
+    return this.#state.kind === 'ready' ? this.#state.session.tier.name : undefined;
+  }
+
+  /** Adds the characters queued to this device, per lane, to `into` (the metrics' queue-depth gauge). */
+  addQueuedCharsByLane(into: number[]): void {
+    this.#out.addQueuedCharsByLane(into);
   }
 
   /** The user's tier changed: enforce it from now on and tell the device at once. */
@@ -299,7 +263,8 @@ export class RelayConnection implements PairingPeer {
 
   /** Sends the sealed grant to a joining device, then ends its pairing connection. */
   grantAndClose(frame: Extract<RelayFrame, { type: 'pair-grant' }>): void {
-    if (this.#state.kind !== 'pairing') return;
+    if (this.#state.kind !== 'handshake' || this.#state.handshake.pairingId === undefined) return;
+    this.#ctx.events.emit('pairing', { outcome: 'granted' });
     this.#ws.send(encodeFrame(frame), () => this.#closeSocket(CloseCode.PAIRED, 'PAIRED'));
     this.#teardown();
   }
@@ -327,9 +292,9 @@ export class RelayConnection implements PairingPeer {
     this.#admitted = false;
     const state = this.#state;
     if (state.kind === 'closed') return;
-    if (state.kind !== 'ready') return this.#onPreAuth(data, state);
+    if (state.kind === 'handshake') return state.handshake.onFrame(data);
     const raw = readClientFrame(data, this.#ctx.config.maxPayloadBytes);
-    if (!raw.ok) return this.#badFrame(raw.error);
+    if (!raw.ok) return this.#badFrame(raw.error, 'unknown');
     const { session } = state;
     // A push is only read here; its validation and checks wait for their turn in the queue.
     if (raw.value.type === 'push') return session.ingest.onPush(raw.value, data.length);
@@ -342,7 +307,7 @@ export class RelayConnection implements PairingPeer {
       }
     }
     const parsed = validateClientFrame(raw.value);
-    if (!parsed.ok) return this.#badFrame(parsed.error);
+    if (!parsed.ok) return this.#badFrame(parsed.error, frameLabel(raw.value.type));
     const frame = parsed.value;
     switch (frame.type) {
       case 'ping':
@@ -351,7 +316,12 @@ export class RelayConnection implements PairingPeer {
       case 'awareness':
         return this.#onAwareness(session, frame);
       case 'sub':
-        return session.delivery.subscribe(frame.docs);
+        // In the work queue: a frame of a thousand documents is work, taken in turn with other
+        // users' (and the socket paused while this one's backlog is long). Subscribing past the
+        // cap is no honest client's doing (it pages its documents): it counts as a bad frame.
+        return this.#queue(async () => {
+          if (session.delivery.subscribe(frame.docs) > 0) this.#countAbuse();
+        });
       case 'unsub':
         return session.delivery.unsubscribe(frame.docs);
       case 'register':
@@ -364,11 +334,15 @@ export class RelayConnection implements PairingPeer {
         return this.#queue(() => session.admin.handle(frame));
       case 'hello':
       case 'auth':
-        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${frame.type}" after authentication` });
+        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${frame.type}" after authentication` }, frame.type);
       case 'pair-join':
-        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'pair-join is for new devices, before authentication' });
+        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'pair-join is for new devices, before authentication' }, frame.type);
       case 'recovery-find':
-        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'recovery-find is for devices being recovered, before authentication' });
+        return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: 'recovery-find is for devices being recovered, before authentication' }, frame.type);
+      case 'receipt':
+        return this.#ctx.receipt(this, frame);
+      case 'report':
+        return this.#ctx.report(this, frame);
       case 'push':
         return;
       default:
@@ -385,34 +359,12 @@ export class RelayConnection implements PairingPeer {
   #onAwareness(session: Session, frame: AwarenessFrame): void {
     const { doc, device } = frame.aw;
     if (device !== session.device.deviceId) {
-      return this.#badFrame({ code: ErrorCode.WRONG_AUTHOR, message: 'awareness must be sealed by the device that sends it' });
+      return this.#badFrame({ code: ErrorCode.WRONG_AUTHOR, message: 'awareness must be sealed by the device that sends it' }, 'awareness');
     }
-    if (!session.delivery.has(doc)) return this.#ctx.awarenessDropped('NOT_SUBSCRIBED');
-    if (!session.tier.policy.crossDevice) return this.#ctx.awarenessDropped('TIER');
+    if (!session.delivery.has(doc)) return this.#ctx.events.emit('awarenessDropped', { reason: 'NOT_SUBSCRIBED' });
+    if (!session.tier.policy.crossDevice) return this.#ctx.events.emit('awarenessDropped', { reason: 'TIER' });
     // Encoded again from the validated frame: exactly its schema's fields go on.
     this.#ctx.forwardAwareness(this, doc, encodeFrame(frame));
-  }
-
-  /**
-   * Before authentication: frames of at most `preAuthMaxBytes` (the socket refuses larger ones
-   * at their header, 1009), one `hello` (or `pair-join`) and one `auth`, each validated and
-   * handled in the work queue. Anything else is answered and counted, never acted on.
-   */
-  #onPreAuth(data: string | Uint8Array, state: Exclude<State, { kind: 'ready' | 'closed' }>): void {
-    const raw = readClientFrame(data, this.#ctx.config.preAuthMaxBytes);
-    if (!raw.ok) return this.#badFrame(raw.error);
-    const type = raw.value.type;
-    if (state.kind === 'pairing') {
-      return this.#badFrame({ code: ErrorCode.UNEXPECTED_FRAME, message: `"${type}" while waiting for a pairing grant` });
-    }
-    const expected = !this.#helloSeen ? type === 'hello' || type === 'pair-join' || type === 'recovery-find' : type === 'auth' && !this.#authSeen;
-    if (!expected) return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${type.slice(0, 32)}" before authentication` });
-    const parsed = validateClientFrame(raw.value);
-    if (!parsed.ok) return this.#badFrame(parsed.error);
-    const frame = parsed.value;
-    if (frame.type === 'auth') this.#authSeen = true;
-    else this.#helloSeen = true;
-    this.#queue(() => this.#handshake(frame));
   }
 
   /** Runs a step in the work queue, in order with this connection's other steps. */
@@ -427,95 +379,31 @@ export class RelayConnection implements PairingPeer {
     });
   }
 
-  // ── the handshake ────────────────────────────────────────────────────────────────────────
+  // ── the handshake, and what follows it ───────────────────────────────────────────────────
 
-  async #handshake(frame: ClientFrame): Promise<void> {
-    const state = this.#state;
-    if (frame.type === 'pair-join') return this.#onPairJoin(frame);
-    if (frame.type === 'recovery-find') return this.#onRecoveryFind(frame);
-    if (frame.type === 'hello' && state.kind === 'hello') return this.#onHello(frame);
-    if (frame.type === 'auth' && state.kind === 'challenged') return this.#onAuth(frame.sig, state);
-    return this.#badFrame({ code: ErrorCode.NOT_AUTHENTICATED, message: `"${frame.type}" before hello` });
+  #createHandshake(): Handshake {
+    return new Handshake({
+      ctx: this.#ctx,
+      peer: this,
+      send: (frame, lane) => this.send(frame, lane),
+      sendNow: (frame, close) => {
+        if (!close) return this.#ws.send(encodeFrame(frame));
+        this.#ws.send(encodeFrame(frame), () => this.#closeSocket(close.code, close.reason));
+        this.#teardown();
+      },
+      fail: (error, closeCode) => this.#fail(error, closeCode),
+      badFrame: (error, frame) => this.#badFrame(error, frame),
+      queue: (step) => this.#queue(step),
+      authenticated: (outcome) => this.#onAuthenticated(outcome),
+    });
   }
 
-  async #onHello(hello: HelloFrame): Promise<void> {
-    if (hello.v !== PROTOCOL_VERSION) {
-      return this.#fail(
-        { code: ErrorCode.UNSUPPORTED_VERSION, message: `protocol v${hello.v} is not supported; this relay speaks v${PROTOCOL_VERSION}` },
-        CloseCode.UNSUPPORTED_VERSION,
-      );
-    }
-    const reset = hello.recovery;
-    if (reset) {
-      const refused = await this.#checkReset(hello, reset);
-      if (refused) return this.#authFailed(hello, refused.message, refused.code);
-    }
-    const known = await this.#ctx.store.getDevice(hello.device);
-    let publicKey: Uint8Array;
-    let pending: readonly VerifiedCertificate[] = [];
-    if (known) {
-      if (known.userId !== hello.user) return this.#authFailed(hello, 'device belongs to another user');
-      // A revoked device is challenged too: once it proves its key it is told why it is refused
-      // (#refuseRevoked), and nobody else learns that of a device id. A reset that keeps a revoked
-      // device reinstates it (a thief revoked the owner's phone).
-      publicKey = known.publicKey;
-    } else if (hello.cert) {
-      if (reset && hello.cert.issuer !== 'recovery') {
-        return this.#authFailed(hello, 'a reset enrols only a device certified by the recovery key', ErrorCode.RECOVERY_INVALID);
-      }
-      const verified = await verifyPresentedCertificate(this.#ctx.store, hello.cert, reset ? [] : hello.chain ?? [], hello.user, hello.device);
-      if (!verified.ok) return this.#authFailed(hello, verified.error.message, verified.error.code);
-      publicKey = verified.value[verified.value.length - 1]!.deviceKey;
-      pending = verified.value;
-    } else {
-      return this.#authFailed(hello, 'unknown device and no certificate', ErrorCode.UNKNOWN_DEVICE);
-    }
-    if (this.#state.kind !== 'hello') return;
-    const nonce = createChallengeNonce();
-    this.#state = { kind: 'challenged', hello, nonce, publicKey, pending, recovery: reset };
-    this.send({ type: 'challenge', v: PROTOCOL_VERSION, relay: this.#ctx.config.relayId, nonce }, 10);
-  }
-
-  async #onAuth(sig: string, state: Extract<State, { kind: 'challenged' }>): Promise<void> {
-    const { hello, nonce, publicKey, pending, recovery } = state;
-    const { store, config } = this.#ctx;
-    if (!verifyChallenge(config.relayId, nonce, hello.user, hello.device, sig, publicKey)) {
-      return this.#authFailed(hello, 'challenge signature does not verify');
-    }
-    // Registered (and a reset applied) only now that the device proved it holds the certified key.
-    const registeredNow: DeviceRecord[] = [];
-    if (recovery) {
-      const applied = await this.#applyReset(hello, recovery, pending);
-      if (!applied) return;
-      registeredNow.push(...applied);
-    } else {
-      const refused = await admitSignup({ mode: config.registration, store, now: this.#ctx.now() }, hello, pending);
-      if (refused) return this.#authFailed(hello, refused.message, refused.code);
-      for (const link of pending) {
-        const escrow = link.cert.issuer === null ? hello.escrow : undefined;
-        const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#ctx.now(), deviceLimits(config), escrow);
-        if (!registered.ok) return this.#authFailed(hello, registered.error.message, registered.error.code);
-        registeredNow.push(registered.value);
-        this.#ctx.log.log('info', 'device registered', { user: registered.value.userId, device: registered.value.deviceId, issuer: link.cert.issuer });
-      }
-    }
-    const device = await store.getDevice(hello.device);
-    if (!device) return this.#authFailed(hello, 'device is no longer registered', ErrorCode.DEVICE_REVOKED);
-    if (device.revokedAt !== null) return this.#refuseRevoked(state, device);
-    const tier = await this.#ctx.entitlements.tierOf(hello.user);
-    await this.#ctx.quota.warm(hello.user);
-    const devices = await store.listDevices(hello.user);
-    const certs = devices.filter((d) => d.revokedAt === null).map((d) => d.cert);
-    // Revoked devices' certificates too: what they wrote before their revocation still verifies.
-    const revokedCerts = devices.filter((d) => d.revokedAt !== null).map((d) => d.cert);
-    const epochs = fitEpochs(await store.listEpochs(hello.user, READY_EPOCHS));
-    const revocations = await store.listRevocations(hello.user, WireLimits.maxCertificates);
-    const userRecovery = await store.getRecovery(hello.user);
-    const escrow = userRecovery?.escrow ?? null;
-    // The socket may have closed during the awaits above.
-    if (this.#state !== state) return;
+  /** The handshake ended in `ready`: the session opens, the connection joins its user's, `ready` goes out. */
+  #onAuthenticated(outcome: Authenticated): void {
+    const { config } = this.#ctx;
+    const { user, device, tier } = outcome;
     clearTimeout(this.#authTimer);
-    this.#state = { kind: 'ready', session: this.#openSession(hello.user, device, tier) };
+    this.#state = { kind: 'ready', session: this.#openSession(user, device, tier) };
     this.#ctx.leftPreAuth(this);
     if (!this.#ctx.attach(this)) {
       return this.#fail(
@@ -523,104 +411,11 @@ export class RelayConnection implements PairingPeer {
         CloseCode.TRY_AGAIN_LATER,
       );
     }
+    this.#identity = { user, device: device.deviceId };
     setFrameLimit(this.#ws, config.maxPayloadBytes);
-    this.send(
-      {
-        type: 'ready',
-        user: hello.user,
-        device: hello.device,
-        certs: certs.slice(-WireLimits.maxCertificates),
-        tier,
-        ...(epochs.length > 0 ? { epochs } : {}),
-        limits: { maxFrameBytes: config.maxPayloadBytes },
-        ...(revokedCerts.length > 0 ? { revokedCerts: revokedCerts.slice(-WireLimits.maxCertificates) } : {}),
-        ...(escrow !== null ? { escrow } : {}),
-        // The signed records behind every revocation, so devices believe them, not the certificate lists.
-        ...(revocations.length > 0 ? { revocations } : {}),
-        ...(userRecovery?.reset ? { reset: userRecovery.reset } : {}),
-      },
-      10,
-    );
-    for (const registered of registeredNow) this.#ctx.announceDevice(this, registered);
-    this.#ctx.log.log('info', 'device connected', { user: hello.user, device: hello.device });
-  }
-
-  /**
-   * A revoked device that proved its key: it is sent the signed records its revocation stands on
-   * (when the relay keeps them), then the close (4003) — never `ready`.
-   */
-  async #refuseRevoked(state: Extract<State, { kind: 'challenged' }>, device: DeviceRecord): Promise<void> {
-    const notice = revokedNotice(device.deviceId, await this.#ctx.store.revocationRecords(device.deviceId));
-    if (this.#state !== state) return;
-    this.#ctx.log.log('info', 'revoked device refused', { user: device.userId, device: device.deviceId, records: notice !== undefined });
-    if (notice) this.#ws.send(encodeFrame(notice));
-    this.#fail({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' }, CloseCode.DEVICE_REVOKED);
-  }
-
-  /**
-   * Checks a reset in hello before the challenge, so a wrong one costs no challenge: it is for
-   * this user, keeps this device, is signed by the user's recovery key (as the relay keeps it)
-   * and carries the next generation. The store checks the generation again when applying it.
-   */
-  async #checkReset(hello: HelloFrame, reset: RecoveryReset): Promise<KeelError | undefined> {
-    if (reset.user !== hello.user) return { code: ErrorCode.RECOVERY_INVALID, message: 'the reset is for another user' };
-    if (!reset.keep.includes(hello.device)) return { code: ErrorCode.RECOVERY_INVALID, message: 'a reset must keep the device that presents it' };
-    const recovery = await this.#ctx.store.getRecovery(hello.user);
-    if (!recovery) return { code: ErrorCode.RECOVERY_UNKNOWN, message: 'this user has no recovery key' };
-    if (!verifyRecoveryReset(reset, recovery.recoveryKey)) return { code: ErrorCode.RECOVERY_INVALID, message: "the reset is not signed by this user's recovery key" };
-    if (reset.gen !== recovery.gen + 1) {
-      return { code: ErrorCode.RECOVERY_REPLAYED, message: `the next reset of this user is generation ${recovery.gen + 1}, not ${reset.gen}` };
-    }
-    return undefined;
-  }
-
-  /**
-   * Applies a verified reset for a device that proved its key: enrols it if new, keeps the
-   * devices it names, revokes every other device of the user and cuts them off at once.
-   * Resolves to the devices to announce, or undefined when it was refused (the socket is closing).
-   */
-  async #applyReset(hello: HelloFrame, reset: RecoveryReset, pending: readonly VerifiedCertificate[]): Promise<DeviceRecord[] | undefined> {
-    const { store, config, log } = this.#ctx;
-    const link = pending[pending.length - 1];
-    const enrol = link ? { cert: link.cert, publicKey: link.deviceKey, userKey: link.userKey } : undefined;
-    const now = this.#ctx.now();
-    const applied = await store.applyRecoveryReset(reset, enrol, now, deviceLimits(config));
-    if (!applied.ok) {
-      this.#authFailed(hello, applied.error.message, applied.error.code);
-      return undefined;
-    }
-    const { revoked, kept, enrolled } = applied.value;
-    log.log('info', 'recovery reset applied', { user: hello.user, device: hello.device, gen: reset.gen, kept: kept.length, revoked: revoked.length });
-    await store.appendAudit(
-      [{ actor: 'recovery', op: 'recovery.reset', userId: hello.user, outcome: 'applied', detail: { gen: reset.gen, kept: kept.length, revoked: revoked.length } }],
-      now,
-    );
-    this.#ctx.devicesRevoked(hello.user, revoked.map((gone): RevokedFrame => ({ type: 'revoked', device: gone.deviceId, reset })));
-    // Kept devices online (none, usually) learn which devices are live again.
-    return [...(enrolled ? [enrolled] : []), ...kept.filter((d) => d.deviceId !== hello.device)];
-  }
-
-  /** A device being recovered asks which user its recovery key belongs to; the answer ends the connection. */
-  async #onRecoveryFind(frame: Extract<ClientFrame, { type: 'recovery-find' }>): Promise<void> {
-    if (frame.v !== PROTOCOL_VERSION) {
-      return this.#fail({ code: ErrorCode.UNSUPPORTED_VERSION, message: `protocol v${frame.v} is not supported` }, CloseCode.UNSUPPORTED_VERSION);
-    }
-    const found = await this.#ctx.store.findRecoveryUser(fromB64(frame.recoveryKey));
-    if (this.#state.kind !== 'hello') return;
-    if (!found) {
-      this.#ctx.log.log('warn', 'recovery key unknown', {});
-      return this.#fail({ code: ErrorCode.RECOVERY_UNKNOWN, message: 'no user of this relay has this recovery key' }, CloseCode.AUTH_FAILED);
-    }
-    // The escrow opens only with the recovery secret; handing it out lets the device check it before any reset.
-    const answer: RelayFrame = {
-      type: 'recovery-found',
-      user: found.userId,
-      userKey: toB64(found.userKey),
-      gen: found.gen,
-      ...(found.escrow !== null ? { escrow: found.escrow } : {}),
-    };
-    this.#ws.send(encodeFrame(answer), () => this.#closeSocket(CloseCode.NORMAL, 'done'));
-    this.#teardown();
+    this.send(outcome.ready, 10);
+    for (const registered of outcome.announce) this.#ctx.announceDevice(this, registered);
+    this.#ctx.events.emit('authenticated', { conn: this.#id, user, device: device.deviceId, tier: tier.name, newUser: outcome.newUser });
   }
 
   #openSession(user: UserId, device: DeviceRecord, tier: TierState): Session {
@@ -630,12 +425,23 @@ export class RelayConnection implements PairingPeer {
     this.#owner = this.#ownerFor(user);
     const owner = this.#owner;
     const send = (frame: RelayFrame, lane: number) => this.send(frame, lane);
-    const badFrame = (error: KeelError) => this.#badFrame(error);
+    const badFrame = (error: KeelError, frame: RefusedFrame) => this.#badFrame(error, frame);
     const abuse = () => this.#countAbuse();
     let session: Session;
     const visible = (entry: Pick<LogEntry, 'env'>): boolean =>
       session.tier.policy.crossDevice || isCrisisLane(entry.env.lane) || entry.env.device === device.deviceId;
-    const delivery = new Delivery({ store: ctx.store, work: ctx.work, owner, out: this.#out, user, device: device.deviceId, maxSubscriptions: ctx.config.maxSubscriptions, visible, send });
+    const delivery = new Delivery({
+      store: ctx.store,
+      work: ctx.work,
+      owner,
+      out: this.#out,
+      user,
+      device: device.deviceId,
+      maxSubscriptions: ctx.config.maxSubscriptions,
+      events: ctx.events,
+      visible,
+      send,
+    });
     const ingest = new Ingest({
       store: ctx.store,
       commits: ctx.commits,
@@ -645,20 +451,22 @@ export class RelayConnection implements PairingPeer {
       readsQueued: () => delivery.queuedSteps,
       owner,
       log: ctx.log,
+      events: ctx.events,
       now: () => ctx.now(),
       snapshotRetentionMs: ctx.config.snapshotRetentionMs,
       user,
       device,
       verifier: createDeviceVerifier(device.publicKey),
       policy: () => session.tier.policy,
+      tierName: () => session.tier.name,
       ack: (acks, lane) => this.send({ type: 'ack', acks }, lane),
       reject: (doc, counter, error, kind) => this.#reject(doc, counter, error, kind),
-      badFrame,
+      badFrame: (error) => badFrame(error, 'push'),
       abuse,
-      stored: (docId, entries) => {
+      stored: (docId, entries, readAt) => {
         // The author has these already; its own subscription must not send them back.
         delivery.markOwn(docId, entries[entries.length - 1]!.seq);
-        ctx.fanOut(this, docId, entries);
+        ctx.fanOut(this, docId, entries, readAt);
       },
       internal: (error) => this.#internal(error),
     });
@@ -666,6 +474,7 @@ export class RelayConnection implements PairingPeer {
       store: ctx.store,
       config: ctx.config,
       log: ctx.log,
+      events: ctx.events,
       now: () => ctx.now(),
       pairings: ctx.pairings,
       user,
@@ -684,30 +493,11 @@ export class RelayConnection implements PairingPeer {
     return session;
   }
 
-  /** A new device joins with a pairing code: the issuing device is asked, the relay only forwards. */
-  async #onPairJoin(frame: Extract<ClientFrame, { type: 'pair-join' }>): Promise<void> {
-    if (frame.v !== PROTOCOL_VERSION) {
-      return this.#fail({ code: ErrorCode.UNSUPPORTED_VERSION, message: `protocol v${frame.v} is not supported` }, CloseCode.UNSUPPORTED_VERSION);
-    }
-    const joined = this.#ctx.pairings.join(frame.id, this);
-    if (!joined.ok) {
-      this.#ctx.log.log('warn', 'pairing refused', { code: joined.error.code });
-      return this.#fail(joined.error, CloseCode.PAIRING_FAILED);
-    }
-    this.#state = { kind: 'pairing', id: frame.id };
-    // The auth timer keeps running: a pairing that is not granted in time ends like a silent socket.
-    joined.value.issuer.send({ type: 'pair-request', id: frame.id, deviceKey: frame.deviceKey, proof: frame.proof }, 10);
-  }
-
   // ── refusals and endings ─────────────────────────────────────────────────────────────────
 
   #reject(doc: DocId, counter: number, error: KeelError & { readonly retryAfterMs?: number; readonly expected?: number }, kind?: 'update' | 'snapshot'): void {
     const deferral = error.retryAfterMs !== undefined;
-    this.#ctx.log.log(deferral ? 'info' : 'warn', deferral ? 'envelope deferred' : 'envelope rejected', {
-      user: this.user,
-      device: this.device,
-      code: error.code,
-    });
+    this.#ctx.events.emit('refused', { ...this.#identity, code: error.code, frame: 'push', kind: deferral ? 'deferred' : 'rejected' });
     this.send(
       {
         type: 'reject',
@@ -723,8 +513,8 @@ export class RelayConnection implements PairingPeer {
     );
   }
 
-  #badFrame(error: KeelError): void {
-    this.#ctx.log.log('warn', 'bad frame', { user: this.user, device: this.device, code: error.code, count: this.#badFrames + 1 });
+  #badFrame(error: KeelError, frame: RefusedFrame): void {
+    this.#ctx.events.emit('refused', { ...this.#identity, code: error.code, frame, kind: 'bad-frame' });
     this.send({ type: 'error', code: error.code, message: error.message }, 10);
     this.#countAbuse();
   }
@@ -735,11 +525,6 @@ export class RelayConnection implements PairingPeer {
     if (this.#badFrames >= this.#ctx.config.maxBadFrames) {
       this.#fail({ code: ErrorCode.TOO_MANY_ERRORS, message: `${this.#badFrames} bad frames` }, CloseCode.PROTOCOL_ABUSE);
     }
-  }
-
-  #authFailed(hello: HelloFrame, message: string, code: ErrorCode = ErrorCode.AUTH_FAILED): void {
-    this.#ctx.log.log('warn', 'authentication failed', { user: hello.user, device: hello.device, code });
-    this.#fail({ code, message }, CloseCode.AUTH_FAILED);
   }
 
   /** The device let its outgoing queue pass its bound: drop it; it catches up when it returns. */
@@ -776,6 +561,7 @@ export class RelayConnection implements PairingPeer {
     const state = this.#state;
     if (state.kind === 'closed') return;
     this.#state = { kind: 'closed' };
+    if (state.kind === 'handshake') state.handshake.end();
     clearTimeout(this.#authTimer);
     clearTimeout(this.#floodTimer);
     this.#out.close();

@@ -1,4 +1,5 @@
-import { type DeviceId, type DocId, ErrorCode, type RelayFrame, type Seq, type UpdatesItem, type UserId, WireLimits, packByChars } from '@keel/engine';
+import { type DeviceId, type DocId, ErrorCode, type RelayFrame, type Seq, type UpdatesItem, type UserId, WireLimits, b64ByteLength, packByChars } from '@keel/engine';
+import type { RelayEvents } from '../events/relay-events.js';
 import type { LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { OutboundQueue } from './outbound-queue.js';
 import type { TaskResult, WorkOwner, WorkQueue } from './work-queue.js';
@@ -27,6 +28,8 @@ export interface DeliveryDeps {
   readonly device: DeviceId;
   /** Documents one connection may be subscribed to at once. */
   readonly maxSubscriptions: number;
+  /** `delivered` is told here, per frame of entries queued to the device. */
+  readonly events: RelayEvents;
   /** Whether this device may receive an entry now (its tier, crisis lanes, its own entries). */
   visible(entry: Pick<LogEntry, 'env'>): boolean;
   send(frame: RelayFrame, lane: number): void;
@@ -99,9 +102,12 @@ export class Delivery {
   /**
    * Starts (or restarts) delivery of each document after the given seq; duplicates count once.
    * With `proof`, the catch-up answers the device's own entries with stubs (see OwnItem).
+   * Documents past `maxSubscriptions` are refused (one error for the frame); returns how many.
    */
-  subscribe(docs: readonly { readonly doc: DocId; readonly after: Seq; readonly proof?: true | undefined }[]): void {
+  subscribe(docs: readonly { readonly doc: DocId; readonly after: Seq; readonly proof?: true | undefined }[]): number {
     const seen = new Set<DocId>();
+    let refused: DocId | undefined;
+    let refusedCount = 0;
     for (const { doc, after, proof = false } of docs) {
       if (seen.has(doc)) continue;
       seen.add(doc);
@@ -110,10 +116,8 @@ export class Delivery {
       // stubs and the device now asks for the envelopes themselves.
       if (current?.catchingUp && current.sent === after && (proof || !current.proof)) continue;
       if (!current && this.#subs.size >= this.#deps.maxSubscriptions) {
-        this.#deps.send(
-          { type: 'error', code: ErrorCode.LIMIT_EXCEEDED, message: `a connection may subscribe to at most ${this.#deps.maxSubscriptions} documents`, doc },
-          10,
-        );
+        refused ??= doc;
+        refusedCount++;
         continue;
       }
       this.#subs.set(doc, { sent: after, catchingUp: true, liveSeen: 0, fresh: true, rechecked: false, proof });
@@ -121,6 +125,20 @@ export class Delivery {
       this.#catchUp.add(doc);
     }
     this.#schedule();
+    // One answer per frame, naming the first refused document: an answer per document would
+    // turn a 60 KiB frame into a thousand frames back (the relay's own amplification).
+    if (refused !== undefined) {
+      this.#deps.send(
+        {
+          type: 'error',
+          code: ErrorCode.LIMIT_EXCEEDED,
+          message: `a connection may subscribe to at most ${this.#deps.maxSubscriptions} documents: ${refusedCount} of this frame's documents (from this one on) were not subscribed`,
+          doc: refused,
+        },
+        10,
+      );
+    }
+    return refusedCount;
   }
 
   /** Whether the connection is subscribed to `doc`. */
@@ -202,6 +220,7 @@ export class Delivery {
         if (this.#subs.get(doc) !== sub || !snapshot) return this.#requeue(doc, sub);
         if (this.#deps.visible(snapshot)) {
           this.#deps.send({ type: 'snapshot', doc, env: snapshot.env }, snapshot.env.lane);
+          this.#tellDelivered(doc, snapshot.env.lane, 1, b64ByteLength(snapshot.env.ct.length));
         } else {
           // Not this device's to read on this tier: what the log no longer holds counts as withheld.
           this.#deps.send({ type: 'withheld', doc, seqs: [], through: base }, 1);
@@ -227,6 +246,10 @@ export class Delivery {
     this.#deps.send({ type: 'synced', doc, seq: sub.sent as Seq }, 10);
   }
 
+  #tellDelivered(doc: DocId, lane: number, entries: number, bytes: number): void {
+    this.#deps.events.emit('delivered', { user: this.#deps.user, device: this.#deps.device, doc, lane, entries, bytes });
+  }
+
   #requeue(doc: DocId, sub: Subscription): void {
     if (this.#subs.get(doc) === sub && sub.catchingUp) this.#catchUp.add(doc);
   }
@@ -246,7 +269,12 @@ export class Delivery {
       }),
     );
     for (const page of toFrames(outgoing)) {
-      this.#deps.send({ type: 'updates', doc: docId, items: page.map((o) => o.item) }, maxLane(page));
+      const lane = maxLane(page);
+      this.#deps.send({ type: 'updates', doc: docId, items: page.map((o) => o.item) }, lane);
+      if (this.#deps.events.has('delivered')) {
+        const bytes = page.reduce((n, { item }) => n + ('env' in item ? b64ByteLength(item.env.ct.length) : 0), 0);
+        this.#tellDelivered(docId, lane, page.length, bytes);
+      }
     }
     for (let i = 0; i < withheld.length; i += PAGE_ENTRIES) {
       this.#deps.send({ type: 'withheld', doc: docId, seqs: withheld.slice(i, i + PAGE_ENTRIES) }, 1);

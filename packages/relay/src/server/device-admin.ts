@@ -16,6 +16,7 @@ import {
 } from '@keel/engine';
 import { verifyPresentedCertificate } from '../auth/registration.js';
 import type { RelayConfig } from '../config.js';
+import type { RefusedFrame, RelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
 import type { DeviceLimits, DeviceRecord, RelayStore } from '../storage/relay-store.js';
 import type { PairingRegistry } from './pairing.js';
@@ -32,6 +33,8 @@ export interface DeviceAdminDeps {
   readonly store: RelayStore;
   readonly config: RelayConfig;
   readonly log: Logger;
+  /** Registrations, revocations and pairing steps are told here. */
+  readonly events: RelayEvents;
   readonly now: () => number;
   readonly pairings: PairingRegistry<PairingPeer>;
   readonly user: UserId;
@@ -39,7 +42,8 @@ export interface DeviceAdminDeps {
   /** This connection, as a pairing peer. */
   readonly self: PairingPeer;
   send(frame: RelayFrame, lane: number): void;
-  badFrame(error: KeelError): void;
+  /** A frame refused (counts against the bad-frame budget); `frame` names its type. */
+  badFrame(error: KeelError, frame: RefusedFrame): void;
   abuse(): void;
   /** A device was registered: tell the user's other connections. */
   announceDevice(device: DeviceRecord): void;
@@ -61,12 +65,22 @@ export const deviceLimits = (config: RelayConfig): DeviceLimits => ({ maxLive: c
  */
 export class DeviceAdmin {
   readonly #deps: DeviceAdminDeps;
+  /**
+   * The type of the frame being handled, for refusals. The work queue runs one step of a
+   * connection at a time, so frames of one DeviceAdmin never interleave.
+   */
+  #frame: RefusedFrame = 'unknown';
 
   constructor(deps: DeviceAdminDeps) {
     this.#deps = deps;
   }
 
+  #bad(error: KeelError): void {
+    this.#deps.badFrame(error, this.#frame);
+  }
+
   async handle(frame: Extract<ClientFrame, { type: 'register' | 'revoke' | 'epoch' | 'vouch' | 'pair-open' | 'pair-grant' | 'pair-refuse' }>): Promise<void> {
+    this.#frame = frame.type;
     switch (frame.type) {
       case 'register':
         return this.#register(frame.cert);
@@ -90,12 +104,15 @@ export class DeviceAdmin {
     const { store, user } = this.#deps;
     const verified = await verifyPresentedCertificate(store, cert, [], user, cert.device);
     if (!verified.ok || cert.issuer === null) {
-      return this.#deps.badFrame({ code: ErrorCode.BAD_CERTIFICATE, message: verified.ok ? 'a registered user adds devices by device certificates' : verified.error.message });
+      return this.#bad({ code: ErrorCode.BAD_CERTIFICATE, message: verified.ok ? 'a registered user adds devices by device certificates' : verified.error.message });
     }
     const link = verified.value[verified.value.length - 1]!;
-    const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, this.#deps.now(), deviceLimits(this.#deps.config));
-    if (!registered.ok) return this.#deps.badFrame(registered.error);
+    const at = this.#deps.now();
+    const registered = await store.registerDevice(link.cert, link.deviceKey, link.userKey, at, deviceLimits(this.#deps.config));
+    if (!registered.ok) return this.#bad(registered.error);
     this.#deps.log.log('info', 'device registered', { user, device: registered.value.deviceId, issuer: cert.issuer });
+    // Registering a device the store holds already changes nothing: only a new one is told.
+    if (registered.value.registeredAt === at) this.#deps.events.emit('deviceRegistered', { user, device: registered.value.deviceId });
     this.#deps.announceDevice(registered.value);
     this.#deps.send({ type: 'device', cert: registered.value.cert }, 10);
   }
@@ -107,16 +124,16 @@ export class DeviceAdmin {
   async #vouch(cert: DeviceCertificate): Promise<void> {
     const { user, device, store, config } = this.#deps;
     if (cert.user !== user || cert.issuer !== device.deviceId) {
-      return this.#deps.badFrame({ code: ErrorCode.BAD_CERTIFICATE, message: 'a vouch is signed by this device, for a device of its own user' });
+      return this.#bad({ code: ErrorCode.BAD_CERTIFICATE, message: 'a vouch is signed by this device, for a device of its own user' });
     }
     const ids = checkCertificateIds(cert);
-    if (!ids.ok) return this.#deps.badFrame(ids.error);
+    if (!ids.ok) return this.#bad(ids.error);
     if (!verifyCertificateSignature(cert, device.publicKey)) {
       this.#deps.abuse();
-      return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'the vouch is not signed by this device' });
+      return this.#bad({ code: ErrorCode.BAD_SIGNATURE, message: 'the vouch is not signed by this device' });
     }
     const stored = await store.putVouch(cert, this.#deps.now(), config.maxDevicesPerUser);
-    if (!stored.ok) return this.#deps.badFrame(stored.error);
+    if (!stored.ok) return this.#bad(stored.error);
     this.#deps.log.log('info', 'device vouched for', { user, device: cert.device, by: device.deviceId });
     this.#deps.toUser({ type: 'vouched', cert }, 10);
   }
@@ -129,7 +146,7 @@ export class DeviceAdmin {
     const { user, device } = this.#deps;
     if (revocation.user !== user || revocation.issuer !== device.deviceId || !verifyRevocation(revocation, device.publicKey)) {
       this.#deps.abuse();
-      return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'a revocation must be signed by this device, for its own user' });
+      return this.#bad({ code: ErrorCode.BAD_SIGNATURE, message: 'a revocation must be signed by this device, for its own user' });
     }
     const revoked = await this.#deps.store.revokeDevice(revocation, this.#deps.now());
     if (!revoked.ok) {
@@ -137,10 +154,11 @@ export class DeviceAdmin {
         // This device was revoked while its frames waited in the queue.
         this.#deps.cutOffDevice(device.deviceId, revokedNotice(device.deviceId, await this.#deps.store.revocationRecords(device.deviceId)));
       }
-      return this.#deps.badFrame(revoked.error);
+      return this.#bad(revoked.error);
     }
     const [target, ...cascade] = revoked.value;
     this.#deps.log.log('info', 'device revoked', { user, device: revocation.device, by: device.deviceId, cascade: cascade.length });
+    for (const gone of revoked.value) this.#deps.events.emit('deviceRevoked', { user, device: gone.deviceId });
     // The cascade first, the target last: a device that waits for the target's frame has seen
     // them all. Each carries this revocation: a cascaded device's chain ends at its target.
     this.#deps.devicesRevoked([...cascade, target!].map((gone): RevokedFrame => ({ type: 'revoked', device: gone.deviceId, revocation })));
@@ -155,23 +173,23 @@ export class DeviceAdmin {
     const { user, device, store, config } = this.#deps;
     if (record.user !== user || record.issuer !== device.deviceId || !verifyEpochRecord(record, device.publicKey)) {
       this.#deps.abuse();
-      return this.#deps.badFrame({ code: ErrorCode.BAD_SIGNATURE, message: 'an epoch record must be signed by this device, for its own user' });
+      return this.#bad({ code: ErrorCode.BAD_SIGNATURE, message: 'an epoch record must be signed by this device, for its own user' });
     }
     const devices = await store.listDevices(user);
     // Key epochs come only from live devices: a revoked one's queued frames publish nothing.
     if (devices.find((d) => d.deviceId === device.deviceId)?.revokedAt !== null) {
-      return this.#deps.badFrame({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' });
+      return this.#bad({ code: ErrorCode.DEVICE_REVOKED, message: 'this device was revoked' });
     }
     const recipients = new Set(record.wraps.map((w) => w.device));
     if (recipients.size !== record.wraps.length || recipients.size > config.maxDevicesPerUser) {
-      return this.#deps.badFrame({ code: ErrorCode.LIMIT_EXCEEDED, message: `an epoch record wraps its secret once for each of at most ${config.maxDevicesPerUser} devices` });
+      return this.#bad({ code: ErrorCode.LIMIT_EXCEEDED, message: `an epoch record wraps its secret once for each of at most ${config.maxDevicesPerUser} devices` });
     }
     const known = new Set(devices.map((d) => d.deviceId));
     if ([...recipients].some((id) => !known.has(id))) {
-      return this.#deps.badFrame({ code: ErrorCode.UNKNOWN_DEVICE, message: 'an epoch record may be sealed only to devices of this user' });
+      return this.#bad({ code: ErrorCode.UNKNOWN_DEVICE, message: 'an epoch record may be sealed only to devices of this user' });
     }
     const stored = await store.putEpoch(record, this.#deps.now(), config.maxEpochsPerUser);
-    if (!stored.ok) return this.#deps.badFrame(stored.error);
+    if (!stored.ok) return this.#bad(stored.error);
     this.#deps.log.log('info', 'key epoch stored', { user, epoch: record.epoch, by: device.deviceId });
     this.#deps.toUser({ type: 'epoch', record }, 10);
   }
@@ -180,18 +198,26 @@ export class DeviceAdmin {
     const { pairings, self, user } = this.#deps;
     if (frame.type === 'pair-open') {
       const opened = pairings.open(frame.id, user, self, frame.ttlMs, this.#deps.config.maxPairingsPerDevice);
-      if (!opened.ok) return this.#deps.badFrame(opened.error);
+      if (!opened.ok) {
+        this.#deps.events.emit('pairing', { outcome: 'failed', code: opened.error.code });
+        return this.#bad(opened.error);
+      }
+      this.#deps.events.emit('pairing', { outcome: 'opened' });
       this.#deps.send({ type: 'pair-opened', id: frame.id, expiresAt: opened.value.expiresAt }, 10);
       return;
     }
     const session = pairings.take(frame.id, self);
-    if (!session.ok) return this.#deps.badFrame(session.error);
+    if (!session.ok) {
+      this.#deps.events.emit('pairing', { outcome: 'failed', code: session.error.code });
+      return this.#bad(session.error);
+    }
     const joiner = session.value.joiner;
     if (!joiner) return;
     if (frame.type === 'pair-grant') {
       this.#deps.log.log('info', 'pairing granted', { user, device: this.#deps.device.deviceId });
       joiner.grantAndClose(frame);
     } else {
+      this.#deps.events.emit('pairing', { outcome: 'refused', code: ErrorCode.PAIRING_REFUSED });
       joiner.close(CloseCode.PAIRING_FAILED, ErrorCode.PAIRING_REFUSED);
     }
   }

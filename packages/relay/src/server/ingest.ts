@@ -7,6 +7,7 @@ import {
   type PushFrame,
   type RawFrame,
   type Seq,
+  type TierName,
   type TierPolicy,
   type UserId,
   b64ByteLength,
@@ -16,6 +17,7 @@ import {
 import type { DeviceVerifier } from '../auth/ed25519.js';
 import type { CrisisLane } from '../entitlements/crisis-lane.js';
 import type { QuotaGuard, QuotaRefusal } from '../entitlements/quota.js';
+import type { RelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
 import type { AppendRequest, DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
 import type { CommitQueue } from './commit-queue.js';
@@ -44,6 +46,8 @@ export interface IngestDeps {
   readonly readsQueued: () => number;
   readonly owner: WorkOwner;
   readonly log: Logger;
+  /** `committed` is told here, once envelopes are durable. */
+  readonly events: RelayEvents;
   readonly now: () => number;
   readonly snapshotRetentionMs: number;
   readonly user: UserId;
@@ -51,6 +55,8 @@ export interface IngestDeps {
   readonly verifier: DeviceVerifier;
   /** The tier enforced now (it changes while the connection lives). */
   policy(): TierPolicy;
+  /** The name of the tier enforced now (for the `committed` event: response time is promised per tier). */
+  tierName(): TierName;
   ack(acks: { doc: DocId; counter: number; seq: Seq; kind?: 'snapshot' }[], lane: number): void;
   reject(doc: DocId, counter: number, error: QuotaRefusal, kind?: EnvelopeKind): void;
   /** A frame that did not validate (counts against the bad-frame budget). */
@@ -58,7 +64,8 @@ export interface IngestDeps {
   /** Something an honest device never sends (a forged signature, another device's envelope). */
   abuse(): void;
   /** Newly stored entries, for the user's other connections. */
-  stored(docId: DocId, entries: readonly LogEntry[]): void;
+  /** Newly stored entries of a document, and when the push that carried them was read off the socket. */
+  stored(docId: DocId, entries: readonly LogEntry[], readAt: number): void;
   internal(error: unknown): void;
 }
 
@@ -112,6 +119,8 @@ export class Ingest {
   onPush(raw: RawFrame, chars: number): void {
     const { work, owner } = this.#deps;
     const crisis = claimsCrisisLane(raw);
+    // When the frame came off the socket: `committed` reports the time from here to durable.
+    const readAt = this.#deps.now();
     if (
       crisis &&
       this.#fast === undefined &&
@@ -121,7 +130,7 @@ export class Ingest {
       this.#deps.crisis.takeFastPath(this.#deps.user, envelopeCount(raw))
     ) {
       // The immediate path: verified and committed now, ahead of everything queued.
-      const fast = this.#runNow(this.#job(raw, true))
+      const fast = this.#runNow(this.#job(raw, true, readAt))
         .catch((error: unknown) => this.#deps.internal(error))
         .finally(() => {
           if (this.#fast === fast) this.#fast = undefined;
@@ -129,7 +138,7 @@ export class Ingest {
       this.#fast = fast;
       return;
     }
-    work.enqueue(owner, this.#behindFast(this.#job(raw, crisis)), crisis ? 'urgent' : 'normal');
+    work.enqueue(owner, this.#behindFast(this.#job(raw, crisis, readAt)), crisis ? 'urgent' : 'normal');
   }
 
   /**
@@ -159,7 +168,7 @@ export class Ingest {
   }
 
   /** The bounded steps of one push: validation, then envelopes in slices. */
-  #job(raw: RawFrame, urgent: boolean): Task {
+  #job(raw: RawFrame, urgent: boolean, readAt: number): Task {
     let frame: PushFrame | undefined;
     let index = 0;
     // Once one envelope of a document is deferred, later ones of that document in this frame
@@ -187,7 +196,7 @@ export class Ingest {
         await this.#admit(env, policy, deferred, accepted, snapshots);
       }
       if (snapshots.length > 0) this.#storeSnapshots(snapshots, policy).catch((error: unknown) => this.#deps.internal(error));
-      if (accepted.length > 0) this.#commit(accepted, policy, urgent).catch((error: unknown) => this.#deps.internal(error));
+      if (accepted.length > 0) this.#commit(accepted, policy, urgent, readAt).catch((error: unknown) => this.#deps.internal(error));
       return index < frame.envs.length ? 'again' : undefined;
     };
   }
@@ -270,7 +279,7 @@ export class Ingest {
     else if (meter.bytes > 0) this.#deps.quota.refund(this.#deps.user, policy, meter.day, meter.bytes);
   }
 
-  async #commit(accepted: readonly Accepted[], policy: TierPolicy, urgent: boolean): Promise<void> {
+  async #commit(accepted: readonly Accepted[], policy: TierPolicy, urgent: boolean, readAt: number): Promise<void> {
     const outcomes = await this.#deps.commits.submit(
       accepted.map((a) => a.request),
       urgent,
@@ -298,7 +307,25 @@ export class Ingest {
       }
     });
     if (acks.length > 0) this.#deps.ack(acks, ackLane);
-    for (const [docId, entries] of stored) this.#deps.stored(docId, entries);
+    for (const [docId, entries] of stored) this.#deps.stored(docId, entries, readAt);
+    if (this.#deps.events.has('committed')) this.#tellCommitted(stored, receivedAt - readAt);
+  }
+
+  /** One `committed` event per document and lane of what this commit stored (resends excluded). */
+  #tellCommitted(stored: ReadonlyMap<DocId, readonly LogEntry[]>, latencyMs: number): void {
+    const { user, device, events } = this.#deps;
+    for (const [doc, entries] of stored) {
+      const byLane = new Map<number, { envelopes: number; bytes: number }>();
+      for (const { env } of entries) {
+        const lane = byLane.get(env.lane) ?? { envelopes: 0, bytes: 0 };
+        lane.envelopes++;
+        lane.bytes += b64ByteLength(env.ct.length);
+        byLane.set(env.lane, lane);
+      }
+      for (const [lane, { envelopes, bytes }] of byLane) {
+        events.emit('committed', { user, device: device.deviceId, doc, lane, envelopes, bytes, latencyMs, tier: this.#deps.tierName() });
+      }
+    }
   }
 
   /**

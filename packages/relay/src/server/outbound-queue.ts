@@ -34,6 +34,8 @@ export class OutboundQueue {
   readonly #limits: OutboundLimits | undefined;
   #queued = 0;
   #queuedChars = 0;
+  /** Characters waiting per lane (index = lane), for the queue-depth gauges read on a metrics scrape. */
+  readonly #laneChars: number[] = Array.from({ length: LANES + 1 }, () => 0);
   #inflightBytes = 0;
   #closed = false;
   #overflowed = false;
@@ -53,6 +55,11 @@ export class OutboundQueue {
   /** Characters waiting in the queue (not yet handed to the socket). */
   get queuedChars(): number {
     return this.#queuedChars;
+  }
+
+  /** Adds the characters waiting in each lane to `into` (index = lane). */
+  addQueuedCharsByLane(into: number[]): void {
+    for (let l = 1; l <= LANES; l++) into[l] = (into[l] ?? 0) + this.#laneChars[l]!;
   }
 
   /**
@@ -78,6 +85,7 @@ export class OutboundQueue {
     }
     const l = Math.min(LANES, Math.max(1, Math.trunc(lane)));
     this.#lanes[l]!.push(frame);
+    this.#laneChars[l]! += frame.length;
     this.#queued++;
     this.#queuedChars += frame.length;
     this.#pump();
@@ -100,6 +108,7 @@ export class OutboundQueue {
     for (let l = 1; l <= LANES; l++) {
       this.#lanes[l] = [];
       this.#heads[l] = 0;
+      this.#laneChars[l] = 0;
     }
     this.#queued = 0;
     this.#queuedChars = 0;
@@ -111,6 +120,7 @@ export class OutboundQueue {
       const head = this.#heads[l]!;
       if (head < lane.length) {
         const frame = lane[head]!;
+        this.#laneChars[l]! -= frame.length;
         // Compact occasionally so a long-lived queue does not keep sent frames alive.
         if (head + 1 === lane.length) {
           this.#lanes[l] = [];

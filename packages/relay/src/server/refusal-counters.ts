@@ -3,8 +3,12 @@
  * lines each (anyone can send them, as fast as the network allows). Shaped for a Prometheus
  * counter with a `code` label: every known code is present from the start, at 0.
  */
-export interface RefusalCounters<C extends string> {
+/** Where a refusal is counted: in memory (RefusalCounters) or told on the relay's event bus. */
+export interface RefusalSink<C extends string> {
   count(code: C): void;
+}
+
+export interface RefusalCounters<C extends string> extends RefusalSink<C> {
   /** Totals since the relay started, every code included. */
   snapshot(): Readonly<Record<C, number>>;
 }

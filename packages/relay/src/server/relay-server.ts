@@ -1,26 +1,38 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady } from '@keel/engine';
+import { CloseCode, DEFAULT_TIERS, type DeviceId, type DocId, ErrorCode, type RelayId, type TierMatrix, type UserId, cryptoReady, isCrisisLane } from '@keel/engine';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { RelayConfig, ServingConfig } from '../config.js';
 import { type Entitlements, createEntitlements } from '../entitlements/entitlements.js';
-import { DEFAULT_GRACE_POLICY, type TimerDeps } from '../entitlements/grace.js';
+import { DEFAULT_GRACE_POLICY, type TimerDeps, systemTimers } from '../entitlements/grace.js';
 import { createPaymentProcessor } from '../entitlements/payments.js';
 import { createCrisisLane } from '../entitlements/crisis-lane.js';
 import { createQuotaGuard } from '../entitlements/quota.js';
+import { type ConnId, type RelayEvents, createRelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
+import { createAwarenessCounts } from '../observe/awareness-counts.js';
+import { createLogListener } from '../observe/log-listener.js';
+import { type RelayMetrics, createRelayMetrics } from '../observe/metrics.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
-import { AWARENESS_DROPS, type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
+import { type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
-import { createRefusalCounters } from './refusal-counters.js';
 import { resolveRelayId } from './relay-id.js';
 import { type ConnectionContext, RelayConnection } from './connection.js';
 import type { PairingPeer } from './device-admin.js';
 import { createHttpServer } from './http-server.js';
+import { type TlsLoad, readTlsCredentials, secureContextOptions } from './tls-credentials.js';
 import { watchEventLoop } from './loop-watch.js';
 import { createWorkQueue } from './work-queue.js';
+import { createAddressLimiter } from './address-limits.js';
+import { HttpErrorCode } from './http-codes.js';
+import { addressKey } from './auth-failure-limiter.js';
+import { type Alerter, createAlerter } from '../observe/alerts.js';
+import { CRISIS_SLA_MS, watchCrisisSla } from '../observe/crisis-sla.js';
+import { alertOnCrisis } from '../observe/operator-alerts.js';
+import { clientAddress } from './client-address.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
 const CLOSE_GRACE_MS = 1_000;
@@ -30,7 +42,7 @@ export interface RelayDeps {
   readonly store: RelayStore;
   readonly log: Logger;
   readonly now?: () => number;
-  /** The tier matrix in force (operator overrides applied); DESIGN.md's defaults otherwise. */
+  /** The tier matrix in force (operator overrides applied); docs/design.md's defaults otherwise. */
   readonly tiers?: TierMatrix;
   /** Clock and timers of grace periods; the system's unless a test injects fakes. */
   readonly timers?: TimerDeps;
@@ -45,11 +57,23 @@ export interface Relay {
   /** The id devices pin: configured, or generated at the first start and kept by the store. */
   readonly relayId: RelayId;
   readonly entitlements: Entitlements;
+  /** The relay's event bus: listen here for connections, commits, refusals… (events/relay-events.ts). */
+  readonly events: RelayEvents;
+  /** The Prometheus metrics `GET /metrics` serves, and the crisis-receipt latency hook. */
+  readonly metrics: RelayMetrics;
   /**
    * Awareness since the relay started: frames forwarded (one per recipient) and frames dropped,
    * by reason. Counts only, in memory: awareness itself is never stored or logged.
    */
   awarenessCounts(): { readonly forwarded: number; readonly dropped: Readonly<Record<AwarenessDrop, number>> };
+  /**
+   * Reads the certificate and key files again (after a renewal; the CLI does it on SIGHUP): new
+   * connections get them, open ones keep theirs. Files that fail the start-up checks leave the
+   * credentials in force unchanged. Not ok when the relay serves no TLS.
+   */
+  reloadTls(): TlsLoad;
+  /** What became of operator alerts' POSTs since the start (the alerts themselves are counted on /metrics). */
+  alertPosts(): ReturnType<Alerter['stats']>;
   /** Stops accepting, closes every socket (1001), waits for pending commits, closes the store. */
   close(): Promise<void>;
 }
@@ -60,9 +84,16 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const { store, log } = deps;
   const config: ServingConfig = { ...deps.config, relayId: await resolveRelayId(deps.config.relayId, store, log) };
   const now = deps.now ?? Date.now;
-  const commits = createCommitQueue(store, now);
-  const entitlements = createEntitlements(store, deps.tiers ?? DEFAULT_TIERS, config.defaultTier, now);
+  // With a certificate the one port speaks HTTPS and WSS. Read and checked before anything else
+  // starts, so a wrong file fails the start with its name rather than every handshake later.
+  const tls = config.tlsCert !== undefined && config.tlsKey !== undefined ? readTlsCredentials(config.tlsCert, config.tlsKey) : undefined;
+  if (tls && !tls.ok) throw new Error(tls.message);
+  const events = createRelayEvents({ log, now });
+  const commits = createCommitQueue(store, now, undefined, (envelopes, ms) => events.emit('commitBatch', { envelopes, ms }));
+  const tiers = deps.tiers ?? DEFAULT_TIERS;
+  const entitlements = createEntitlements(store, tiers, config.defaultTier, now);
   const quota = createQuotaGuard(store, now);
+  const timers: TimerDeps = deps.timers ?? { ...systemTimers, now };
   const payments = createPaymentProcessor({
     store,
     entitlements,
@@ -74,10 +105,10 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       floorMs: config.graceFloorMs,
     },
     priceTiers: config.priceTiers,
-    timers: deps.timers ?? { now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
+    timers,
   });
-  const awarenessDrops = createRefusalCounters(AWARENESS_DROPS);
-  let awarenessForwarded = 0;
+  const awarenessCounts = createAwarenessCounts(events);
+  const logListener = createLogListener({ events, log, now });
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   /** Each attached connection's device, kept past its teardown (when the connection no longer says). */
@@ -85,6 +116,16 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   const all = new Set<RelayConnection>();
   /** Connections that have not authenticated (or paired) yet. */
   const unauthenticated = new Set<RelayConnection>();
+  // The crisis SLA watch and operator alerts: listeners on the bus, off the hot path.
+  const alerter = createAlerter({
+    log,
+    target: config.alertUrl !== undefined && config.alertSecret !== undefined ? { url: config.alertUrl, secret: config.alertSecret } : undefined,
+    now,
+    timers,
+    count: (kind) => events.emit('alert', { kind }),
+  });
+  const sla = watchCrisisSla(events, { timers, slaMs: CRISIS_SLA_MS, missingAfterMs: config.crisisReceiptTimeoutMs });
+  const stopAlerting = alertOnCrisis(events, alerter, { anomalyBytes: config.crisisAnomalyBytes });
   const crisis = createCrisisLane({
     anomalyBytes: config.crisisAnomalyBytes,
     ceilingBytes: config.crisisCeilingBytes,
@@ -92,6 +133,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     fastPerSecond: 32,
     now,
     log,
+    onAnomaly: (user, device, bytes) => events.emit('crisisAnomaly', { user, device, bytes }),
   });
   const work = createWorkQueue({
     onError: (error) => log.log('error', 'work queue task failed', { error: error instanceof Error ? error.message : String(error) }),
@@ -106,6 +148,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     crisis,
     work,
     log,
+    events,
     now,
     attach(conn) {
       const user = conn.user!;
@@ -128,6 +171,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       // The device's last connection: its cursors go from the other devices at once, not after 30 s.
       if (set && device && ![...set].some((other) => deviceOf.get(other) === device)) {
         for (const other of set) other.send({ type: 'awareness-gone', device }, 1);
+        events.emit('deviceOffline', { user, device });
       }
       if (set?.size === 0) {
         byUser.delete(user);
@@ -136,26 +180,43 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     },
     leftPreAuth(conn) {
       unauthenticated.delete(conn);
+      leavePending(conn);
     },
-    fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[]) {
+    fanOut(origin: RelayConnection, docId: DocId, entries: readonly LogEntry[], readAt: number) {
       const user = userOf.get(origin);
       if (!user) return;
-      for (const conn of byUser.get(user) ?? []) if (conn !== origin) conn.deliver(docId, entries);
+      // Timed from the push's read off the socket: the relay's own commit is part of the SLA.
+      const crisisEntries = entries.filter((e) => isCrisisLane(e.env.lane)).map((e) => ({ seq: e.seq, receivedAt: readAt }));
+      for (const conn of byUser.get(user) ?? []) {
+        if (conn === origin) continue;
+        // Watched before delivery, so the receipt finds its wait whatever the socket's speed.
+        if (crisisEntries.length > 0 && conn.device !== undefined && conn.device !== origin.device && conn.isSubscribed(docId)) {
+          events.emit('crisisFannedOut', { user, device: conn.device, doc: docId, entries: crisisEntries });
+        }
+        conn.deliver(docId, entries);
+      }
+    },
+    receipt(origin, frame) {
+      const user = userOf.get(origin);
+      if (user && origin.device !== undefined) events.emit('receipt', { user, device: origin.device, doc: frame.doc, seqs: frame.seqs });
+    },
+    report(origin, frame) {
+      const user = userOf.get(origin);
+      if (user && origin.device !== undefined) events.emit('laneReported', { user, reporter: origin.device, author: frame.device, doc: frame.doc, lane: frame.lane });
     },
     awarenessLimits: DEFAULT_AWARENESS_LIMITS,
     forwardAwareness(origin, doc, frame) {
       const user = userOf.get(origin);
       if (!user) return;
+      let recipients = 0;
       for (const conn of byUser.get(user) ?? []) {
         // Not to the sender's device: its other connections (a reconnect overlapping) hold the states already.
         if (conn === origin || conn.device === origin.device || !conn.isSubscribed(doc)) continue;
         const dropped = conn.offerAwareness(frame);
-        if (dropped) awarenessDrops.count(dropped);
-        else awarenessForwarded++;
+        if (dropped) events.emit('awarenessDropped', { reason: dropped });
+        else recipients++;
       }
-    },
-    awarenessDropped(reason) {
-      awarenessDrops.count(reason);
+      if (recipients > 0) events.emit('awarenessForwarded', { recipients });
     },
     announceDevice(origin: RelayConnection, device: DeviceRecord) {
       for (const conn of byUser.get(device.userId) ?? []) if (conn !== origin) conn.send({ type: 'device', cert: device.cert }, 10);
@@ -179,15 +240,69 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
 
   // A tier change reaches every online device of the user at once.
   entitlements.onChange((userId, state) => {
-    for (const conn of byUser.get(userId) ?? []) conn.setTier(state);
+    const online = byUser.get(userId) ?? new Set<RelayConnection>();
+    const from = [...online].find((conn) => conn.tierName !== undefined)?.tierName;
+    for (const conn of online) conn.setTier(state);
+    events.emit('tierChanged', { user: userId, ...(from !== undefined ? { from } : {}), to: state.name });
   });
 
-  // Health, admin and webhook routes, with the HTTP timeouts; WebSocket upgrades stay here.
-  const http: Server = createHttpServer({ config, store, log, now, entitlements, payments });
+  let closing: Promise<void> | undefined;
+  const metrics = createRelayMetrics({
+    events,
+    tiers,
+    probes: {
+      workQueued: () => work.size,
+      outboundQueuedByLane() {
+        const byLane: number[] = [];
+        for (const conn of all) conn.addQueuedCharsByLane(byLane);
+        return byLane;
+      },
+    },
+  });
 
-  const wss = new WebSocketServer({ server: http, maxPayload: config.maxPayloadBytes, perMessageDeflate: false });
+  // Health, readiness, metrics, admin and webhook routes (over HTTPS with a certificate), with the HTTP timeouts; WebSocket upgrades stay here.
+  const http: Server = createHttpServer({
+    config,
+    store,
+    log,
+    now,
+    entitlements,
+    payments,
+    events,
+    metrics,
+    serving: () => closing === undefined,
+    ...(tls ? { tls: tls.credentials } : {}),
+  });
+
+  const addresses = createAddressLimiter(
+    { connectBurst: config.addressConnectBurst, connectPerSecond: config.addressConnectPerSecond, maxPendingPerAddress: config.maxPendingPerAddress, maxAddresses: 100_000 },
+    now,
+  );
+  /** The address each unauthenticated connection counts against, until it leaves that state. */
+  const pendingAddress = new Map<RelayConnection, string>();
+  const leavePending = (conn: RelayConnection): void => {
+    const address = pendingAddress.get(conn);
+    if (address === undefined) return;
+    pendingAddress.delete(conn);
+    addresses.leftPending(address);
+  };
+  const wss = new WebSocketServer({
+    server: http,
+    maxPayload: config.maxPayloadBytes,
+    perMessageDeflate: false,
+    // Before the upgrade: a flooding address is answered 429 for the price of a header parse.
+    verifyClient: (info, done) => {
+      const address = addressKey(clientAddress(info.req, config.trustedProxy));
+      const refused = addresses.admit(address);
+      if (!refused) return done(true);
+      events.emit('httpRefused', { area: 'connection', code: refused === 'RATE' ? HttpErrorCode.ADDRESS_RATE_LIMITED : HttpErrorCode.ADDRESS_PENDING_LIMIT });
+      done(false, 429, 'Too Many Requests', { 'retry-after': String(addresses.retryAfterSeconds(address)) });
+    },
+  });
   const alive = new WeakSet<WebSocket>();
-  wss.on('connection', (ws) => {
+  let nextConn: ConnId = 0;
+  wss.on('connection', (ws, req) => {
+    const address = addressKey(clientAddress(req, config.trustedProxy));
     // Unauthenticated sockets cost little each (a few KiB, one handshake step at a time) but
     // are free to open, so their number is bounded too.
     if (unauthenticated.size >= config.maxPendingConnections) {
@@ -195,14 +310,21 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         ws.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.OVERLOADED),
       );
       setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
+      addresses.leftPending(address);
       return;
     }
-    const conn = new RelayConnection(ws, context);
+    const id = ++nextConn;
+    events.emit('connected', { conn: id });
+    const conn = new RelayConnection(ws, context, id);
     unauthenticated.add(conn);
+    pendingAddress.set(conn, address);
     all.add(conn);
     alive.add(ws);
     ws.on('pong', () => alive.add(ws));
-    ws.on('close', () => all.delete(conn));
+    ws.on('close', () => {
+      all.delete(conn);
+      leavePending(conn);
+    });
   });
   // A device that vanished without a FIN (phone into a tunnel) misses a pong and is dropped.
   const heartbeat = setInterval(() => {
@@ -225,16 +347,38 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   await once(http, 'listening');
   const address = http.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  log.log('info', 'listening', { host: address.address, port: address.port, relay: config.relayId });
+  log.log('info', 'listening', {
+    host: address.address,
+    port: address.port,
+    relay: config.relayId,
+    tls: tls !== undefined,
+    ...(tls ? { certificateExpires: new Date(tls.credentials.validTo).toISOString() } : {}),
+  });
+  const scheme = tls ? { ws: 'wss', http: 'https' } : { ws: 'ws', http: 'http' };
 
-  let closing: Promise<void> | undefined;
   return {
     address,
-    url: `ws://${host}:${address.port}`,
-    httpUrl: `http://${host}:${address.port}`,
+    url: `${scheme.ws}://${host}:${address.port}`,
+    httpUrl: `${scheme.http}://${host}:${address.port}`,
     relayId: config.relayId,
     entitlements,
-    awarenessCounts: () => ({ forwarded: awarenessForwarded, dropped: awarenessDrops.snapshot() }),
+    events,
+    metrics,
+    awarenessCounts: () => awarenessCounts.snapshot(),
+    alertPosts: () => alerter.stats(),
+    reloadTls() {
+      if (!tls || config.tlsCert === undefined || config.tlsKey === undefined) {
+        return { ok: false, message: 'this relay serves no TLS (--tls-cert, --tls-key): nothing to reload' };
+      }
+      const loaded = readTlsCredentials(config.tlsCert, config.tlsKey);
+      if (!loaded.ok) {
+        log.log('error', 'tls reload failed; the certificate in force stays', { error: loaded.message });
+        return loaded;
+      }
+      (http as unknown as HttpsServer).setSecureContext(secureContextOptions(loaded.credentials));
+      log.log('info', 'tls certificate reloaded', { certificateExpires: new Date(loaded.credentials.validTo).toISOString() });
+      return loaded;
+    },
     close() {
       closing ??= (async () => {
         clearInterval(heartbeat);
@@ -251,9 +395,17 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         http.closeAllConnections();
         await new Promise<void>((resolve) => http.close(() => resolve()));
         await payments.close();
+        sla.stop();
+        stopAlerting();
+        // Alerts already raised get their chance to be posted (each POST times out), then the rest is dropped.
+        await Promise.race([alerter.idle(), new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
+        alerter.close();
         await work.idle();
         await commits.idle();
         await store.close();
+        metrics.stop();
+        awarenessCounts.stop();
+        logListener.stop();
         log.log('info', 'stopped', { relay: config.relayId });
       })();
       return closing;

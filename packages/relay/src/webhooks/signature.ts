@@ -79,3 +79,11 @@ export const verifyStripeSignature = (
   }
   return { ok: true, timestamp: parsed.timestamp };
 };
+
+/**
+ * Signs `body` the way `verifyStripeSignature` checks it: `t=<unix seconds>,v1=<hex
+ * HMAC-SHA256(secret, "t.body")>`. The relay signs its own outgoing alerts with it, and an
+ * operator's crisis service signs `POST /crisis` the same way.
+ */
+export const signatureHeader = (secret: string, body: string | Buffer, nowSeconds: number): string =>
+  `t=${nowSeconds},v1=${createHmac('sha256', secret).update(`${nowSeconds}.`).update(body).digest('hex')}`;

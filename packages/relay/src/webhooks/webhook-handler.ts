@@ -1,10 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { PaymentProcessor } from '../entitlements/payments.js';
+import type { RelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
 import type { LogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
 import { readBody, sendJson } from '../server/http-util.js';
-import type { RefusalCounters } from '../server/refusal-counters.js';
+import type { RefusalSink } from '../server/refusal-counters.js';
 import { verifyStripeSignature } from './signature.js';
 import { parseStripeEvent } from './stripe-events.js';
 import { type UnauthenticatedRefusal, WebhookRejection } from './webhook-codes.js';
@@ -23,7 +24,9 @@ export interface WebhookHandlerDeps {
   readonly log: Logger;
   /** For refusals anyone can cause (before the signature is verified). */
   readonly throttle: LogThrottle;
-  readonly refusals: RefusalCounters<UnauthenticatedRefusal>;
+  readonly refusals: RefusalSink<UnauthenticatedRefusal>;
+  /** Every answered delivery is told here as a `webhook` event with its outcome code. */
+  readonly events: RelayEvents;
   readonly now: () => number;
   /** How long a delivery's body may take to arrive (ms). */
   readonly bodyTimeoutMs: number;
@@ -33,6 +36,8 @@ interface Reply {
   readonly status: number;
   readonly body: unknown;
   readonly close?: boolean;
+  /** A WebhookRejection code, or the outcome of the applied event (a fixed set of codes). */
+  readonly outcome: string;
 }
 
 /**
@@ -47,14 +52,14 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
   const refuseUnauthenticated = (status: number, code: UnauthenticatedRefusal, message: string, close = false): Reply => {
     refusals.count(code);
     throttle.log(`webhook.${code}`, 'warn', 'payment webhook refused', { outcome: code });
-    return { status, body: { error: code, message }, ...(close ? { close } : {}) };
+    return { status, body: { error: code, message }, outcome: code, ...(close ? { close } : {}) };
   };
 
   /** The provider itself sent something unusable: worth a durable record. */
   const refuseSigned = async (code: typeof WebhookRejection.MALFORMED_BODY | typeof WebhookRejection.SCHEMA, message: string): Promise<Reply> => {
     await store.appendAudit([{ actor: 'webhook', op: 'payment.event', userId: null, outcome: code, detail: {} }], now());
     log.log('warn', 'payment webhook refused', { outcome: code });
-    return { status: 400, body: { error: code, message } };
+    return { status: 400, body: { error: code, message }, outcome: code };
   };
 
   const handle = async (req: IncomingMessage): Promise<Reply | undefined> => {
@@ -98,6 +103,7 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
     const result = await payments.applyEvent(parsed.event);
     return {
       status: 200,
+      outcome: result.outcome,
       body: { received: true, outcome: result.outcome, ...(result.duplicate ? { duplicate: true } : {}), ...(result.stale ? { stale: true } : {}) },
     };
   };
@@ -111,6 +117,7 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
       res.destroy();
       return true;
     }
+    deps.events.emit('webhook', { outcome: reply.outcome });
     if (reply.close) res.setHeader('connection', 'close');
     sendJson(res, reply.status, reply.body);
     return true;
