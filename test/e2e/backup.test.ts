@@ -52,6 +52,8 @@ describe('keel-relay backup', () => {
     expect(result.code).toBe(0);
     expect(result.stdout).toContain('audit trail OK');
     expect(statSync(backup).mode & 0o777).toBe(0o600);
+    // The serving relay's own files, created by the relay process under its ordinary umask.
+    for (const file of [relay.dbPath, `${relay.dbPath}-wal`, `${relay.dbPath}-shm`]) expect(statSync(file).mode & 0o777, file).toBe(0o600);
     // The writers did not pause for the backup: it ran while they wrote.
     expect(ackedAfter.some((n, i) => n > ackedBefore[i]!), 'updates acknowledged during the backup').toBe(true);
 
