@@ -12,6 +12,7 @@ import {
   type RelayFrame,
   type RelayId,
   RelayIdSchema,
+  SignupTokenSchema,
   type Seq,
   type TierState,
   TierStateSchema,
@@ -77,6 +78,14 @@ export interface KeelClientOptions {
    * in `storage`, else the id of the first relay that accepts this device. Replaces a kept pin.
    */
   readonly relayId?: string | undefined;
+  /**
+   * A signup token from the relay's operator (`keel-relay signup-token create`), for a relay that
+   * creates users only with one (`--registration token`). Sent only while this device's
+   * certificates could still create the user (its first device); a linked, paired or recovered
+   * device of an existing user needs none. A refused token is a final `error`
+   * (`SIGNUP_TOKEN_REQUIRED` or `SIGNUP_TOKEN_INVALID`).
+   */
+  readonly signupToken?: string | undefined;
   /**
    * Deflate larger updates before sealing when that makes them smaller. Off by default, and never
    * switched on by the relay or the tier: padding hides an update's size only to within a power
@@ -253,7 +262,7 @@ export class KeelClient extends ObservableV2<ClientEvents> implements KeelClient
           this.emit('error', [{ code: 'INTERNAL', message: `cannot store the relay pin: ${error instanceof Error ? error.message : String(error)}` }]);
         });
       },
-    }, pinned, { ...DEFAULT_LIVENESS, ...options.liveness });
+    }, pinned, { ...DEFAULT_LIVENESS, ...options.liveness }, options.signupToken === undefined ? undefined : SignupTokenSchema.parse(options.signupToken));
     this.#admin = new DeviceAdmin({
       identity: options.identity,
       trust: this.#trust,

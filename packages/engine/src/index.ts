@@ -41,6 +41,7 @@ export {
   maxPartPayloadBytes,
   inboundFrameBudget,
   clampRelayFrameLimit,
+  SignupTokenSchema,
 } from './protocol/frames.js';
 export { assertNever } from './protocol/assert-never.js';
 export { checkJsonBudget, RELAY_FRAME_JSON_BUDGET } from './protocol/json-budget.js';

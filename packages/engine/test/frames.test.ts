@@ -24,6 +24,16 @@ describe('wire frames', () => {
     expect(codeOf('{"type":"ack","acks":[]}')).toBe(ErrorCode.UNKNOWN_TYPE);
   });
 
+  it('carries an optional signup token in hello, of one exact shape', () => {
+    const hello = (extra: string) =>
+      `{"type":"hello","v":1,"user":"u_${'A'.repeat(43)}","device":"d_${'B'.repeat(22)}"${extra}}`;
+    expect(codeOf(hello(''))).toBe('ok');
+    expect(codeOf(hello(`,"signup":"kst_${'C'.repeat(43)}"`))).toBe('ok');
+    expect(codeOf(hello(`,"signup":"kst_${'C'.repeat(42)}"`))).toBe(ErrorCode.SCHEMA);
+    expect(codeOf(hello(`,"signup":"${'C'.repeat(47)}"`))).toBe(ErrorCode.SCHEMA);
+    expect(codeOf(hello(`,"signup":"kst_${'C'.repeat(42)}!"`))).toBe(ErrorCode.SCHEMA);
+  });
+
   it('names the failing field in schema errors', () => {
     const r = parseClientFrame('{"type":"sub","docs":[{"doc":"doc_x","after":-1}]}', MAX);
     expect(r.ok).toBe(false);

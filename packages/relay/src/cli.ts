@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { type TierMatrix, TierNameSchema, UserIdSchema, resolveTierMatrix } from '@keel/engine';
-import { createAuditVerifier } from './audit/audit-chain.js';
+import { COMMANDS, COMMANDS_USAGE } from './commands/index.js';
 import { ENV_VARS, PriceTiersSchema, type RelayConfig, RelayConfigSchema } from './config.js';
 import { type Logger, createJsonLogger } from './log.js';
 import { createLogThrottle } from './log-throttle.js';
@@ -13,7 +13,7 @@ import { openSqliteStore } from './storage/sqlite-store.js';
 const USAGE = `usage: keel-relay [serve] [options]
        keel-relay tier set <user-id> <trial|basic|grace_period|premium> [--url <http-url>]
        keel-relay tier get <user-id> [--url <http-url>]
-       keel-relay audit verify --db <file>
+${COMMANDS_USAGE}
 
 serve options:
   --port <n>            port to listen on, 0 for any free port   (${ENV_VARS.port}, default 8787)
@@ -28,6 +28,8 @@ serve options:
   --default-tier <tier> tier of users nothing has set yet          (${ENV_VARS.defaultTier}, default trial)
   --price-tiers <file>  JSON price id → "basic" | "premium" map   (${ENV_VARS.priceTiersFile}; inline JSON: ${ENV_VARS.priceTiers})
   --log-level <level>   debug | info | warn | error               (${ENV_VARS.logLevel}, default info)
+  --registration <mode> open: anyone may create a user; token: a new user's first device must
+                        present a signup token ("signup-token create")  (${ENV_VARS.registration}, default open)
   --tls-cert <file>     PEM certificate chain: serve https:// and wss:// (${ENV_VARS.tlsCert}; needs --tls-key)
   --tls-key <file>      PEM private key of the certificate       (${ENV_VARS.tlsKey});
                         SIGHUP reads both files again (after a renewal) without dropping devices
@@ -67,9 +69,10 @@ HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnecte
   ${ENV_VARS.httpHeadersTimeoutMs} (10000), ${ENV_VARS.httpRequestTimeoutMs} (30000; not below
   the other two), ${ENV_VARS.httpBodyTimeoutMs} (10000, admin and webhook bodies)
 
-audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row.
-  Audited: tier changes, grace periods, and webhook deliveries with a valid, fresh signature
-  (applied or refused). Not audited: deliveries refused before that (no, bad or stale signature,
+audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row
+  (its seq and kind: missing, altered, reordered, unlinked).
+  Audited: tier changes, grace periods, webhook deliveries with a valid, fresh signature
+  (applied or refused), recovery resets, user exports, imports and deletions. Not audited: deliveries refused before that (no, bad or stale signature,
   too large, too slow, wrong method, webhooks off) — counted in memory and logged at most once
   per code every 10 s, as are failed admin logins.
 
@@ -89,6 +92,7 @@ const FLAGS: Partial<Record<keyof RelayConfig, string>> = {
   defaultTier: 'default-tier',
   priceTiersFile: 'price-tiers',
   logLevel: 'log-level',
+  registration: 'registration',
   tlsCert: 'tls-cert',
   tlsKey: 'tls-key',
   trustedProxy: 'trusted-proxy',
@@ -121,6 +125,7 @@ const parse = (argv: string[]) => {
         'default-tier': { type: 'string' },
         'price-tiers': { type: 'string' },
         'log-level': { type: 'string' },
+        registration: { type: 'string' },
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
         'trusted-proxy': { type: 'string' },
@@ -292,53 +297,25 @@ const tierCommand = async (args: string[], values: Record<string, string | boole
   process.stdout.write(`${text}\n`);
 };
 
-/** `audit verify --db <file>`: recomputes the hash chain, read-only, a page at a time. */
-const auditCommand = async (args: string[], values: Record<string, string | boolean | undefined>): Promise<void> => {
-  if (args.length !== 1 || args[0] !== 'verify') return usageError(`unknown audit command "${args.join(' ')}"`);
-  const db = typeof values.db === 'string' ? values.db : process.env[ENV_VARS.db];
-  if (!db) return usageError('audit verify needs --db <file>');
-  if (!existsSync(db)) {
-    process.stderr.write(`keel-relay: no database at ${db}\n`);
-    process.exit(1);
-  }
-  let store;
-  try {
-    store = openSqliteStore({ path: db, readonly: true });
-  } catch (error) {
-    process.stderr.write(`keel-relay: cannot open database ${db}: ${error instanceof Error ? error.message : String(error)}\n`);
-    process.exit(1);
-  }
-  try {
-    const verifier = createAuditVerifier();
-    let after = 0;
-    for (;;) {
-      const page = await store.readAudit(after, 1_000);
-      if (page.length === 0) break;
-      for (const row of page) {
-        const broken = verifier.push(row);
-        if (broken) {
-          process.stdout.write(`audit trail BROKEN at seq ${broken.seq}: ${broken.reason} (${verifier.count} rows before it verified)\n`);
-          process.exitCode = 1;
-          return;
-        }
-      }
-      after = page[page.length - 1]!.seq;
-    }
-    process.stdout.write(`audit trail OK: ${verifier.count} rows, head ${verifier.headHash}\n`);
-  } finally {
-    await store.close();
-  }
-};
-
 const main = async (): Promise<void> => {
-  const parsed = parse(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  const operatorCommand = argv[0] === undefined ? undefined : COMMANDS[argv[0]];
+  if (operatorCommand) {
+    process.exitCode = await operatorCommand(argv.slice(1), {
+      out: (text) => process.stdout.write(text),
+      err: (text) => process.stderr.write(text),
+      env: process.env,
+      now: Date.now,
+    });
+    return;
+  }
+  const parsed = parse(argv);
   if (parsed.values.help) {
     process.stdout.write(USAGE);
     return;
   }
   const [command = 'serve', ...rest] = parsed.positionals;
   if (command === 'tier') return tierCommand(rest, parsed.values);
-  if (command === 'audit') return auditCommand(rest, parsed.values);
   if (command !== 'serve' || rest.length > 0) return usageError(`unknown command "${parsed.positionals.join(' ')}"`);
   return serve(readConfig(parsed.values));
 };

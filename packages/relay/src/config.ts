@@ -102,6 +102,11 @@ export const RelayConfigSchema = z.strictObject({
   /** JSON file of tier overrides, e.g. {"trial": {"batchWindowMs": 10000}}; docs/design.md's matrix otherwise. */
   tiersFile: z.string().min(1).optional(),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  /**
+   * Who may create a user: anyone who reaches the relay (`open`), or only a first device that
+   * presents an unused, unexpired signup token (`token`, auth/signup-tokens.ts).
+   */
+  registration: z.enum(['open', 'token'], { error: 'registration must be "open" or "token"' }).default('open'),
   /** Payment webhook endpoint secret (Stripe's `whsec_…`); POST /webhooks/payments answers 503 without it. */
   webhookSecret: z.string().min(16, 'webhook secret must be at least 16 characters').max(512).optional(),
   /** How far a webhook signature's timestamp may be from the relay's clock (s); Stripe's default 300. */
@@ -251,6 +256,7 @@ export const ENV_VARS = {
   tiersFile: 'KEEL_RELAY_TIERS_FILE',
   defaultTier: 'KEEL_RELAY_DEFAULT_TIER',
   logLevel: 'KEEL_RELAY_LOG_LEVEL',
+  registration: 'KEEL_RELAY_REGISTRATION',
   webhookSecret: 'KEEL_RELAY_WEBHOOK_SECRET',
   webhookToleranceSeconds: 'KEEL_RELAY_WEBHOOK_TOLERANCE_S',
   priceTiers: 'KEEL_RELAY_PRICE_TIERS',

@@ -111,6 +111,8 @@ export class RelayLink {
    */
   #penalized = false;
   readonly #liveness: LivenessOptions;
+  /** Sent in `hello` while this device could create its user (a relay with `--registration token`). */
+  readonly #signupToken: string | undefined;
   /** Sends the next ping on the current authenticated socket. */
   #probe: ReturnType<typeof setInterval> | undefined;
   /** The ping waiting for its pong, and when the link counts as dead without it. */
@@ -128,7 +130,9 @@ export class RelayLink {
     handlers: LinkHandlers,
     pinned?: RelayId,
     liveness: LivenessOptions = DEFAULT_LIVENESS,
+    signupToken?: string,
   ) {
+    this.#signupToken = signupToken;
     this.#url = url;
     this.#identity = identity;
     this.#createSocket = createSocket;
@@ -213,6 +217,7 @@ export class RelayLink {
           ...hello,
           ...(chain.length > 0 ? { chain: [...chain] } : {}),
           ...(firstDevice && escrow !== undefined ? { escrow } : {}),
+          ...(firstDevice && this.#signupToken !== undefined ? { signup: this.#signupToken } : {}),
         }),
       );
     };

@@ -37,6 +37,10 @@ export const ErrorCode = {
   RECOVERY_REPLAYED: 'RECOVERY_REPLAYED',
   /** A reset not signed by the user's recovery key, or one that does not keep the device presenting it. */
   RECOVERY_INVALID: 'RECOVERY_INVALID',
+  /** Final: this relay creates users only with a signup token (`--registration token`) and the new user's first device presented none. */
+  SIGNUP_TOKEN_REQUIRED: 'SIGNUP_TOKEN_REQUIRED',
+  /** Final: the signup token is unknown to this relay, already used, or expired. */
+  SIGNUP_TOKEN_INVALID: 'SIGNUP_TOKEN_INVALID',
   // Envelope integrity.
   BAD_SIGNATURE: 'BAD_SIGNATURE',
   WRONG_AUTHOR: 'WRONG_AUTHOR',

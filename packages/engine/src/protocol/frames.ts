@@ -174,6 +174,9 @@ export type AwarenessEnvelope = z.infer<typeof AwarenessEnvelopeSchema>;
 export const AwarenessFrameSchema = z.strictObject({ type: z.literal('awareness'), aw: AwarenessEnvelopeSchema });
 export type AwarenessFrame = z.infer<typeof AwarenessFrameSchema>;
 
+/** `kst_` and 32 random bytes in base64url; the relay keeps only its SHA-256. */
+export const SignupTokenSchema = z.string().regex(/^kst_[A-Za-z0-9_-]{43}$/, 'not a signup token (kst_ and 43 base64url characters)');
+
 // ── device → relay ──────────────────────────────────────────────────────────────────────
 export const HelloFrameSchema = z.strictObject({
   type: z.literal('hello'),
@@ -197,6 +200,11 @@ export const HelloFrameSchema = z.strictObject({
    * answered the challenge (every other device of the user is revoked, the kept ones are live).
    */
   recovery: RecoveryResetSchema.optional(),
+  /**
+   * A signup token from the relay's operator: a relay with `--registration token` creates a new
+   * user only for a first device that presents one (used once). Ignored for existing users.
+   */
+  signup: SignupTokenSchema.optional(),
 });
 export const AuthFrameSchema = z.strictObject({ type: z.literal('auth'), sig: b64Exact(64) });
 export const SubscribeFrameSchema = z.strictObject({

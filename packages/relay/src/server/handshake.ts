@@ -21,6 +21,7 @@ import {
   verifyRecoveryReset,
 } from '@keel/engine';
 import { type VerifiedCertificate, verifyPresentedCertificate } from '../auth/registration.js';
+import { admitSignup } from '../auth/signup-tokens.js';
 import type { ServingConfig } from '../config.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
 import type { QuotaGuard } from '../entitlements/quota.js';
@@ -256,6 +257,8 @@ export class Handshake {
       if (!applied) return;
       registeredNow.push(...applied);
     } else {
+      const refused = await admitSignup({ mode: config.registration, store, now: ctx.now() }, hello, pending);
+      if (refused) return this.#authFailed(hello, refused.message, refused.code);
       for (const link of pending) {
         const escrow = link.cert.issuer === null ? hello.escrow : undefined;
         const at = ctx.now();

@@ -60,6 +60,11 @@ export interface AuditDraft {
   /** A stable code: 'applied', 'duplicate', 'stale', 'BAD_SIGNATURE'… */
   readonly outcome: string;
   readonly detail: AuditDetail;
+  /**
+   * Keep only the keyed pseudonym of `userId` (user_ref), not the id itself: the record of a
+   * user's deletion, which must not name the user it removed.
+   */
+  readonly eraseUserId?: boolean;
 }
 
 /** A stored audit row: numbered from 1 and hash-chained to the row before it. */
@@ -68,7 +73,10 @@ export interface AuditRecord {
   readonly at: number;
   readonly actor: string;
   readonly op: string;
+  /** The user the row is about; not hashed, and erased (null) when the user is deleted. */
   readonly userId: UserId | null;
+  /** Keyed pseudonym of the user id (audit/audit-chain.ts `auditUserRef`), hashed; stays after a deletion. */
+  readonly userRef: string | null;
   readonly outcome: string;
   /** Canonical JSON (sorted keys) of the detail, exactly as hashed. */
   readonly detail: string;
@@ -120,6 +128,8 @@ export interface PaymentWrite {
   readonly failure?: { readonly userId: UserId; readonly at: number; readonly forgetBefore?: number };
   readonly audit?: readonly AuditDraft[];
 }
+
+export type SignupTokenOutcome = 'accepted' | 'unknown' | 'used' | 'expired';
 
 export type AppendOutcome =
   | { readonly status: 'stored'; readonly seq: Seq }
@@ -298,6 +308,14 @@ export interface RelayStore {
   appendAudit(drafts: readonly AuditDraft[], now: number): Promise<AuditRecord[]>;
   /** Audit rows with seq > `after`, in seq order, at most `limit`. */
   readAudit(after: number, limit: number): Promise<AuditRecord[]>;
+  /** Whether the relay holds a user (a first device of this user registered and was not deleted). */
+  hasUser(userId: UserId): Promise<boolean>;
+  /** Keeps a signup token's hash until `expiresAt` (ms); the token itself is never stored. */
+  putSignupToken(tokenHash: string, expiresAt: number, now: number): Promise<void>;
+  /**
+   * Marks a signup token used, atomically: 'accepted' once per token, and only before it expires.
+   */
+  useSignupToken(tokenHash: string, now: number): Promise<SignupTokenOutcome>;
   /** Metered bytes the user stored on a UTC day (`YYYY-MM-DD`). */
   usage(userId: UserId, day: string): Promise<number>;
   /** Cheap liveness probe for health checks. */

@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import {
   type DeviceCertificate,
@@ -21,7 +23,7 @@ import {
   ok,
   toB64,
 } from '@keel/engine';
-import { GENESIS_HASH, canonicalDetail, hashAuditRow } from '../audit/audit-chain.js';
+import { GENESIS_HASH, auditUserRef, canonicalDetail, hashAuditRow, hashLegacyAuditRow } from '../audit/audit-chain.js';
 import type {
   AppendOutcome,
   AppendRequest,
@@ -35,12 +37,17 @@ import type {
   RecoveryEnrolment,
   RelayStore,
   ResetOutcome,
+  SignupTokenOutcome,
   SnapshotOutcome,
   SubscriptionRecord,
   UserRecovery,
 } from './relay-store.js';
+import { type UserDataOps, createUserDataOps } from './user-data.js';
 
 export type Synchronous = 'FULL' | 'NORMAL';
+
+/** The relay store plus the operator commands that only a SQLite file supports (storage/user-data.ts). */
+export type SqliteRelayStore = RelayStore & UserDataOps;
 
 export interface SqliteStoreOptions {
   /** File path, or ':memory:' for throwaway stores. */
@@ -302,7 +309,74 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE users ADD COLUMN reset TEXT;
   ALTER TABLE users ADD COLUMN reset_at INTEGER;
   `,
+  `
+  -- Audit rows hash a keyed pseudonym of the user id (user_ref) instead of the id, so deleting a
+  -- user can erase user_id and leave the chain intact. The JS step of this migration (AUDIT_REF_STEP)
+  -- re-links the existing rows in the new format and re-creates the update trigger, which from
+  -- then on allows exactly one update: setting user_id to NULL.
+  DROP TRIGGER audit_no_update;
+  ALTER TABLE audit ADD COLUMN user_ref TEXT;
+  CREATE INDEX audit_by_user ON audit(user_id) WHERE user_id IS NOT NULL;
+  -- Signup tokens (--registration token): SHA-256 of the token only; used once, before expires_at.
+  CREATE TABLE signup_tokens (
+    token_hash TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+  ) WITHOUT ROWID;
+  `,
 ];
+
+/** The audit key (HMAC key of user refs), generated on first use and kept in meta. */
+const auditKey = (db: Database.Database): Buffer => {
+  db.prepare(`INSERT INTO meta (key, value) VALUES ('audit_key', ?) ON CONFLICT (key) DO NOTHING`).run(randomBytes(32).toString('hex'));
+  return Buffer.from(db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'audit_key'`).get()!.value, 'hex');
+};
+
+const AUDIT_NO_UPDATE = `
+  CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+  WHEN NOT (NEW.user_id IS NULL AND NEW.seq IS OLD.seq AND NEW.at IS OLD.at AND NEW.actor IS OLD.actor AND NEW.op IS OLD.op
+    AND NEW.user_ref IS OLD.user_ref AND NEW.outcome IS OLD.outcome AND NEW.detail IS OLD.detail
+    AND NEW.prev_hash IS OLD.prev_hash AND NEW.hash IS OLD.hash)
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only (only a deleted user''s id is erased)'); END;`;
+
+/**
+ * Re-links an audit trail written before user refs: checks the old chain, then writes every row
+ * again with its user ref and a hash in the current format, chained from genesis. What the old
+ * chain said is kept in meta (audit_legacy: rows, head hash, and the first broken seq if any), so
+ * a trail damaged before the upgrade is not silently blessed.
+ */
+const AUDIT_REF_STEP = (db: Database.Database): void => {
+  const key = auditKey(db);
+  // A page at a time: a long trail is never held whole in memory.
+  const page = db.prepare<[number], AuditRow>(`SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT 1000`);
+  const update = db.prepare(`UPDATE audit SET user_ref = ?, prev_hash = ?, hash = ? WHERE seq = ?`);
+  let legacyPrev = GENESIS_HASH;
+  let brokenAt: number | null = null;
+  let prevHash = GENESIS_HASH;
+  let count = 0;
+  for (let rows = page.all(0); rows.length > 0; rows = page.all(rows[rows.length - 1]!.seq)) {
+    for (const row of rows) {
+      count++;
+      if (brokenAt === null) {
+        const fields = { seq: row.seq, at: row.at, actor: row.actor, op: row.op, userId: row.user_id, userRef: null, outcome: row.outcome, detail: row.detail };
+        if (row.seq !== count || row.prev_hash !== legacyPrev || hashLegacyAuditRow(row.prev_hash, fields) !== row.hash) brokenAt = row.seq;
+        legacyPrev = row.hash;
+      }
+      const userRef = row.user_id === null ? null : auditUserRef(key, row.user_id);
+      const hash = hashAuditRow(prevHash, { seq: row.seq, at: row.at, actor: row.actor, op: row.op, userRef, outcome: row.outcome, detail: row.detail });
+      update.run(userRef, prevHash, hash, row.seq);
+      prevHash = hash;
+    }
+  }
+  db.prepare(`INSERT INTO meta (key, value) VALUES ('audit_legacy', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(
+    JSON.stringify({ rows: count, head: legacyPrev, brokenAt }),
+  );
+  db.exec(AUDIT_NO_UPDATE);
+};
+
+/** Steps in code after a migration's SQL, in the same transaction, by migration index. */
+const MIGRATION_STEPS: Readonly<Record<number, (db: Database.Database) => void>> = { 10: AUDIT_REF_STEP };
 
 interface DeviceRow {
   device_id: string;
@@ -486,6 +560,7 @@ interface AuditRow {
   actor: string;
   op: string;
   user_id: string | null;
+  user_ref?: string | null;
   outcome: string;
   detail: string;
   prev_hash: string;
@@ -516,6 +591,7 @@ const toAudit = (row: AuditRow): AuditRecord => ({
   actor: row.actor,
   op: row.op,
   userId: row.user_id as UserId | null,
+  userRef: row.user_ref ?? null,
   outcome: row.outcome,
   detail: row.detail,
   prevHash: row.prev_hash,
@@ -523,17 +599,27 @@ const toAudit = (row: AuditRow): AuditRecord => ({
 });
 
 /** The embedded relay store: one SQLite file in WAL mode. */
-export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
+export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore => {
+  if (!options.readonly) createPrivateFile(options.path);
   const db = options.readonly ? new Database(options.path, { readonly: true, fileMustExist: true }) : new Database(options.path);
   if (options.readonly) {
     checkSchema(db);
+    db.pragma('busy_timeout = 5000');
   } else {
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${options.synchronous ?? 'FULL'}`);
     db.pragma('foreign_keys = ON');
     db.pragma('busy_timeout = 5000');
+    // Deleted rows (a deleted user, pruned log entries) are overwritten with zeros, in the file
+    // and in the WAL pages that carry the change, instead of lingering in free space.
+    db.pragma('secure_delete = ON');
     migrate(db);
   }
+  // A read-only store of a database that never audited has no key yet; it writes no rows either.
+  const auditKeyOf = (() => {
+    let key: Buffer | undefined;
+    return () => (key ??= auditKey(db));
+  })();
 
   const stmt = {
     device: db.prepare<[string], DeviceRow>(
@@ -660,10 +746,14 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     countFailures: db.prepare<[string, number], { n: number }>(`SELECT count(*) AS n FROM payment_failures WHERE user_id = ? AND at >= ?`),
     lastAudit: db.prepare<[], { seq: number; hash: string }>(`SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`),
     insertAudit: db.prepare(
-      `INSERT INTO audit (seq, at, actor, op, user_id, outcome, detail, prev_hash, hash)
-       VALUES (@seq, @at, @actor, @op, @userId, @outcome, @detail, @prevHash, @hash)`,
+      `INSERT INTO audit (seq, at, actor, op, user_id, user_ref, outcome, detail, prev_hash, hash)
+       VALUES (@seq, @at, @actor, @op, @userId, @userRef, @outcome, @detail, @prevHash, @hash)`,
     ),
     readAudit: db.prepare<[number, number], AuditRow>(`SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`),
+    hasUser: db.prepare<[string], { n: number }>(`SELECT 1 AS n FROM users WHERE user_id = ?`),
+    putSignupToken: db.prepare(`INSERT INTO signup_tokens (token_hash, created_at, expires_at) VALUES (?, ?, ?)`),
+    signupToken: db.prepare<[string], { expires_at: number; used_at: number | null }>(`SELECT expires_at, used_at FROM signup_tokens WHERE token_hash = ?`),
+    useSignupToken: db.prepare(`UPDATE signup_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?`),
     usage: db.prepare<[string, string], { bytes: number }>(`SELECT bytes FROM usage WHERE user_id = ? AND day = ?`),
     addUsage: db.prepare(
       `INSERT INTO usage (user_id, day, bytes) VALUES (?, ?, ?)
@@ -877,8 +967,10 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     let prevHash = last?.hash ?? GENESIS_HASH;
     return drafts.map((draft) => {
       seq++;
-      const fields = { seq, at: now, actor: draft.actor, op: draft.op, userId: draft.userId, outcome: draft.outcome, detail: canonicalDetail(draft.detail) };
-      const record: AuditRecord = { ...fields, prevHash, hash: hashAuditRow(prevHash, fields) };
+      const userRef = draft.userId === null ? null : auditUserRef(auditKeyOf(), draft.userId);
+      const fields = { seq, at: now, actor: draft.actor, op: draft.op, userRef, outcome: draft.outcome, detail: canonicalDetail(draft.detail) };
+      const userId = draft.eraseUserId ? null : draft.userId;
+      const record: AuditRecord = { ...fields, userId, prevHash, hash: hashAuditRow(prevHash, fields) };
       stmt.insertAudit.run(record);
       prevHash = record.hash;
       return record;
@@ -909,6 +1001,15 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
   });
   const paymentTx = db.transaction(writePayment);
   const auditTx = db.transaction(appendAuditRows);
+
+  const useSignupTokenTx = db.transaction((tokenHash: string, now: number): SignupTokenOutcome => {
+    if (stmt.useSignupToken.run(now, tokenHash, now).changes === 1) return 'accepted';
+    const row = stmt.signupToken.get(tokenHash);
+    if (!row) return 'unknown';
+    return row.used_at !== null ? 'used' : 'expired';
+  });
+
+  const admin = createUserDataOps(db, { appendAudit: (drafts, now) => appendAuditRows(drafts, now) });
 
   let closed = false;
   return {
@@ -981,6 +1082,11 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
     countPaymentFailures: async (userId, since) => stmt.countFailures.get(userId, since)?.n ?? 0,
     appendAudit: async (drafts, now) => (drafts.length === 0 ? [] : auditTx.immediate(drafts, now)),
     readAudit: async (after, limit) => stmt.readAudit.all(after, limit).map(toAudit),
+    hasUser: async (userId) => stmt.hasUser.get(userId) !== undefined,
+    putSignupToken: async (tokenHash, expiresAt, now) => {
+      stmt.putSignupToken.run(tokenHash, now, expiresAt);
+    },
+    useSignupToken: async (tokenHash, now) => useSignupTokenTx.immediate(tokenHash, now),
     usage: async (userId, day) => stmt.usage.get(userId, day)?.bytes ?? 0,
     ping: async () => {
       stmt.ping.get();
@@ -991,7 +1097,30 @@ export const openSqliteStore = (options: SqliteStoreOptions): RelayStore => {
       db.close();
     },
     relayId: async (candidate) => keepRelayId(db, candidate),
+    ...admin,
   };
+};
+
+/**
+ * Creates the database file readable by its owner only (0600) before SQLite opens it; SQLite
+ * gives the -wal and -shm files it creates later the mode of the database file, so they are
+ * private too. An existing file (and its -wal, -shm) is set to 0600.
+ */
+const createPrivateFile = (path: string): void => {
+  if (path === ':memory:' || path === '' || path.startsWith('file:')) return;
+  if (!existsSync(path)) {
+    closeSync(openSync(path, 'a', 0o600));
+    // openSync's mode passes through the umask, which can only narrow it; chmod makes it exact.
+    chmodSync(path, 0o600);
+    return;
+  }
+  for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      chmodSync(file, 0o600);
+    } catch {
+      // Not ours to change (another owner) or absent: SQLite reports what matters when it opens.
+    }
+  }
 };
 
 const schemaVersion = (db: Database.Database): number => {
@@ -1025,6 +1154,7 @@ const migrate = (db: Database.Database): void => {
   for (let version = current; version < MIGRATIONS.length; version++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[version]!);
+      MIGRATION_STEPS[version]?.(db);
       db.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(
         String(version + 1),
       );
