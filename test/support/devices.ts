@@ -12,7 +12,7 @@ export const connectDevice = async (
   url: string,
   identity: Identity,
   store: ClientStore = createMemoryStore(),
-  options: { readonly snapshotEvery?: number; readonly relayId?: string; readonly liveness?: { intervalMs?: number; timeoutMs?: number } } = {},
+  options: { readonly snapshotEvery?: number; readonly relayId?: string; readonly crisisAuthorityKeys?: readonly string[]; readonly liveness?: { intervalMs?: number; timeoutMs?: number } } = {},
 ): Promise<Device> => {
   const client = await createNodeClient({ url, identity, storage: store, backoff: { baseMs: 50, maxMs: 500 }, ...options });
   const errors: ClientError[] = [];

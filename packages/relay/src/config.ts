@@ -160,6 +160,18 @@ export const RelayConfigSchema = z.strictObject({
     .optional(),
   /** HMAC-SHA256 key of the `keel-signature` header on alert POSTs. */
   alertSecret: z.string().min(16, 'alert secret must be at least 16 characters').max(512).optional(),
+  /** HMAC secret of the operator's crisis service: enables `POST /crisis` (external crisis signals). */
+  crisisSecret: z.string().min(16, 'crisis secret must be at least 16 characters').max(512).optional(),
+  /**
+   * The operator's crisis authority public keys (base64url Ed25519, comma-separated in the
+   * environment): given, `POST /crisis` takes only signals signed by one of them.
+   */
+  crisisAuthorityKeys: z
+    .preprocess(
+      (value) => (typeof value === 'string' ? value.split(',').map((k) => k.trim()).filter((k) => k !== '') : value),
+      z.array(z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'a crisis authority key is 32 bytes of base64url (43 characters)')).max(8),
+    )
+    .default([]),
   /** How long a connected device may take to confirm a crisis entry before the receipt counts as missing (ms). */
   crisisReceiptTimeoutMs: int('crisis receipt timeout', 200, 600_000).default(5_000),
   // HTTP edge: how long a client may take to send a request (slow-loris defence). Not 0: Node
@@ -282,6 +294,8 @@ export const ENV_VARS = {
   alertUrl: 'KEEL_RELAY_ALERT_URL',
   alertSecret: 'KEEL_RELAY_ALERT_SECRET',
   crisisReceiptTimeoutMs: 'KEEL_RELAY_CRISIS_RECEIPT_TIMEOUT_MS',
+  crisisSecret: 'KEEL_RELAY_CRISIS_SECRET',
+  crisisAuthorityKeys: 'KEEL_RELAY_CRISIS_AUTHORITY_KEYS',
   httpHeadersTimeoutMs: 'KEEL_RELAY_HTTP_HEADERS_TIMEOUT_MS',
   httpRequestTimeoutMs: 'KEEL_RELAY_HTTP_REQUEST_TIMEOUT_MS',
   httpBodyTimeoutMs: 'KEEL_RELAY_HTTP_BODY_TIMEOUT_MS',

@@ -130,6 +130,8 @@ export interface RelayEventMap {
   crisisReceiptMissing: { readonly user: UserId; readonly device: DeviceId; readonly doc: DocId; readonly seq: Seq; readonly waitedMs: number };
   /** A device refused an envelope of its user for a lane above its class's ceiling (`report` frame). */
   laneReported: { readonly user: UserId; readonly reporter: DeviceId; readonly author: DeviceId; readonly doc: DocId; readonly lane: number };
+  /** A `POST /crisis` was answered: `outcome` is a CrisisSignalCode (DELIVERED, DUPLICATE, or why it was refused). */
+  crisisSignal: { readonly outcome: string };
   /** An operator alert was raised (see observe/alerts.ts). */
   alert: { readonly kind: AlertKind };
 }

@@ -113,6 +113,7 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
   const receiptsMissing = new Counter({ name: 'keel_crisis_receipts_missing_total', help: 'Crisis entries a connected device never confirmed within the receipt timeout.', registers });
   const alerts = new Counter({ name: 'keel_alerts_total', help: 'Operator alerts raised, by kind (each also an error log line, and a POST when configured).', labelNames: ['kind'], registers });
   for (const kind of ALERT_KINDS) alerts.inc({ kind }, 0);
+  const crisisSignals = new Counter({ name: 'keel_crisis_signals_total', help: 'POST /crisis requests answered, by outcome (DELIVERED, DUPLICATE, or the refusal code).', labelNames: ['outcome'], registers });
   const laneReports = new Counter({ name: 'keel_lane_reports_total', help: 'Envelopes a device refused for a lane above its document class\'s ceiling (LANE_MISMATCH reports).', registers });
   const syncOps = new Counter({ name: 'keel_sync_operations_total', help: 'Sync operations committed (one per document and lane of a push), by the pushing device\'s tier.', labelNames: ['tier'], registers });
   const responseViolations = new Counter({
@@ -209,6 +210,7 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
     events.on('crisisReceiptMissing', () => receiptsMissing.inc()),
     events.on('alert', ({ kind }) => alerts.inc({ kind })),
     events.on('laneReported', () => laneReports.inc()),
+    events.on('crisisSignal', ({ outcome }) => crisisSignals.inc({ outcome })),
   ];
 
   return {

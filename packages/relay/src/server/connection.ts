@@ -47,6 +47,8 @@ export interface ConnectionContext extends HandshakeContext {
   readonly work: WorkQueue;
   /** The device authenticated; false when its user already has as many connections as allowed. */
   attach(conn: RelayConnection): boolean;
+  /** `ready` went out to this connection of `user`: what waited for its devices (external crisis signals) follows. */
+  ready(conn: RelayConnection, user: UserId): void;
   detach(conn: RelayConnection): void;
   /** The connection left the unauthenticated state (authenticated, paired or closed). */
   leftPreAuth(conn: RelayConnection): void;
@@ -416,6 +418,7 @@ export class RelayConnection implements PairingPeer {
     setFrameLimit(this.#ws, config.maxPayloadBytes);
     this.send(outcome.ready, 10);
     for (const registered of outcome.announce) this.#ctx.announceDevice(this, registered);
+    this.#ctx.ready(this, user);
     this.#ctx.events.emit('authenticated', { conn: this.#id, user, device: device.deviceId, tier: tier.name, newUser: outcome.newUser });
   }
 

@@ -1,6 +1,7 @@
 import { type IncomingMessage, type Server, type ServerOptions, type ServerResponse, createServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
+import type { CrisisSignal, UserId } from '@keel/engine';
 import type { RelayConfig } from '../config.js';
 import type { Entitlements } from '../entitlements/entitlements.js';
 import type { PaymentProcessor } from '../entitlements/payments.js';
@@ -11,6 +12,7 @@ import { createLogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
 import type { UnauthenticatedRefusal } from '../webhooks/webhook-codes.js';
 import { createWebhookHandler } from '../webhooks/webhook-handler.js';
+import { createCrisisSignalRoute, parseAuthorityKeys } from '../crisis/crisis-signals.js';
 import { createAdminHandler } from './admin.js';
 import type { AuthFailureLimits } from './auth-failure-limiter.js';
 import { type AdminUnauthenticatedRefusal, type ConnectionRefusal, HttpErrorCode, type MetricsRefusal, type ParserRefusal } from './http-codes.js';
@@ -51,6 +53,8 @@ export interface HttpServerDeps {
   readonly events: RelayEvents;
   /** What `GET /metrics` renders. */
   readonly metrics: RelayMetrics;
+  /** Sends an external crisis signal to every connected device of the user; how many devices were online. */
+  deliverCrisisSignal(user: UserId, signal: CrisisSignal): number;
   /** False once the relay is shutting down: `/readyz` answers 503 from then on. */
   serving(): boolean;
   /** Where refusals are counted; the bus (`httpRefused`) unless a test passes its own. */
@@ -111,6 +115,20 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
     bodyTimeoutMs: config.httpBodyTimeoutMs,
   });
 
+  const crisis = createCrisisSignalRoute({
+    secret: config.crisisSecret,
+    authorityKeys: parseAuthorityKeys(config.crisisAuthorityKeys),
+    relayId: config.relayId,
+    toleranceSeconds: config.webhookToleranceSeconds,
+    store,
+    log,
+    throttle,
+    events: deps.events,
+    now,
+    bodyTimeoutMs: config.httpBodyTimeoutMs,
+    deliver: (user, signal) => deps.deliverCrisisSignal(user, signal),
+  });
+
   const metrics = createMetricsRoute({ metrics: deps.metrics, token: config.metricsToken, host: config.host, throttle, refusals: refusals.metrics });
 
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -145,6 +163,7 @@ export const createHttpServer = (deps: HttpServerDeps): Server => {
     if (req.method === 'GET' && path === '/metrics') return metrics(req, res);
     if (await admin(req, res, path)) return;
     if (await webhooks(req, res, path)) return;
+    if (await crisis(req, res, path)) return;
     sendJson(res, 404, { error: HttpErrorCode.NOT_FOUND, message: `no route for ${req.method} ${path}` });
   };
 

@@ -32,6 +32,7 @@ import { addressKey } from './auth-failure-limiter.js';
 import { type Alerter, createAlerter } from '../observe/alerts.js';
 import { CRISIS_SLA_MS, watchCrisisSla } from '../observe/crisis-sla.js';
 import { alertOnCrisis } from '../observe/operator-alerts.js';
+import { CRISIS_SIGNAL_RETENTION_MS } from '../crisis/crisis-signals.js';
 import { clientAddress } from './client-address.js';
 
 /** How long shutting down waits for devices to answer the close handshake. */
@@ -178,6 +179,15 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         crisis.forgetUser(user);
       }
     },
+    ready(conn, user) {
+      // Signals kept for devices that were offline when they came; each device acts on a signal once.
+      store
+        .crisisSignals(user, now() - CRISIS_SIGNAL_RETENTION_MS)
+        .then((signals) => {
+          for (const signal of signals) conn.send({ type: 'crisis-signal', signal }, 10);
+        })
+        .catch((error: unknown) => log.log('error', 'kept crisis signals could not be read', { user, error: error instanceof Error ? error.message : String(error) }));
+    },
     leftPreAuth(conn) {
       unauthenticated.delete(conn);
       leavePending(conn);
@@ -271,6 +281,14 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     events,
     metrics,
     serving: () => closing === undefined,
+    deliverCrisisSignal(user, signal) {
+      const devices = new Set<DeviceId>();
+      for (const conn of byUser.get(user) ?? []) {
+        conn.send({ type: 'crisis-signal', signal }, 10);
+        if (conn.device !== undefined) devices.add(conn.device);
+      }
+      return devices.size;
+    },
     ...(tls ? { tls: tls.credentials } : {}),
   });
 

@@ -1,4 +1,4 @@
-import type { DeviceCertificate, DeviceId, DocId, Envelope, EpochRecord, KeelError, RecoveryReset, Result, Revocation, Seq, TierName, UserId } from '@keel/engine';
+import type { CrisisSignal, DeviceCertificate, DeviceId, DocId, Envelope, EpochRecord, KeelError, RecoveryReset, Result, Revocation, Seq, TierName, UserId } from '@keel/engine';
 
 /** A registered device as the relay knows it. */
 export interface DeviceRecord {
@@ -195,6 +195,12 @@ export interface DeviceLimits {
  * own, squat or probe another user's document id — the same id in two users' spaces is two
  * unrelated documents.
  */
+/** How long, and how many of one user's, external crisis signals are kept. */
+export interface CrisisSignalLimits {
+  readonly retentionMs: number;
+  readonly maxPerUser: number;
+}
+
 export interface RelayStore {
   getDevice(deviceId: DeviceId): Promise<DeviceRecord | undefined>;
   listDevices(userId: UserId): Promise<DeviceRecord[]>;
@@ -316,6 +322,14 @@ export interface RelayStore {
    * Marks a signup token used, atomically: 'accepted' once per token, and only before it expires.
    */
   useSignupToken(tokenHash: string, now: number): Promise<SignupTokenOutcome>;
+  /**
+   * Keeps an external crisis signal for the user's devices (the same signal id again is
+   * 'duplicate' and changes nothing); signals older than `retentionMs` and all but the newest
+   * `maxPerUser` of the user go.
+   */
+  keepCrisisSignal(userId: UserId, signal: CrisisSignal, now: number, limits: CrisisSignalLimits): Promise<'stored' | 'duplicate'>;
+  /** The user's kept crisis signals received at or after `since`, oldest first. */
+  crisisSignals(userId: UserId, since: number): Promise<CrisisSignal[]>;
   /** Metered bytes the user stored on a UTC day (`YYYY-MM-DD`). */
   usage(userId: UserId, day: string): Promise<number>;
   /** Cheap liveness probe for health checks. */

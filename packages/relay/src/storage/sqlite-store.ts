@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import {
+  type CrisisSignal,
+  CrisisSignalSchema,
   type DeviceCertificate,
   type DeviceId,
   type DocId,
@@ -29,6 +31,7 @@ import type {
   AppendRequest,
   AuditDraft,
   AuditRecord,
+  CrisisSignalLimits,
   DeviceLimits,
   DeviceRecord,
   GraceRecord,
@@ -324,6 +327,18 @@ export const MIGRATIONS: readonly string[] = [
     expires_at INTEGER NOT NULL,
     used_at    INTEGER
   ) WITHOUT ROWID;
+  `,
+  `
+  -- External crisis signals (POST /crisis), kept a week for the user's devices that are offline
+  -- when one comes: the signal as forwarded (JSON: id, at, reason, sig), never clinical detail.
+  CREATE TABLE crisis_signals (
+    user_id     TEXT NOT NULL REFERENCES users(user_id),
+    signal_id   TEXT NOT NULL,
+    signal      TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, signal_id)
+  ) WITHOUT ROWID;
+  CREATE INDEX crisis_signals_by_time ON crisis_signals(user_id, received_at);
   `,
 ];
 
@@ -755,6 +770,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     signupToken: db.prepare<[string], { expires_at: number; used_at: number | null }>(`SELECT expires_at, used_at FROM signup_tokens WHERE token_hash = ?`),
     useSignupToken: db.prepare(`UPDATE signup_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?`),
     usage: db.prepare<[string, string], { bytes: number }>(`SELECT bytes FROM usage WHERE user_id = ? AND day = ?`),
+    insertCrisisSignal: db.prepare(`INSERT OR IGNORE INTO crisis_signals (user_id, signal_id, signal, received_at) VALUES (?, ?, ?, ?)`),
+    expireCrisisSignals: db.prepare(`DELETE FROM crisis_signals WHERE user_id = ? AND received_at < ?`),
+    pruneCrisisSignals: db.prepare(
+      `DELETE FROM crisis_signals WHERE user_id = ? AND signal_id NOT IN
+         (SELECT signal_id FROM crisis_signals WHERE user_id = ? ORDER BY received_at DESC, signal_id DESC LIMIT ?)`,
+    ),
+    crisisSignals: db.prepare<[string, number], { signal: string }>(`SELECT signal FROM crisis_signals WHERE user_id = ? AND received_at >= ? ORDER BY received_at, signal_id`),
     addUsage: db.prepare(
       `INSERT INTO usage (user_id, day, bytes) VALUES (?, ?, ?)
        ON CONFLICT (user_id, day) DO UPDATE SET bytes = bytes + excluded.bytes`,
@@ -1009,6 +1031,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     return row.used_at !== null ? 'used' : 'expired';
   });
 
+  const keepCrisisSignalTx = db.transaction((userId: UserId, signal: CrisisSignal, now: number, limits: CrisisSignalLimits): 'stored' | 'duplicate' => {
+    stmt.expireCrisisSignals.run(userId, now - limits.retentionMs);
+    if (stmt.insertCrisisSignal.run(userId, signal.id, JSON.stringify(signal), now).changes === 0) return 'duplicate';
+    stmt.pruneCrisisSignals.run(userId, userId, limits.maxPerUser);
+    return 'stored';
+  });
+
   const admin = createUserDataOps(db, { appendAudit: (drafts, now) => appendAuditRows(drafts, now) });
 
   let closed = false;
@@ -1087,6 +1116,16 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
       stmt.putSignupToken.run(tokenHash, now, expiresAt);
     },
     useSignupToken: async (tokenHash, now) => useSignupTokenTx.immediate(tokenHash, now),
+    keepCrisisSignal: async (userId, signal, now, limits) => keepCrisisSignalTx.immediate(userId, signal, now, limits),
+    crisisSignals: async (userId, since) => {
+      const kept: CrisisSignal[] = [];
+      for (const row of stmt.crisisSignals.all(userId, since)) {
+        // Written by this relay from a validated signal; one that no longer parses is skipped, never sent.
+        const parsed = CrisisSignalSchema.safeParse(JSON.parse(row.signal));
+        if (parsed.success) kept.push(parsed.data);
+      }
+      return kept;
+    },
     usage: async (userId, day) => stmt.usage.get(userId, day)?.bytes ?? 0,
     ping: async () => {
       stmt.ping.get();

@@ -100,6 +100,7 @@ export const USER_TABLES: readonly UserTable[] = [
   },
   { name: 'payment_failures', columns: { user_id: text, at: int } },
   { name: 'grace_periods', columns: { user_id: text, paid_tier: text, started_at: int, ends_at: int, failures: int } },
+  { name: 'crisis_signals', columns: { user_id: text, signal_id: text, signal: text, received_at: int } },
 ];
 
 /**
