@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { createIdentity, linkNewDevice } from '@keel/client';
+import { type Identity, createIdentity, linkNewDevice } from '@keel/client';
 import type * as Y from 'yjs';
-import { waitFor } from './devices.js';
+import { type Device, waitFor } from './devices.js';
 import type { TestScope } from './scope.js';
 import { percentile } from './stats.js';
 
@@ -17,6 +17,8 @@ export interface CrisisStats {
 }
 
 export interface CrisisProbe {
+  /** The probe's two devices: A writes, B applies (a test may open more documents on them). */
+  readonly devices: { readonly a: Device; readonly b: Device };
   /** Latencies so far (ms), in arrival order. */
   readonly latencies: readonly number[];
   /** Stops writing, waits up to `graceMs` for the last edits, and summarises. */
@@ -36,11 +38,12 @@ export interface CrisisProbe {
 export const startCrisisProbe = async (
   scope: TestScope,
   url: string,
-  options: { readonly intervalMs?: number; readonly maxEdits?: number } = {},
+  options: { readonly intervalMs?: number; readonly maxEdits?: number; readonly identity?: Identity } = {},
 ): Promise<CrisisProbe> => {
   const intervalMs = options.intervalMs ?? 50;
   const maxEdits = options.maxEdits ?? 2_000;
-  const identity = await createIdentity();
+  // A given user's crisis edits (a test attacking that very user), or a new user's.
+  const identity = options.identity ?? (await createIdentity());
   const a = await scope.device(url, identity);
   const b = await scope.device(url, await linkNewDevice(identity));
   const docA: Y.Doc = await a.client.open({ class: 'safety_plan', name: 'probe' });
@@ -73,6 +76,7 @@ export const startCrisisProbe = async (
   scope.defer(() => clearInterval(timer));
 
   return {
+    devices: { a, b },
     latencies,
     async stop(graceMs = 2_000) {
       clearInterval(timer);

@@ -53,7 +53,7 @@ bounds on what one connection or user may make the relay hold (environment only)
   ${ENV_VARS.maxSubscriptions} (4096 per connection), ${ENV_VARS.maxOutboundBytes} (16 MiB queued to a device
   that does not read, then 4007), ${ENV_VARS.maxDevicesPerUser} (32 live), ${ENV_VARS.maxRegistrationsPerUser} (256),
   ${ENV_VARS.maxEpochsPerUser} (256), ${ENV_VARS.maxPairingsPerDevice} (4 open codes per connection),
-  ${ENV_VARS.crisisAnomalyBytes} (16 MiB of crisis lane per device per day: logged),
+  ${ENV_VARS.crisisAnomalyBytes} (16 MiB of crisis lane per user per day: an anomaly, alerted),
   ${ENV_VARS.crisisCeilingBytes} (1 GiB: further crisis envelopes deferred to the next UTC day)
 
 payments (environment only): ${ENV_VARS.webhookSecret} (enables POST /webhooks/payments),

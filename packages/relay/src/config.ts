@@ -140,7 +140,7 @@ export const RelayConfigSchema = z.strictObject({
   maxEpochsPerUser: int('max key epochs per user', 1, 100_000).default(256),
   /** Pairing codes one connection may offer at once. */
   maxPairingsPerDevice: int('max pairing codes per device', 1, 64).default(4),
-  /** Crisis-lane bytes of one device per UTC day past which the volume is logged as an anomaly. */
+  /** Crisis-lane bytes of one user (all devices) per UTC day past which an anomaly is flagged: log, metric, audit, alert. */
   crisisAnomalyBytes: int('crisis anomaly threshold', 1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
   /** Crisis-lane bytes of one device per UTC day past which crisis envelopes are deferred (a disk-safety bound). */
   crisisCeilingBytes: int('crisis ceiling', 1024, 64 * 1024 * 1024 * 1024).default(1024 * 1024 * 1024),

@@ -6,7 +6,7 @@ import { utcDay } from './quota.js';
 const DAY_MS = 86_400_000;
 
 export interface CrisisLaneOptions {
-  /** Crisis-lane bytes of one device in one UTC day past which the volume is flagged as an anomaly. */
+  /** Crisis-lane bytes of one user (all devices) in one UTC day past which the volume is flagged as an anomaly. */
   readonly anomalyBytes: number;
   /**
    * Crisis-lane bytes of one device in one UTC day past which further crisis-lane envelopes are
@@ -20,7 +20,7 @@ export interface CrisisLaneOptions {
   readonly fastPerSecond: number;
   readonly now: () => number;
   readonly log: Logger;
-  /** A device passed `anomalyBytes` today (told once per device per UTC day). */
+  /** A user passed `anomalyBytes` today over all their devices (told once per user per UTC day; `device` sent the last envelope). */
   readonly onAnomaly?: (user: UserId, device: DeviceId, bytes: number) => void;
 }
 
@@ -41,13 +41,16 @@ export const createCrisisLane = (options: CrisisLaneOptions) => {
   const { now, log } = options;
   let today = '';
   const used = new Map<DeviceId, number>();
-  const flagged = new Set<DeviceId>();
+  /** Crisis-lane bytes of each user today, over all their devices: what the anomaly is judged on. */
+  const usedByUser = new Map<UserId, number>();
+  const flagged = new Set<UserId>();
   const buckets = new Map<UserId, Bucket>();
 
   const roll = (day: string): void => {
     if (day === today) return;
     today = day;
     used.clear();
+    usedByUser.clear();
     flagged.clear();
   };
 
@@ -67,18 +70,22 @@ export const createCrisisLane = (options: CrisisLaneOptions) => {
         };
       }
       used.set(device, before + bytes);
-      if (before + bytes > options.anomalyBytes && !flagged.has(device)) {
-        flagged.add(device);
-        log.log('warn', 'crisis lane volume anomaly', { user, device, bytes: before + bytes, threshold: options.anomalyBytes });
-        options.onAnomaly?.(user, device, before + bytes);
+      // Judged per user (a person types on one device at a time; many devices do not dilute it), told once a day.
+      const userBytes = (usedByUser.get(user) ?? 0) + bytes;
+      usedByUser.set(user, userBytes);
+      if (userBytes > options.anomalyBytes && !flagged.has(user)) {
+        flagged.add(user);
+        log.log('warn', 'crisis lane volume anomaly', { user, device, bytes: userBytes, threshold: options.anomalyBytes });
+        options.onAnomaly?.(user, device, userBytes);
       }
       return { day };
     },
 
     /** Gives back a metered envelope that was not stored (refused, duplicate). */
-    refund(device: DeviceId, day: string, bytes: number): void {
+    refund(user: UserId, device: DeviceId, day: string, bytes: number): void {
       if (day !== today) return;
       used.set(device, Math.max(0, (used.get(device) ?? 0) - bytes));
+      usedByUser.set(user, Math.max(0, (usedByUser.get(user) ?? 0) - bytes));
     },
 
     /** Takes `envelopes` from the user's immediate-path budget; false when it is spent. */

@@ -275,7 +275,7 @@ export class Ingest {
   }
 
   #refund(meter: Meter, policy: TierPolicy): void {
-    if (meter.crisis) this.#deps.crisis.refund(this.#deps.device.deviceId, meter.day, meter.bytes);
+    if (meter.crisis) this.#deps.crisis.refund(this.#deps.user, this.#deps.device.deviceId, meter.day, meter.bytes);
     else if (meter.bytes > 0) this.#deps.quota.refund(this.#deps.user, policy, meter.day, meter.bytes);
   }
 
