@@ -319,12 +319,12 @@ export class RelayConnection implements PairingPeer {
       case 'awareness':
         return this.#onAwareness(session, frame);
       case 'sub':
-        // In the work queue: a frame of a thousand documents is work, taken in turn with other
-        // users' (and the socket paused while this one's backlog is long). Subscribing past the
-        // cap is no honest client's doing (it pages its documents): it counts as a bad frame.
-        return this.#queue(async () => {
-          if (session.delivery.subscribe(frame.docs) > 0) this.#countAbuse();
-        });
+        // At once, in order with this connection's other frames (its awareness for a document
+        // needs the subscription in place): registering is a map insert per document, and the
+        // catch-up it starts runs in the work queue. Past the cap one refusal answers the frame,
+        // and subscribing past it is no honest client's doing (it pages): it counts as a bad frame.
+        if (session.delivery.subscribe(frame.docs) > 0) this.#countAbuse();
+        return;
       case 'unsub':
         return session.delivery.unsubscribe(frame.docs);
       case 'register':
