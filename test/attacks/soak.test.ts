@@ -7,6 +7,7 @@ import type { SocketPlan } from '../support/attacker-plan.js';
 import { startAttacker, startHonestUsers } from '../support/attacker-process.js';
 import { isAlive, memoryOf, startCrisisProbe } from '../support/crisis-probe.js';
 import { connectRawDevice, docRef, flipBit, sealFor } from '../support/raw-device.js';
+import { errorLinesBesidesCrisisAlerts } from '../support/relay-process.js';
 import { useTestScope } from '../support/scope.js';
 import { percentile } from '../support/stats.js';
 
@@ -133,6 +134,7 @@ describe('soak: every attack at once, honest users throughout', () => {
         relayRssPeakMiB: Math.max(memoryPeak, memoryOf(relay.pid).peakMiB),
         testLoopMaxMs: Math.round(ownLoop.max / 1e6),
         relayLoopStalls: [...relay.output().matchAll(/"msg":"event loop stalled","maxMs":(\d+)/g)].map((m) => Number(m[1])),
+        crisisAlerts: [...relay.output().matchAll(/"msg":"alert: (crisis_\w+)"/g)].length,
         attackerSockets: reports.reduce((n, r) => n + r.opened, 0),
         attackerFrames: reports.reduce((n, r) => n + r.sent, 0),
         closes: reports.reduce<Record<string, number>>((all, r) => {
@@ -147,7 +149,9 @@ describe('soak: every attack at once, honest users throughout', () => {
       expect(bulk.errors).toEqual([]);
       expect(summary.p99).toBeLessThan(200);
       expect(isAlive(relay.pid)).toBe(true);
-      expect(relay.output()).not.toMatch(/"level":"error"/);
+      // No error line but the crisis SLA's own alerts: a receipt later than 200 ms under a minute of
+      // every attack at once is what those are for (p99 is the bound; the slowest 1 % may alert).
+      expect(errorLinesBesidesCrisisAlerts(relay.output())).toEqual([]);
       expect(summary.relayRssPeakMiB).toBeLessThan(768);
     },
     SOAK_MS + 120_000,
