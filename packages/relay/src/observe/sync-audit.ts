@@ -241,7 +241,7 @@ export const createSyncAudit = (options: SyncAuditOptions): SyncAudit => {
     async close() {
       for (const off of offs) off();
       closed = true;
-      await Promise.all([...writes]);
+      await Promise.all(writes);
       await flush();
       // A write that failed above gave its rows back: one more try, then say what is lost.
       if (queue.length > 0) await flush();
