@@ -30,7 +30,7 @@ const setup = (options: { maxRows?: number; batchRows?: number; failing?: () => 
   const path = join(dir, 'relay.db');
   const store: SqliteRelayStore = openSqliteStore({ path });
   const clock = createFakeClock(T0);
-  const lines: { level: LogLevel; msg: string; fields?: LogFields }[] = [];
+  const lines: { level: LogLevel; msg: string; fields?: LogFields | undefined }[] = [];
   const log = { log: (level: LogLevel, msg: string, fields?: LogFields) => void lines.push({ level, msg, fields }) };
   const events = createRelayEvents({ log, now: clock.now });
   const appends: number[] = [];
