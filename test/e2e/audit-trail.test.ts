@@ -80,9 +80,10 @@ describe('sync audit trail', () => {
     expect(text.stdout).toContain(`Auth failures: ${ErrorCode.UNKNOWN_DEVICE} 1`);
     // Pseudonymous only: no user, device or document id in the report, nor a device or document id in any audit row.
     const live = new Database(relay.dbPath, { readonly: true });
-    const ids = [
-      ...live.prepare<[], { id: string }>(`SELECT user_id AS id FROM users UNION SELECT device_id FROM devices UNION SELECT doc_id FROM docs`).all().map((x) => x.id),
-    ];
+    const ids = live
+      .prepare<[], { id: string }>(`SELECT user_id AS id FROM users UNION SELECT device_id FROM devices UNION SELECT doc_id FROM docs`)
+      .all()
+      .map((x) => x.id);
     const details = live.prepare<[], { detail: string }>(`SELECT detail FROM audit`).all().map((x) => x.detail).join('\n');
     live.close();
     expect(ids.length).toBeGreaterThan(8);
