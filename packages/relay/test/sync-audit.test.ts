@@ -126,12 +126,13 @@ describe('sync audit listener', () => {
     expect(verifyAuditRows(rows).ok).toBe(true);
   });
 
-  it('counts auth failures, bad frames and pairing steps per code in a window: a flood is a few rows', async () => {
+  it('counts auth failures, bad frames, refused envelopes and pairing steps per code in a window: a flood is a few rows', async () => {
     const t = setup();
     const [u, d] = [user(), device()];
     for (let i = 0; i < 5_000; i++) t.events.emit('authFailed', { code: 'AUTH_FAILED' });
     t.events.emit('authFailed', { code: 'UNKNOWN_DEVICE' });
     for (let i = 0; i < 300; i++) t.events.emit('refused', { user: u, device: d, code: 'BAD_FRAME', frame: 'unknown', kind: 'bad-frame' });
+    for (let i = 0; i < 400; i++) t.events.emit('refused', { user: u, device: d, code: 'BAD_SIGNATURE', frame: 'push', kind: 'rejected' });
     for (let i = 0; i < 7; i++) t.events.emit('pairing', { outcome: 'refused', code: 'PAIRING_UNKNOWN' });
     t.events.emit('pairing', { outcome: 'opened' });
     await t.clock.advance(250);
@@ -140,6 +141,7 @@ describe('sync audit listener', () => {
       [SyncAuditOp.authFailed, 'AUTH_FAILED', 5_000],
       [SyncAuditOp.authFailed, 'UNKNOWN_DEVICE', 1],
       [SyncAuditOp.badFrames, 'BAD_FRAME', 300],
+      [SyncAuditOp.refused, 'BAD_SIGNATURE', 400],
       [SyncAuditOp.pairing, 'refused', 7],
       [SyncAuditOp.pairing, 'opened', 1],
     ]);
@@ -170,21 +172,23 @@ describe('sync audit listener', () => {
       'auth.login authenticated',
       'device.register registered',
       'sync.commit committed',
-      'sync.refused QUOTA_EXCEEDED',
-      'sync.refused BAD_SIGNATURE',
       'crisis.receipt within_sla',
       'crisis.receipt breached',
       'crisis.receipt-missing missing',
       'crisis.anomaly anomaly',
       'lane.report reported',
       'device.revoke revoked',
+      // Counted rows come at the end of their window.
+      'sync.refused QUOTA_EXCEEDED',
+      'sync.refused BAD_SIGNATURE',
     ]);
     const db = new Database(t.path, { readonly: true });
     const key = Buffer.from(db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'audit_key'`).get()!.value, 'hex');
     db.close();
     const ref = (x: string) => auditUserRef(key, x);
     expect(JSON.parse(rows[2]!.detail)).toMatchObject({ device: ref(a), doc: ref(c), lane: 10 });
-    expect(JSON.parse(rows[9]!.detail)).toMatchObject({ reporter: ref(b), author: ref(a), doc: ref(c) });
+    expect(JSON.parse(rows[7]!.detail)).toMatchObject({ reporter: ref(b), author: ref(a), doc: ref(c) });
+    expect(JSON.parse(rows[10]!.detail)).toEqual({ kind: 'rejected', frame: 'push', device: ref(a), count: 1 });
     expect(rows.every((r) => r.userRef === ref(u) && r.userId === u)).toBe(true);
     // Neither the rows nor the database files hold a device or document id as such.
     const text = JSON.stringify(rows);

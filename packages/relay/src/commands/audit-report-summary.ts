@@ -160,9 +160,11 @@ export const createAuditReport = (tiers: TierMatrix, window: { readonly from: nu
         case SyncAuditOp.laneReport:
           if (detailOf(row, LaneDetail)) anomalies.laneReports++;
           return;
-        case SyncAuditOp.refused:
-          bump(refusals, row.outcome);
+        case SyncAuditOp.refused: {
+          const n = countOf(row);
+          if (n !== undefined) bump(refusals, row.outcome, n);
           return;
+        }
         case SyncAuditOp.badFrames: {
           const n = countOf(row);
           if (n !== undefined) bump(badFrames, row.outcome, n);

@@ -11,7 +11,7 @@ import type { AuditDraft, RelayStore } from '../storage/relay-store.js';
 export const SyncAuditOp = {
   /** Envelopes of one document and lane became durable (outcome `committed`). */
   commit: 'sync.commit',
-  /** An envelope was refused or deferred (outcome: the error code; detail.kind says which). */
+  /** Envelopes refused or deferred, counted (detail.count) per device, code and window (outcome: the code; detail.kind says which). */
   refused: 'sync.refused',
   /** Frames that failed their schema or came at the wrong time, counted (detail.count) per device, code and window. */
   badFrames: 'sync.bad-frames',
@@ -77,9 +77,10 @@ interface Counter {
  * `batchRows` rows, whichever comes first, in one transaction. The emitter (the commit path)
  * only pushes to an array; it never waits for a write.
  *
- * Events anyone can cause without proving a key (auth failures, bad frames, pairing steps) are
- * counted per code in the window and written as one row with a count, so a flood of them costs
- * a bounded number of rows (at most `maxCounters` per window), not one per frame.
+ * Events anyone can cause without proving a key (auth failures, bad frames, pairing steps), and
+ * refused envelopes, which a device can send as fast as it signs them, are counted per code (and
+ * device) in the window and written as one row with a count, so a flood of them costs a bounded
+ * number of rows per window, not one per frame.
  *
  * A crash loses the rows of the last window (≤ `flushMs`); a clean stop writes them (`close`).
  */
@@ -211,7 +212,16 @@ export const createSyncAudit = (options: SyncAuditOptions): SyncAudit => {
         });
         return;
       }
-      push(relayRow(SyncAuditOp.refused, r.user ?? null, r.code, { kind: r.kind, frame: r.frame }, refs));
+      // A device can send refused envelopes as fast as it can sign them: counted like bad frames.
+      count(`refused ${r.kind} ${r.user ?? '-'} ${r.device ?? '-'} ${r.code} ${r.frame}`, {
+        actor: 'relay',
+        op: SyncAuditOp.refused,
+        userId: r.user ?? null,
+        outcome: r.code,
+        detail: { kind: r.kind, frame: r.frame },
+        ...(refs ? { refs } : {}),
+        at: at(),
+      });
     }),
     events.on('authFailed', ({ code }) => count(`auth ${code}`, { actor: 'relay', op: SyncAuditOp.authFailed, userId: null, outcome: code, detail: {}, at: at() })),
     events.on('authenticated', (a) => push(relayRow(SyncAuditOp.login, a.user, 'authenticated', { tier: a.tier, newUser: a.newUser }, { device: a.device }))),
