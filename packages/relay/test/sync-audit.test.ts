@@ -11,6 +11,9 @@ import type { LogFields, LogLevel } from '../src/log.js';
 import { SyncAuditOp, createSyncAudit } from '../src/observe/sync-audit.js';
 import type { AuditDraft } from '../src/storage/relay-store.js';
 import { type SqliteRelayStore, openSqliteStore } from '../src/storage/sqlite-store.js';
+import { RelayConfigSchema } from '../src/config.js';
+import { silentLogger } from '../src/log.js';
+import { startRelay } from '../src/server/relay-server.js';
 import { createFakeClock } from './fake-clock.js';
 
 const T0 = 1_770_000_000_000;
@@ -211,5 +214,27 @@ describe('sync audit listener', () => {
     await t.clock.advance(1_000);
     expect(await t.rows()).toHaveLength(2);
     expect(t.audit.pending()).toBe(0);
+  });
+
+  it("a relay's shutdown writes the queued rows before its store closes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keel-sync-audit-relay-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db') });
+    // Timers that never fire: only the shutdown can write these rows.
+    const clock = createFakeClock(T0);
+    const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger, now: clock.now, timers: clock.timers });
+    let closed = false;
+    cleanups.push(async () => {
+      if (!closed) await relay.close();
+    });
+    const [u, d, c] = [user(), device(), doc()];
+    for (let i = 0; i < 3; i++) relay.events.emit('committed', commit(u, d, c, 10));
+    relay.events.emit('authFailed', { code: 'AUTH_TIMEOUT' });
+    closed = true;
+    await relay.close();
+    const db = new Database(config.db, { readonly: true });
+    const rows = db.prepare<[], { op: string }>(`SELECT op FROM audit ORDER BY seq`).all().map((r) => r.op);
+    db.close();
+    expect(rows).toEqual([SyncAuditOp.commit, SyncAuditOp.commit, SyncAuditOp.commit, SyncAuditOp.authFailed]);
   });
 });
