@@ -28,7 +28,7 @@ const device = () => id('d_') as DeviceId;
 const doc = () => id('doc_') as DocId;
 
 /** A real store in a temp dir, a bus, a fake clock and the listener under test (closed, then the store, after the test). */
-const setup = (options: { maxRows?: number; batchRows?: number; failing?: () => boolean } = {}) => {
+const setup = (options: { maxRows?: number; batchRows?: number; maxCounters?: number; failing?: () => boolean } = {}) => {
   const dir = mkdtempSync(join(tmpdir(), 'keel-sync-audit-'));
   const path = join(dir, 'relay.db');
   const store: SqliteRelayStore = openSqliteStore({ path });
@@ -152,6 +152,15 @@ describe('sync audit listener', () => {
     t.events.emit('authFailed', { code: 'AUTH_FAILED' });
     await t.clock.advance(250);
     expect(JSON.parse((await t.rows()).at(-1)!.detail).count).toBe(1);
+  });
+
+  it('writes at once when the distinct counters reach their bound', async () => {
+    const t = setup({ maxCounters: 50 });
+    for (let i = 0; i < 49; i++) t.events.emit('refused', { device: device(), code: 'BAD_FRAME', frame: 'unknown', kind: 'bad-frame' });
+    expect(t.appends).toEqual([]);
+    t.events.emit('refused', { device: device(), code: 'BAD_FRAME', frame: 'unknown', kind: 'bad-frame' });
+    expect(t.appends).toEqual([50]);
+    expect(t.audit.pending()).toBe(0);
   });
 
   it('rows carry no raw device or document id: keyed refs under the audit key, and the user only in the erasable column', async () => {

@@ -50,7 +50,7 @@ export interface SyncAuditOptions {
    * and recorded as an `audit.dropped` row once a write succeeds again.
    */
   readonly maxRows?: number;
-  /** Distinct counters (auth failures, bad frames, pairing) held at most before a write. */
+  /** Distinct counters (auth failures, bad frames, refusals, pairing) held at most: reaching it writes at once. */
   readonly maxCounters?: number;
 }
 
@@ -171,7 +171,8 @@ export const createSyncAudit = (options: SyncAuditOptions): SyncAudit => {
       return;
     }
     counters.set(key, { draft, count: 1 });
-    if (counters.size >= maxCounters) schedule(0);
+    // Many distinct keys (a flood from many devices or codes) write at once, like a full queue.
+    if (counters.size >= maxCounters) void flush();
     else schedule(flushMs);
   };
 
