@@ -84,10 +84,13 @@ describe('user export, delete and import', () => {
     const deviceIds = live.prepare<[string], { device_id: string }>(`SELECT device_id FROM devices WHERE user_id = ?`).all(userId).map((r) => r.device_id);
     const docIds = live.prepare<[string], { doc_id: string }>(`SELECT doc_id FROM docs WHERE user_id = ?`).all(userId).map((r) => r.doc_id);
     const snapshots = live.prepare<[string], { n: number }>(`SELECT count(*) AS n FROM snapshots WHERE user_id = ?`).get(userId)!.n;
+    // The sync audit trail (observe/sync-audit.ts) holds rows of this user: its commits and logins.
+    const syncRows = live.prepare<[string], { n: number }>(`SELECT count(*) AS n FROM audit WHERE user_id = ? AND op IN ('sync.commit', 'auth.login')`).get(userId)!.n;
     live.close();
     expect(deviceIds.sort()).toEqual([identity.device.deviceId, second.device.deviceId].sort());
     expect(docIds).toHaveLength(DOCS.length);
     expect(snapshots).toBeGreaterThan(0);
+    expect(syncRows).toBeGreaterThan(DOCS.length);
     const needles: (string | Uint8Array)[] = [userId, ...deviceIds, ...docIds, identity.user.userPublicKey, identity.device.publicKey, second.device.publicKey];
 
     // Export while the relay serves: a private file, one consistent snapshot.
@@ -134,6 +137,11 @@ describe('user export, delete and import', () => {
     expect(audit.every((r) => r.user_id === null)).toBe(true);
     const deletion = audit.find((r) => r.op === 'user.delete')!;
     expect(deletion.user_ref).toMatch(/^[0-9a-f]{64}$/);
+    // The sync rows stay (the chain needs them) under the keyed ref only; their device and document
+    // ids were keyed refs from the start, so the byte scans above find none of them either.
+    const syncAfter = audit.filter((r) => r.op === 'sync.commit' || r.op === 'auth.login');
+    expect(syncAfter.length).toBeGreaterThanOrEqual(syncRows);
+    expect(syncAfter.every((r) => r.user_ref === deletion.user_ref)).toBe(true);
     expect(audit.filter((r) => r.op === 'tier.set' || r.op === 'user.export').map((r) => r.user_ref)).toEqual([deletion.user_ref, deletion.user_ref, deletion.user_ref]);
     const verifyOld = await runRelayCli(['audit', 'verify', '--db', relay.dbPath]);
     expect(verifyOld.stdout).toContain('audit trail OK');

@@ -159,7 +159,11 @@ const entitlementOf = (relay: RelayProcess, user: UserId) =>
   query<{ tier: TierName; updated_at: number; source: string }>(relay, `SELECT * FROM entitlements WHERE user_id = ?`, user)[0];
 const auditRows = (relay: RelayProcess) =>
   query<{ seq: number; actor: string; op: string; user_id: string | null; outcome: string; detail: string }>(relay, `SELECT * FROM audit ORDER BY seq`);
-const auditAfter = (relay: RelayProcess, seq: number) => auditRows(relay).filter((r) => r.seq > seq).map((r) => `${r.op}:${r.outcome}`);
+/** Payment-side rows after `seq` (the sync audit trail's logins and commits of the devices are left out). */
+const auditAfter = (relay: RelayProcess, seq: number) =>
+  auditRows(relay)
+    .filter((r) => r.seq > seq && /^(payment|tier|grace)\./.test(r.op))
+    .map((r) => `${r.op}:${r.outcome}`);
 const lastSeq = (relay: RelayProcess) => auditRows(relay).at(-1)?.seq ?? 0;
 
 const tierNames = (...devices: Device[]) => devices.map((d) => d.client.tier.name);

@@ -72,9 +72,18 @@ HTTP timeouts in ms (environment only; a slow client gets 408 and is disconnecte
 audit verify: recomputes the audit trail's hash chain; exit 0 when intact, 1 at the first broken row
   (its seq and kind: missing, altered, reordered, unlinked).
   Audited: tier changes, grace periods, webhook deliveries with a valid, fresh signature
-  (applied or refused), recovery resets, user exports, imports and deletions. Not audited: deliveries refused before that (no, bad or stale signature,
+  (applied or refused), recovery resets, user exports, imports and deletions; and every sync
+  commit, device login, registration and revocation, crisis receipt (and missing receipt),
+  crisis anomaly and lane report; failed handshakes, bad frames, refused envelopes and pairing
+  steps counted per code every 250 ms. Device and document ids are keyed refs. Not audited:
+  webhook deliveries refused before the signature checks (no, bad or stale signature,
   too large, too slow, wrong method, webhooks off) — counted in memory and logged at most once
   per code every 10 s, as are failed admin logins.
+
+audit report: a compliance summary of the window --from ≤ time < --to (ISO date or ms): crisis
+  receipts (p50/p99/max, breaches, missing), SLA attainment per tier (--tiers like serve), sync
+  operations and bytes per lane, auth failures and refusals by code, anomalies, devices,
+  pairing, data-rights operations. Read-only; --json for JSON.
 
 tier options:
   --url <http-url>      the running relay (default http://127.0.0.1:<port or 8787>)

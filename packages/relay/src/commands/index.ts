@@ -1,3 +1,4 @@
+import { auditReportCommand } from './audit-report.js';
 import { auditVerifyCommand } from './audit-verify.js';
 import { backupCommand } from './backup.js';
 import type { Command } from './command.js';
@@ -22,9 +23,22 @@ const userCommand: Command = async (argv, io) => {
   }
 };
 
+/** `audit <verify|report> …`. */
+const auditCommand: Command = async (argv, io) => {
+  switch (argv[0]) {
+    case 'report':
+      return auditReportCommand(argv, io);
+    case 'verify':
+      return auditVerifyCommand(argv, io);
+    default:
+      io.err(`keel-relay: unknown audit command "${String(argv[0] ?? '')}"; use audit verify or audit report\n`);
+      return 64;
+  }
+};
+
 /** Operator commands by their first word; cli.ts hands each the rest of argv. */
 export const COMMANDS: Readonly<Record<string, Command>> = {
-  audit: auditVerifyCommand,
+  audit: auditCommand,
   user: userCommand,
   backup: backupCommand,
   restore: restoreCommand,
@@ -32,6 +46,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
 };
 
 export const COMMANDS_USAGE = `       keel-relay audit verify --db <file>
+       keel-relay audit report --from <ISO date|ms> --to <ISO date|ms> [--db <file>] [--tiers <file>] [--json]
        keel-relay user export <user-id> --out <file> [--db <file>]
        keel-relay user import --in <file> [--db <file>]          (relay stopped)
        keel-relay user delete <user-id> [--db <file>]            (relay stopped)

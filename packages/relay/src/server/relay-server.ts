@@ -14,6 +14,7 @@ import { type ConnId, type RelayEvents, createRelayEvents } from '../events/rela
 import type { Logger } from '../log.js';
 import { createAwarenessCounts } from '../observe/awareness-counts.js';
 import { createLogListener } from '../observe/log-listener.js';
+import { createSyncAudit } from '../observe/sync-audit.js';
 import { type RelayMetrics, createRelayMetrics } from '../observe/metrics.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
 import { type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
@@ -110,6 +111,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
   });
   const awarenessCounts = createAwarenessCounts(events);
   const logListener = createLogListener({ events, log, now });
+  // The audit trail of sync operations and security events: batched, never awaited by ingest.
+  const syncAudit = createSyncAudit({ events, store, log, timers });
   const byUser = new Map<UserId, Set<RelayConnection>>();
   const userOf = new Map<RelayConnection, UserId>();
   /** Each attached connection's device, kept past its teardown (when the connection no longer says). */
@@ -420,6 +423,8 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
         alerter.close();
         await work.idle();
         await commits.idle();
+        // Every queued audit row is written before the store closes.
+        await syncAudit.close();
         await store.close();
         metrics.stop();
         awarenessCounts.stop();

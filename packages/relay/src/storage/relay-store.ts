@@ -65,6 +65,17 @@ export interface AuditDraft {
    * user's deletion, which must not name the user it removed.
    */
   readonly eraseUserId?: boolean;
+  /**
+   * Device or document ids the row is about, by detail key: the store writes each as its keyed
+   * pseudonym (HMAC under the audit key, like `userRef`) into the detail, never the id itself, so
+   * no audit row still names a device or document of a user after `user delete`.
+   */
+  readonly refs?: Readonly<Record<string, string>>;
+  /**
+   * When it happened (ms), if earlier than the append: batched rows (observe/sync-audit.ts) keep
+   * their event's time. Must not be after the append's `now`.
+   */
+  readonly at?: number;
 }
 
 /** A stored audit row: numbered from 1 and hash-chained to the row before it. */
@@ -314,6 +325,11 @@ export interface RelayStore {
   appendAudit(drafts: readonly AuditDraft[], now: number): Promise<AuditRecord[]>;
   /** Audit rows with seq > `after`, in seq order, at most `limit`. */
   readAudit(after: number, limit: number): Promise<AuditRecord[]>;
+  /**
+   * Audit rows with `from <= at < to`, in (at, seq) order, after the row `after` (its at and seq:
+   * keyset paging on the audit_by_time index), at most `limit`. `audit report` reads a window a page at a time.
+   */
+  readAuditWindow(from: number, to: number, after: { readonly at: number; readonly seq: number } | undefined, limit: number): Promise<AuditRecord[]>;
   /** Whether the relay holds a user (a first device of this user registered and was not deleted). */
   hasUser(userId: UserId): Promise<boolean>;
   /** Keeps a signup token's hash until `expiresAt` (ms); the token itself is never stored. */

@@ -340,6 +340,11 @@ export const MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX crisis_signals_by_time ON crisis_signals(user_id, received_at);
   `,
+  `
+  -- \`audit report\` reads a time window of the trail (sync operations are audited too, so it is
+  -- long): by time, then seq, for keyset paging.
+  CREATE INDEX audit_by_time ON audit(at, seq);
+  `,
 ];
 
 /** The audit key (HMAC key of user refs), generated on first use and kept in meta. */
@@ -765,6 +770,9 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
        VALUES (@seq, @at, @actor, @op, @userId, @userRef, @outcome, @detail, @prevHash, @hash)`,
     ),
     readAudit: db.prepare<[number, number], AuditRow>(`SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`),
+    readAuditWindow: db.prepare<[number, number, number, number, number], AuditRow>(
+      `SELECT * FROM audit WHERE (at, seq) > (?, ?) AND at >= ? AND at < ? ORDER BY at, seq LIMIT ?`,
+    ),
     hasUser: db.prepare<[string], { n: number }>(`SELECT 1 AS n FROM users WHERE user_id = ?`),
     putSignupToken: db.prepare(`INSERT INTO signup_tokens (token_hash, created_at, expires_at) VALUES (?, ?, ?)`),
     signupToken: db.prepare<[string], { expires_at: number; used_at: number | null }>(`SELECT expires_at, used_at FROM signup_tokens WHERE token_hash = ?`),
@@ -983,6 +991,13 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     return ok(cert);
   });
 
+  /** Device and document ids as keyed refs, under the same key as user refs. */
+  const refsOf = (refs: Readonly<Record<string, string>>): Record<string, string> => {
+    const out: Record<string, string> = {};
+    for (const [key, id] of Object.entries(refs)) out[key] = auditUserRef(auditKeyOf(), id);
+    return out;
+  };
+
   const appendAuditRows = (drafts: readonly AuditDraft[], now: number): AuditRecord[] => {
     const last = stmt.lastAudit.get();
     let seq = last?.seq ?? 0;
@@ -990,7 +1005,9 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     return drafts.map((draft) => {
       seq++;
       const userRef = draft.userId === null ? null : auditUserRef(auditKeyOf(), draft.userId);
-      const fields = { seq, at: now, actor: draft.actor, op: draft.op, userRef, outcome: draft.outcome, detail: canonicalDetail(draft.detail) };
+      const detail = draft.refs === undefined ? draft.detail : { ...draft.detail, ...refsOf(draft.refs) };
+      const at = draft.at === undefined ? now : Math.min(draft.at, now);
+      const fields = { seq, at, actor: draft.actor, op: draft.op, userRef, outcome: draft.outcome, detail: canonicalDetail(detail) };
       const userId = draft.eraseUserId ? null : draft.userId;
       const record: AuditRecord = { ...fields, userId, prevHash, hash: hashAuditRow(prevHash, fields) };
       stmt.insertAudit.run(record);
@@ -1111,6 +1128,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     countPaymentFailures: async (userId, since) => stmt.countFailures.get(userId, since)?.n ?? 0,
     appendAudit: async (drafts, now) => (drafts.length === 0 ? [] : auditTx.immediate(drafts, now)),
     readAudit: async (after, limit) => stmt.readAudit.all(after, limit).map(toAudit),
+    readAuditWindow: async (from, to, after, limit) => stmt.readAuditWindow.all(after?.at ?? from, after?.seq ?? -1, from, to, limit).map(toAudit),
     hasUser: async (userId) => stmt.hasUser.get(userId) !== undefined,
     putSignupToken: async (tokenHash, expiresAt, now) => {
       stmt.putSignupToken.run(tokenHash, now, expiresAt);
