@@ -23,6 +23,11 @@ export interface WorkQueueOptions {
   readonly pauseAbove?: number;
   /** …and resumed once it has at most this many. */
   readonly resumeAt?: number;
+  /**
+   * Longest stretch (ms) urgent work keeps normal work waiting: past it, one normal task takes
+   * a turn before urgent work goes on.
+   */
+  readonly urgentStretchMs?: number;
   readonly now?: () => number;
   /** A task threw: a bug, not an expected failure (tasks report those themselves). */
   readonly onError?: (error: unknown) => void;
@@ -52,6 +57,10 @@ type Ring = Map<unknown, Set<OwnerState>>;
  * (connections) take turns; an owner's own tasks run in order. Urgent work (the crisis lane)
  * runs before any normal work, with the same turn-taking among urgent groups, so one user's
  * crisis-lane flood delays another user's crisis update by at most one bounded step per round.
+ * Urgent work cannot starve normal work either: once it has kept normal work waiting for
+ * `urgentStretchMs`, one normal task runs, so a crisis-lane flood (which the relay never drops)
+ * slows everyone else's ordinary sync without stopping it, and an honest crisis update waits
+ * at most one extra bounded step for it.
  * An owner with a backlog has its socket paused: the backlog stays in its TCP buffers, not in
  * the relay's memory.
  */
@@ -59,6 +68,7 @@ export const createWorkQueue = (options: WorkQueueOptions = {}) => {
   const sliceMs = options.sliceMs ?? 2;
   const pauseAbove = options.pauseAbove ?? 4;
   const resumeAt = options.resumeAt ?? 1;
+  const urgentStretchMs = options.urgentStretchMs ?? 20;
   const now = options.now ?? (() => performance.now());
   const onError =
     options.onError ??
@@ -70,6 +80,8 @@ export const createWorkQueue = (options: WorkQueueOptions = {}) => {
   const states = new Map<WorkOwner, OwnerState>();
   const rings: Record<WorkClass, Ring> = { urgent: new Map(), normal: new Map() };
   let queued = 0;
+  /** When normal work last had a turn, or last had nothing waiting. */
+  let normalTurnAt = now();
   let scheduled = false;
   let draining = false;
   const idleWaiters: (() => void)[] = [];
@@ -90,11 +102,18 @@ export const createWorkQueue = (options: WorkQueueOptions = {}) => {
     }
   };
 
-  /** Takes the next owner in turn, urgent first; its group goes to the back of the round. */
+  /**
+   * Takes the next owner in turn, urgent first (unless normal work has waited out the urgent
+   * stretch); its group goes to the back of the round.
+   */
   const pick = (): OwnerState | undefined => {
-    for (const ring of [rings.urgent, rings.normal]) {
+    const at = now();
+    if (rings.normal.size === 0) normalTurnAt = at;
+    const order = at - normalTurnAt >= urgentStretchMs ? [rings.normal, rings.urgent] : [rings.urgent, rings.normal];
+    for (const ring of order) {
       const first = ring.entries().next();
       if (first.done) continue;
+      if (ring === rings.normal) normalTurnAt = at;
       const [key, group] = first.value;
       ring.delete(key);
       const state = group.values().next().value!;
