@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type KeelProvider, createIdentity, linkNewDevice } from '@keel/client';
 import { type AwarenessEnvelope, type RelayFrame, fromB64 } from '@keel/engine';
-import { RelayConfigSchema, openSqliteStore, silentLogger, startRelay } from '@keel/relay';
+import { type AwarenessLimits, RelayConfigSchema, openSqliteStore, silentLogger, startRelay } from '@keel/relay';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
@@ -47,11 +47,11 @@ const databaseBytes = (r: RelayProcess): Buffer =>
 
 
 /** A relay in this process (to read its awareness counters) on a temporary SQLite file; closed after the test. */
-const inProcessRelay = async () => {
+const inProcessRelay = async (awarenessLimits: Partial<AwarenessLimits> = {}) => {
   const dir = mkdtempSync(join(tmpdir(), 'keel-awareness-'));
   scope.defer(() => rmSync(dir, { recursive: true, force: true }));
   const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db'), defaultTier: 'premium' });
-  const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger });
+  const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger, awarenessLimits });
   scope.defer(() => relay.close());
   return relay;
 };
@@ -238,6 +238,25 @@ describe('awareness through the relay', () => {
     expect(counts.forwarded).toBeLessThanOrEqual(60 + Math.ceil(30 * (seconds + 1)));
     await waitFor(() => awarenessFrames(watcher).length === counts.forwarded, 5_000, 'forwarded frames at the watcher');
     // Nothing dropped was an error the flooder hears about: awareness is ephemeral.
+    expect(flooder.received.filter((f) => f.type === 'error')).toEqual([]);
+  });
+
+  it('tells a device whose socket it stopped reading that the link is alive (an unsolicited pong every 2 s), and answers its ping once it reads again', async () => {
+    // Paused longer than a client's 5 s ping timeout would allow without the keepalive.
+    const relay = await inProcessRelay({ floodPauseMs: 6_000 });
+    const id = await createIdentity();
+    const flooder = await rawSubscribed(scope, relay.url, id);
+    // 60 frames pass as a burst, 60 more are dropped in a row: reading stops for 6 s, with the
+    // rest unread in TCP buffers, and a ping sent a little later too.
+    for (let i = 1; i <= 130; i++) flooder.sendFrame({ type: 'awareness', aw: sealAs(id, awarenessUpdate({ cursor: i }, 5, i), Date.now() + i) });
+    await waitFor(() => relay.awarenessCounts().dropped.RATE_LIMITED >= 60, 5_000, 'the flood dropped');
+    const started = Date.now();
+    flooder.sendFrame({ type: 'ping', id: 7 });
+    await flooder.next((f) => f.type === 'pong' && f.id === 7, 15_000);
+    const waited = Date.now() - started;
+    const keepalives = flooder.received.filter((f) => f.type === 'pong' && f.id === 0);
+    expect(waited).toBeGreaterThan(5_000);
+    expect(keepalives.length).toBeGreaterThanOrEqual(2);
     expect(flooder.received.filter((f) => f.type === 'error')).toEqual([]);
   });
 

@@ -1,6 +1,7 @@
 // @keel/relay — the server: device auth, durable ciphertext log, fan-out.
 export { startRelay } from './server/relay-server.js';
 export type { Relay, RelayDeps } from './server/relay-server.js';
+export type { AwarenessLimits } from './server/awareness-gate.js';
 export { RelayConfigSchema, ENV_VARS } from './config.js';
 export type { RelayConfig, RelayConfigInput } from './config.js';
 export { openSqliteStore } from './storage/sqlite-store.js';

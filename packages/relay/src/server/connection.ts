@@ -38,6 +38,8 @@ const AWARENESS_PREFIX = Buffer.from('{"type":"awareness"');
 
 /** How long a closed socket may take to finish the close handshake before it is cut. */
 const CLOSE_GRACE_MS = 1_000;
+/** How often a connection whose reading is paused is told the link is alive; well inside the client's 5 s ping timeout. */
+const PAUSED_KEEPALIVE_MS = 2_000;
 
 /** What a connection needs from the relay around it (the handshake's part included). */
 export interface ConnectionContext extends HandshakeContext {
@@ -117,6 +119,8 @@ export class RelayConnection implements PairingPeer {
   #pauses = 0;
   /** Ends the pause of an awareness flood. */
   #floodTimer: NodeJS.Timeout | undefined;
+  /** Tells the device the link is alive while its pings wait unread (see #pauseReading). */
+  #keepalive: NodeJS.Timeout | undefined;
   /** This connection as a source of queued work; its group is its user once authenticated. */
   #owner: WorkOwner;
 
@@ -168,12 +172,25 @@ export class RelayConnection implements PairingPeer {
     return { group, pause: () => this.#pauseReading(), resume: () => this.#resumeReading() };
   }
 
+  /**
+   * Stops reading the socket (its backlog stays in TCP buffers). The device's pings wait unread
+   * behind it, so while paused an authenticated connection gets an unsolicited pong (id 0) every
+   * PAUSED_KEEPALIVE_MS: a busy relay is slow, not dead, and a device that reconnected over it
+   * would only add a handshake to the backlog.
+   */
   #pauseReading(): void {
-    if (this.#pauses++ === 0) this.#ws.pause();
+    if (this.#pauses++ > 0) return;
+    this.#ws.pause();
+    this.#keepalive = setInterval(() => {
+      if (this.#state.kind === 'ready') this.send({ type: 'pong', id: 0 }, 10);
+    }, PAUSED_KEEPALIVE_MS);
   }
 
   #resumeReading(): void {
-    if (this.#pauses > 0 && --this.#pauses === 0) this.#ws.resume();
+    if (this.#pauses === 0 || --this.#pauses > 0) return;
+    clearInterval(this.#keepalive);
+    this.#keepalive = undefined;
+    this.#ws.resume();
   }
 
   /** Awareness past the rate: counted; a peer that keeps at it has its socket paused a while. */
@@ -568,6 +585,7 @@ export class RelayConnection implements PairingPeer {
     if (state.kind === 'handshake') state.handshake.end();
     clearTimeout(this.#authTimer);
     clearTimeout(this.#floodTimer);
+    clearInterval(this.#keepalive);
     this.#out.close();
     this.#ctx.work.forget(this.#owner);
     for (const session of this.#ctx.pairings.dropAll(this)) {

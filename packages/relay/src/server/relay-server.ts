@@ -17,7 +17,7 @@ import { createLogListener } from '../observe/log-listener.js';
 import { createSyncAudit } from '../observe/sync-audit.js';
 import { type RelayMetrics, createRelayMetrics } from '../observe/metrics.js';
 import type { DeviceRecord, LogEntry, RelayStore } from '../storage/relay-store.js';
-import { type AwarenessDrop, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
+import { type AwarenessDrop, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from './awareness-gate.js';
 import { createCommitQueue } from './commit-queue.js';
 import { createPairingRegistry } from './pairing.js';
 import { resolveRelayId } from './relay-id.js';
@@ -48,6 +48,8 @@ export interface RelayDeps {
   readonly tiers?: TierMatrix;
   /** Clock and timers of grace periods; the system's unless a test injects fakes. */
   readonly timers?: TimerDeps;
+  /** Awareness rates and the flood pause; the defaults (server/awareness-gate.ts) otherwise. */
+  readonly awarenessLimits?: Partial<AwarenessLimits>;
 }
 
 export interface Relay {
@@ -217,7 +219,7 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       const user = userOf.get(origin);
       if (user && origin.device !== undefined) events.emit('laneReported', { user, reporter: origin.device, author: frame.device, doc: frame.doc, lane: frame.lane });
     },
-    awarenessLimits: DEFAULT_AWARENESS_LIMITS,
+    awarenessLimits: { ...DEFAULT_AWARENESS_LIMITS, ...deps.awarenessLimits },
     forwardAwareness(origin, doc, frame) {
       const user = userOf.get(origin);
       if (!user) return;
