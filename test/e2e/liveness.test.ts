@@ -1,4 +1,5 @@
-import { type ClientStatus, createIdentity, linkNewDevice } from '@keel/client';
+import { type ClientError, type ClientStatus, createClient, createIdentity, createMemoryStore, linkNewDevice } from '@keel/client';
+import { RelayWebSocket } from '@keel/client/node';
 import { ErrorCode } from '@keel/engine';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../support/devices.js';
@@ -61,4 +62,45 @@ describe('a dead link', () => {
     // Pinged every 200 ms and answered: the last contact is never older than a ping or two.
     expect(Date.now() - a.client.lastContactAt!).toBeLessThan(1_000);
   });
+
+  it('a client whose own process stalls right after a ping (the pong arrives meanwhile) does not call a live link dead', async () => {
+    const relay = await scope.relay();
+    // A socket that holds this process for 1.2 s just after every fifth ping leaves it: the
+    // pong comes back during the stall, and the ping's 400 ms deadline is long past when the
+    // process runs again (a long task, a throttled tab, a phone waking up).
+    let pings = 0;
+    let stalls = 0;
+    class StallingSocket extends RelayWebSocket {
+      override send(data: Parameters<RelayWebSocket['send']>[0]): void {
+        super.send(data);
+        if (typeof data === 'string' && data.startsWith('{"type":"ping"') && ++pings % 5 === 0 && stalls < 3) {
+          stalls++;
+          // Outside the timers phase (as a big update applied in a message handler would be), so
+          // the next turn runs expired timers before it reads the socket.
+          setImmediate(() => {
+            const until = Date.now() + 1_200;
+            while (Date.now() < until) {
+              // held
+            }
+          });
+        }
+      }
+    }
+    const client = await createClient({
+      url: relay.url,
+      identity: await createIdentity(),
+      storage: createMemoryStore(),
+      WebSocket: StallingSocket,
+      liveness: { intervalMs: 100, timeoutMs: 400 },
+    });
+    scope.defer(() => client.close());
+    const errors: ClientError[] = [];
+    client.on('error', (e) => errors.push(e));
+    await client.open(PLAN);
+    await client.whenSynced();
+    await waitFor(() => stalls === 3, 15_000, 'three stalls');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(errors).toEqual([]);
+    expect(client.status).toBe('synced');
+  }, 30_000);
 });

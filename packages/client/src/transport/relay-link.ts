@@ -350,10 +350,23 @@ export class RelayLink {
     this.#probe = setInterval(() => {
       if (this.#socket !== socket || this.#awaiting || socket.readyState !== OPEN) return;
       const id = (this.#pingId = (this.#pingId + 1) % 0x7fff_ffff);
-      const deadline = setTimeout(() => this.#linkDead(socket), this.#liveness.timeoutMs);
-      this.#awaiting = { id, deadline };
+      this.#awaiting = { id, deadline: this.#armDeadline(socket) };
       socket.send(encodeFrame({ type: 'ping', id }));
     }, this.#liveness.intervalMs);
+  }
+
+  /**
+   * The wait for an answer. A deadline that fires well past its time means this process did not
+   * run meanwhile (a long task, a throttled background tab, a suspended phone): frames may sit
+   * unread in the socket, so the wait starts over instead of calling a live link dead.
+   */
+  #armDeadline(socket: WebSocketLike): ReturnType<typeof setTimeout> {
+    const due = Date.now() + this.#liveness.timeoutMs;
+    return setTimeout(() => {
+      if (this.#socket !== socket || !this.#awaiting) return;
+      if (Date.now() - due > this.#liveness.timeoutMs / 2) this.#awaiting = { id: this.#awaiting.id, deadline: this.#armDeadline(socket) };
+      else this.#linkDead(socket);
+    }, this.#liveness.timeoutMs);
   }
 
   /** A frame arrived: the ping waiting for an answer has one (whichever frame it is). */
