@@ -131,6 +131,7 @@ describe('soak: every attack at once, honest users throughout', () => {
         max: Math.round((sorted.at(-1) ?? 0) * 10) / 10,
         bulkEdits: bulk.edits,
         bulkMiB: Math.round(bulk.bytes / 1024 / 1024),
+        honestLoopMaxMs: bulk.loopMaxMs,
         relayRssPeakMiB: Math.max(memoryPeak, memoryOf(relay.pid).peakMiB),
         testLoopMaxMs: Math.round(ownLoop.max / 1e6),
         relayLoopStalls: [...relay.output().matchAll(/"msg":"event loop stalled","maxMs":(\d+)/g)].map((m) => Number(m[1])),

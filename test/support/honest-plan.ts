@@ -15,4 +15,6 @@ export interface HonestReport {
   /** Every document identical on both devices of its user after the final flush. */
   converged: boolean;
   errors: string[];
+  /** The longest this process's own event loop was held (ms): a starved client sees its link late. */
+  loopMaxMs: number;
 }

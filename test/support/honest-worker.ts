@@ -5,6 +5,7 @@
  * opening multi-MiB updates) does not sit in the event loop that times crisis edits.
  */
 import { randomBytes } from 'node:crypto';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createIdentity, createMemoryStore, linkNewDevice } from '@keel/client';
 import { createNodeClient } from '@keel/client/node';
 import * as Y from 'yjs';
@@ -21,11 +22,13 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const run = async (plan: HonestPlan): Promise<HonestReport> => {
   const random = rng(plan.seed);
-  const report: HonestReport = { edits: 0, bytes: 0, converged: true, errors: [] };
+  const report: HonestReport = { edits: 0, bytes: 0, converged: true, errors: [], loopMaxMs: 0 };
+  const loop = monitorEventLoopDelay({ resolution: 20 });
+  loop.enable();
   const connect = async (identity: Awaited<ReturnType<typeof createIdentity>>) => {
     const client = await createNodeClient({ url: plan.url, identity, storage: createMemoryStore(), backoff: { baseMs: 50, maxMs: 500 } });
     client.on('error', (e) => {
-      if (report.errors.length < 20) report.errors.push(`${e.code}: ${e.message}`);
+      if (report.errors.length < 20) report.errors.push(`${e.code}: ${e.message} (loop max so far ${Math.round(loop.max / 1e6)} ms)`);
     });
     return client;
   };
@@ -66,6 +69,8 @@ const run = async (plan: HonestPlan): Promise<HonestReport> => {
     }
   }
   for (const user of users) await Promise.all([user.a.close(), user.b.close()]);
+  loop.disable();
+  report.loopMaxMs = Math.round(loop.max / 1e6);
   return report;
 };
 
@@ -73,7 +78,7 @@ process.on('message', (message: { type: 'start'; plan: HonestPlan }) => {
   if (message.type !== 'start') return;
   run(message.plan).then(
     (report) => process.send?.({ type: 'done', report }),
-    (error: unknown) => process.send?.({ type: 'done', report: { edits: 0, bytes: 0, converged: false, errors: [String(error)] } }),
+    (error: unknown) => process.send?.({ type: 'done', report: { edits: 0, bytes: 0, converged: false, errors: [String(error)], loopMaxMs: 0 } }),
   );
 });
 process.send?.({ type: 'ready' });
