@@ -31,6 +31,7 @@ import { type Authenticated, Handshake, type HandshakeContext } from './handshak
 import { Ingest } from './ingest.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { RevokedFrame } from './revoked-notice.js';
+import { SocketReading } from './socket-reading.js';
 import type { WorkOwner, WorkQueue } from './work-queue.js';
 
 /** How every awareness frame of Keel's client begins (JSON.stringify of `{ type: 'awareness', aw }`). */
@@ -38,8 +39,6 @@ const AWARENESS_PREFIX = Buffer.from('{"type":"awareness"');
 
 /** How long a closed socket may take to finish the close handshake before it is cut. */
 const CLOSE_GRACE_MS = 1_000;
-/** How often a connection whose reading is paused is told the link is alive; well inside the client's 5 s ping timeout. */
-const PAUSED_KEEPALIVE_MS = 2_000;
 
 /** What a connection needs from the relay around it (the handshake's part included). */
 export interface ConnectionContext extends HandshakeContext {
@@ -115,12 +114,8 @@ export class RelayConnection implements PairingPeer {
   #closeTimer: NodeJS.Timeout | undefined;
   /** The frame being read is awareness already admitted by the rate check on its raw bytes. */
   #admitted = false;
-  /** Reading is paused by this many holders (the work queue's backlog, an awareness flood). */
-  #pauses = 0;
-  /** Ends the pause of an awareness flood. */
-  #floodTimer: NodeJS.Timeout | undefined;
-  /** Tells the device the link is alive while its pings wait unread (see #pauseReading). */
-  #keepalive: NodeJS.Timeout | undefined;
+  /** Held by the work queue's backlog and an awareness flood. */
+  readonly #reading: SocketReading;
   /** This connection as a source of queued work; its group is its user once authenticated. */
   #owner: WorkOwner;
 
@@ -131,6 +126,9 @@ export class RelayConnection implements PairingPeer {
     this.#connectedAt = ctx.now();
     this.#state = { kind: 'handshake', handshake: this.#createHandshake() };
     setFrameLimit(ws, ctx.config.preAuthMaxBytes);
+    this.#reading = new SocketReading(ws, () => {
+      if (this.#state.kind === 'ready') this.send({ type: 'pong', id: 0 }, 10);
+    });
     this.#out = new OutboundQueue(ws, 256 * 1024, {
       maxQueuedChars: ctx.config.maxOutboundBytes,
       lowWaterChars: 512 * 1024,
@@ -169,39 +167,13 @@ export class RelayConnection implements PairingPeer {
   }
 
   #ownerFor(group: unknown): WorkOwner {
-    return { group, pause: () => this.#pauseReading(), resume: () => this.#resumeReading() };
-  }
-
-  /**
-   * Stops reading the socket (its backlog stays in TCP buffers). The device's pings wait unread
-   * behind it, so while paused an authenticated connection gets an unsolicited pong (id 0) every
-   * PAUSED_KEEPALIVE_MS: a busy relay is slow, not dead, and a device that reconnected over it
-   * would only add a handshake to the backlog.
-   */
-  #pauseReading(): void {
-    if (this.#pauses++ > 0) return;
-    this.#ws.pause();
-    this.#keepalive = setInterval(() => {
-      if (this.#state.kind === 'ready') this.send({ type: 'pong', id: 0 }, 10);
-    }, PAUSED_KEEPALIVE_MS);
-  }
-
-  #resumeReading(): void {
-    if (this.#pauses === 0 || --this.#pauses > 0) return;
-    clearInterval(this.#keepalive);
-    this.#keepalive = undefined;
-    this.#ws.resume();
+    return { group, pause: () => this.#reading.hold(), resume: () => this.#reading.release() };
   }
 
   /** Awareness past the rate: counted; a peer that keeps at it has its socket paused a while. */
   #awarenessOverRateDropped(session: Session): void {
     this.#ctx.events.emit('awarenessDropped', { reason: 'RATE_LIMITED' });
-    if (this.#floodTimer !== undefined || !session.awareness.flooding()) return;
-    this.#pauseReading();
-    this.#floodTimer = setTimeout(() => {
-      this.#floodTimer = undefined;
-      this.#resumeReading();
-    }, this.#ctx.awarenessLimits.floodPauseMs);
+    if (!this.#reading.timedHold && session.awareness.flooding()) this.#reading.holdFor(this.#ctx.awarenessLimits.floodPauseMs);
   }
 
   get user(): UserId | undefined {
@@ -567,7 +539,7 @@ export class RelayConnection implements PairingPeer {
    * close frame would never be seen.
    */
   #closeSocket(code: number, reason: string): void {
-    this.#ws.resume();
+    this.#reading.close();
     this.#ws.close(code, reason);
     clearTimeout(this.#closeTimer);
     this.#closeTimer = setTimeout(() => this.#ws.terminate(), CLOSE_GRACE_MS);
@@ -584,8 +556,7 @@ export class RelayConnection implements PairingPeer {
     this.#state = { kind: 'closed' };
     if (state.kind === 'handshake') state.handshake.end();
     clearTimeout(this.#authTimer);
-    clearTimeout(this.#floodTimer);
-    clearInterval(this.#keepalive);
+    this.#reading.close();
     this.#out.close();
     this.#ctx.work.forget(this.#owner);
     for (const session of this.#ctx.pairings.dropAll(this)) {
