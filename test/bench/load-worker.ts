@@ -71,9 +71,16 @@ type RelayReply =
   | { type: 'error'; code: string }
   | { type: string };
 
-const connectKeelDevice = async (url: string, prepared: KeelPrepared): Promise<BulkDevice> => {
+/**
+ * The loopback address device `index` connects from. The bulk devices stand for many phones, and
+ * the relay limits new connections per address (burst 128, then 32/s): from one address most
+ * of them would be refused with 429. 127.0.0.0/8 is all loopback on Linux.
+ */
+const deviceAddress = (index: number): string => `127.1.${Math.floor(index / 250)}.${(index % 250) + 1}`;
+
+const connectKeelDevice = async (url: string, prepared: KeelPrepared, index: number): Promise<BulkDevice> => {
   const { identity, envelopes } = prepared;
-  const ws = new WebSocket(url, { perMessageDeflate: false });
+  const ws = new WebSocket(url, { perMessageDeflate: false, localAddress: deviceAddress(index) });
   watchClose(ws);
   await onOpen(ws);
   await new Promise<void>((resolve, reject) => {
@@ -173,7 +180,7 @@ const prepare = async () => {
       prepared.push({ identity, envelopes: updates.map((update, i) => JSON.stringify(sealFor(identity, doc, i + 1, update))) });
     }
     meanWireBytes = meanLength(prepared[0]?.envelopes ?? []);
-    connectDevices = (url) => Promise.all(prepared.map((p) => connectKeelDevice(url, p)));
+    connectDevices = (url) => Promise.all(prepared.map((p, i) => connectKeelDevice(url, p, i)));
   } else {
     const messages = updates.map((update) => {
       const encoder = encoding.createEncoder();
