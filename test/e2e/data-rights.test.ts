@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createIdentity, linkNewDevice } from '@keel/client';
+import { ErrorCode } from '@keel/engine';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
@@ -146,6 +147,19 @@ describe('user export, delete and import', () => {
     const verifyOld = await runRelayCli(['audit', 'verify', '--db', relay.dbPath]);
     expect(verifyOld.stdout).toContain('audit trail OK');
     expect(verifyOld.code).toBe(0);
+
+    // The deletion sticks: the user's devices still hold their certificates, and one that comes
+    // back is refused for good (ACCOUNT_DELETED) instead of creating the user again.
+    const reopened = await scope.relay({ dir: relay.dir });
+    const back = await scope.device(reopened.url, identity, a.store);
+    await waitFor(() => back.errors.some((e) => e.final), 10_000, 'a final refusal');
+    expect(back.errors.filter((e) => e.final).map((e) => e.code)).toEqual([ErrorCode.ACCOUNT_DELETED]);
+    expect(back.client.status).toBe('offline');
+    await reopened.stop();
+    const afterReturn = new Database(relay.dbPath, { readonly: true });
+    expect(afterReturn.prepare<[], { n: number }>(`SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM devices) AS n`).get()!.n).toBe(0);
+    afterReturn.close();
+    expect(found(relay.dbPath, needles)).toEqual([]);
 
     // Import into a fresh database, then a relay on it, then a device with the user's keys.
     const fresh = await scope.relay();

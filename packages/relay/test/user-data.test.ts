@@ -88,7 +88,8 @@ describe('user data operations', () => {
   });
 
   it('deletes every row of one user and no row of another', async () => {
-    const store = open(join(tempDir(), 'relay.db'));
+    const path = join(tempDir(), 'relay.db');
+    const store = open(path);
     const gone = await seedUser(store);
     const kept = await seedUser(store);
     const outcome = await store.deleteUser(gone.user.userId, T0 + 1);
@@ -98,6 +99,36 @@ describe('user data operations', () => {
     expect(outcome.audit).toMatchObject({ op: 'user.delete', userId: null, outcome: 'deleted' });
     expect(await store.hasUser(gone.user.userId)).toBe(false);
     expect(await store.hasUser(kept.user.userId)).toBe(true);
+    // Remembered as deleted (its devices may not create it again), under its ref only.
+    expect(await store.isDeletedUser(gone.user.userId)).toBe(true);
+    expect(await store.isDeletedUser(kept.user.userId)).toBe(false);
+    expect(outcome.audit.userRef).toMatch(/^[0-9a-f]{64}$/);
+    const db = new Database(path, { readonly: true });
+    try {
+      expect(db.prepare('SELECT user_ref FROM deleted_users').all()).toEqual([{ user_ref: outcome.audit.userRef }]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('lets an import bring a deleted user back', async () => {
+    const dir = tempDir();
+    const store = open(join(dir, 'relay.db'));
+    const { user } = await seedUser(store);
+    const lines: string[] = [];
+    await store.exportUser(user.userId, (line) => lines.push(line), T0);
+    await store.deleteUser(user.userId, T0 + 1);
+    expect(await store.isDeletedUser(user.userId)).toBe(true);
+    await store.importUser(lines.join('').trimEnd().split('\n'), T0 + 2);
+    expect(await store.hasUser(user.userId)).toBe(true);
+    expect(await store.isDeletedUser(user.userId)).toBe(false);
+  });
+
+  it('keeps the other user intact', async () => {
+    const store = open(join(tempDir(), 'relay.db'));
+    const gone = await seedUser(store);
+    const kept = await seedUser(store);
+    await store.deleteUser(gone.user.userId, T0 + 1);
     expect(await store.readLog(kept.user.userId, kept.doc, 0 as Seq, 10)).toHaveLength(3);
     expect((await store.readAudit(0, 10)).filter((r) => r.userId === kept.user.userId)).toHaveLength(1);
   });

@@ -41,6 +41,11 @@ export const ErrorCode = {
   SIGNUP_TOKEN_REQUIRED: 'SIGNUP_TOKEN_REQUIRED',
   /** Final: the signup token is unknown to this relay, already used, or expired. */
   SIGNUP_TOKEN_INVALID: 'SIGNUP_TOKEN_INVALID',
+  /**
+   * Final: the relay's operator deleted this user (`keel-relay user delete`); the user's devices
+   * may not create it again. The app should tell the person and offer to wipe the device.
+   */
+  ACCOUNT_DELETED: 'ACCOUNT_DELETED',
   // Envelope integrity.
   BAD_SIGNATURE: 'BAD_SIGNATURE',
   WRONG_AUTHOR: 'WRONG_AUTHOR',

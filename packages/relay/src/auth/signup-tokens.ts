@@ -24,7 +24,9 @@ export const createSignupToken = async (store: RelayStore, now: number, ttlMs: n
  * Decides, after the device proved its key and before anything is registered, whether this
  * handshake may create a user. Only a chain that registers a first device (issuer null) of a
  * user the relay does not hold creates one; linked, paired and recovered devices of an existing
- * user never need a token. With `token` registration the token is spent here, atomically: it is
+ * user never need a token. A user the operator deleted is never created again, whatever the
+ * registration mode: its devices still hold their certificates, and would otherwise undo the
+ * deletion the next time they connect. With `token` registration the token is spent here, atomically: it is
  * spent even if the registration that follows is refused (a limit), which a new user's first
  * device does not meet in practice.
  */
@@ -33,9 +35,12 @@ export const admitSignup = async (
   hello: Pick<HelloFrame, 'user' | 'signup'>,
   pending: readonly VerifiedCertificate[],
 ): Promise<KeelError | undefined> => {
-  if (deps.mode === 'open') return undefined;
   if (!pending.some((link) => link.cert.issuer === null)) return undefined;
   if (await deps.store.hasUser(hello.user)) return undefined;
+  if (await deps.store.isDeletedUser(hello.user)) {
+    return { code: ErrorCode.ACCOUNT_DELETED, message: "this relay's operator deleted this account; it cannot be created again" };
+  }
+  if (deps.mode === 'open') return undefined;
   if (hello.signup === undefined) {
     return { code: ErrorCode.SIGNUP_TOKEN_REQUIRED, message: 'this relay creates new users only with a signup token from its operator' };
   }

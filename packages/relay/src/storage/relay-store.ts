@@ -332,6 +332,8 @@ export interface RelayStore {
   readAuditWindow(from: number, to: number, after: { readonly at: number; readonly seq: number } | undefined, limit: number): Promise<AuditRecord[]>;
   /** Whether the relay holds a user (a first device of this user registered and was not deleted). */
   hasUser(userId: UserId): Promise<boolean>;
+  /** Whether the operator deleted this user (and no import brought it back): its devices may not create it again. */
+  isDeletedUser(userId: UserId): Promise<boolean>;
   /** Keeps a signup token's hash until `expiresAt` (ms); the token itself is never stored. */
   putSignupToken(tokenHash: string, expiresAt: number, now: number): Promise<void>;
   /**

@@ -345,6 +345,14 @@ export const MIGRATIONS: readonly string[] = [
   -- long): by time, then seq, for keyset paging.
   CREATE INDEX audit_by_time ON audit(at, seq);
   `,
+  `
+  -- Users the operator deleted, by their keyed audit ref (never the id): their devices may not
+  -- create them again. Cleared by importing the user.
+  CREATE TABLE deleted_users (
+    user_ref   TEXT PRIMARY KEY,
+    deleted_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ];
 
 /** The audit key (HMAC key of user refs), generated on first use and kept in meta. */
@@ -1055,7 +1063,8 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     return 'stored';
   });
 
-  const admin = createUserDataOps(db, { appendAudit: (drafts, now) => appendAuditRows(drafts, now) });
+  const admin = createUserDataOps(db, { appendAudit: (drafts, now) => appendAuditRows(drafts, now), userRef: (userId) => auditUserRef(auditKeyOf(), userId) });
+  const isDeleted = db.prepare<[string], { n: number }>(`SELECT 1 AS n FROM deleted_users WHERE user_ref = ?`);
 
   let closed = false;
   return {
@@ -1130,6 +1139,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     readAudit: async (after, limit) => stmt.readAudit.all(after, limit).map(toAudit),
     readAuditWindow: async (from, to, after, limit) => stmt.readAuditWindow.all(after?.at ?? from, after?.seq ?? -1, from, to, limit).map(toAudit),
     hasUser: async (userId) => stmt.hasUser.get(userId) !== undefined,
+    isDeletedUser: async (userId) => isDeleted.get(auditUserRef(auditKeyOf(), userId)) !== undefined,
     putSignupToken: async (tokenHash, expiresAt, now) => {
       stmt.putSignupToken.run(tokenHash, now, expiresAt);
     },

@@ -98,7 +98,14 @@ const parseLine = <T extends z.ZodType>(schema: T, line: string, where: string):
   return parsed.data;
 };
 
-export const createUserDataOps = (db: Database.Database, deps: { readonly appendAudit: (drafts: readonly AuditDraft[], now: number) => AuditRecord[] }): UserDataOps => {
+export const createUserDataOps = (
+  db: Database.Database,
+  deps: {
+    readonly appendAudit: (drafts: readonly AuditDraft[], now: number) => AuditRecord[];
+    /** The user's keyed audit ref, under which a deletion is remembered. */
+    readonly userRef: (userId: string) => string;
+  },
+): UserDataOps => {
   const tableByName = new Map<string, UserTable>(USER_TABLES.map((t) => [t.name, t]));
   const schemas = new Map(USER_TABLES.map((t) => [t.name, rowSchema(t)]));
   const hasUser = db.prepare<[string], { n: number }>(`SELECT 1 AS n FROM users WHERE user_id = ?`);
@@ -107,6 +114,8 @@ export const createUserDataOps = (db: Database.Database, deps: { readonly append
     const removed = deleteUserRows(db, userId);
     const auditErased = db.prepare(`UPDATE audit SET user_id = NULL WHERE user_id = ?`).run(userId).changes;
     const total = Object.values(removed).reduce((a, b) => a + b, 0);
+    // Remembered by ref, so the user's devices cannot create the user again.
+    db.prepare(`INSERT INTO deleted_users (user_ref, deleted_at) VALUES (?, ?) ON CONFLICT (user_ref) DO NOTHING`).run(deps.userRef(userId), now);
     const [audit] = deps.appendAudit(
       [{ actor: 'operator', op: 'user.delete', userId: userId as AuditDraft['userId'], eraseUserId: true, outcome: total > 0 ? 'deleted' : 'nothing', detail: { rows: total, auditErased } }],
       now,
@@ -159,6 +168,8 @@ export const createUserDataOps = (db: Database.Database, deps: { readonly append
     if (!ended) throw new UserDataError('BAD_EXPORT', 'no end line: the file was cut short');
     if (!hasUser.get(header.user)) throw new UserDataError('BAD_EXPORT', 'the export holds no user row');
     const total = Object.values(rows).reduce((a, b) => a + b, 0);
+    // An import brings a deleted user back on purpose (a deletion undone from its export).
+    db.prepare(`DELETE FROM deleted_users WHERE user_ref = ?`).run(deps.userRef(header.user));
     deps.appendAudit([{ actor: 'operator', op: 'user.import', userId: header.user, outcome: 'imported', detail: { rows: total } }], now);
     // A fresh database takes the export's relay id: the user's devices pinned it.
     if (relayIdOf(db) === null && header.relayId !== null) {

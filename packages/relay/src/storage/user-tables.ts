@@ -104,10 +104,11 @@ export const USER_TABLES: readonly UserTable[] = [
 ];
 
 /**
- * Tables that hold no user's rows, or (audit) keep them in another form: the audit trail is
- * append-only; a deletion erases the plain user id from it and keeps the keyed pseudonym.
+ * Tables that hold no user's rows, or keep them in another form: the audit trail is append-only
+ * (a deletion erases the plain user id from it and keeps the keyed pseudonym), and
+ * deleted_users remembers a deleted user by that pseudonym only.
  */
-export const NON_USER_TABLES: readonly string[] = ['meta', 'payment_events', 'audit', 'signup_tokens'];
+export const NON_USER_TABLES: readonly string[] = ['meta', 'payment_events', 'audit', 'signup_tokens', 'deleted_users'];
 
 const MAX_TEXT = 1 << 20;
 const MAX_BLOB_B64 = 96 << 20;
