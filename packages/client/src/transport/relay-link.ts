@@ -350,7 +350,7 @@ export class RelayLink {
     this.#probe = setInterval(() => {
       if (this.#socket !== socket || this.#awaiting || socket.readyState !== OPEN) return;
       const id = (this.#pingId = (this.#pingId + 1) % 0x7fff_ffff);
-      this.#awaiting = { id, deadline: this.#armDeadline(socket) };
+      this.#awaiting = { id, deadline: this.#armDeadline(socket, this.#liveness.timeoutMs, true) };
       socket.send(encodeFrame({ type: 'ping', id }));
     }, this.#liveness.intervalMs);
   }
@@ -358,15 +358,20 @@ export class RelayLink {
   /**
    * The wait for an answer. A deadline that fires well past its time means this process did not
    * run meanwhile (a long task, a throttled background tab, a suspended phone): frames may sit
-   * unread in the socket, so the wait starts over instead of calling a live link dead.
+   * unread in the socket, so the verdict waits once more, a short grace in which they are read
+   * (any frame answers the ping). Only once: a dead link in a tab whose timers are always late is
+   * still found, one grace later.
    */
-  #armDeadline(socket: WebSocketLike): ReturnType<typeof setTimeout> {
-    const due = Date.now() + this.#liveness.timeoutMs;
+  #armDeadline(socket: WebSocketLike, ms: number, mayWait: boolean): ReturnType<typeof setTimeout> {
+    const due = Date.now() + ms;
     return setTimeout(() => {
       if (this.#socket !== socket || !this.#awaiting) return;
-      if (Date.now() - due > this.#liveness.timeoutMs / 2) this.#awaiting = { id: this.#awaiting.id, deadline: this.#armDeadline(socket) };
-      else this.#linkDead(socket);
-    }, this.#liveness.timeoutMs);
+      if (mayWait && Date.now() - due > this.#liveness.timeoutMs / 2) {
+        this.#awaiting = { id: this.#awaiting.id, deadline: this.#armDeadline(socket, Math.min(1_000, this.#liveness.timeoutMs / 2), false) };
+      } else {
+        this.#linkDead(socket);
+      }
+    }, ms);
   }
 
   /** A frame arrived: the ping waiting for an answer has one (whichever frame it is). */
