@@ -112,7 +112,7 @@ export interface RelayEventMap {
   awarenessForwarded: { readonly recipients: number };
   /** An awareness frame (or one recipient's copy) was dropped. */
   awarenessDropped: { readonly reason: AwarenessDrop };
-  /** A device passed the crisis-lane anomaly threshold today (once per device per UTC day). */
+  /** A user passed the crisis-lane anomaly threshold today, all devices together (once per user per UTC day); `device` is the one whose push crossed it. */
   crisisAnomaly: { readonly user: UserId; readonly device: DeviceId; readonly bytes: number };
   /**
    * Crisis-lane entries of a document were fanned out live to `device` (connected, subscribed,

@@ -100,7 +100,7 @@ export const createRelayMetrics = (deps: RelayMetricsDeps): RelayMetrics => {
   const registered = new Counter({ name: 'keel_devices_registered_total', help: 'Devices registered.', registers });
   const revoked = new Counter({ name: 'keel_devices_revoked_total', help: 'Devices revoked (cascades included).', registers });
   const pairings = new Counter({ name: 'keel_pairings_total', help: 'Pairing steps, by outcome.', labelNames: ['outcome'], registers });
-  const anomalies = new Counter({ name: 'keel_crisis_anomalies_total', help: 'Devices past the crisis-lane anomaly threshold (once per device per UTC day).', registers });
+  const anomalies = new Counter({ name: 'keel_crisis_anomalies_total', help: 'Users past the crisis-lane anomaly threshold, all their devices together (once per user per UTC day).', registers });
   const crisisE2e = new Histogram({
     name: 'keel_crisis_e2e_latency_ms',
     help: 'Crisis entries from their push read by the relay to the receiving device\'s receipt (ms): the crisis SLA, watched.',
