@@ -16,7 +16,7 @@ import {
   sealFor,
   strangerKeys,
 } from '../support/raw-device.js';
-import { type RelayProcess, removeRelayDir, startRelayProcess } from '../support/relay-process.js';
+import { type RelayProcess, errorLinesBesidesCrisisAlerts, removeRelayDir, startRelayProcess } from '../support/relay-process.js';
 
 /**
  * Malformed and hostile frames against the real relay process. Each gets its typed error (or
@@ -391,7 +391,7 @@ describe('abuse limits', () => {
       again.sendFrame({ type: 'sub', docs: [{ doc: env.doc, after: 0 }] });
       expect(await again.nextOf('synced')).toEqual({ type: 'synced', doc: env.doc, seq: 0 });
       expect(logRowsByDevice(small.dbPath).size).toBe(0);
-      expect(small.output()).not.toMatch(/"level":"error"/);
+      expect(errorLinesBesidesCrisisAlerts(small.output())).toEqual([]);
     } finally {
       await Promise.all(sockets.splice(0).map((socket) => socket.close()));
       await small.stop();
@@ -413,7 +413,9 @@ describe('after all of the above', () => {
 
     expect(await healthStatus(relay.port)).toBe(200);
     expect(relay.output()).toMatch(/"msg":"bad frame"/);
-    expect(relay.output()).not.toMatch(/"level":"error"/);
+    // No error line but the crisis SLA watch's (an honest edit late on a loaded test machine is
+    // what it alerts on; speed is measured in the benchmarks, not here).
+    expect(errorLinesBesidesCrisisAlerts(relay.output())).toEqual([]);
 
     const rows = logRowsByDevice(relay.dbPath);
     expect([...rows.keys()].sort()).toEqual([a.client.identity.device.deviceId, b.client.identity.device.deviceId].sort());
