@@ -136,6 +136,11 @@ describe('soak: every attack at once, honest users throughout', () => {
         testLoopMaxMs: Math.round(ownLoop.max / 1e6),
         relayLoopStalls: [...relay.output().matchAll(/"msg":"event loop stalled","maxMs":(\d+)/g)].map((m) => Number(m[1])),
         crisisAlerts: [...relay.output().matchAll(/"msg":"alert: (crisis_\w+)"/g)].length,
+        // As the relay measured them (push read → receipt): beside the probe's own (write → applied),
+        // they say whether a slow edit was slow inside the relay or before it.
+        relayMeasuredBreachesMs: [...relay.output().matchAll(/"msg":"alert: crisis_sla_breach".*?"latencyMs":(\d+)/g)].map((m) => Number(m[1])),
+        slowestMs: sorted.slice(-3).map((ms) => Math.round(ms)),
+        probeErrors: probes.flatMap((p) => [...p.devices.a.errors, ...p.devices.b.errors]).map((e) => e.code),
         attackerSockets: reports.reduce((n, r) => n + r.opened, 0),
         attackerFrames: reports.reduce((n, r) => n + r.sent, 0),
         closes: reports.reduce<Record<string, number>>((all, r) => {
