@@ -40,8 +40,9 @@ describe('crisis SLA watch (fake clock)', () => {
     await clock.advance(200);
     sla.receipt(LAPTOP, DOC, [seq(2), seq(3)]);
     expect(measured).toEqual([
-      { user: USER, device: LAPTOP, doc: DOC, seq: 1, latencyMs: 43, breached: false },
-      { user: USER, device: LAPTOP, doc: DOC, seq: 2, latencyMs: 243, breached: true },
+      // 3 ms of it inside the relay (written → queued to the laptop), the rest out and back.
+      { user: USER, device: LAPTOP, doc: DOC, seq: 1, latencyMs: 43, relayMs: 3, breached: false },
+      { user: USER, device: LAPTOP, doc: DOC, seq: 2, latencyMs: 243, relayMs: 3, breached: true },
     ]);
     // A receipt again, or for a seq nobody waits for (caught up later), measures nothing.
     sla.receipt(LAPTOP, DOC, [seq(1)]);
@@ -111,7 +112,7 @@ describe('alerts', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  const breach: Alert = { kind: 'crisis_sla_breach', user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, slaMs: 200 };
+  const breach: Alert = { kind: 'crisis_sla_breach', user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, relayMs: 12, slaMs: 200 };
 
   it('raises on three channels: an error line, a count, and a POST the operator can verify with the shared secret', async () => {
     const receiver = await startReceiver(() => 204);
@@ -123,7 +124,7 @@ describe('alerts', () => {
     cleanups.push(() => alerter.close());
     alerter.raise(breach);
     await alerter.idle();
-    expect(lines).toEqual([{ level: 'error', msg: 'alert: crisis_sla_breach', fields: { user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, slaMs: 200 } }]);
+    expect(lines).toEqual([{ level: 'error', msg: 'alert: crisis_sla_breach', fields: { user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, relayMs: 12, slaMs: 200 } }]);
     expect(counted).toEqual(['crisis_sla_breach']);
     expect(receiver.bodies).toHaveLength(1);
     const { headers, body } = receiver.bodies[0]!;

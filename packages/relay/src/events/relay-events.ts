@@ -125,7 +125,16 @@ export interface RelayEventMap {
   /** The last connection of a device closed: nothing more is waited for from it. */
   deviceOffline: { readonly user: UserId; readonly device: DeviceId };
   /** A crisis-lane entry's receipt came: reaching the relay → applied on `device`; `breached` past 200 ms. */
-  crisisMeasured: { readonly user: UserId; readonly device: DeviceId; readonly doc: DocId; readonly seq: Seq; readonly latencyMs: number; readonly breached: boolean };
+  crisisMeasured: {
+    readonly user: UserId;
+    readonly device: DeviceId;
+    readonly doc: DocId;
+    readonly seq: Seq;
+    readonly latencyMs: number;
+    /** Of latencyMs, the part inside the relay (push read → queued to the device). */
+    readonly relayMs: number;
+    readonly breached: boolean;
+  };
   /** A connected device did not confirm a crisis-lane entry within the receipt timeout. */
   crisisReceiptMissing: { readonly user: UserId; readonly device: DeviceId; readonly doc: DocId; readonly seq: Seq; readonly waitedMs: number };
   /** A device refused an envelope of its user for a lane above its class's ceiling (`report` frame). */

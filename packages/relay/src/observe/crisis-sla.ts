@@ -12,6 +12,12 @@ export interface CrisisMeasure {
   readonly doc: DocId;
   readonly seq: Seq;
   readonly latencyMs: number;
+  /**
+   * Of `latencyMs`, the part inside the relay (push read → queued to this device: admission,
+   * commit, fan-out); the rest is the trip out, the device's applying and the receipt's trip back.
+   * Says where a breach happened.
+   */
+  readonly relayMs: number;
   /** Over the SLA. */
   readonly breached: boolean;
 }
@@ -117,7 +123,8 @@ export const createCrisisSlaWatch = (options: CrisisSlaOptions) => {
         if (!p) continue;
         pending.delete(key);
         const latencyMs = Math.max(0, t - p.writtenAt);
-        options.onMeasured({ user: p.user, device, doc, seq, latencyMs, breached: latencyMs > slaMs });
+        const relayMs = Math.min(latencyMs, Math.max(0, p.sentAt - p.writtenAt));
+        options.onMeasured({ user: p.user, device, doc, seq, latencyMs, relayMs, breached: latencyMs > slaMs });
       }
     },
 
