@@ -138,8 +138,8 @@ describe('soak: every attack at once, honest users throughout', () => {
         crisisAlerts: [...relay.output().matchAll(/"msg":"alert: (crisis_\w+)"/g)].length,
         // As the relay measured them (push read → receipt): beside the probe's own (write → applied),
         // they say whether a slow edit was slow inside the relay or before it.
-        // [end to end, of which inside the relay] per breach.
-        relayMeasuredBreachesMs: [...relay.output().matchAll(/"msg":"alert: crisis_sla_breach".*?"latencyMs":(\d+),"relayMs":(\d+)/g)].map((m) => [Number(m[1]), Number(m[2])]),
+        // [end to end, of which inside the relay, whether it waited for a catch-up] per breach.
+        relayMeasuredBreaches: [...relay.output().matchAll(/"msg":"alert: crisis_sla_breach".*?"latencyMs":(\d+),"relayMs":(\d+),"heldForCatchUp":(true|false)/g)].map((m) => [Number(m[1]), Number(m[2]), m[3] === 'true']),
         slowestMs: sorted.slice(-3).map((ms) => Math.round(ms)),
         probeErrors: probes.flatMap((p) => [...p.devices.a.errors, ...p.devices.b.errors]).map((e) => e.code),
         attackerSockets: reports.reduce((n, r) => n + r.opened, 0),

@@ -59,8 +59,8 @@ const trail = async (): Promise<string> => {
   commit(10, 20, 'premium', 10);
   commit(10, 900, 'premium', 10);
   // 100 crisis receipts: 1..100 ms, and one breach at 250 ms.
-  for (let i = 1; i <= 100; i++) events.emit('crisisMeasured', { user: u, device: d2, doc, seq: i as Seq, latencyMs: i, relayMs: i / 2, breached: false });
-  events.emit('crisisMeasured', { user: u, device: d2, doc, seq: 101 as Seq, latencyMs: 250, relayMs: 20, breached: true });
+  for (let i = 1; i <= 100; i++) events.emit('crisisMeasured', { user: u, device: d2, doc, seq: i as Seq, latencyMs: i, relayMs: i / 2, heldForCatchUp: false, breached: false });
+  events.emit('crisisMeasured', { user: u, device: d2, doc, seq: 101 as Seq, latencyMs: 250, relayMs: 20, heldForCatchUp: false, breached: true });
   events.emit('crisisReceiptMissing', { user: u, device: d2, doc, seq: 102 as Seq, waitedMs: 5_000 });
   for (let i = 0; i < 3; i++) events.emit('authFailed', { code: 'AUTH_FAILED' });
   events.emit('authFailed', { code: 'UNKNOWN_DEVICE' });

@@ -41,8 +41,8 @@ describe('crisis SLA watch (fake clock)', () => {
     sla.receipt(LAPTOP, DOC, [seq(2), seq(3)]);
     expect(measured).toEqual([
       // 3 ms of it inside the relay (written → queued to the laptop), the rest out and back.
-      { user: USER, device: LAPTOP, doc: DOC, seq: 1, latencyMs: 43, relayMs: 3, breached: false },
-      { user: USER, device: LAPTOP, doc: DOC, seq: 2, latencyMs: 243, relayMs: 3, breached: true },
+      { user: USER, device: LAPTOP, doc: DOC, seq: 1, latencyMs: 43, relayMs: 3, heldForCatchUp: false, breached: false },
+      { user: USER, device: LAPTOP, doc: DOC, seq: 2, latencyMs: 243, relayMs: 3, heldForCatchUp: false, breached: true },
     ]);
     // A receipt again, or for a seq nobody waits for (caught up later), measures nothing.
     sla.receipt(LAPTOP, DOC, [seq(1)]);
@@ -52,6 +52,16 @@ describe('crisis SLA watch (fake clock)', () => {
     expect(missing).toEqual([]);
     expect(sla.stats().pending).toBe(0);
     expect(clock.pending()).toBe(0);
+  });
+
+  it('says when an entry went out with the device\'s catch-up of the document rather than live', async () => {
+    const { clock, sla, measured } = watch();
+    const writtenAt = clock.now();
+    await clock.advance(2);
+    sla.sent(USER, LAPTOP, DOC, [{ seq: seq(1), receivedAt: writtenAt }], false);
+    await clock.advance(400);
+    sla.receipt(LAPTOP, DOC, [seq(1)]);
+    expect(measured).toEqual([{ user: USER, device: LAPTOP, doc: DOC, seq: 1, latencyMs: 402, relayMs: 2, heldForCatchUp: true, breached: true }]);
   });
 
   it('reports a receipt that never comes from a device that stays connected, and forgets a device that leaves', async () => {
@@ -112,7 +122,7 @@ describe('alerts', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  const breach: Alert = { kind: 'crisis_sla_breach', user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, relayMs: 12, slaMs: 200 };
+  const breach: Alert = { kind: 'crisis_sla_breach', user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, relayMs: 12, heldForCatchUp: false, slaMs: 200 };
 
   it('raises on three channels: an error line, a count, and a POST the operator can verify with the shared secret', async () => {
     const receiver = await startReceiver(() => 204);
@@ -124,7 +134,7 @@ describe('alerts', () => {
     cleanups.push(() => alerter.close());
     alerter.raise(breach);
     await alerter.idle();
-    expect(lines).toEqual([{ level: 'error', msg: 'alert: crisis_sla_breach', fields: { user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, relayMs: 12, slaMs: 200 } }]);
+    expect(lines).toEqual([{ level: 'error', msg: 'alert: crisis_sla_breach', fields: { user: 'u1', device: 'laptop', doc: 'doc', seq: 3, latencyMs: 340, relayMs: 12, heldForCatchUp: false, slaMs: 200 } }]);
     expect(counted).toEqual(['crisis_sla_breach']);
     expect(receiver.bodies).toHaveLength(1);
     const { headers, body } = receiver.bodies[0]!;

@@ -110,8 +110,8 @@ describe('the metrics listener', () => {
     events.emit('tierChanged', { user: u1, from: 'trial', to: 'premium' });
     events.emit('crisisAnomaly', { user: u1, device: d1, bytes: 20_000_000 });
     events.emit('httpRefused', { area: 'webhook', code: 'BAD_SIGNATURE' });
-    events.emit('crisisMeasured', { user: u1, device: d2, doc, seq: 3 as Seq, latencyMs: 12, relayMs: 4, breached: false });
-    events.emit('crisisMeasured', { user: u1, device: d2, doc, seq: 4 as Seq, latencyMs: 340, relayMs: 300, breached: true });
+    events.emit('crisisMeasured', { user: u1, device: d2, doc, seq: 3 as Seq, latencyMs: 12, relayMs: 4, heldForCatchUp: false, breached: false });
+    events.emit('crisisMeasured', { user: u1, device: d2, doc, seq: 4 as Seq, latencyMs: 340, relayMs: 300, heldForCatchUp: false, breached: true });
     events.emit('crisisReceiptMissing', { user: u1, device: d2, doc, seq: 5 as Seq, waitedMs: 5_000 });
     events.emit('alert', { kind: 'crisis_sla_breach' });
     events.emit('laneReported', { user: u1, reporter: d2, author: d1, doc, lane: 10 });

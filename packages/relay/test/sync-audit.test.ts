@@ -172,8 +172,8 @@ describe('sync audit listener', () => {
     e.emit('committed', commit(u, a, c, 10));
     e.emit('refused', { user: u, device: a, code: 'QUOTA_EXCEEDED', frame: 'push', kind: 'deferred' });
     e.emit('refused', { user: u, device: a, code: 'BAD_SIGNATURE', frame: 'push', kind: 'rejected' });
-    e.emit('crisisMeasured', { user: u, device: b, doc: c, seq: 3 as Seq, latencyMs: 48.26, relayMs: 3.04, breached: false });
-    e.emit('crisisMeasured', { user: u, device: b, doc: c, seq: 4 as Seq, latencyMs: 250, relayMs: 180, breached: true });
+    e.emit('crisisMeasured', { user: u, device: b, doc: c, seq: 3 as Seq, latencyMs: 48.26, relayMs: 3.04, heldForCatchUp: false, breached: false });
+    e.emit('crisisMeasured', { user: u, device: b, doc: c, seq: 4 as Seq, latencyMs: 250, relayMs: 180, heldForCatchUp: false, breached: true });
     e.emit('crisisReceiptMissing', { user: u, device: b, doc: c, seq: 5 as Seq, waitedMs: 5_000 });
     e.emit('crisisAnomaly', { user: u, device: a, bytes: 9_000_000 });
     e.emit('laneReported', { user: u, reporter: b, author: a, doc: c, lane: 10 });

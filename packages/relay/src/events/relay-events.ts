@@ -119,7 +119,14 @@ export interface RelayEventMap {
    * not their author): the crisis SLA watch waits for its receipt. `receivedAt`: when each entry's
    * push frame was read off the socket.
    */
-  crisisFannedOut: { readonly user: UserId; readonly device: DeviceId; readonly doc: DocId; readonly entries: readonly { readonly seq: Seq; readonly receivedAt: number }[] };
+  crisisFannedOut: {
+    readonly user: UserId;
+    readonly device: DeviceId;
+    readonly doc: DocId;
+    readonly entries: readonly { readonly seq: Seq; readonly receivedAt: number }[];
+    /** Queued to the device now; false: held while its catch-up of the document runs (which sends them). */
+    readonly live: boolean;
+  };
   /** `device` confirmed it applied these crisis-lane entries (a `receipt` frame). */
   receipt: { readonly user: UserId; readonly device: DeviceId; readonly doc: DocId; readonly seqs: readonly Seq[] };
   /** The last connection of a device closed: nothing more is waited for from it. */
@@ -133,6 +140,8 @@ export interface RelayEventMap {
     readonly latencyMs: number;
     /** Of latencyMs, the part inside the relay (push read → queued to the device). */
     readonly relayMs: number;
+    /** The entry waited for the device's catch-up of the document (relayMs then ends where that began). */
+    readonly heldForCatchUp: boolean;
     readonly breached: boolean;
   };
   /** A connected device did not confirm a crisis-lane entry within the receipt timeout. */

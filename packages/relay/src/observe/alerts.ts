@@ -4,7 +4,7 @@ import type { TimerDeps } from '../entitlements/grace.js';
 
 /** What an operator is alerted about. Pseudonymous ids and numbers only: never a document name or content. */
 export type Alert =
-  | { readonly kind: 'crisis_sla_breach'; readonly user: string; readonly device: string; readonly doc: string; readonly seq: number; readonly latencyMs: number; readonly relayMs: number; readonly slaMs: number }
+  | { readonly kind: 'crisis_sla_breach'; readonly user: string; readonly device: string; readonly doc: string; readonly seq: number; readonly latencyMs: number; readonly relayMs: number; readonly heldForCatchUp: boolean; readonly slaMs: number }
   | { readonly kind: 'crisis_receipt_missing'; readonly user: string; readonly device: string; readonly doc: string; readonly seq: number; readonly waitedMs: number }
   | { readonly kind: 'crisis_volume_anomaly'; readonly user: string; readonly device: string; readonly bytes: number; readonly thresholdBytes: number };
 export type AlertKind = Alert['kind'];

@@ -18,6 +18,11 @@ export interface CrisisMeasure {
    * Says where a breach happened.
    */
   readonly relayMs: number;
+  /**
+   * The device was catching up the document when the entry came: it went out with that catch-up
+   * (a task of the work queue), not live, and `relayMs` ends where it was handed to it.
+   */
+  readonly heldForCatchUp: boolean;
   /** Over the SLA. */
   readonly breached: boolean;
 }
@@ -54,6 +59,7 @@ interface Pending {
   readonly seq: Seq;
   readonly writtenAt: number;
   readonly sentAt: number;
+  readonly live: boolean;
 }
 
 const keyOf = (device: DeviceId, doc: DocId, seq: Seq): string => `${device} ${doc} ${seq}`;
@@ -99,7 +105,7 @@ export const createCrisisSlaWatch = (options: CrisisSlaOptions) => {
 
   return {
     /** Crisis-lane entries of `user`'s `doc` were queued for `device`, which is connected and subscribed. */
-    sent(user: UserId, device: DeviceId, doc: DocId, entries: readonly { readonly seq: Seq; readonly receivedAt: number }[]): void {
+    sent(user: UserId, device: DeviceId, doc: DocId, entries: readonly { readonly seq: Seq; readonly receivedAt: number }[], live = true): void {
       const sentAt = now();
       for (const { seq, receivedAt } of entries) {
         const key = keyOf(device, doc, seq);
@@ -109,7 +115,7 @@ export const createCrisisSlaWatch = (options: CrisisSlaOptions) => {
           if (!oldest.done) pending.delete(oldest.value);
           unwatched++;
         }
-        pending.set(key, { user, device, doc, seq, writtenAt: receivedAt, sentAt });
+        pending.set(key, { user, device, doc, seq, writtenAt: receivedAt, sentAt, live });
       }
       arm();
     },
@@ -124,7 +130,7 @@ export const createCrisisSlaWatch = (options: CrisisSlaOptions) => {
         pending.delete(key);
         const latencyMs = Math.max(0, t - p.writtenAt);
         const relayMs = Math.min(latencyMs, Math.max(0, p.sentAt - p.writtenAt));
-        options.onMeasured({ user: p.user, device, doc, seq, latencyMs, relayMs, breached: latencyMs > slaMs });
+        options.onMeasured({ user: p.user, device, doc, seq, latencyMs, relayMs, heldForCatchUp: !p.live, breached: latencyMs > slaMs });
       }
     },
 
@@ -163,7 +169,7 @@ export const watchCrisisSla = (
     onMissing: (m) => events.emit('crisisReceiptMissing', m),
   });
   const off = [
-    events.on('crisisFannedOut', ({ user, device, doc, entries }) => watch.sent(user, device, doc, entries)),
+    events.on('crisisFannedOut', ({ user, device, doc, entries, live }) => watch.sent(user, device, doc, entries, live)),
     events.on('receipt', ({ device, doc, seqs }) => watch.receipt(device, doc, seqs)),
     events.on('deviceOffline', ({ device }) => watch.deviceGone(device)),
   ];

@@ -11,7 +11,7 @@ export const alertOnCrisis = (events: RelayEvents, alerter: Alerter, options: { 
   const off = [
     events.on('crisisMeasured', (m) => {
       if (!m.breached) return;
-      alerter.raise({ kind: 'crisis_sla_breach', user: m.user, device: m.device, doc: m.doc, seq: m.seq, latencyMs: Math.round(m.latencyMs), relayMs: Math.round(m.relayMs), slaMs: CRISIS_SLA_MS });
+      alerter.raise({ kind: 'crisis_sla_breach', user: m.user, device: m.device, doc: m.doc, seq: m.seq, latencyMs: Math.round(m.latencyMs), relayMs: Math.round(m.relayMs), heldForCatchUp: m.heldForCatchUp, slaMs: CRISIS_SLA_MS });
     }),
     events.on('crisisReceiptMissing', (m) => {
       alerter.raise({ kind: 'crisis_receipt_missing', user: m.user, device: m.device, doc: m.doc, seq: m.seq, waitedMs: m.waitedMs });

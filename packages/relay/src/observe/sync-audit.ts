@@ -233,7 +233,7 @@ export const createSyncAudit = (options: SyncAuditOptions): SyncAudit => {
     ),
     events.on('crisisMeasured', (m) =>
       push(
-        relayRow(SyncAuditOp.crisisReceipt, m.user, m.breached ? 'breached' : 'within_sla', { seq: m.seq, latencyMs: Math.round(m.latencyMs * 10) / 10, relayMs: Math.round(m.relayMs * 10) / 10 }, { device: m.device, doc: m.doc }),
+        relayRow(SyncAuditOp.crisisReceipt, m.user, m.breached ? 'breached' : 'within_sla', { seq: m.seq, latencyMs: Math.round(m.latencyMs * 10) / 10, relayMs: Math.round(m.relayMs * 10) / 10, heldForCatchUp: m.heldForCatchUp }, { device: m.device, doc: m.doc }),
       ),
     ),
     events.on('crisisReceiptMissing', (m) =>

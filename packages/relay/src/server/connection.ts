@@ -229,8 +229,9 @@ export class RelayConnection implements PairingPeer {
   }
 
   /** Live entries of a document this connection may be subscribed to. */
-  deliver(docId: DocId, entries: readonly LogEntry[]): void {
-    if (this.#state.kind === 'ready') this.#state.session.delivery.deliver(docId, entries);
+  /** Queues newly committed entries of another connection; false if held for a catch-up in progress. */
+  deliver(docId: DocId, entries: readonly LogEntry[]): boolean {
+    return this.#state.kind === 'ready' && this.#state.session.delivery.deliver(docId, entries);
   }
 
   close(code: number, reason: string): void {

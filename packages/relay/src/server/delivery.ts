@@ -153,15 +153,19 @@ export class Delivery {
     }
   }
 
-  /** Newly committed entries of a document, from another connection of the user. */
-  deliver(docId: DocId, entries: readonly LogEntry[]): void {
+  /**
+   * Newly committed entries of a document, from another connection of the user. Returns whether
+   * they were queued now; false while the document's catch-up runs (it reads them from the log).
+   */
+  deliver(docId: DocId, entries: readonly LogEntry[]): boolean {
     const sub = this.#subs.get(docId);
-    if (!sub || entries.length === 0) return;
+    if (!sub || entries.length === 0) return false;
     if (sub.catchingUp) {
       sub.liveSeen = Math.max(sub.liveSeen, entries[entries.length - 1]!.seq);
-      return;
+      return false;
     }
     this.#sendEntries(docId, sub, entries);
+    return true;
   }
 
   /** This connection's own entries were committed at `seq`: its device has them already. */

@@ -204,11 +204,10 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
       const crisisEntries = entries.filter((e) => isCrisisLane(e.env.lane)).map((e) => ({ seq: e.seq, receivedAt: readAt }));
       for (const conn of byUser.get(user) ?? []) {
         if (conn === origin) continue;
-        // Watched before delivery, so the receipt finds its wait whatever the socket's speed.
-        if (crisisEntries.length > 0 && conn.device !== undefined && conn.device !== origin.device && conn.isSubscribed(docId)) {
-          events.emit('crisisFannedOut', { user, device: conn.device, doc: docId, entries: crisisEntries });
-        }
-        conn.deliver(docId, entries);
+        const watched = crisisEntries.length > 0 && conn.device !== undefined && conn.device !== origin.device && conn.isSubscribed(docId);
+        const live = conn.deliver(docId, entries);
+        // Told in the same turn as the delivery: no receipt can be read in between.
+        if (watched) events.emit('crisisFannedOut', { user, device: conn.device!, doc: docId, entries: crisisEntries, live });
       }
     },
     receipt(origin, frame) {
