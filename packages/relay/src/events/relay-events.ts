@@ -138,10 +138,18 @@ export interface RelayEventMap {
     readonly doc: DocId;
     readonly seq: Seq;
     readonly latencyMs: number;
-    /** Of latencyMs, the part inside the relay (push read → queued to the device). */
+    /**
+     * Of `latencyMs`, the part inside the relay (push read → queued to this device: admission,
+     * commit, fan-out); the rest is the trip out, the device's applying and the receipt's trip
+     * back. Says where a breach happened.
+     */
     readonly relayMs: number;
-    /** The entry waited for the device's catch-up of the document (relayMs then ends where that began). */
+    /**
+     * The device was catching up the document when the entry came: it went out with that
+     * catch-up (a task of the work queue), not live, and `relayMs` ends where it was handed to it.
+     */
     readonly heldForCatchUp: boolean;
+    /** Over the SLA. */
     readonly breached: boolean;
   };
   /** A connected device did not confirm a crisis-lane entry within the receipt timeout. */

@@ -1,31 +1,12 @@
 import type { DeviceId, DocId, Seq, UserId } from '@keel/engine';
 import type { TimerDeps } from '../entitlements/grace.js';
-import type { RelayEvents } from '../events/relay-events.js';
+import type { RelayEventMap, RelayEvents } from '../events/relay-events.js';
 
 /** The crisis SLA: a crisis-lane entry written on one device is applied on the others within it. */
 export const CRISIS_SLA_MS = 200;
 
-/** A receipt came: how long the entry took from reaching the relay to being applied on `device`. */
-export interface CrisisMeasure {
-  readonly user: UserId;
-  readonly device: DeviceId;
-  readonly doc: DocId;
-  readonly seq: Seq;
-  readonly latencyMs: number;
-  /**
-   * Of `latencyMs`, the part inside the relay (push read → queued to this device: admission,
-   * commit, fan-out); the rest is the trip out, the device's applying and the receipt's trip back.
-   * Says where a breach happened.
-   */
-  readonly relayMs: number;
-  /**
-   * The device was catching up the document when the entry came: it went out with that catch-up
-   * (a task of the work queue), not live, and `relayMs` ends where it was handed to it.
-   */
-  readonly heldForCatchUp: boolean;
-  /** Over the SLA. */
-  readonly breached: boolean;
-}
+/** A receipt came: how long the entry took from reaching the relay to being applied on `device` (the `crisisMeasured` event). */
+export type CrisisMeasure = RelayEventMap['crisisMeasured'];
 
 /** No receipt came from a device that stayed connected for `waitedMs` after the entry was sent to it. */
 export interface CrisisMissing {
