@@ -5,8 +5,8 @@ import type { RelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
 import type { LogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
-import { readBody, sendJson } from '../server/http-util.js';
-import { verifyStripeSignature } from '../webhooks/signature.js';
+import { sendJson } from '../server/http-util.js';
+import { readSignedBody } from '../webhooks/signature.js';
 
 export const CRISIS_PATH = '/crisis';
 
@@ -97,21 +97,22 @@ export const createCrisisSignalRoute = (deps: CrisisSignalDeps) => {
       refuse(res, 503, CrisisSignalCode.DISABLED, 'crisis signals are off: set KEEL_RELAY_CRISIS_SECRET');
       return true;
     }
-    const read = await readBody(req, MAX_BODY_BYTES, deps.bodyTimeoutMs);
-    if (!read.ok) {
-      if (read.reason === 'aborted') {
+    const signed = await readSignedBody(req, {
+      maxBytes: MAX_BODY_BYTES,
+      bodyTimeoutMs: deps.bodyTimeoutMs,
+      header: CRISIS_SIGNATURE_HEADER,
+      headerLabel: CRISIS_SIGNATURE_HEADER,
+      secret: deps.secret,
+      nowSeconds: Math.floor(now() / 1000),
+      toleranceSeconds: deps.toleranceSeconds,
+    });
+    if (!signed.ok) {
+      if (signed.aborted) {
         res.destroy();
         return true;
       }
-      res.setHeader('connection', 'close');
-      if (read.reason === 'timeout') refuse(res, 408, CrisisSignalCode.BODY_TIMEOUT, `body not received within ${deps.bodyTimeoutMs} ms`);
-      else refuse(res, 413, CrisisSignalCode.BODY_TOO_LARGE, `body over ${MAX_BODY_BYTES} bytes`);
-      return true;
-    }
-    const header = req.headers[CRISIS_SIGNATURE_HEADER];
-    const check = verifyStripeSignature(read.body, typeof header === 'string' ? header : undefined, deps.secret, Math.floor(now() / 1000), deps.toleranceSeconds);
-    if (!check.ok) {
-      refuse(res, 400, check.code as CrisisSignalCode, check.message.replace('Stripe-Signature', CRISIS_SIGNATURE_HEADER));
+      if (signed.close) res.setHeader('connection', 'close');
+      refuse(res, signed.status, signed.code, signed.message);
       return true;
     }
     // Authenticated from here on: every outcome is audited.
@@ -122,7 +123,7 @@ export const createCrisisSignalRoute = (deps: CrisisSignalDeps) => {
     };
     let json: unknown;
     try {
-      json = JSON.parse(read.body.toString('utf8'));
+      json = JSON.parse(signed.body.toString('utf8'));
     } catch {
       await audited(400, CrisisSignalCode.BAD_JSON, 'body is not JSON', null);
       return true;

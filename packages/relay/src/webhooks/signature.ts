@@ -1,4 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import { readBody } from '../server/http-util.js';
 import { WebhookRejection } from './webhook-codes.js';
 
 /** Stripe's default: a signed delivery is good for 5 minutes. */
@@ -78,6 +80,55 @@ export const verifyStripeSignature = (
     };
   }
   return { ok: true, timestamp: parsed.timestamp };
+};
+
+/** A signed POST's body, or why it was refused before anything parsed it. */
+export type SignedBody =
+  | { readonly ok: true; readonly body: Buffer }
+  /** The sender went away mid-body: nobody to answer. */
+  | { readonly ok: false; readonly aborted: true }
+  | {
+      readonly ok: false;
+      readonly aborted: false;
+      readonly status: 400 | 408 | 413;
+      readonly code: typeof WebhookRejection.BODY_TOO_LARGE | typeof WebhookRejection.BODY_TIMEOUT | Extract<SignatureCheck, { ok: false }>['code'];
+      readonly message: string;
+      /** The body was not read to its end: answer with `connection: close`. */
+      readonly close: boolean;
+    };
+
+export interface SignedBodyOptions {
+  readonly maxBytes: number;
+  readonly bodyTimeoutMs: number;
+  /** The header carrying `t=…,v1=…` (lower case, as Node keys headers). */
+  readonly header: string;
+  /** How answers name that header. */
+  readonly headerLabel: string;
+  readonly secret: string;
+  readonly nowSeconds: number;
+  readonly toleranceSeconds: number;
+}
+
+/**
+ * Reads a signed POST's raw body within its size and time limits (a declared size over the
+ * limit is refused before a byte is read) and checks it against the HMAC before anything parses
+ * it. The payment webhooks and `POST /crisis` take their deliveries through here.
+ */
+export const readSignedBody = async (req: IncomingMessage, options: SignedBodyOptions): Promise<SignedBody> => {
+  const tooLarge = { ok: false, aborted: false, status: 413, code: WebhookRejection.BODY_TOO_LARGE, message: `body over ${options.maxBytes} bytes`, close: true } as const;
+  if (Number(req.headers['content-length'] ?? 0) > options.maxBytes) return tooLarge;
+  const read = await readBody(req, options.maxBytes, options.bodyTimeoutMs);
+  if (!read.ok) {
+    if (read.reason === 'aborted') return { ok: false, aborted: true };
+    if (read.reason === 'timeout') {
+      return { ok: false, aborted: false, status: 408, code: WebhookRejection.BODY_TIMEOUT, message: `body not received within ${options.bodyTimeoutMs} ms`, close: true };
+    }
+    return tooLarge;
+  }
+  const value = req.headers[options.header];
+  const check = verifyStripeSignature(read.body, typeof value === 'string' ? value : undefined, options.secret, options.nowSeconds, options.toleranceSeconds);
+  if (!check.ok) return { ok: false, aborted: false, status: 400, code: check.code, message: check.message.replace('Stripe-Signature', options.headerLabel), close: false };
+  return { ok: true, body: read.body };
 };
 
 /**

@@ -4,9 +4,9 @@ import type { RelayEvents } from '../events/relay-events.js';
 import type { Logger } from '../log.js';
 import type { LogThrottle } from '../log-throttle.js';
 import type { RelayStore } from '../storage/relay-store.js';
-import { readBody, sendJson } from '../server/http-util.js';
+import { sendJson } from '../server/http-util.js';
 import type { RefusalSink } from '../server/refusal-counters.js';
-import { verifyStripeSignature } from './signature.js';
+import { readSignedBody } from './signature.js';
 import { parseStripeEvent } from './stripe-events.js';
 import { type UnauthenticatedRefusal, WebhookRejection } from './webhook-codes.js';
 
@@ -75,23 +75,17 @@ export const createWebhookHandler = (deps: WebhookHandlerDeps) => {
         'payment webhooks are off: set KEEL_RELAY_WEBHOOK_SECRET to the endpoint secret',
       );
     }
-    const tooLarge = `body over ${MAX_WEBHOOK_BODY_BYTES} bytes`;
-    // A declared size over the limit is refused before a byte is read; the connection then closes.
-    if (Number(req.headers['content-length'] ?? 0) > MAX_WEBHOOK_BODY_BYTES) {
-      return refuseUnauthenticated(413, WebhookRejection.BODY_TOO_LARGE, tooLarge, true);
-    }
-    const read = await readBody(req, MAX_WEBHOOK_BODY_BYTES, deps.bodyTimeoutMs);
-    if (!read.ok) {
-      if (read.reason === 'aborted') return undefined;
-      if (read.reason === 'timeout') {
-        return refuseUnauthenticated(408, WebhookRejection.BODY_TIMEOUT, `body not received within ${deps.bodyTimeoutMs} ms`, true);
-      }
-      return refuseUnauthenticated(413, WebhookRejection.BODY_TOO_LARGE, tooLarge, true);
-    }
-    const raw = read.body;
-    const header = req.headers['stripe-signature'];
-    const check = verifyStripeSignature(raw, typeof header === 'string' ? header : undefined, secret, Math.floor(now() / 1000), deps.toleranceSeconds);
-    if (!check.ok) return refuseUnauthenticated(400, check.code, check.message);
+    const signed = await readSignedBody(req, {
+      maxBytes: MAX_WEBHOOK_BODY_BYTES,
+      bodyTimeoutMs: deps.bodyTimeoutMs,
+      header: 'stripe-signature',
+      headerLabel: 'Stripe-Signature',
+      secret,
+      nowSeconds: Math.floor(now() / 1000),
+      toleranceSeconds: deps.toleranceSeconds,
+    });
+    if (!signed.ok) return signed.aborted ? undefined : refuseUnauthenticated(signed.status, signed.code, signed.message, signed.close);
+    const raw = signed.body;
     let json: unknown;
     try {
       json = JSON.parse(raw.toString('utf8'));
