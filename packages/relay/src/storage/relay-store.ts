@@ -197,6 +197,12 @@ export interface DeviceLimits {
   readonly maxTotal: number;
 }
 
+/** How long, and how many of one user's, external crisis signals are kept. */
+export interface CrisisSignalLimits {
+  readonly retentionMs: number;
+  readonly maxPerUser: number;
+}
+
 /**
  * The relay's durable state: users, devices and per-document ciphertext logs. The relay keeps
  * nothing in memory that a second node could not rebuild from here. Implementations: SQLite
@@ -206,12 +212,6 @@ export interface DeviceLimits {
  * own, squat or probe another user's document id — the same id in two users' spaces is two
  * unrelated documents.
  */
-/** How long, and how many of one user's, external crisis signals are kept. */
-export interface CrisisSignalLimits {
-  readonly retentionMs: number;
-  readonly maxPerUser: number;
-}
-
 export interface RelayStore {
   getDevice(deviceId: DeviceId): Promise<DeviceRecord | undefined>;
   listDevices(userId: UserId): Promise<DeviceRecord[]>;

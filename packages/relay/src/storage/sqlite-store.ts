@@ -792,6 +792,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
       `DELETE FROM crisis_signals WHERE user_id = ? AND signal_id NOT IN
          (SELECT signal_id FROM crisis_signals WHERE user_id = ? ORDER BY received_at DESC, signal_id DESC LIMIT ?)`,
     ),
+    isDeletedUser: db.prepare<[string], { n: number }>(`SELECT 1 AS n FROM deleted_users WHERE user_ref = ?`),
     crisisSignals: db.prepare<[string, number], { signal: string }>(`SELECT signal FROM crisis_signals WHERE user_id = ? AND received_at >= ? ORDER BY received_at, signal_id`),
     addUsage: db.prepare(
       `INSERT INTO usage (user_id, day, bytes) VALUES (?, ?, ?)
@@ -1064,7 +1065,6 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
   });
 
   const admin = createUserDataOps(db, { appendAudit: (drafts, now) => appendAuditRows(drafts, now), userRef: (userId) => auditUserRef(auditKeyOf(), userId) });
-  const isDeleted = db.prepare<[string], { n: number }>(`SELECT 1 AS n FROM deleted_users WHERE user_ref = ?`);
 
   let closed = false;
   return {
@@ -1139,7 +1139,7 @@ export const openSqliteStore = (options: SqliteStoreOptions): SqliteRelayStore =
     readAudit: async (after, limit) => stmt.readAudit.all(after, limit).map(toAudit),
     readAuditWindow: async (from, to, after, limit) => stmt.readAuditWindow.all(after?.at ?? from, after?.seq ?? -1, from, to, limit).map(toAudit),
     hasUser: async (userId) => stmt.hasUser.get(userId) !== undefined,
-    isDeletedUser: async (userId) => isDeleted.get(auditUserRef(auditKeyOf(), userId)) !== undefined,
+    isDeletedUser: async (userId) => stmt.isDeletedUser.get(auditUserRef(auditKeyOf(), userId)) !== undefined,
     putSignupToken: async (tokenHash, expiresAt, now) => {
       stmt.putSignupToken.run(tokenHash, now, expiresAt);
     },
