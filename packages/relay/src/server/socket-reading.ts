@@ -30,11 +30,6 @@ export class SocketReading {
     this.#keepaliveMs = keepaliveMs;
   }
 
-  /** Whether reading is held now. */
-  get held(): boolean {
-    return this.#holds > 0;
-  }
-
   /** Whether a hold of holdFor() runs now. */
   get timedHold(): boolean {
     return this.#timedHold !== undefined;
