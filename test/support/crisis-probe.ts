@@ -21,7 +21,11 @@ export interface CrisisProbe {
   readonly devices: { readonly a: Device; readonly b: Device };
   /** Latencies so far (ms), in arrival order. */
   readonly latencies: readonly number[];
-  /** Stops writing, waits up to `graceMs` for the last edits, and summarises. */
+  /**
+   * Stops writing, waits up to `graceMs` for the last edits, and summarises. An attack that
+   * finishes quickly would leave nothing measured, so the probe first keeps writing until at
+   * least `minEdits` edits are out (20 by default, a second at the default interval).
+   */
   stop(graceMs?: number): Promise<CrisisStats>;
 }
 
@@ -38,10 +42,16 @@ export interface CrisisProbe {
 export const startCrisisProbe = async (
   scope: TestScope,
   url: string,
-  options: { readonly intervalMs?: number; readonly maxEdits?: number; readonly identity?: Identity } = {},
+  options: {
+    readonly intervalMs?: number;
+    readonly maxEdits?: number;
+    readonly minEdits?: number;
+    readonly identity?: Identity;
+  } = {},
 ): Promise<CrisisProbe> => {
   const intervalMs = options.intervalMs ?? 50;
   const maxEdits = options.maxEdits ?? 2_000;
+  const minEdits = Math.min(options.minEdits ?? 20, maxEdits);
   // A given user's crisis edits (a test attacking that very user), or a new user's.
   const identity = options.identity ?? (await createIdentity());
   const a = await scope.device(url, identity);
@@ -79,7 +89,11 @@ export const startCrisisProbe = async (
     devices: { a, b },
     latencies,
     async stop(graceMs = 2_000) {
+      // Bounded: the interval keeps firing unless this process is stalled for good.
+      const writing = Date.now() + minEdits * intervalMs + 10_000;
+      while (sent < minEdits && Date.now() < writing) await new Promise((resolve) => setTimeout(resolve, intervalMs));
       clearInterval(timer);
+      if (sent === 0) throw new Error('the crisis probe wrote no edit: nothing was measured');
       const deadline = Date.now() + graceMs;
       while (sentAt.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
       const sorted = [...latencies].sort((x, y) => x - y);
