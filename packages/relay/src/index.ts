@@ -2,6 +2,7 @@
 export { startRelay } from './server/relay-server.js';
 export type { Relay, RelayDeps } from './server/relay-server.js';
 export type { AwarenessLimits } from './server/awareness-gate.js';
+export { READ_BYTES_PER_TURN } from './server/read-turns.js';
 export { RelayConfigSchema, ENV_VARS } from './config.js';
 export type { RelayConfig, RelayConfigInput } from './config.js';
 export { openSqliteStore } from './storage/sqlite-store.js';

@@ -30,6 +30,7 @@ import { setFrameLimit } from './frame-limit.js';
 import { type Authenticated, Handshake, type HandshakeContext } from './handshake.js';
 import { Ingest } from './ingest.js';
 import { OutboundQueue } from './outbound-queue.js';
+import { ReadTurns } from './read-turns.js';
 import type { RevokedFrame } from './revoked-notice.js';
 import { SocketReading } from './socket-reading.js';
 import type { WorkOwner, WorkQueue } from './work-queue.js';
@@ -86,6 +87,13 @@ interface Session {
   readonly awareness: AwarenessGate;
 }
 
+/** A frame as ws read it off the socket, waiting for its turn (server/read-turns.ts). */
+interface Message {
+  readonly data: Buffer;
+  readonly isBinary: boolean;
+  readonly length: number;
+}
+
 type State =
   /** Before `ready`: the handshake (hello, challenge, auth; pairing; recovery-find) reads the frames. */
   | { readonly kind: 'handshake'; readonly handshake: Handshake }
@@ -114,8 +122,10 @@ export class RelayConnection implements PairingPeer {
   #closeTimer: NodeJS.Timeout | undefined;
   /** The frame being read is awareness already admitted by the rate check on its raw bytes. */
   #admitted = false;
-  /** Held by the work queue's backlog and an awareness flood. */
+  /** Held by the work queue's backlog, an awareness flood and frames waiting for a later turn. */
   readonly #reading: SocketReading;
+  /** How many of the frames read off the socket are handled in one turn of the event loop. */
+  readonly #turns: ReadTurns<Message>;
   /** This connection as a source of queued work; its group is its user once authenticated. */
   #owner: WorkOwner;
 
@@ -142,14 +152,15 @@ export class RelayConnection implements PairingPeer {
       this.#fail({ code: ErrorCode.AUTH_TIMEOUT, message: `not authenticated within ${ctx.config.authTimeoutMs} ms` }, CloseCode.AUTH_TIMEOUT);
     }, ctx.config.authTimeoutMs);
     this.#owner = this.#ownerFor(this);
-    ws.on('message', (data, isBinary) => {
+    this.#turns = new ReadTurns<Message>(this.#reading, ({ data, isBinary }) => {
       try {
-        if (!isBinary && this.#awarenessOverRate(data as Buffer)) return;
-        this.#onMessage(isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString('utf8'));
+        if (!isBinary && this.#awarenessOverRate(data)) return;
+        this.#onMessage(isBinary ? new Uint8Array(data) : data.toString('utf8'));
       } catch (error) {
         this.#internal(error);
       }
     });
+    ws.on('message', (data, isBinary) => this.#turns.offer({ data: data as Buffer, isBinary, length: (data as Buffer).length }));
     ws.on('close', (code: number) => {
       clearTimeout(this.#closeTimer);
       this.#teardown();
@@ -557,6 +568,7 @@ export class RelayConnection implements PairingPeer {
     this.#state = { kind: 'closed' };
     if (state.kind === 'handshake') state.handshake.end();
     clearTimeout(this.#authTimer);
+    this.#turns.close();
     this.#reading.close();
     this.#out.close();
     this.#ctx.work.forget(this.#owner);

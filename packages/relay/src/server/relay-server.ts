@@ -312,11 +312,6 @@ export const startRelay = async (deps: RelayDeps): Promise<Relay> => {
     server: http,
     maxPayload: config.maxPayloadBytes,
     perMessageDeflate: false,
-    // One message per socket per turn of the event loop. libuv reads a ready socket up to 32
-    // times per turn (2 MiB), and ws would hand every frame in it over at once: a burst of
-    // subscription frames from a few sockets held the loop for 110 ms. Deferred, each socket
-    // costs the loop at most one frame's parse per turn, and what waits stays in TCP buffers.
-    allowSynchronousEvents: false,
     // Before the upgrade: a flooding address is answered 429 for the price of a header parse.
     verifyClient: (info, done) => {
       const address = addressKey(clientAddress(info.req, config.trustedProxy));
