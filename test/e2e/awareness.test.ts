@@ -1,9 +1,6 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
 import { type KeelProvider, createIdentity, linkNewDevice } from '@keel/client';
 import { type AwarenessEnvelope, type RelayFrame, fromB64 } from '@keel/engine';
-import { type AwarenessLimits, RelayConfigSchema, openSqliteStore, silentLogger, startRelay } from '@keel/relay';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import * as Y from 'yjs';
@@ -42,19 +39,6 @@ const rowCounts = (dbPath: string): Record<string, number> => {
 
 const databaseBytes = (r: RelayProcess): Buffer =>
   Buffer.concat([r.dbPath, `${r.dbPath}-wal`, `${r.dbPath}-shm`].filter(existsSync).map((p) => readFileSync(p)));
-
-
-
-
-/** A relay in this process (to read its awareness counters) on a temporary SQLite file; closed after the test. */
-const inProcessRelay = async (awarenessLimits: Partial<AwarenessLimits> = {}) => {
-  const dir = mkdtempSync(join(tmpdir(), 'keel-awareness-'));
-  scope.defer(() => rmSync(dir, { recursive: true, force: true }));
-  const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db'), defaultTier: 'premium' });
-  const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger, awarenessLimits });
-  scope.defer(() => relay.close());
-  return relay;
-};
 
 const awarenessFrames = (raw: RawSocket) => raw.received.filter((f): f is Extract<RelayFrame, { type: 'awareness' }> => f.type === 'awareness');
 
@@ -216,7 +200,7 @@ describe('awareness through the relay', () => {
   });
 
   it('counts what it drops (past the rate, for a document not subscribed to) and pauses reading a flood', async () => {
-    const relay = await inProcessRelay();
+    const relay = await scope.inProcessRelay();
     const idA = await createIdentity();
     const idFlood = await linkNewDevice(idA);
     const flooder = await rawSubscribed(scope, relay.url, idFlood);
@@ -243,7 +227,7 @@ describe('awareness through the relay', () => {
 
   it('tells a device whose socket it stopped reading that the link is alive (an unsolicited pong every 2 s), and answers its ping once it reads again', async () => {
     // Paused longer than a client's 5 s ping timeout would allow without the keepalive.
-    const relay = await inProcessRelay({ floodPauseMs: 6_000 });
+    const relay = await scope.inProcessRelay({ floodPauseMs: 6_000 });
     const id = await createIdentity();
     const flooder = await rawSubscribed(scope, relay.url, id);
     // 60 frames pass as a burst, 60 more are dropped in a row: reading stops for 6 s, with the
@@ -279,7 +263,7 @@ describe('awareness through the relay', () => {
   });
 
   it('closes a connection that floods awareness written otherwise than Keel writes it (each one costs the relay a parse)', async () => {
-    const relay = await inProcessRelay();
+    const relay = await scope.inProcessRelay();
     const idA = await createIdentity();
     const idFlood = await linkNewDevice(idA);
     const flooder = await rawSubscribed(scope, relay.url, idFlood);

@@ -1,9 +1,6 @@
-import { mkdtempSync, rmSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createIdentity } from '@keel/client';
-import { READ_BYTES_PER_TURN, RelayConfigSchema, openSqliteStore, silentLogger, startRelay } from '@keel/relay';
+import { READ_BYTES_PER_TURN } from '@keel/relay';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../support/devices.js';
 import { connectRawDevice, docRef } from '../support/raw-device.js';
@@ -20,18 +17,14 @@ describe('reading a burst of frames', () => {
   const scope = useTestScope();
 
   it('frames a device writes in one burst are read 64 KiB per event-loop turn, all of them, in order', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'keel-read-turns-'));
-    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
-    const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db'), defaultTier: 'premium' });
-    const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger });
-    scope.defer(() => relay.close());
-
+    // In this process: the test counts the turns of the relay's own event loop.
+    const relay = await scope.inProcessRelay();
     const user = await createIdentity();
     const raw = await connectRawDevice(relay.url, user);
     scope.defer(() => raw.close());
     const doc = docRef(user, 'safety_plan', 'main').id;
 
-    // The relay runs in this process: count the turns of its event loop while the burst is read.
+    // Count the turns of the event loop while the burst is read.
     let turn = 0;
     let ticking = true;
     const tick = (): void => {

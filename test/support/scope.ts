@@ -1,4 +1,8 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { ClientStore, Identity } from '@keel/client';
+import { type AwarenessLimits, type Relay, RelayConfigSchema, openSqliteStore, silentLogger, startRelay } from '@keel/relay';
 import { afterEach } from 'vitest';
 import { type Device, connectDevice } from './devices.js';
 import { type RelayProcess, type RelayProcessOptions, removeRelayDir, startRelayProcess } from './relay-process.js';
@@ -9,6 +13,11 @@ export interface TestScope {
   defer(cleanup: () => Promise<void> | void): void;
   /** A real relay process, stopped and its temp dir removed after the test. */
   relay(options?: RelayProcessOptions): Promise<RelayProcess>;
+  /**
+   * A relay in this process, on premium and a temporary SQLite file, for a test that reads its
+   * event bus or counters; closed and its file removed after the test.
+   */
+  inProcessRelay(awarenessLimits?: Partial<AwarenessLimits>): Promise<Relay>;
   /** A connected client device, closed after the test. */
   device(url: string, identity: Identity, store?: ClientStore, options?: Parameters<typeof connectDevice>[3]): Promise<Device>;
 }
@@ -30,6 +39,14 @@ export const useTestScope = (): TestScope => {
         await relay.stop();
         removeRelayDir(relay.dir);
       });
+      return relay;
+    },
+    async inProcessRelay(awarenessLimits = {}) {
+      const dir = mkdtempSync(join(tmpdir(), 'keel-relay-'));
+      defer(() => rmSync(dir, { recursive: true, force: true }));
+      const config = RelayConfigSchema.parse({ port: 0, host: '127.0.0.1', db: join(dir, 'relay.db'), defaultTier: 'premium' });
+      const relay = await startRelay({ config, store: openSqliteStore({ path: config.db }), log: silentLogger, awarenessLimits });
+      defer(() => relay.close());
       return relay;
     },
     async device(url, identity, store, options) {
