@@ -57,6 +57,13 @@ const seedUser = async (store: SqliteRelayStore, n = 3) => {
   return { user, device, doc };
 };
 
+/** The user's export archive, as the lines `importUser` takes. */
+const exportLines = async (store: SqliteRelayStore, userId: string): Promise<string[]> => {
+  const chunks: string[] = [];
+  await store.exportUser(userId, (chunk) => chunks.push(chunk), T0);
+  return chunks.join('').trimEnd().split('\n');
+};
+
 describe('the tables of a user', () => {
   it('lists every table of the schema, with exactly its columns', async () => {
     const path = join(tempDir(), 'relay.db');
@@ -117,11 +124,10 @@ describe('user data operations', () => {
     const dir = tempDir();
     const store = open(join(dir, 'relay.db'));
     const { user } = await seedUser(store);
-    const lines: string[] = [];
-    await store.exportUser(user.userId, (line) => lines.push(line), T0);
+    const lines = await exportLines(store, user.userId);
     await store.deleteUser(user.userId, T0 + 1);
     expect(await store.isDeletedUser(user.userId)).toBe(true);
-    await store.importUser(lines.join('').trimEnd().split('\n'), T0 + 2);
+    await store.importUser(lines, T0 + 2);
     expect(await store.hasUser(user.userId)).toBe(true);
     expect(await store.isDeletedUser(user.userId)).toBe(false);
   });
@@ -130,9 +136,7 @@ describe('user data operations', () => {
     const dir = tempDir();
     const source = open(join(dir, 'source.db'));
     const { user } = await seedUser(source);
-    const lines: string[] = [];
-    await source.exportUser(user.userId, (line) => lines.push(line), T0);
-    const all = lines.join('').trimEnd().split('\n');
+    const all = await exportLines(source, user.userId);
     await expect(source.importUser(all, T0)).rejects.toMatchObject({ code: 'USER_EXISTS' });
 
     const target = open(join(dir, 'target.db'));
