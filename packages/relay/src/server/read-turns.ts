@@ -39,7 +39,6 @@ export class ReadTurns<T extends { readonly length: number }> {
   /** Bytes read this turn; a new turn starts at the callback scheduled below. */
   #spent = 0;
   #turn: { cancel(): void } | undefined;
-  #held = false;
   #closed = false;
 
   constructor(reading: ReadHold, read: (frame: T) => void, options: ReadTurnsOptions = {}) {
@@ -58,11 +57,8 @@ export class ReadTurns<T extends { readonly length: number }> {
   offer(frame: T): void {
     if (this.#closed) return;
     if (this.#waiting.length > 0 || this.#spent >= this.#bytesPerTurn) {
-      this.#waiting.push(frame);
-      if (!this.#held) {
-        this.#held = true;
-        this.#reading.hold();
-      }
+      // The socket is held from the first frame that waits until none does.
+      if (this.#waiting.push(frame) === 1) this.#reading.hold();
       this.#scheduleTurn();
       return;
     }
@@ -90,9 +86,8 @@ export class ReadTurns<T extends { readonly length: number }> {
   #newTurn(): void {
     this.#turn = undefined;
     this.#spent = 0;
+    const held = this.#waiting.length > 0;
     while (!this.#closed && this.#waiting.length > 0 && this.#spent < this.#bytesPerTurn) this.#take(this.#waiting.shift()!);
-    if (this.#closed || this.#waiting.length > 0 || !this.#held) return;
-    this.#held = false;
-    this.#reading.release();
+    if (held && !this.#closed && this.#waiting.length === 0) this.#reading.release();
   }
 }
